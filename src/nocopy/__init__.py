@@ -1,0 +1,24 @@
+"""nocopy: hand large NumPy, pandas and Arrow data to worker processes through
+shared memory, zero-copy and safely.
+
+Example::
+
+    >>> import numpy as np, nocopy
+    >>> with nocopy.share(np.arange(10)) as ref:   # copied into shared memory once
+    ...     int(ref.get().sum())                    # zero-copy view, in any process
+    45
+"""
+
+from . import errors
+from ._shared import Shared, attach, empty, share, zeros
+from ._version import __version__
+
+__all__ = [
+    "Shared",
+    "__version__",
+    "attach",
+    "empty",
+    "errors",
+    "share",
+    "zeros",
+]

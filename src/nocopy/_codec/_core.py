@@ -1,0 +1,212 @@
+"""Object <-> (tree, buffers): the encoder plans, the decoder builds views.
+
+Encoding is two passes: ``Encoder.encode`` walks the object and records which
+buffers to copy and a JSON-able tree that says how to rebuild it (no bytes
+move); ``Encoder.write`` then copies each buffer once into the segment. So the
+exact size is known before the segment is allocated, and ``explain()`` can
+describe a share without doing it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import NocopyError, SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
+from ._layout import ALIGN, Header, align
+
+__all__ = ["UNWRITTEN", "Decoder", "Encoder", "Note", "register_decoder"]
+
+# A planned buffer left as the kernel gives it: fresh segment pages are zero.
+UNWRITTEN: Any = object()
+
+EncodeFn = Callable[["Encoder", Any, str], Any]
+DecodeFn = Callable[["Decoder", dict[str, Any]], Any]
+
+_DECODERS: dict[str, DecodeFn] = {}
+# Lazily imported codec modules, by the prefix of their node kinds.
+_LAZY_DECODERS = {"pd.": "nocopy._codec._pandas", "pa.": "nocopy._codec._arrow"}
+
+
+def register_decoder(kind: str, fn: DecodeFn) -> None:
+    _DECODERS[kind] = fn
+
+
+@dataclass(frozen=True)
+class Note:
+    """What explain() reports for one column/field/leaf."""
+
+    path: str
+    dtype: str
+    status: str  # "zero-copy" | "converted" | "pickled" | "unsupported"
+    detail: str
+
+
+class Encoder:
+    """Plans an encoding: buffers to copy plus the tree that rebuilds the object."""
+
+    def __init__(self, *, allow_pickle: bool = False, explain: bool = False) -> None:
+        self.allow_pickle = allow_pickle
+        self.explaining = explain
+        self.sources: list[Any] = []
+        self.table: list[tuple[int, int]] = []
+        self.data_size = 0
+        self.pickled = False
+        self.notes: list[Note] = []
+
+    # -- planning -----------------------------------------------------
+    def add(self, src: Any, nbytes: int) -> int:
+        """Reserve an aligned slot for *src* (ndarray or bytes-like); return its index."""
+        off = self.data_size
+        self.table.append((off, nbytes))
+        self.sources.append(src)
+        self.data_size = align(off + nbytes)
+        return len(self.table) - 1
+
+    def note(self, path: str, dtype: str, status: str, detail: str = "") -> None:
+        self.notes.append(Note(path or "<root>", dtype, status, detail))
+
+    def encode(self, obj: Any, path: str = "") -> Any:
+        from . import _numpy, _python
+
+        node = _python.encode(self, obj, path)
+        if node is not None:
+            return node
+        node = _numpy.encode(self, obj, path)
+        if node is not None:
+            return node
+        module = type(obj).__module__ or ""
+        if module.startswith("pandas"):
+            from . import _pandas
+
+            return _pandas.encode(self, obj, path)
+        if module.startswith("pyarrow"):
+            from . import _arrow
+
+            return _arrow.encode(self, obj, path)
+        return self.unsupported(obj, path, f"objects of type {type(obj).__qualname__}")
+
+    def unsupported(self, obj: Any, path: str, what: str, *, dtype: str = "") -> Any:
+        where = f" at {path}" if path else ""
+        if self.allow_pickle:
+            return self.pickle(obj, path, dtype or type(obj).__name__, f"{what} (pickled: allow_pickle=True)")
+        if self.explaining:
+            self.note(path, dtype or type(obj).__name__, "unsupported", f"{what} cannot be shared zero-copy")
+            return {"k": "py", "v": None}
+        raise UnsupportedTypeError(
+            f"cannot share {what}{where} zero-copy: nocopy shares NumPy arrays of fixed-width "
+            "dtypes, pandas objects, Arrow data and dicts/lists/tuples of them. Fix: convert it "
+            "(e.g. strings to str, dicts to separate columns), or pass allow_pickle=True to "
+            "store it pickled (copied on every get, refused by attach() unless trusted=True)."
+        )
+
+    def pickle(self, obj: Any, path: str, dtype: str, detail: str) -> Any:
+        try:
+            data = pickle.dumps(obj, protocol=5)
+        except Exception as exc:
+            raise UnsupportedTypeError(
+                f"cannot share {type(obj).__qualname__} at {path or '<root>'}: it cannot even be "
+                f"pickled ({exc}). Fix: convert it to supported data."
+            ) from exc
+        self.pickled = True
+        self.note(path, dtype, "pickled", detail)
+        return {"k": "pickle", "b": self.add(data, len(data))}
+
+    # -- writing ------------------------------------------------------
+    def write(self, mem: np.ndarray, data_offset: int) -> None:
+        """Copy every planned buffer into *mem* (the whole segment, as uint8)."""
+        for (off, n), src in zip(self.table, self.sources, strict=True):
+            if n == 0 or src is UNWRITTEN:
+                continue
+            start = data_offset + off
+            dst = mem[start : start + n]
+            if isinstance(src, np.ndarray):
+                _copy_array(dst, src)
+            else:
+                dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
+        self.sources.clear()
+
+
+def _copy_array(dst: np.ndarray, src: np.ndarray) -> None:
+    src = np.asarray(src)
+    if src.flags.f_contiguous and not src.flags.c_contiguous:
+        src = src.T
+    if src.flags.c_contiguous:
+        # Raw bytes: numpy copies structured dtypes field by field, ~3x slower.
+        dst[:] = src.reshape(-1).view(np.uint8)
+    else:
+        typed = dst.view(src.dtype).reshape(src.shape)
+        np.copyto(typed, src, casting="no")
+
+
+class Decoder:
+    """Builds views over one mapping from a validated header."""
+
+    def __init__(self, base: np.ndarray, header: Header, *, name: str, trusted: bool) -> None:
+        self.base = base
+        self.header = header
+        self.name = name
+        self.trusted = trusted
+
+    def corrupt(self, why: str) -> SegmentCorruptError:
+        return SegmentCorruptError(
+            f"segment {self.name} has a corrupt header: {why}. Fix: share the data again."
+        )
+
+    def buffer(self, index: Any) -> np.ndarray:
+        """The uint8 view of buffer *index* (bounds already checked at parse)."""
+        if type(index) is not int or not 0 <= index < len(self.header.buffers):
+            raise self.corrupt(f"buffer index {index!r:.40} is out of range")
+        off, n = self.header.buffers[index]
+        start = self.header.data_offset + off
+        view: np.ndarray = self.base[start : start + n]
+        return view
+
+    def decode(self, node: Any) -> Any:
+        try:
+            return self._decode(node)
+        except NocopyError:
+            raise
+        except ImportError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
+            raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+
+    def _decode(self, node: Any) -> Any:
+        if not isinstance(node, dict):
+            raise self.corrupt(f"tree node is {type(node).__name__}, not an object")
+        kind = node.get("k")
+        if not isinstance(kind, str):
+            raise self.corrupt("tree node without a kind")
+        fn = _DECODERS.get(kind)
+        if fn is None:
+            for prefix, module in _LAZY_DECODERS.items():
+                if kind.startswith(prefix):
+                    importlib.import_module(module)
+                    fn = _DECODERS.get(kind)
+        if fn is None:
+            raise self.corrupt(f"unknown node kind {kind!r:.40}")
+        return fn(self, node)
+
+    def unpickle(self, node: dict[str, Any]) -> Any:
+        if not self.trusted:
+            raise SegmentAccessError(
+                f"segment {self.name} holds pickled data and was attached from a URI: nocopy "
+                "refuses to unpickle it (unpickling runs code). Fix: nocopy.attach(uri, "
+                "trusted=True) if you trust whoever created it."
+            )
+        return pickle.loads(self.buffer(node["b"]).tobytes())  # noqa: S301 -- trusted only
+
+
+# Registration of the always-present codecs happens on import.
+from . import _numpy, _python  # noqa: E402
+
+_python.register()
+_numpy.register()
+
+_ = ALIGN

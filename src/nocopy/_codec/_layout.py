@@ -1,0 +1,110 @@
+"""The segment layout: a fixed prefix, a JSON header, then 64-byte aligned buffers.
+
+    prefix  magic(8) version(u16) flags(u16) header_len(u32) token(16)
+            payload_size(u64) data_offset(u64)              -- 48 bytes
+    header  UTF-8 JSON {"tree": node, "buffers": [[offset, length], ...]}
+    data    buffers at data_offset + offset, each 64-byte aligned
+
+JSON, not pickle: parsing a hostile header can fail but never run code, and
+every number in it is checked against the segment's real size before any view
+is built.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from ..errors import SegmentAccessError, SegmentCorruptError
+
+__all__ = ["ALIGN", "MAGIC", "PREFIX", "VERSION", "Header", "align", "pack_header", "parse_header"]
+
+MAGIC = b"NOCOPY\x00\x01"
+VERSION = 1
+ALIGN = 64
+PREFIX = struct.Struct("<8sHHI16sQQ")
+MAX_HEADER = 64 << 20
+FLAG_PICKLE = 1  # the tree holds pickled nodes (allow_pickle=True)
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Header:
+    __slots__ = ("buffers", "data_offset", "flags", "payload_size", "tree")
+
+    def __init__(
+        self, tree: Any, buffers: list[tuple[int, int]], data_offset: int, payload_size: int, flags: int
+    ) -> None:
+        self.tree = tree
+        self.buffers = buffers
+        self.data_offset = data_offset
+        self.payload_size = payload_size
+        self.flags = flags
+
+
+def pack_header(
+    tree: Any, buffers: list[tuple[int, int]], data_size: int, token: bytes, flags: int
+) -> tuple[bytes, int, int]:
+    """Return (prefix + header bytes, data_offset, payload_size)."""
+    body = json.dumps({"tree": tree, "buffers": buffers}, separators=(",", ":")).encode()
+    data_offset = align(PREFIX.size + len(body))
+    payload = data_offset + data_size
+    prefix = PREFIX.pack(MAGIC, VERSION, flags, len(body), token, payload, data_offset)
+    return prefix + body, data_offset, payload
+
+
+def _corrupt(name: str, why: str) -> SegmentCorruptError:
+    return SegmentCorruptError(
+        f"segment {name} has a corrupt header: {why}. It was overwritten or truncated, "
+        "or it was not written by a compatible nocopy. Fix: share the data again."
+    )
+
+
+def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Header:
+    """Validate and parse the header at the start of a mapping of *size* bytes."""
+    if len(mem) < PREFIX.size or size < PREFIX.size:
+        raise _corrupt(name, f"{len(mem)} bytes is smaller than the {PREFIX.size}-byte prefix")
+    magic, version, flags, hlen, seg_token, payload, data_offset = PREFIX.unpack_from(mem, 0)
+    if magic != MAGIC:
+        raise _corrupt(name, f"bad magic {bytes(magic)!r}")
+    if version != VERSION:
+        raise SegmentCorruptError(
+            f"segment {name} has layout version {version}; this nocopy reads version {VERSION}. "
+            "Fix: use the same nocopy version in every process."
+        )
+    import hmac
+
+    if not hmac.compare_digest(bytes(seg_token), token):
+        raise SegmentAccessError(
+            f"segment {name}: the handle's token does not match the segment's. The handle is "
+            "stale (the name was reused) or forged. Fix: use the uri of the current Shared."
+        )
+    if payload != size or payload > len(mem):
+        raise _corrupt(name, f"payload size {payload} does not match the segment size {size}")
+    if hlen > MAX_HEADER or PREFIX.size + hlen > payload:
+        raise _corrupt(name, f"header length {hlen} exceeds the segment")
+    if data_offset != align(PREFIX.size + hlen) or data_offset > payload:
+        raise _corrupt(name, f"data offset {data_offset} is inconsistent")
+    try:
+        doc = json.loads(bytes(mem[PREFIX.size : PREFIX.size + hlen]))
+    except (ValueError, RecursionError) as exc:
+        raise _corrupt(name, f"header is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict) or "tree" not in doc or not isinstance(doc.get("buffers"), list):
+        raise _corrupt(name, "header lacks its tree or buffer table")
+    data_size = payload - data_offset
+    buffers: list[tuple[int, int]] = []
+    for entry in doc["buffers"]:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not all(type(v) is int for v in entry)
+        ):
+            raise _corrupt(name, f"bad buffer table entry {entry!r:.60}")
+        off, n = entry
+        if off < 0 or n < 0 or off % ALIGN or off + n > data_size:
+            raise _corrupt(name, f"buffer [{off}, {n}] lies outside the {data_size}-byte data area")
+        buffers.append((off, n))
+    return Header(doc["tree"], buffers, data_offset, payload, flags)

@@ -1,0 +1,171 @@
+"""NumPy arrays of every fixed-width dtype, structured and record arrays included."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._core import Decoder, Encoder
+
+__all__ = ["dtype_from_json", "dtype_to_json", "encode", "encode_array", "register"]
+
+_MAX_NDIM = 64
+
+
+def dtype_to_json(dt: np.dtype[Any]) -> Any:
+    """A JSON form of *dt* that round-trips exactly (fields, offsets, padding, byte order)."""
+    if dt.fields is not None:
+        names = list(dt.names or ())
+        fields = dt.fields
+        out: dict[str, Any] = {
+            "names": names,
+            "formats": [dtype_to_json(fields[n][0]) for n in names],
+            "offsets": [int(fields[n][1]) for n in names],
+            "itemsize": int(dt.itemsize),
+        }
+        titles = [fields[n][2] if len(fields[n]) > 2 else None for n in names]
+        if any(t is not None for t in titles):
+            out["titles"] = titles
+        if dt.isalignedstruct:
+            out["aligned"] = True
+        return out
+    if dt.subdtype is not None:
+        base, shape = dt.subdtype
+        return {"base": dtype_to_json(base), "shape": list(shape)}
+    return dt.str
+
+
+def dtype_from_json(spec: Any) -> np.dtype[Any]:
+    if isinstance(spec, str):
+        dt = np.dtype(spec)
+    elif isinstance(spec, dict) and "base" in spec:
+        shape = spec["shape"]
+        if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):
+            raise ValueError("bad subarray shape")
+        dt = np.dtype((dtype_from_json(spec["base"]), tuple(shape)))
+    elif isinstance(spec, dict):
+        names = spec["names"]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("bad field names")
+        d: dict[str, Any] = {
+            "names": names,
+            "formats": [dtype_from_json(f) for f in spec["formats"]],
+            "offsets": [int(o) for o in spec["offsets"]],
+            "itemsize": int(spec["itemsize"]),
+        }
+        if "titles" in spec:
+            d["titles"] = spec["titles"]
+        dt = np.dtype(d, align=bool(spec.get("aligned", False)))
+    else:
+        raise ValueError(f"bad dtype spec {spec!r:.40}")
+    if dt.hasobject:
+        # Object pointers read from shared bytes would be wild pointers.
+        raise ValueError("object dtype in header")
+    return dt
+
+
+def _describe(dt: np.dtype[Any]) -> str:
+    return str(dt) if dt.fields is None else "structured[" + ", ".join(
+        f"{n}: {dt.fields[n][0]}" for n in (dt.names or ())
+    ) + "]"
+
+
+def encode_array(enc: Encoder, arr: np.ndarray, path: str, *, note: bool = True) -> dict[str, Any]:
+    """Plan an ndarray (any fixed-width dtype, any layout) as one buffer."""
+    if arr.dtype.hasobject:
+        raise AssertionError("object arrays are handled by the caller")
+    fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
+    node: dict[str, Any] = {
+        "k": "nd",
+        "b": enc.add(arr, arr.nbytes),
+        "dt": dtype_to_json(arr.dtype),
+        "sh": list(arr.shape),
+    }
+    if fortran:
+        node["o"] = "F"
+    if isinstance(arr, np.recarray):
+        node["cls"] = "recarray"
+    if note:
+        contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
+        enc.note(
+            path,
+            _describe(arr.dtype),
+            "zero-copy",
+            "" if contiguous else "non-contiguous: made contiguous once at share",
+        )
+    return node
+
+
+def encode(enc: Encoder, obj: Any, path: str) -> Any:
+    if isinstance(obj, np.ndarray):
+        if type(obj) not in (np.ndarray, np.recarray, np.memmap):
+            return enc.unsupported(obj, path, f"ndarray subclass {type(obj).__qualname__}", dtype=str(obj.dtype))
+        if obj.dtype.hasobject:
+            return _encode_object_array(enc, obj, path)
+        return encode_array(enc, obj, path)
+    if isinstance(obj, np.generic):
+        if obj.dtype.hasobject:
+            return enc.unsupported(obj, path, "NumPy object scalar")
+        node = encode_array(enc, np.asarray(obj), path)
+        node["scalar"] = True
+        return node
+    if isinstance(obj, np.dtype):
+        return {"k": "dtype", "dt": dtype_to_json(obj)} if not obj.hasobject else enc.unsupported(obj, path, "object dtype")
+    return None
+
+
+def _encode_object_array(enc: Encoder, arr: np.ndarray, path: str) -> Any:
+    if arr.dtype == object and arr.ndim == 1:
+        # A 1-d object array of str is a string column: stored once as Arrow
+        # large_string, never truncated to a fixed width.
+        try:
+            from . import _arrow
+        except ImportError:
+            _arrow = None  # type: ignore[assignment]
+        if _arrow is not None and _arrow.is_string_array(arr):
+            return _arrow.encode_object_strings(enc, arr, path)
+    return enc.unsupported(
+        arr, path, f"ndarray of dtype {arr.dtype} (Python objects)", dtype=str(arr.dtype)
+    )
+
+
+def _dec_nd(dec: Decoder, node: dict[str, Any]) -> Any:
+    dt = dtype_from_json(node["dt"])
+    shape = node["sh"]
+    if (
+        not isinstance(shape, list)
+        or len(shape) > _MAX_NDIM
+        or not all(type(s) is int and s >= 0 for s in shape)
+    ):
+        raise dec.corrupt(f"bad shape {shape!r:.60}")
+    raw = dec.buffer(node["b"])
+    count = math.prod(shape)
+    if count * dt.itemsize != raw.nbytes:
+        raise dec.corrupt(
+            f"array of shape {tuple(shape)} and dtype {dt} needs {count * dt.itemsize} bytes, "
+            f"buffer has {raw.nbytes}"
+        )
+    if dt.itemsize == 0 or count == 0:
+        arr = np.empty(shape, dtype=dt)
+        arr.flags.writeable = raw.flags.writeable
+    else:
+        flat = raw.view(dt)
+        if node.get("o") == "F":
+            arr = flat.reshape(shape[::-1]).T
+        else:
+            arr = flat.reshape(shape)
+    if node.get("cls") == "recarray":
+        arr = arr.view(np.recarray)
+    if node.get("scalar"):
+        return arr[()] if arr.ndim == 0 else arr
+    return arr
+
+
+def register() -> None:
+    from ._core import register_decoder
+
+    register_decoder("nd", _dec_nd)
+    register_decoder("dtype", lambda dec, node: dtype_from_json(node["dt"]))

@@ -1,0 +1,431 @@
+"""The Shared handle: share(), attach(), empty()/zeros() and the per-process mappings."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import secrets
+import threading
+import weakref
+from typing import Any, Generic, TypeVar
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from ._codec._core import UNWRITTEN
+from ._codec import FLAG_PICKLE, Decoder, Encoder, pack_header, parse_header
+from ._codec._numpy import dtype_from_json, dtype_to_json
+from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
+from ._store._capacity import _fmt
+from ._store._names import NAME_RE
+from .errors import SegmentCorruptError, SegmentNotFoundError
+
+__all__ = ["Shared", "attach", "empty", "share", "zeros"]
+
+T = TypeVar("T")
+
+# One read-only (or, for outputs, writable) mapping per segment per process,
+# alive while any handle or view still uses it. Private (copy-on-write)
+# mappings are never cached: each get(private=True) is its own copy.
+_mappings: weakref.WeakValueDictionary[tuple[str, bytes], np.ndarray] = weakref.WeakValueDictionary()
+_mappings_lock = threading.Lock()
+
+
+class Shared(Generic[T]):
+    """A handle to data in shared memory; cheap to pickle, zero-copy to read.
+
+    Made by :func:`share` (the owner), by unpickling (any process) or by
+    :func:`attach` from a URI. Only the owner's :meth:`close` frees the
+    segment; views already taken stay valid until they are dropped.
+
+    Example::
+
+        >>> import numpy as np, nocopy
+        >>> with nocopy.share(np.arange(5)) as ref:
+        ...     view = ref.get()          # zero-copy, read-only
+        ...     int(view.sum())
+        10
+    """
+
+    def __init__(
+        self,
+        locator: Locator,
+        *,
+        token: bytes,
+        size: int,
+        nbytes: int,
+        kind: str,
+        writable: bool = False,
+        pickled: bool = False,
+        trusted: bool = True,
+        owner: OwnedSegment | None = None,
+    ) -> None:
+        self._locator = locator
+        self._token = token
+        self._size = size
+        self._nbytes = nbytes
+        self._kind = kind
+        self._writable = writable
+        self._pickled = pickled
+        self._trusted = trusted
+        self._owner = owner
+        self._base: np.ndarray | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        if owner is not None:
+            self._finalizer = weakref.finalize(self, owner.release)
+
+    # -- description -------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data (the buffers), not counting the header."""
+        return self._nbytes
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole segment (header and padding included)."""
+        return self._size
+
+    @property
+    def kind(self) -> str:
+        """Type name of the shared object, e.g. ``"ndarray"`` or ``"DataFrame"``."""
+        return self._kind
+
+    @property
+    def backend(self) -> str:
+        """The store: ``"memfd"`` or ``"posix"``."""
+        return self._locator.store
+
+    @property
+    def name(self) -> str:
+        """The segment's name (``nocopy-<pid>-<start>-<random>``)."""
+        return self._locator.name
+
+    @property
+    def owner_pid(self) -> int:
+        return self._locator.pid
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether this handle created the segment (in this process)."""
+        return self._owner is not None and self._owner.owner_pid == os.getpid()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def writable(self) -> bool:
+        """True for outputs made by :func:`empty`/:func:`zeros`."""
+        return self._writable
+
+    @property
+    def uri(self) -> str:
+        """A ``nocopy://`` string for :func:`attach` in an unrelated process of the same user."""
+        loc = self._locator
+        query = (
+            f"pid={loc.pid}&fd={loc.fd}&sock={loc.sock}&token={self._token.hex()}"
+            f"&size={self._size}&nbytes={self._nbytes}&kind={self._kind}"
+            f"&w={int(self._writable)}&p={int(self._pickled)}"
+        )
+        return f"nocopy://{loc.store}/{loc.name}?{query}"
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return (
+            f"<nocopy.Shared {self._kind} {_fmt(self._nbytes)} {self._locator.store} "
+            f"{self._locator.name}{state}>"
+        )
+
+    # -- use ---------------------------------------------------------
+    def get(self, *, private: bool = False) -> T:
+        """Rebuild the object over the shared pages, without copying.
+
+        Views are read-only (writes raise numpy's "assignment destination is
+        read-only"), except for outputs from :func:`empty`/:func:`zeros`.
+        With ``private=True`` the view is writable copy-on-write: writes stay
+        in this process, reads still come from the shared pages.
+
+        Example::
+
+            >>> ref = nocopy.share(np.zeros(3))
+            >>> v = ref.get(private=True); v[0] = 1.0
+            >>> float(ref.get()[0])
+            0.0
+        """
+        if self._closed and self._base is None:
+            raise SegmentNotFoundError(
+                f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
+            )
+        if private:
+            base = self._map(mmap.ACCESS_COPY)
+        else:
+            base = self._shared_base()
+        return self._decode(base)
+
+    def close(self) -> None:
+        """Let go of the segment. Idempotent; never raises.
+
+        In the owner this frees the segment (memfd: once every process that
+        mapped it has dropped its views; posix: the name is removed at once).
+        Views already taken stay valid until dropped.
+        """
+        try:
+            with self._lock:
+                self._closed = True
+                self._base = None
+                if self._owner is not None:
+                    self._finalizer()
+        except Exception:  # pragma: no cover - close must never raise
+            pass
+
+    def __enter__(self) -> Shared[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The handle travels, never the data; the receiver is not the owner.
+        loc = self._locator
+        return (
+            _rebuild,
+            (loc.store, loc.name, loc.pid, loc.fd, loc.sock, self._token, self._size,
+             self._nbytes, self._kind, self._writable, self._pickled),
+        )
+
+    # -- internals ---------------------------------------------------
+    def _shared_base(self) -> np.ndarray:
+        with self._lock:
+            base = self._base
+            if base is None:
+                key = (self._locator.name, self._token)
+                with _mappings_lock:
+                    base = _mappings.get(key)
+                if base is None:
+                    base = self._map(mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ)
+                    with _mappings_lock:
+                        _mappings[key] = base
+                if not self._closed:
+                    self._base = base
+            return base
+
+    def _map(self, access: int) -> np.ndarray:
+        writable_fd = access == mmap.ACCESS_WRITE
+        owner = self._owner
+        if owner is not None and not owner.released and owner.owner_pid == os.getpid():
+            fd = os.dup(owner.fd)
+        else:
+            fd = open_segment(self._locator, writable=writable_fd, token=self._token.hex())
+        try:
+            actual = os.fstat(fd).st_size
+            if actual < self._size:
+                raise SegmentCorruptError(
+                    f"segment {self._locator.name} is {actual} bytes, its handle says "
+                    f"{self._size}: it was truncated. Fix: share the data again."
+                )
+            mm = mmap.mmap(fd, self._size, access=access)
+        finally:
+            os.close(fd)
+        base = np.frombuffer(mm, dtype=np.uint8)
+        parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
+        return base
+
+    def _decode(self, base: np.ndarray) -> Any:
+        header = parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
+        if header.flags & FLAG_PICKLE and not self._trusted:
+            pass  # the decoder refuses the pickled nodes themselves
+        return Decoder(base, header, name=self._locator.name, trusted=self._trusted).decode(header.tree)
+
+
+def _rebuild(
+    store: str, name: str, pid: int, fd: int, sock: str, token: bytes, size: int,
+    nbytes: int, kind: str, writable: bool, pickled: bool,
+) -> Shared[Any]:
+    return Shared(
+        Locator(store, name, pid, fd, sock), token=token, size=size, nbytes=nbytes,
+        kind=kind, writable=writable, pickled=pickled, trusted=True,
+    )
+
+
+def _kind_of(obj: Any) -> str:
+    return type(obj).__name__
+
+
+def _new_segment(enc: Encoder, tree: Any, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
+    token = secrets.token_bytes(16)
+    flags = FLAG_PICKLE if enc.pickled else 0
+    head, data_offset, payload = pack_header(tree, enc.table, enc.data_size, token, flags)
+    nbytes = sum(n for _, n in enc.table)
+    seg = create_segment(payload, backend=backend or default_backend(), what=f"a {kind} of {_fmt(nbytes)}")
+    try:
+        mm = seg.map_writable()
+        try:
+            mem = np.frombuffer(mm, dtype=np.uint8)
+            mem[: len(head)] = np.frombuffer(head, dtype=np.uint8)
+            enc.write(mem, data_offset)
+        finally:
+            mem = None  # the mapping can only close once no array exports it
+            mm.close()
+        if writable:
+            seg.keep_writable(token.hex())
+        else:
+            seg.make_read_only(token.hex())
+    except BaseException:
+        seg.release()
+        raise
+    return Shared(
+        seg.locator, token=token, size=payload, nbytes=nbytes, kind=kind,
+        writable=writable, pickled=enc.pickled, trusted=True, owner=seg,
+    )
+
+
+def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> Shared[T]:
+    """Copy *obj* into shared memory once and return a handle to it.
+
+    *obj* may be a NumPy array (any fixed-width dtype, record arrays
+    included), a pandas or Arrow object, or dicts/lists/tuples of those.
+    *backend* is ``"memfd"`` (Linux default) or ``"posix"``;
+    ``$NOCOPY_BACKEND`` sets the default. ``allow_pickle=True`` stores
+    unsupported parts pickled instead of raising UnsupportedTypeError.
+
+    Example::
+
+        >>> import numpy as np, nocopy
+        >>> ref = nocopy.share(np.arange(1_000_000))
+        >>> ref.get()[-1]
+        np.int64(999999)
+        >>> ref.close()
+    """
+    if isinstance(obj, Shared):
+        return obj
+    enc = Encoder(allow_pickle=allow_pickle)
+    tree = enc.encode(obj)
+    return _new_segment(enc, tree, kind=_kind_of(obj), backend=backend, writable=False)
+
+
+def empty(
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: str | None = None
+) -> Shared[np.ndarray]:
+    """A writable shared array for outputs: workers fill disjoint slices, the owner sees them.
+
+    Its contents start unspecified (today: zero). Use :func:`zeros` when that matters.
+
+    Example::
+
+        >>> out = nocopy.empty((4,), "f8")
+        >>> out.get()[:] = 1.5          # in any process holding the handle
+        >>> float(out.get().sum())
+        6.0
+    """
+    return _writable_array(shape, dtype, order=order, backend=backend)
+
+
+def zeros(
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: str | None = None
+) -> Shared[np.ndarray]:
+    """Like :func:`empty`, guaranteed zero-filled (fresh shared pages are zero).
+
+    Example::
+
+        >>> out = nocopy.zeros((2, 3), "i4")
+        >>> out.get().tolist()
+        [[0, 0, 0], [0, 0, 0]]
+    """
+    return _writable_array(shape, dtype, order=order, backend=backend)
+
+
+def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) -> Shared[np.ndarray]:
+    shape_t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape_t):
+        raise ValueError(f"negative dimensions are not allowed: {shape_t}")
+    dt = np.dtype(dtype)
+    if dt.hasobject:
+        from .errors import UnsupportedTypeError
+
+        raise UnsupportedTypeError(
+            f"cannot make a shared output of dtype {dt}: Python objects cannot live in shared "
+            "memory. Fix: use a fixed-width dtype (e.g. 'U20', 'f8')."
+        )
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+    enc = Encoder()
+    nbytes = int(np.prod(shape_t, dtype=object)) * dt.itemsize
+    node: dict[str, Any] = {"k": "nd", "b": enc.add(UNWRITTEN, nbytes), "dt": dtype_to_json(dt), "sh": list(shape_t)}
+    if order == "F" and len(shape_t) > 1:
+        node["o"] = "F"
+    dtype_from_json(node["dt"])
+    return _new_segment(enc, node, kind="ndarray", backend=backend, writable=True)
+
+
+_URI_RE = re.compile(r"^nocopy://(memfd|posix)/([A-Za-z0-9-]{1,100})\?([A-Za-z0-9=&_.-]{0,600})$")
+_QUERY_RE = {
+    "pid": re.compile(r"^[0-9]{1,10}$"),
+    "fd": re.compile(r"^(-1|[0-9]{1,10})$"),
+    "sock": re.compile(r"^(nocopy-fds-[0-9]{1,10}-[0-9a-f]{32})?$"),
+    "token": re.compile(r"^[0-9a-f]{32}$"),
+    "size": re.compile(r"^[0-9]{1,19}$"),
+    "nbytes": re.compile(r"^[0-9]{1,19}$"),
+    "kind": re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
+    "w": re.compile(r"^[01]$"),
+    "p": re.compile(r"^[01]$"),
+}
+
+
+def _bad_uri(uri: object, why: str) -> SegmentCorruptError:
+    return SegmentCorruptError(
+        f"malformed nocopy URI {str(uri)[:120]!r}: {why}. Fix: pass the exact Shared.uri string "
+        "of a live segment (nocopy://<memfd|posix>/<name>?pid=...&token=...)."
+    )
+
+
+def parse_uri(uri: str) -> Shared[Any]:
+    if not isinstance(uri, str):
+        raise _bad_uri(uri, f"expected str, got {type(uri).__name__}")
+    m = _URI_RE.match(uri)
+    if m is None:
+        raise _bad_uri(uri, "it does not have the form nocopy://<store>/<name>?<query>")
+    store, name, query = m.groups()
+    if not NAME_RE.match(name):
+        raise _bad_uri(uri, f"{name!r} is not a nocopy segment name")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=len(_QUERY_RE))
+    except ValueError as exc:
+        raise _bad_uri(uri, f"bad query ({exc})") from None
+    params = dict(pairs)
+    if len(params) != len(pairs) or set(params) != set(_QUERY_RE):
+        raise _bad_uri(uri, f"expected exactly the fields {', '.join(_QUERY_RE)}")
+    for key, rx in _QUERY_RE.items():
+        if not rx.match(params[key]):
+            raise _bad_uri(uri, f"bad value for {key}")
+    if store == "memfd" and int(params["fd"]) < 0:
+        raise _bad_uri(uri, "a memfd segment needs its owner's fd")
+    if int(params["size"]) < 48:
+        raise _bad_uri(uri, "size is smaller than a header")
+    loc = Locator(store, name, int(params["pid"]), int(params["fd"]), params["sock"])
+    return Shared(
+        loc, token=bytes.fromhex(params["token"]), size=int(params["size"]),
+        nbytes=int(params["nbytes"]), kind=params["kind"], writable=params["w"] == "1",
+        pickled=params["p"] == "1", trusted=False,
+    )
+
+
+def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
+    """Open a segment by its URI, from any process of the same user.
+
+    The segment is opened and its header checked at once, so a closed or
+    foreign segment fails here (SegmentNotFoundError, SegmentAccessError).
+    Data stored pickled (``allow_pickle=True``) is only unpickled with
+    ``trusted=True``: unpickling runs code.
+
+    Example::
+
+        >>> ref = nocopy.share(np.arange(3))
+        >>> nocopy.attach(ref.uri).get().tolist()   # from any process of this user
+        [0, 1, 2]
+    """
+    handle = parse_uri(uri)
+    handle._trusted = trusted
+    handle._shared_base()
+    return handle

@@ -1,0 +1,269 @@
+"""Where the bytes live: memfd (anonymous, Linux) and posix (named) segments.
+
+A store knows nothing of numpy or pandas: it creates a segment of a given size
+with the room checked and the pages reserved, hands out a writable mapping to
+fill, then makes the segment read-only (sealed) and lets other processes open
+it. Nothing here uses multiprocessing's resource tracker, which unlinks
+segments that other processes still use.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import sys
+from dataclasses import dataclass
+
+from ..errors import SegmentAccessError, SegmentNotFoundError
+from . import _capacity, _fdserver, _names
+
+__all__ = [
+    "BACKENDS",
+    "Locator",
+    "OwnedSegment",
+    "create_segment",
+    "default_backend",
+    "open_segment",
+    "shm_dir",
+]
+
+BACKENDS = ("memfd", "posix")
+_HAS_MEMFD = hasattr(os, "memfd_create") and sys.platform.startswith("linux")
+
+
+def default_backend() -> str:
+    """The store used when share() is not told: $NOCOPY_BACKEND, else memfd on Linux."""
+    env = os.environ.get("NOCOPY_BACKEND", "").strip().lower()
+    if env:
+        return check_backend(env)
+    return "memfd" if _HAS_MEMFD else "posix"
+
+
+def check_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown nocopy backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "memfd" and not _HAS_MEMFD:
+        raise ValueError("backend 'memfd' needs Linux (os.memfd_create); use backend='posix'")
+    return name
+
+
+def shm_dir() -> str:
+    """Directory of posix segments: $NOCOPY_SHM_DIR, else /dev/shm."""
+    return os.environ.get("NOCOPY_SHM_DIR", "/dev/shm")
+
+
+@dataclass(frozen=True)
+class Locator:
+    """How another process finds a segment. Small and picklable."""
+
+    store: str
+    name: str
+    pid: int
+    fd: int = -1  # memfd: the owner's descriptor number
+    sock: str = ""  # memfd: the owner's fd-server address (SCM_RIGHTS fallback)
+
+
+class OwnedSegment:
+    """A segment this process created. Releasing it is idempotent and fork-safe."""
+
+    def __init__(self, locator: Locator, fd: int, size: int, path: str | None) -> None:
+        self.locator = locator
+        self.fd = fd
+        self.size = size
+        self.path = path
+        self.owner_pid = os.getpid()
+        self.released = False
+
+    def map_writable(self) -> mmap.mmap:
+        # MAP_POPULATE builds the page tables in one go: filling the segment
+        # then takes no page faults (a per-4 KiB fault otherwise).
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(self.fd, self.size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+
+    def make_read_only(self, token: str) -> None:
+        """After the writable mapping is gone: forbid any further write."""
+        if self.locator.store == "memfd":
+            seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, seals)
+        else:
+            os.fchmod(self.fd, 0o400)
+        self._publish(token)
+
+    def keep_writable(self, token: str) -> None:
+        """Shared outputs stay writable but may never shrink (a shrink is SIGBUS for readers)."""
+        if self.locator.store == "memfd":
+            seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, seals)
+        self._publish(token)
+
+    def _publish(self, token: str) -> None:
+        if self.locator.sock:
+            _fdserver.server().register(self.locator.name, self.fd, token)
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.locator.sock and os.getpid() == self.owner_pid:
+            _fdserver.server().unregister(self.locator.name)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        # A process that inherited this object through fork never unlinks
+        # the parent's segment.
+        if self.path is not None and os.getpid() == self.owner_pid:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
+    """Create a segment of *size* bytes with its pages reserved.
+
+    Raises InsufficientMemoryError (before writing anything, leaving nothing
+    behind) when the room is not there.
+    """
+    backend = check_backend(backend)
+    name = _names.make_name()
+    if backend == "memfd":
+        _capacity.check_room(what, size)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        path = None
+        sock = _fdserver.server().address
+    else:
+        directory = shm_dir()
+        _gc_once()
+        _capacity.check_room(what, size, shm_dir=directory)
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        sock = ""
+    try:
+        os.ftruncate(fd, size)
+        if size:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                    raise
+                lim = (
+                    _capacity.tmpfs_room(path.rsplit("/", 1)[0])
+                    if path is not None
+                    else _capacity.Limit("memfd (kernel refused fallocate)", 0, 0)
+                )
+                _capacity.raise_no_room(what, size, lim, shm_dir=None if path is None else shm_dir())
+    except BaseException:
+        os.close(fd)
+        if path is not None:
+            os.unlink(path)
+        raise
+    loc = Locator(backend, name, os.getpid(), fd if backend == "memfd" else -1, sock)
+    return OwnedSegment(loc, fd, size, path)
+
+
+_gc_done = False
+
+
+def _gc_once() -> None:
+    """Reclaim posix orphans of dead owners the first time this process creates one."""
+    global _gc_done
+    if _gc_done:
+        return
+    _gc_done = True
+    for entry in _scan_posix(shm_dir()):
+        parsed = _names.parse_name(entry.name)
+        if parsed is not None and not _names.pid_alive(parsed.pid, parsed.start):
+            try:
+                os.unlink(entry.path)
+            except OSError:
+                pass
+
+
+def _scan_posix(directory: str) -> list[os.DirEntry[str]]:
+    uid = os.geteuid()
+    out = []
+    try:
+        with os.scandir(directory) as it:
+            for entry in it:
+                if not _names.NAME_RE.match(entry.name):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
+                    out.append(entry)
+    except OSError:
+        pass
+    return out
+
+
+def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
+    """Open another (or this) process's segment; returns a new fd."""
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    if loc.store == "memfd":
+        fd = _open_memfd(loc, flags, token)
+    elif loc.store == "posix":
+        path = os.path.join(shm_dir(), loc.name)
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise SegmentNotFoundError(
+                f"segment {loc.name} does not exist in {shm_dir()}: its owner (pid {loc.pid}) "
+                "closed it or exited. Fix: keep the owner's Shared open while other processes attach."
+            ) from None
+        except PermissionError:
+            raise SegmentAccessError(
+                f"segment {path} is not accessible to uid {os.geteuid()}: segments are private "
+                "to their owner's user (mode 0600). Fix: attach as the owner's user."
+            ) from None
+    else:
+        raise SegmentNotFoundError(f"unknown store {loc.store!r} for segment {loc.name}")
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise SegmentAccessError(
+                f"segment {loc.name} belongs to uid {st.st_uid}, not to this process's uid "
+                f"{os.geteuid()}: nocopy refuses another user's segment. Fix: attach as uid {st.st_uid}."
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_memfd(loc: Locator, flags: int, token: str) -> int:
+    proc = f"/proc/{loc.pid}/fd/{loc.fd}"
+    expected = f"/memfd:{loc.name} (deleted)"
+    try:
+        fd = os.open(proc, flags)
+    except FileNotFoundError:
+        raise SegmentNotFoundError(
+            f"segment {loc.name} is gone: its owner (pid {loc.pid}) closed it or exited. "
+            "Fix: keep the owner's Shared open while other processes attach."
+        ) from None
+    except PermissionError:
+        if not loc.sock:
+            raise SegmentAccessError(
+                f"cannot open {proc} (permission denied) and segment {loc.name} has no fd server"
+            ) from None
+        fd = _fdserver.request_fd(loc.sock, loc.name, token)
+        if flags & os.O_RDWR:
+            # SCM_RIGHTS passes the owner's read-write fd; that is what was asked.
+            pass
+    # The owner may have closed that fd number and reused it for another file.
+    try:
+        link = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        link = expected
+    if link != expected:
+        os.close(fd)
+        raise SegmentNotFoundError(
+            f"segment {loc.name} is gone: fd {loc.fd} of pid {loc.pid} is now {link!r}. "
+            "Its owner closed it. Fix: keep the owner's Shared open while other processes attach."
+        )
+    return fd

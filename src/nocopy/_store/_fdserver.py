@@ -1,0 +1,152 @@
+"""SCM_RIGHTS fallback for handing a memfd to another process.
+
+Opening /proc/<pid>/fd/<n> is the fast path (~4 us) but needs ptrace read
+access, which hardened kernels and some container profiles refuse even to the
+same user. Then the owner's fd server passes the descriptor over an abstract
+UNIX socket, after checking the peer's uid with SO_PEERCRED.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import struct
+import threading
+
+from ..errors import SegmentAccessError, SegmentNotFoundError
+
+__all__ = ["FdServer", "request_fd", "server"]
+
+_MAX_REQUEST = 4096
+
+
+class FdServer:
+    def __init__(self) -> None:
+        self.address = f"nocopy-fds-{os.getpid()}-{secrets.token_hex(16)}"
+        self._fds: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind("\0" + self.address)
+        self._sock.listen(64)
+        self._thread = threading.Thread(target=self._serve, name="nocopy-fd-server", daemon=True)
+        self._thread.start()
+
+    def register(self, name: str, fd: int, token: str) -> None:
+        with self._lock:
+            self._fds[name] = (fd, token)
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            self._fds.pop(name, None)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self._answer(conn)
+                except OSError:
+                    pass
+
+    def _answer(self, conn: socket.socket) -> None:
+        conn.settimeout(5)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid != os.geteuid():
+            conn.sendall(b"A")
+            return
+        data = b""
+        while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
+            chunk = conn.recv(_MAX_REQUEST)
+            if not chunk:
+                return
+            data += chunk
+        try:
+            req = json.loads(data)
+            name, token = str(req["name"]), str(req["token"])
+        except (ValueError, KeyError, TypeError):
+            conn.sendall(b"C")
+            return
+        with self._lock:
+            entry = self._fds.get(name)
+            dup = os.dup(entry[0]) if entry is not None and secrets.compare_digest(entry[1], token) else -1
+        if dup < 0:
+            conn.sendall(b"N")
+            return
+        try:
+            socket.send_fds(conn, [b"K"], [dup])
+        finally:
+            os.close(dup)
+
+    def close_in_child(self) -> None:
+        # After fork the thread is gone; the inherited socket must not be served.
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+
+_server: FdServer | None = None
+_server_lock = threading.Lock()
+
+
+def server() -> FdServer:
+    global _server
+    with _server_lock:
+        if _server is None:
+            _server = FdServer()
+        return _server
+
+
+def _after_fork_in_child() -> None:
+    global _server, _server_lock
+    _server_lock = threading.Lock()
+    if _server is not None:
+        _server.close_in_child()
+        _server = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def request_fd(address: str, name: str, token: str) -> int:
+    """Ask the owner's fd server for the memfd *name*; returns a new fd."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        try:
+            sock.connect("\0" + address)
+        except OSError as exc:
+            raise SegmentNotFoundError(
+                f"segment {name}: its owner cannot be reached ({exc.strerror}); the owner "
+                "process has exited or closed it. Fix: keep the owner's Shared open while "
+                "other processes attach."
+            ) from None
+        sock.sendall(json.dumps({"name": name, "token": token}).encode() + b"\n")
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
+    except TimeoutError:
+        raise SegmentNotFoundError(f"segment {name}: its owner did not answer within 5 s") from None
+    finally:
+        sock.close()
+    if msg == b"K" and fds:
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0]
+    for fd in fds:
+        os.close(fd)
+    if msg == b"A":
+        raise SegmentAccessError(
+            f"segment {name} belongs to another user (uid check by its owner refused uid "
+            f"{os.geteuid()}). Fix: attach from a process running as the owner's user."
+        )
+    if msg == b"N":
+        raise SegmentNotFoundError(
+            f"segment {name} is closed or its token does not match. Fix: keep the owner's "
+            "Shared open while other processes attach, and use its current uri."
+        )
+    raise SegmentNotFoundError(f"segment {name}: owner's fd server gave no descriptor ({msg!r})")

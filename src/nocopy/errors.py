@@ -1,0 +1,146 @@
+"""The exceptions nocopy raises.
+
+Every error derives from :class:`NocopyError` and also from the builtin a caller
+would naturally catch (``except MemoryError`` catches
+:class:`InsufficientMemoryError`). All of them survive pickling, because they
+cross process boundaries, and every message names the object, the cause and the
+fix.
+
+Example::
+
+    >>> import nocopy
+    >>> try:
+    ...     nocopy.attach("nocopy://posix/nocopy-1-1-00?token=00&size=1")
+    ... except nocopy.errors.NocopyError as exc:
+    ...     print(type(exc).__name__)
+    SegmentCorruptError
+"""
+
+from __future__ import annotations
+
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+__all__ = [
+    "InsufficientMemoryError",
+    "NocopyError",
+    "SegmentAccessError",
+    "SegmentCorruptError",
+    "SegmentNotFoundError",
+    "UnsupportedTypeError",
+    "WorkerCrashedError",
+]
+
+
+class NocopyError(Exception):
+    """Root of every error nocopy raises.
+
+    Example::
+
+        >>> issubclass(nocopy.errors.SegmentCorruptError, nocopy.errors.NocopyError)
+        True
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses with keyword-only state keep it in __dict__; rebuilding
+        # from args alone and restoring __dict__ keeps them picklable.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
+class UnsupportedTypeError(NocopyError, TypeError):
+    """The object (or one of its columns/fields) cannot be shared without copying.
+
+    Example: an object column holding dicts::
+
+        >>> nocopy.share(np.array([{}, {}], dtype=object))  # doctest: +SKIP
+        UnsupportedTypeError: ndarray of dtype object cannot be shared zero-copy ...
+    """
+
+
+class InsufficientMemoryError(NocopyError, MemoryError):
+    """Not enough shared memory (tmpfs, cgroup or RAM) for a new segment.
+
+    Raised before any byte is written; nothing is left behind.
+
+    Attributes: ``requested`` and ``available`` in bytes, ``limit`` names the
+    limit that was hit (``"tmpfs /dev/shm"``, ``"cgroup memory.max"``, ...).
+
+    Example::
+
+        >>> try:
+        ...     nocopy.empty((1 << 50,), "u1")
+        ... except MemoryError as exc:
+        ...     print(exc.limit)  # doctest: +SKIP
+        MemAvailable
+    """
+
+    requested: int
+    available: int
+    limit: str
+
+    def __init__(self, message: str, *, requested: int = 0, available: int = 0, limit: str = "") -> None:
+        super().__init__(message)
+        self.requested = requested
+        self.available = available
+        self.limit = limit
+
+
+class SegmentNotFoundError(NocopyError, FileNotFoundError):
+    """The segment no longer exists: its owner closed it or exited.
+
+    Example::
+
+        >>> ref = nocopy.share(np.arange(3)); uri = ref.uri; ref.close()
+        >>> nocopy.attach(uri)  # doctest: +SKIP
+        SegmentNotFoundError: ...
+    """
+
+
+class SegmentCorruptError(NocopyError, ValueError):
+    """The segment's header or a handle/URI is malformed, truncated or hostile.
+
+    Example::
+
+        >>> nocopy.attach("nocopy://../../etc/passwd")  # doctest: +SKIP
+        SegmentCorruptError: malformed nocopy URI ...
+    """
+
+
+class SegmentAccessError(NocopyError, PermissionError):
+    """The segment belongs to another user, or the handle's token does not match.
+
+    Example::
+
+        >>> # in a process running as another user
+        >>> nocopy.attach(uri_of_roots_segment)  # doctest: +SKIP
+        SegmentAccessError: ...
+    """
+
+
+class WorkerCrashedError(NocopyError, BrokenProcessPool):
+    """A worker process died (signal, ``os._exit``, OOM kill) while running a task.
+
+    Attributes: ``exitcode`` (negative for a signal), ``task`` (a description of
+    the task or chunk that was running, when known).
+
+    Example::
+
+        >>> with nocopy.ProcessPoolExecutor(1) as ex:  # doctest: +SKIP
+        ...     ex.submit(os._exit, 3).result()
+        WorkerCrashedError: a worker process exited with code 3 while running ...
+    """
+
+    exitcode: int | None
+    task: str | None
+
+    def __init__(self, message: str, *, exitcode: int | None = None, task: str | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.task = task
