@@ -176,6 +176,9 @@ class Shared(Generic[T]):
                 self._closed = True
                 self._base = None
                 if self._owner is not None:
+                    # New handles in this process must fail like anywhere else.
+                    with _mappings_lock:
+                        _mappings.pop((self._locator.name, self._token), None)
                     self._finalizer()
         except Exception:  # pragma: no cover - close must never raise
             pass

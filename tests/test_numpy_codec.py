@@ -1,0 +1,216 @@
+"""NumPy round trips: every fixed-width dtype, layouts, subclasses, zero-copy views."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import nocopy
+from nocopy.errors import SegmentNotFoundError, UnsupportedTypeError
+
+
+def assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    assert type(got) is type(want)
+    assert got.dtype == want.dtype
+    assert got.shape == want.shape
+    # Byte equality: NaN payloads and structured fields compare exactly.
+    assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def mapping_of(ref: nocopy.Shared) -> np.ndarray:
+    base = ref._shared_base()
+    return base
+
+
+FIXED_DTYPES = [
+    "?", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "g",
+    "c8", "c16", ">i4", ">f8", "S1", "S6", "U1", "U7", "V5",
+    "M8[ns]", "M8[us]", "M8[D]", "m8[ns]", "m8[s]",
+]
+
+
+@pytest.mark.parametrize("dtype", FIXED_DTYPES)
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_fixed_width_dtypes_round_trip_zero_copy(dtype: str, backend: str) -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, size=24 * np.dtype(dtype).itemsize, dtype=np.uint8)
+    arr = raw.view(dtype).reshape(4, -1) if np.dtype(dtype).itemsize else np.zeros(6, dtype)
+    with nocopy.share(arr, backend=backend) as ref:
+        got = ref.get()
+        assert_same(got, arr)
+        assert np.shares_memory(got, mapping_of(ref))
+        assert not got.flags.writeable
+
+
+def test_structured_record_array_with_datetimes_keeps_subclass() -> None:
+    n = 1000
+    rec = np.rec.fromarrays(
+        [
+            np.arange(n).astype("M8[s]").astype("M8[us]"),
+            np.where(np.arange(n) % 2, np.nan, 1.0),
+            np.array([b"string", b"abc"] * (n // 2), dtype="S6"),
+        ],
+        names="date_col,float_col,character_col",
+    )
+    with nocopy.share(rec) as ref:
+        got = ref.get()
+        assert isinstance(got, np.recarray)
+        assert_same(got, rec)
+        assert got.dtype == rec.dtype
+        assert np.nansum(got.float_col) == np.nansum(rec.float_col)
+        assert np.shares_memory(got, mapping_of(ref))
+
+
+def test_aligned_nested_and_subarray_structured_dtypes() -> None:
+    inner = np.dtype([("x", "i1"), ("y", "f8")], align=True)
+    dt = np.dtype({"names": ["a", "b", "c"], "formats": [inner, ("u2", (2, 3)), "M8[ms]"],
+                   "offsets": [0, 24, 40], "itemsize": 56})
+    arr = np.zeros(5, dtype=dt)
+    arr["a"]["y"] = np.arange(5)
+    arr["b"][:, 1, 2] = 7
+    with nocopy.share(arr) as ref:
+        got = ref.get()
+        assert got.dtype == dt
+        assert got.dtype.fields == dt.fields
+        assert_same(got, arr)
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.array(3.5),
+        np.zeros((0,), "f8"),
+        np.zeros((3, 0, 2), "i4"),
+        np.zeros((0,), [("a", "i4"), ("b", "S3")]),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.arange(60).reshape(3, 4, 5)[:, ::2, 1:],
+        np.arange(10)[::-1],
+        np.arange(24, dtype="i2").reshape(2, 3, 4).transpose(2, 0, 1),
+    ],
+    ids=["0d", "empty", "empty-3d", "empty-structured", "fortran", "strided", "reversed", "transposed"],
+)
+def test_shapes_and_layouts(arr: np.ndarray) -> None:
+    with nocopy.share(arr) as ref:
+        got = ref.get()
+        assert got.shape == arr.shape and got.dtype == arr.dtype
+        np.testing.assert_array_equal(got, arr)
+        if arr.flags.f_contiguous and arr.ndim > 1 and not arr.flags.c_contiguous:
+            assert got.flags.f_contiguous
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.one_of(
+            hnp.scalar_dtypes(), hnp.byte_string_dtypes(), hnp.unicode_string_dtypes(),
+            hnp.array_dtypes(allow_subarrays=True),
+        ),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
+    ),
+    st.booleans(),
+)
+def test_hypothesis_round_trip(arr: np.ndarray, fortran: bool) -> None:
+    if fortran:
+        arr = np.asfortranarray(arr)
+    with nocopy.share(arr) as ref:
+        got = ref.get()
+        assert got.dtype == arr.dtype and got.shape == arr.shape
+        assert np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(arr).tobytes()
+
+
+def test_views_are_read_only_and_shared_data_untouched() -> None:
+    arr = np.arange(10.0)
+    with nocopy.share(arr) as ref:
+        view = ref.get()
+        with pytest.raises(ValueError, match="read-only"):
+            view[0] = 99
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
+        assert ref.get()[0] == 0.0
+
+
+def test_private_view_is_copy_on_write() -> None:
+    arr = np.arange(1_000_000, dtype="f8")
+    with nocopy.share(arr) as ref:
+        private = ref.get(private=True)
+        assert private.flags.writeable
+        private[:10] = -1
+        assert ref.get()[0] == 0.0
+        other = ref.get(private=True)
+        assert other[0] == 0.0  # each private view is its own copy
+        assert private[0] == -1
+
+
+def test_empty_and_zeros_are_writable_shared_outputs() -> None:
+    out = nocopy.zeros((4, 3), "i8")
+    assert out.writable
+    a = out.get()
+    assert (a == 0).all()
+    a[1] = 5
+    # Another handle for the same segment (as a worker would get) sees it.
+    other = pickle.loads(pickle.dumps(out))
+    assert other.get()[1].tolist() == [5, 5, 5]
+    f = nocopy.empty((3, 2), "f4", order="F")
+    assert f.get().flags.f_contiguous and f.get().flags.writeable
+    out.close()
+    f.close()
+
+
+def test_close_keeps_existing_views_valid_and_is_idempotent() -> None:
+    ref = nocopy.share(np.arange(100))
+    view = ref.get()
+    ref.close()
+    ref.close()
+    assert view.sum() == 4950
+    with pytest.raises(SegmentNotFoundError):
+        nocopy.attach(ref.uri)
+
+
+def test_pickled_handle_is_small() -> None:
+    with nocopy.share(np.zeros(10_000_000)) as ref:
+        data = pickle.dumps(ref)
+        assert len(data) < 1024
+        clone = pickle.loads(data)
+        assert not clone.is_owner
+        assert clone.get().shape == (10_000_000,)
+
+
+def test_containers_and_scalars() -> None:
+    obj = {"a": [np.arange(3), (1, "x", None, 2.5, True)], "b": b"raw", 3: np.float32(1.5)}
+    with nocopy.share(obj) as ref:
+        got = ref.get()
+        assert got["a"][1] == (1, "x", None, 2.5, True)
+        assert got["b"] == b"raw"
+        assert got[3] == np.float32(1.5) and type(got[3]) is np.float32
+        np.testing.assert_array_equal(got["a"][0], [0, 1, 2])
+
+
+def test_object_arrays_are_refused_naming_the_fix() -> None:
+    with pytest.raises(UnsupportedTypeError, match="allow_pickle"):
+        nocopy.share(np.array([{}, 1], dtype=object))
+    with pytest.raises(TypeError):  # also a builtin TypeError
+        nocopy.share({"col": np.array([{"x": 1}], dtype=object)})
+    with pytest.raises(UnsupportedTypeError, match="object"):
+        nocopy.empty(3, object)
+
+
+def test_pickle_fallback_only_when_trusted() -> None:
+    obj = {"meta": {1, 2, 3}}
+    with nocopy.share(obj, allow_pickle=True) as ref:
+        assert pickle.loads(pickle.dumps(ref)).get() == obj
+        with pytest.raises(nocopy.errors.SegmentAccessError, match="trusted=True"):
+            nocopy.attach(ref.uri).get()
+        assert nocopy.attach(ref.uri, trusted=True).get() == obj
+
+
+def test_unknown_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="memfd, posix"):
+        nocopy.share(np.arange(3), backend="nope")
+    monkeypatch.setenv("NOCOPY_BACKEND", "posix")
+    with nocopy.share(np.arange(3)) as ref:
+        assert ref.backend == "posix"
