@@ -48,8 +48,9 @@ class NocopyError(Exception):
 
 
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
-    exc = cls.__new__(cls)
-    exc.args = args
+    # Every nocopy error takes its message positionally and the rest as
+    # keywords with defaults; the keyword state is restored from __dict__.
+    exc = cls(*args)
     exc.__dict__.update(state)
     return exc
 

@@ -1,0 +1,165 @@
+"""Owner crashes and a full tmpfs: memory comes back, errors instead of SIGBUS."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import Procs, needs_root
+
+import nocopy
+
+OWNER = """
+import sys, numpy as np, nocopy
+ref = nocopy.share(np.full(256 * 2**20 // 8, 7.0), backend=sys.argv[1])
+print(ref.name, flush=True)
+sys.stdin.read()
+"""
+
+
+def _shmem_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no Shmem in /proc/meminfo")
+
+
+def _holders(name: str) -> list[str]:
+    """Every /proc/<pid>/fd or maps entry that still refers to segment *name*."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    if name in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                        found.append(f"{pid}/fd/{fd}")
+                except OSError:
+                    pass
+            with open(f"/proc/{pid}/maps") as f:
+                if name in f.read():
+                    found.append(f"{pid}/maps")
+        except OSError:
+            pass
+    return found
+
+
+def _start_owner(procs: Procs, backend: str) -> tuple[subprocess.Popen[bytes], str]:
+    p = procs.python(OWNER, backend, stdin=subprocess.PIPE)
+    assert p.stdout is not None
+    name = p.stdout.readline().decode().strip()
+    assert name.startswith("nocopy-"), p.stderr.read() if p.stderr else ""
+    return p, name
+
+
+@pytest.mark.slow
+def test_sigkill_of_memfd_owner_returns_the_memory(procs: Procs) -> None:
+    before = _shmem_bytes()
+    p, name = _start_owner(procs, "memfd")
+    assert _holders(name)
+    assert _shmem_bytes() - before > 200 * 2**20  # the 256 MB really is allocated
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _holders(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _holders(name) == []
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
+    # Tolerance for whatever else runs on the machine meanwhile.
+    while _shmem_bytes() - before > 64 * 2**20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _shmem_bytes() - before < 64 * 2**20
+
+
+@pytest.mark.slow
+def test_sigkill_of_posix_owner_leaves_a_reclaimable_segment(procs: Procs) -> None:
+    p, name = _start_owner(procs, "posix")
+    path = f"/dev/shm/{name}"
+    assert os.path.getsize(path) > 256 * 2**20 - 1
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert os.path.exists(path)  # a named segment outlives a SIGKILLed owner...
+    reclaimed = nocopy.cleanup()
+    assert name in {seg.name for seg in reclaimed}
+    assert not os.path.exists(path)  # ...until cleanup reclaims it
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
+
+
+SMALL_TMPFS = """
+set -e
+mount -t tmpfs -o size=64m tmpfs /dev/shm
+{python} - <<'PY'
+{code}
+PY
+"""
+
+IN_SMALL_TMPFS = """
+import os, numpy as np, nocopy
+from nocopy.errors import InsufficientMemoryError
+data = np.ones(128 * 2**20 // 8)
+try:
+    nocopy.share(data, backend="posix")
+except InsufficientMemoryError as exc:
+    assert isinstance(exc, MemoryError)
+    assert exc.requested > 128 * 2**20 and exc.available <= 64 * 2**20, exc
+    assert "tmpfs /dev/shm" in str(exc) and "--shm-size" in str(exc), exc
+    print("refused:", exc.limit)
+else:
+    raise SystemExit("no error")
+if {bypass}:
+    # Second line of defence: even when the room check is fooled, fallocate
+    # turns the shortage into the same error instead of a SIGBUS.
+    from nocopy._store import _capacity
+    _capacity.check_room = lambda *a, **k: None
+    try:
+        nocopy.share(data, backend="posix")
+    except InsufficientMemoryError as exc:
+        print("fallocate refused:", exc.limit)
+    else:
+        raise SystemExit("no error from fallocate")
+small = nocopy.share(np.ones(1000), backend="posix")  # the process survives and works
+assert small.get().sum() == 1000
+small.close()
+print("left:", sorted(n for n in os.listdir("/dev/shm") if n.startswith("nocopy-")))
+"""
+
+
+@needs_root
+@pytest.mark.root
+@pytest.mark.parametrize("bypass", [False, True], ids=["room-check", "fallocate"])
+def test_small_tmpfs_gives_insufficient_memory_not_sigbus(bypass: bool) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    script = SMALL_TMPFS.format(python=sys.executable, code=textwrap.dedent(IN_SMALL_TMPFS).format(bypass=bypass))
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and "unshare failed" in proc.stderr:
+        pytest.skip(f"cannot create a mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # 135 would be SIGBUS
+    assert "refused: tmpfs /dev/shm" in proc.stdout
+    if bypass:
+        assert "fallocate refused: tmpfs /dev/shm" in proc.stdout
+    assert "left: []" in proc.stdout
+
+
+def test_memfd_is_not_bounded_by_the_tmpfs_size() -> None:
+    # Only a real capacity check of the right limit: a memfd ignores /dev/shm's size.
+    with nocopy.share(b"x" * 1000, backend="memfd") as ref:
+        assert ref.get() == b"x" * 1000
+
+
+def test_request_beyond_memory_is_refused_before_allocating() -> None:
+    with pytest.raises(nocopy.errors.InsufficientMemoryError) as info:
+        nocopy.empty((1 << 50,), "u1")
+    assert info.value.requested >= 1 << 50
+    assert "MemAvailable" in info.value.limit or "cgroup" in info.value.limit
+    # Picklable, as every nocopy error: it crosses process boundaries.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(info.value))
+    assert again.limit == info.value.limit and str(again) == str(info.value)
