@@ -13,12 +13,12 @@ import errno
 import fcntl
 import mmap
 import os
-import stat
+import stat as _stat
 import sys
 from dataclasses import dataclass
 
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _fdserver, _names
+from . import _capacity, _fdserver, _names, _orphans
 
 __all__ = [
     "BACKENDS",
@@ -137,10 +137,11 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
         sock = _fdserver.server().address
     else:
         directory = shm_dir()
-        _gc_once()
+        _gc_once(directory)
         _capacity.check_room(what, size, shm_dir=directory)
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
         sock = ""
     try:
         os.ftruncate(fd, size)
@@ -165,46 +166,22 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
     return OwnedSegment(loc, fd, size, path)
 
 
-_gc_done = False
+_gc_done: set[str] = set()
 
 
-def _gc_once() -> None:
-    """Reclaim posix orphans of dead owners the first time this process creates one."""
-    global _gc_done
-    if _gc_done:
+def _gc_once(directory: str) -> None:
+    """Reclaim posix orphans of dead owners the first time this process creates one there."""
+    if directory in _gc_done:
         return
-    _gc_done = True
-    for entry in _scan_posix(shm_dir()):
-        parsed = _names.parse_name(entry.name)
-        if parsed is not None and not _names.pid_alive(parsed.pid, parsed.start):
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
-
-
-def _scan_posix(directory: str) -> list[os.DirEntry[str]]:
-    uid = os.geteuid()
-    out = []
-    try:
-        with os.scandir(directory) as it:
-            for entry in it:
-                if not _names.NAME_RE.match(entry.name):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode) and st.st_uid == uid:
-                    out.append(entry)
-    except OSError:
-        pass
-    return out
+    _gc_done.add(directory)
+    _orphans.reclaim(directory)
 
 
 def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
     """Open another (or this) process's segment; returns a new fd."""
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
+    # O_NONBLOCK/O_NOCTTY: a hostile name or fd number pointing at a FIFO or a
+    # terminal must fail the checks below, not block or become our tty.
+    flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
     if loc.store == "memfd":
         fd = _open_memfd(loc, flags, token)
     elif loc.store == "posix":
@@ -225,6 +202,11 @@ def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
         raise SegmentNotFoundError(f"unknown store {loc.store!r} for segment {loc.name}")
     try:
         st = os.fstat(fd)
+        if not _stat.S_ISREG(st.st_mode):
+            raise SegmentNotFoundError(
+                f"segment {loc.name} is not a nocopy segment (not a regular file): the name "
+                "was reused by something else. Fix: use the uri of a live Shared."
+            )
         if st.st_uid != os.geteuid():
             raise SegmentAccessError(
                 f"segment {loc.name} belongs to uid {st.st_uid}, not to this process's uid "
@@ -239,6 +221,18 @@ def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
 def _open_memfd(loc: Locator, flags: int, token: str) -> int:
     proc = f"/proc/{loc.pid}/fd/{loc.fd}"
     expected = f"/memfd:{loc.name} (deleted)"
+    # Look before opening: the fd number may now be any other file of the owner.
+    try:
+        before = os.readlink(proc)
+    except FileNotFoundError:
+        before = expected  # let open() report the missing segment
+    except OSError:
+        before = expected  # unreadable (another user): open() or the fd server decides
+    if before != expected:
+        raise SegmentNotFoundError(
+            f"segment {loc.name} is gone: fd {loc.fd} of pid {loc.pid} is now {before!r}. "
+            "Its owner closed it. Fix: keep the owner's Shared open while other processes attach."
+        )
     try:
         fd = os.open(proc, flags)
     except FileNotFoundError:

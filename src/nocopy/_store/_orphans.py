@@ -1,0 +1,118 @@
+"""Finding and reclaiming posix segments whose owner is gone.
+
+One implementation serves both the automatic reclaim on a process's first
+posix segment and ``nocopy.cleanup()`` / ``nocopy gc``.
+
+A file is only ever touched when all of these hold: its name is a nocopy
+segment name, it is a regular file (not a symlink, FIFO or directory) owned by
+this user, the process named in it (pid *and* start time, so a recycled pid is
+not mistaken for the owner) is gone, and no process holds the owner's lock on
+it. The lock is the second, independent proof: every owner keeps a shared
+``flock`` on its segment for as long as it holds it, the kernel drops it when
+the owner dies however it dies, and it works across pid namespaces (containers
+sharing /dev/shm), where the pid in a name may mean another process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+
+from . import _names
+
+__all__ = ["PosixFile", "lock_owned", "reclaim", "scan"]
+
+
+@dataclass(frozen=True)
+class PosixFile:
+    """One nocopy file in the shm directory, as found on disk."""
+
+    name: str
+    path: str
+    size: int
+    pid: int
+    start: int
+    created: float  # oldest inode timestamp: never later than creation
+    ino: int
+    dev: int
+
+    @property
+    def owner_alive(self) -> bool:
+        return _names.pid_alive(self.pid, self.start)
+
+
+def lock_owned(fd: int) -> None:
+    """Mark *fd*'s segment as held (called by the owner right after creating it)."""
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+
+def scan(directory: str) -> list[PosixFile]:
+    """Every nocopy segment file of this user in *directory* (owners alive or not)."""
+    uid = os.geteuid()
+    out: list[PosixFile] = []
+    try:
+        it = os.scandir(directory)
+    except OSError:
+        return out
+    with it:
+        for entry in it:
+            parsed = _names.parse_name(entry.name)
+            if parsed is None:
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            out.append(
+                PosixFile(
+                    name=entry.name,
+                    path=entry.path,
+                    size=st.st_size,
+                    pid=parsed.pid,
+                    start=parsed.start,
+                    created=min(st.st_atime, st.st_mtime, st.st_ctime),
+                    ino=st.st_ino,
+                    dev=st.st_dev,
+                )
+            )
+    return out
+
+
+def _unheld(f: PosixFile) -> bool:
+    """Whether nobody holds the owner's lock on *f* (and it is still the same file)."""
+    try:
+        fd = os.open(f.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if (st.st_ino, st.st_dev) != (f.ino, f.dev) or not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+    finally:
+        os.close(fd)  # also drops our probe lock
+
+
+def reclaim(directory: str, *, dry_run: bool = False) -> list[PosixFile]:
+    """Remove the segments of dead owners in *directory*; return what was (or would be) removed."""
+    done: list[PosixFile] = []
+    for f in scan(directory):
+        if f.owner_alive or not _unheld(f):
+            continue
+        if not dry_run:
+            try:
+                os.unlink(f.path)
+            except FileNotFoundError:
+                continue  # another process reclaimed it first
+            except OSError:
+                continue
+        done.append(f)
+    return done
