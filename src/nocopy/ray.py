@@ -1,0 +1,226 @@
+"""Ray integration: the same data, zero-copy on every node.
+
+:func:`put` encodes an object with nocopy's codec into **one** uint8 buffer and
+puts that buffer in Ray's object store; :func:`get` fetches it (Ray maps a
+numpy buffer read-only, straight from the store) and rebuilds the object
+over it, so every column is a view into the object store -- datetime64
+columns, record arrays and strings included, which plain ``ray.get`` copies
+into every task.
+
+Example::
+
+    >>> import numpy as np, ray, nocopy.ray
+    >>> ref = nocopy.ray.put(np.arange(10))      # a nocopy.ray.Ref  # doctest: +SKIP
+    >>> @ray.remote
+    ... def total(ref):
+    ...     return int(nocopy.ray.get(ref).sum())   # zero-copy view
+    >>> ray.get(total.remote(ref))                 # doctest: +SKIP
+    45
+
+Why a wrapper (:class:`Ref`) and not the bare ``ObjectRef``: Ray resolves an
+``ObjectRef`` passed as a top-level task argument into its value (here the
+raw uint8 buffer), while a :class:`Ref` arrives as itself, tells what it
+holds (``kind``, ``nbytes``) and keeps the object alive while any task
+borrows it (Ray tracks the ``ObjectRef`` inside it). :func:`get` accepts a
+:class:`Ref`, its ``object_ref``, or the already-resolved buffer.
+
+Cost of a put: one temporary buffer. Ray's public API has no way to write
+into an object-store buffer before it is sealed (``ray.put`` always copies
+its argument in), so the layout is written into a private buffer that Ray
+then copies once into the store; the temporary is freed right after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+import numpy as np
+
+try:
+    import ray
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "nocopy.ray needs Ray, which is not installed. Fix: pip install 'nocopy[ray]'"
+    ) from _exc
+
+from ._codec._buffer import decode_buffer, plan
+from .errors import SegmentCorruptError
+
+__all__ = ["Ref", "connect_or_start", "get", "put"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("nocopy.ray")
+_init_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Ref(Generic[T]):
+    """A nocopy layout in Ray's object store: pass it to tasks, read it with :func:`get`.
+
+    Small to pickle (it carries the ``ObjectRef``, never the data). The data
+    stays in the store while the driver holds the :class:`Ref` or any task
+    still uses one (Ray's reference counting, borrowers included).
+
+    Attributes: ``object_ref`` (the ``ray.ObjectRef`` of the uint8 buffer),
+    ``kind`` (type name of the object), ``nbytes`` (data bytes), ``size``
+    (bytes in the store, header included), ``pickled`` (whether parts were
+    stored pickled because of ``allow_pickle=True``).
+
+    Example::
+
+        >>> ref = nocopy.ray.put(np.zeros(1000))   # doctest: +SKIP
+        >>> ref.kind, ref.nbytes                   # doctest: +SKIP
+        ('ndarray', 8000)
+        >>> float(ref.get().sum())                 # doctest: +SKIP
+        0.0
+    """
+
+    object_ref: ray.ObjectRef[Any]
+    kind: str
+    nbytes: int
+    size: int
+    pickled: bool = False
+
+    def get(self, *, timeout: float | None = None) -> T:
+        """Same as ``nocopy.ray.get(self)``.
+
+        Example::
+
+            >>> nocopy.ray.put({"a": np.arange(3)}).get()["a"]   # doctest: +SKIP
+            array([0, 1, 2])
+        """
+        return get(self, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"<nocopy.ray.Ref {self.kind} {self.nbytes} bytes "
+            f"object {self.object_ref.hex()}>"
+        )
+
+
+def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
+    """Make sure this process is connected to Ray; return how.
+
+    * Ray already initialised (always so inside a task): nothing to do,
+      returns ``"initialised"``.
+    * ``RAY_ADDRESS`` set: connects to that cluster, returns ``"address"``
+      (``num_cpus`` is ignored: the cluster has its own).
+    * Otherwise: starts a local Ray instance with ``num_cpus`` CPUs (all
+      cores if ``None``), dashboard and usage statistics off, logs a warning
+      saying so, and returns ``"local"``. The instance lives until this
+      process exits (or ``ray.shutdown()``), so later calls reuse it.
+
+    ``init_kwargs`` go to ``ray.init`` when this call initialises Ray.
+
+    Example::
+
+        >>> nocopy.ray.connect_or_start(num_cpus=2)   # doctest: +SKIP
+        'local'
+    """
+    with _init_lock:
+        if ray.is_initialized():
+            return "initialised"
+        # Opt out unless the user opted in explicitly.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, **init_kwargs)
+            logger.info("nocopy.ray: connected to the Ray cluster at RAY_ADDRESS=%s", address)
+            return "address"
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+        kwargs.update(init_kwargs)
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+        ray.init(**kwargs)
+        cpus = num_cpus if num_cpus is not None else os.cpu_count()
+        logger.warning(
+            "nocopy.ray: no Ray cluster (RAY_ADDRESS is not set and Ray was not initialised): "
+            "started a local Ray instance with %s CPUs. To use a cluster, set "
+            "RAY_ADDRESS=<head-node>:6379 or call ray.init(...) first.",
+            cpus,
+        )
+        return "local"
+
+
+def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
+    """Encode *obj* once into Ray's object store; return a :class:`Ref` to it.
+
+    Accepts everything :func:`nocopy.share` accepts (NumPy arrays of any
+    fixed-width dtype, record arrays, pandas and Arrow data, dicts/lists/
+    tuples of them). Unsupported data raises
+    :class:`~nocopy.errors.UnsupportedTypeError` before anything is put,
+    unless ``allow_pickle=True`` (those parts are then unpickled on every
+    get). Starts or connects to Ray first if needed (see
+    :func:`connect_or_start`). Works in the driver and inside tasks.
+
+    Example::
+
+        >>> ref = nocopy.ray.put(np.rec.fromarrays([np.arange(3)], names="a"))  # doctest: +SKIP
+        >>> type(nocopy.ray.get(ref)).__name__                                    # doctest: +SKIP
+        'recarray'
+    """
+    p = plan(obj, allow_pickle=allow_pickle)
+    if not ray.is_initialized():
+        connect_or_start()
+    mem = np.empty(p.size, dtype=np.uint8)
+    p.write_into(mem)
+    # ray.put copies mem's bytes into the store once (pickle protocol 5,
+    # out of band); mem is freed when this function returns.
+    object_ref = ray.put(mem)
+    return Ref(object_ref, type(obj).__name__, p.nbytes, p.size, p.pickled)
+
+
+@overload
+def get(ref: Ref[T], *, timeout: float | None = None) -> T: ...
+@overload
+def get(ref: ray.ObjectRef[Any] | np.ndarray, *, timeout: float | None = None) -> Any: ...
+def get(ref: Any, *, timeout: float | None = None) -> Any:
+    """Rebuild the object put by :func:`put`, every array a read-only view into the object store.
+
+    *ref* is a :class:`Ref`, its ``object_ref``, or the uint8 buffer itself
+    (what a task receives when an ``ObjectRef`` is passed as a top-level
+    argument and Ray resolves it). Writes to the result raise numpy's
+    "assignment destination is read-only". The views keep the object
+    pinned in this node's store until they are dropped.
+
+    Example::
+
+        >>> @ray.remote
+        ... def first(ref):
+        ...     return nocopy.ray.get(ref)["t"][0]
+        >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
+    """
+    if isinstance(ref, Ref):
+        name = f"ray object {ref.object_ref.hex()}"
+        mem = ray.get(ref.object_ref, timeout=timeout)
+    elif isinstance(ref, ray.ObjectRef):
+        name = f"ray object {ref.hex()}"
+        mem = ray.get(ref, timeout=timeout)
+    elif isinstance(ref, np.ndarray):
+        name = "ray object buffer"
+        mem = ref
+    else:
+        raise TypeError(
+            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or its resolved buffer, "
+            f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
+        )
+    if not (isinstance(mem, np.ndarray) and mem.dtype == np.uint8 and mem.ndim == 1):
+        raise SegmentCorruptError(
+            f"{name} holds {type(mem).__qualname__}"
+            f"{' of dtype ' + str(mem.dtype) if isinstance(mem, np.ndarray) else ''}, "
+            "not a nocopy layout: it was not made by nocopy.ray.put(). "
+            "Fix: read it with ray.get(), or put it with nocopy.ray.put()."
+        )
+    if mem.flags.writeable:
+        # Small objects come back from Ray's in-process store as writable
+        # copies; read-only views everywhere keep the semantics the same.
+        mem = mem.view()
+        mem.flags.writeable = False
+    # trusted: whatever is in Ray's store is already unpickled by ray.get
+    # itself, so refusing nocopy's own pickled nodes here would protect nothing.
+    return decode_buffer(mem, trusted=True, name=name)
