@@ -1,0 +1,99 @@
+"""The public API is exactly what we mean it to be."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nocopy
+import nocopy.errors
+
+EXPECTED = {
+    "ProcessPoolExecutor",
+    "Shared",
+    "__version__",
+    "attach",
+    "cleanup",
+    "empty",
+    "errors",
+    "explain",
+    "parallel_map",
+    "segments",
+    "share",
+    "zeros",
+}
+
+
+def test_all_is_sorted_and_exact() -> None:
+    assert list(nocopy.__all__) == sorted(nocopy.__all__)
+    assert set(nocopy.__all__) == EXPECTED
+    for name in nocopy.__all__:
+        assert hasattr(nocopy, name)
+
+
+def test_every_public_name_has_a_docstring_with_an_example() -> None:
+    names = [n for n in nocopy.__all__ if n not in ("__version__", "errors")]
+    names += [f"errors.{n}" for n in nocopy.errors.__all__]
+    for name in names:
+        obj = nocopy
+        for part in name.split("."):
+            obj = getattr(obj, part)
+        doc = inspect.getdoc(obj) or ""
+        assert "Example" in doc, f"nocopy.{name} has no example in its docstring"
+
+
+def test_error_tree() -> None:
+    e = nocopy.errors
+    assert issubclass(e.UnsupportedTypeError, (e.NocopyError, TypeError))
+    assert issubclass(e.InsufficientMemoryError, (e.NocopyError, MemoryError))
+    assert issubclass(e.SegmentNotFoundError, (e.NocopyError, FileNotFoundError))
+    assert issubclass(e.SegmentCorruptError, (e.NocopyError, ValueError))
+    assert issubclass(e.SegmentAccessError, (e.NocopyError, PermissionError))
+    from concurrent.futures.process import BrokenProcessPool
+
+    assert issubclass(e.WorkerCrashedError, (e.NocopyError, BrokenProcessPool))
+
+
+def test_import_does_not_pull_optional_dependencies() -> None:
+    code = (
+        "import sys, nocopy, nocopy.errors; "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'ray', 'psutil', 'matplotlib', 'tqdm', 'joblib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_readme_quick_start_runs(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    m = re.search(r"## Quick start\n.*?```python\n(.*?)```", readme, re.S)
+    assert m, "README has no quick start block"
+    script = tmp_path / "quick_start.py"
+    script.write_text(m.group(1))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("extra", ["pandas", "ray"])
+def test_missing_extra_names_the_pip_command(extra: str) -> None:
+    """Without the optional dependency, the ImportError says which extra to install."""
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {('pandas', 'pyarrow') if extra == 'pandas' else ('ray',)!r}:\n"
+        "            raise ImportError(f'No module named {name!r} (blocked)')\n"
+        "sys.meta_path.insert(0, Block())\n"
+    )
+    if extra == "pandas":
+        use = "import nocopy\nclass FakeFrame: pass\nFakeFrame.__module__ = 'pandas.core.frame'\nnocopy.share(FakeFrame())\n"
+    else:
+        use = "import nocopy.ray\n"
+    out = subprocess.run([sys.executable, "-c", blocker + use], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0
+    assert f"pip install 'nocopy[{extra}]'" in out.stderr, out.stderr
