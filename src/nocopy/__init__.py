@@ -10,15 +10,19 @@ Example::
 """
 
 from . import errors
+from ._inventory import Segment, cleanup, segments
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
+    "Segment",
     "Shared",
     "__version__",
     "attach",
+    "cleanup",
     "empty",
     "errors",
+    "segments",
     "share",
     "zeros",
 ]
