@@ -76,3 +76,28 @@ def own_posix_segments(prefix_pid: int) -> list[str]:
 
 is_root = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not is_root, reason="needs root")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One local Ray instance (2 CPUs) for the whole session: ray.init costs 2-4 s.
+
+    Yields the ``ray`` module. Test modules whose functions run in Ray tasks
+    register themselves with ``ray.cloudpickle.register_pickle_by_value``
+    (workers cannot import ``tests/`` by name).
+    """
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=4 << 30,
+        )
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
