@@ -1,0 +1,93 @@
+"""Store details: the SCM_RIGHTS fallback, sealing, name format, file modes."""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import stat
+
+import numpy as np
+import pytest
+from conftest import run_python
+
+import nocopy
+from nocopy._store import _names
+
+NO_PROC = """
+import os, sys, nocopy
+real_open = os.open
+def deny_proc(path, *a, **k):
+    if str(path).startswith("/proc/") and "/fd/" in str(path) and not str(path).startswith("/proc/self"):
+        raise PermissionError(13, "Permission denied (simulated ptrace refusal)", path)
+    return real_open(path, *a, **k)
+os.open = deny_proc
+ref = nocopy.attach(sys.argv[1])
+print(ref.get().sum())
+"""
+
+
+def test_scm_rights_fallback_when_proc_is_refused() -> None:
+    with nocopy.share(np.arange(100), backend="memfd") as ref:
+        out = run_python(NO_PROC, ref.uri)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "4950"
+
+
+def test_scm_rights_fallback_refuses_a_wrong_token() -> None:
+    with nocopy.share(np.arange(100), backend="memfd") as ref:
+        forged = ref.uri.replace(f"token={ref._token.hex()}", "token=" + "0" * 32)
+        out = run_python(NO_PROC, forged)
+        assert out.returncode != 0
+        assert "SegmentNotFoundError" in out.stderr or "SegmentAccessError" in out.stderr
+
+
+def test_forged_token_is_refused_on_the_proc_path() -> None:
+    with nocopy.share(np.arange(100)) as ref:
+        forged = ref.uri.replace(f"token={ref._token.hex()}", "token=" + "ab" * 16)
+        with pytest.raises(nocopy.errors.SegmentAccessError, match="token"):
+            nocopy.attach(forged)
+
+
+def test_memfd_is_sealed_against_writes_and_shrinking() -> None:
+    with nocopy.share(np.arange(1000)) as ref:
+        fd = os.open(f"/proc/self/fd/{ref._locator.fd}", os.O_RDWR)
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+            assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SHRINK
+            with pytest.raises(PermissionError):
+                mmap.mmap(fd, ref.size, access=mmap.ACCESS_WRITE)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+
+def test_outputs_cannot_shrink_under_readers() -> None:
+    out = nocopy.empty(1000, "f8")
+    fd = os.open(f"/proc/self/fd/{out._locator.fd}", os.O_RDWR)
+    try:
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+        out.close()
+
+
+def test_posix_segments_are_private_to_the_owner() -> None:
+    with nocopy.share(np.arange(10), backend="posix") as ref:
+        st = os.stat(f"/dev/shm/{ref.name}")
+        assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+        assert st.st_uid == os.geteuid()
+
+
+def test_names_carry_pid_start_time_and_128_random_bits() -> None:
+    names = {nocopy.share(np.arange(1)).name for _ in range(50)}
+    assert len(names) == 50
+    for name in names:
+        parsed = _names.parse_name(name)
+        assert parsed is not None and parsed.pid == os.getpid()
+        assert parsed.start == _names.process_start_time(os.getpid())
+        assert len(name.rsplit("-", 1)[1]) == 32
+    assert _names.pid_alive(os.getpid(), _names.process_start_time(os.getpid()) or 0)
+    assert not _names.pid_alive(os.getpid(), 1)  # same pid, other start: a recycled pid
