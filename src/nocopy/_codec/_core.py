@@ -61,7 +61,11 @@ class Encoder:
 
     # -- planning -----------------------------------------------------
     def add(self, src: Any, nbytes: int) -> int:
-        """Reserve an aligned slot for *src* (ndarray or bytes-like); return its index."""
+        """Reserve an aligned slot for *src*; return its index.
+
+        *src* is an ndarray, a bytes-like object, or a callable ``src(dst)``
+        that writes exactly *nbytes* into ``dst`` (a uint8 view of the slot).
+        """
         off = self.data_size
         self.table.append((off, nbytes))
         self.sources.append(src)
@@ -127,6 +131,8 @@ class Encoder:
             dst = mem[start : start + n]
             if isinstance(src, np.ndarray):
                 _copy_array(dst, src)
+            elif callable(src):
+                src(dst)  # a writer that fills its slot in place (Arrow IPC streams)
             else:
                 dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
         self.sources.clear()
