@@ -11,9 +11,9 @@ import textwrap
 import time
 
 import pytest
-from conftest import Procs, needs_root
 
 import nocopy
+from conftest import Procs, needs_root
 
 OWNER = """
 import sys, numpy as np, nocopy

@@ -9,9 +9,9 @@ import stat
 
 import numpy as np
 import pytest
-from conftest import run_python
 
 import nocopy
+from conftest import run_python
 from nocopy._store import _names
 
 NO_PROC = """

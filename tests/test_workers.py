@@ -12,7 +12,6 @@ import psutil
 import pytest
 
 import nocopy
-
 from conftest import run_python
 
 ROWS = 200_000_000 // 22  # 200 MB of 22-byte records

@@ -13,8 +13,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ._codec._core import UNWRITTEN
 from ._codec import FLAG_PICKLE, Decoder, Encoder, pack_header, parse_header
+from ._codec._core import UNWRITTEN
 from ._codec._numpy import dtype_from_json, dtype_to_json
 from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
 from ._store._capacity import _fmt
@@ -162,7 +162,8 @@ class Shared(Generic[T]):
             base = self._map(mmap.ACCESS_COPY)
         else:
             base = self._shared_base()
-        return self._decode(base)
+        result: T = self._decode(base)
+        return result
 
     def close(self) -> None:
         """Let go of the segment. Idempotent; never raises.
@@ -263,14 +264,8 @@ def _new_segment(enc: Encoder, tree: Any, *, kind: str, backend: str | None, wri
     nbytes = sum(n for _, n in enc.table)
     seg = create_segment(payload, backend=backend or default_backend(), what=f"a {kind} of {_fmt(nbytes)}")
     try:
-        mm = seg.map_writable()
-        try:
-            mem = np.frombuffer(mm, dtype=np.uint8)
-            mem[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-            enc.write(mem, data_offset)
-        finally:
-            mem = None  # the mapping can only close once no array exports it
-            mm.close()
+        os.pwrite(seg.fd, head, 0)
+        enc.write_to_fd(seg.fd, data_offset)
         if writable:
             seg.keep_writable(token.hex())
         else:

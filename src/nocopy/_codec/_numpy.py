@@ -26,7 +26,8 @@ def dtype_to_json(dt: np.dtype[Any]) -> Any:
             "offsets": [int(fields[n][1]) for n in names],
             "itemsize": int(dt.itemsize),
         }
-        titles = [fields[n][2] if len(fields[n]) > 2 else None for n in names]
+        entries: list[tuple[Any, ...]] = [tuple(fields[n]) for n in names]
+        titles = [e[2] if len(e) > 2 else None for e in entries]
         if any(t is not None for t in titles):
             out["titles"] = titles
         if dt.isalignedstruct:
@@ -58,7 +59,8 @@ def dtype_from_json(spec: Any) -> np.dtype[Any]:
         }
         if "titles" in spec:
             d["titles"] = spec["titles"]
-        dt = np.dtype(d, align=bool(spec.get("aligned", False)))
+        as_any: Any = d
+        dt = np.dtype(as_any, align=bool(spec.get("aligned", False)))
     else:
         raise ValueError(f"bad dtype spec {spec!r:.40}")
     if dt.hasobject:

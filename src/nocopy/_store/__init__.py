@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import mmap
 import os
 import stat as _stat
 import sys
@@ -76,12 +75,6 @@ class OwnedSegment:
         self.path = path
         self.owner_pid = os.getpid()
         self.released = False
-
-    def map_writable(self) -> mmap.mmap:
-        # MAP_POPULATE builds the page tables in one go: filling the segment
-        # then takes no page faults (a per-4 KiB fault otherwise).
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        return mmap.mmap(self.fd, self.size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
     def make_read_only(self, token: str) -> None:
         """After the writable mapping is gone: forbid any further write."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import InsufficientMemoryError
 
-__all__ = ["Limit", "check_room", "cgroup_memory", "mem_available", "raise_no_room", "tmpfs_room"]
+__all__ = ["Limit", "cgroup_memory", "check_room", "mem_available", "raise_no_room", "tmpfs_room"]
 
 _FIX_TMPFS = (
     "free space in {path} (nocopy gc reclaims orphaned segments), use backend='memfd' "

@@ -7,7 +7,7 @@ import os
 import re
 import secrets
 
-__all__ = ["NAME_RE", "ParsedName", "make_name", "parse_name", "process_start_time", "pid_alive"]
+__all__ = ["NAME_RE", "ParsedName", "make_name", "parse_name", "pid_alive", "process_start_time"]
 
 PREFIX = "nocopy"
 # nocopy-<pid>-<start ticks>-<32 hex>: no path separators, nothing to traverse.
