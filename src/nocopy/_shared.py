@@ -381,11 +381,11 @@ def _bad_uri(uri: object, why: str) -> SegmentCorruptError:
 def parse_uri(uri: str) -> Shared[Any]:
     if not isinstance(uri, str):
         raise _bad_uri(uri, f"expected str, got {type(uri).__name__}")
-    m = _URI_RE.match(uri)
+    m = _URI_RE.fullmatch(uri)  # fullmatch: "$" alone accepts a trailing newline
     if m is None:
         raise _bad_uri(uri, "it does not have the form nocopy://<store>/<name>?<query>")
     store, name, query = m.groups()
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise _bad_uri(uri, f"{name!r} is not a nocopy segment name")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=len(_QUERY_RE))
@@ -395,7 +395,7 @@ def parse_uri(uri: str) -> Shared[Any]:
     if len(params) != len(pairs) or set(params) != set(_QUERY_RE):
         raise _bad_uri(uri, f"expected exactly the fields {', '.join(_QUERY_RE)}")
     for key, rx in _QUERY_RE.items():
-        if not rx.match(params[key]):
+        if not rx.fullmatch(params[key]):
             raise _bad_uri(uri, f"bad value for {key}")
     if store == "memfd" and int(params["fd"]) < 0:
         raise _bad_uri(uri, "a memfd segment needs its owner's fd")

@@ -126,6 +126,7 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
     if backend == "memfd":
         _capacity.check_room(what, size)
         fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.fchmod(fd, 0o600)  # memfd starts 0777; keep it private like a posix segment
         path = None
         sock = _fdserver.server().address
     else:

@@ -52,7 +52,7 @@ class ParsedName:
 
 
 def parse_name(name: str) -> ParsedName | None:
-    m = NAME_RE.match(name)
+    m = NAME_RE.fullmatch(name)  # not match(): "$" would accept a trailing newline
     if m is None:
         return None
     return ParsedName(int(m.group(1)), int(m.group(2)))
