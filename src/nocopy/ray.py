@@ -40,6 +40,11 @@ from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 
+# numpy 2 loads numpy.rec lazily; until it is in sys.modules, cloudpickle
+# (which Ray uses for task results) pickles np.recarray *by value*, and a
+# decoded record array returned from a task arrives as an impostor class.
+import numpy.rec  # noqa: F401
+
 try:
     import ray
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
@@ -48,6 +53,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from ._codec._buffer import decode_buffer, plan
+from ._codec._layout import MAGIC
 from .errors import SegmentCorruptError
 
 __all__ = ["Ref", "connect_or_start", "get", "put"]
@@ -209,10 +215,16 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
             f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or its resolved buffer, "
             f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
         )
-    if not (isinstance(mem, np.ndarray) and mem.dtype == np.uint8 and mem.ndim == 1):
+    if not (
+        isinstance(mem, np.ndarray)
+        and mem.dtype == np.uint8
+        and mem.ndim == 1
+        and bytes(mem[: len(MAGIC)]) == MAGIC
+    ):
         raise SegmentCorruptError(
             f"{name} holds {type(mem).__qualname__}"
-            f"{' of dtype ' + str(mem.dtype) if isinstance(mem, np.ndarray) else ''}, "
+            f"{' of dtype ' + str(mem.dtype) if isinstance(mem, np.ndarray) else ''} "
+            "without nocopy's magic bytes, "
             "not a nocopy layout: it was not made by nocopy.ray.put(). "
             "Fix: read it with ray.get(), or put it with nocopy.ray.put()."
         )

@@ -1,0 +1,380 @@
+"""nocopy.ray: put/get through Ray's object store, zero-copy inside tasks.
+
+Runs on one local Ray instance (2 CPUs) shared by the session (``ray_cluster``).
+"Zero-copy" is checked two ways: every array's data pointer lies in the
+mapping of Ray's object store (the plasma file), and a task's USS does not
+grow by the data's size -- while plain ``ray.get`` of the same data does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import run_python
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+import nocopy.ray as nray  # noqa: E402
+from nocopy.errors import SegmentCorruptError, UnsupportedTypeError  # noqa: E402
+
+# Ray workers cannot import tests/ by module name: ship this module's
+# functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+HAVE_PANDAS_CODEC = importlib.util.find_spec("nocopy._codec._pandas") is not None
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+# -- helpers (also run inside tasks) -----------------------------------------
+def object_store_mapping(arr: np.ndarray) -> str | None:
+    """The path of this process's mapping that holds arr's first byte."""
+    addr = arr.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                return fields[5].strip() if len(fields) > 5 else ""
+    return None
+
+
+def in_object_store(arr: np.ndarray) -> bool:
+    path = object_store_mapping(arr)
+    return path is not None and "plasma" in path
+
+
+def leaves(obj: Any) -> list[np.ndarray]:
+    if isinstance(obj, dict):
+        return [a for v in obj.values() for a in leaves(v)]
+    if isinstance(obj, list | tuple):
+        return [a for v in obj for a in leaves(v)]
+    if isinstance(obj, np.ndarray):
+        return [obj]
+    return []
+
+
+def uss() -> int:
+    return int(psutil.Process().memory_full_info().uss)
+
+
+def assert_same(got: Any, want: Any) -> None:
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want)
+        for k in want:
+            assert_same(got[k], want[k])
+    elif isinstance(want, list | tuple):
+        assert type(got) is type(want) and len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert_same(g, w)
+    elif isinstance(want, np.ndarray):
+        assert type(got) is type(want)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert got == want
+
+
+@ray.remote
+def inspect_in_task(ref: Any) -> tuple[Any, list[tuple[bool, bool]]]:
+    """Decode in the task; report (read-only, in the object store) per array."""
+    obj = nray.get(ref)
+    report = [(not a.flags.writeable, in_object_store(a)) for a in leaves(obj) if a.nbytes]
+    return obj, report
+
+
+# -- the numpy matrix, large enough to live in the shared store (>100 KiB) ----
+N = 50_000
+rng = np.random.default_rng(7)
+rec_dtype = np.dtype([("t", "M8[ns]"), ("x", "f8"), ("s", "S5")])
+records = np.rec.fromarrays(
+    [np.arange(N).astype("M8[s]").astype("M8[ns]"), rng.random(N), np.full(N, b"abcde")],
+    dtype=rec_dtype,
+)
+NUMPY_CASES: dict[str, Any] = {
+    "int64": np.arange(N, dtype=np.int64),
+    "uint8-2d": rng.integers(0, 255, (N, 7), dtype=np.uint8),
+    "float32-fortran": np.asfortranarray(rng.random((N // 10, 10), dtype=np.float32)),
+    "complex128": rng.random(N) + 1j * rng.random(N),
+    "bool": rng.random(N) > 0.5,
+    "datetime64": np.arange(N).astype("M8[ms]"),
+    "timedelta64": np.arange(N).astype("m8[us]"),
+    "unicode": np.array([f"row{i}" for i in range(N)]),
+    "structured": np.zeros(N, dtype=rec_dtype),
+    "recarray": records,
+    "non-contiguous": np.arange(3 * N, dtype=np.float64)[::3],
+    "nested": {
+        "a": np.arange(N),
+        "pair": (np.zeros(0, dtype="f4"), np.array(3.5)),
+        "list": [np.arange(10, dtype=np.int8), records[:100]],
+    },
+}
+
+
+@pytest.mark.parametrize("case", list(NUMPY_CASES))
+def test_numpy_matrix_round_trips_zero_copy_through_a_task(case: str) -> None:
+    obj = NUMPY_CASES[case]
+    ref = nray.put(obj)
+    got, report = ray.get(inspect_in_task.remote(ref))
+    assert_same(got, obj)
+    assert report, "no arrays decoded"
+    assert all(read_only for read_only, _ in report), report
+    assert all(in_store for _, in_store in report), f"{case}: not all views in the object store"
+
+
+def test_driver_get_is_read_only_view_into_the_object_store() -> None:
+    ref = nray.put(records)
+    assert ref.kind == "recarray" and ref.nbytes == records.nbytes and ref.size > ref.nbytes
+    view = ref.get()
+    assert type(view) is np.recarray
+    assert in_object_store(view)
+    with pytest.raises(ValueError, match="read-only"):
+        view["x"][0] = 1.0
+    np.testing.assert_array_equal(nray.get(ref), records)
+
+
+def test_small_objects_are_read_only_too() -> None:
+    # Ray keeps small objects in its in-process store, handing back writable copies.
+    view = nray.get(nray.put(np.arange(3)))
+    with pytest.raises(ValueError, match="read-only"):
+        view[0] = 1
+
+
+@ray.remote
+def kinds_seen(top: Any, nested: list[Any]) -> tuple[str, str, int, int]:
+    a, b = nray.get(top), nray.get(nested[0])
+    return type(top).__name__, type(nested[0]).__name__, int(a.sum()), int(b.sum())
+
+
+def test_get_accepts_ref_object_ref_and_resolved_buffer() -> None:
+    data = np.arange(100_000)
+    ref = nray.put(data)
+    want = int(data.sum())
+    # A Ref arrives as itself, at top level or nested.
+    assert ray.get(kinds_seen.remote(ref, [ref])) == ("Ref", "Ref", want, want)
+    # A top-level ObjectRef is resolved by Ray into the buffer; nested ones are not.
+    assert ray.get(kinds_seen.remote(ref.object_ref, [ref.object_ref])) == (
+        "ndarray", "ObjectRef", want, want,
+    )
+
+
+@ray.remote
+def put_in_task(n: int) -> Any:
+    return nray.put({"t": np.arange(n).astype("M8[s]")})
+
+
+def test_put_inside_a_task_get_in_the_driver() -> None:
+    ref = ray.get(put_in_task.remote(200_000))
+    got = nray.get(ref)
+    np.testing.assert_array_equal(got["t"], np.arange(200_000).astype("M8[s]"))
+    assert in_object_store(got["t"])
+
+
+def test_ref_survives_the_driver_dropping_it_while_a_task_borrows_it() -> None:
+    ref = nray.put(np.arange(300_000))
+    pending = inspect_in_task.remote(ref)
+    del ref
+    got, _ = ray.get(pending)
+    assert int(got.sum()) == int(np.arange(300_000).sum())
+
+
+def test_get_of_a_plain_ray_object_is_a_clear_error() -> None:
+    with pytest.raises(SegmentCorruptError, match=r"not made by nocopy\.ray\.put"):
+        nray.get(ray.put({"a": 1}))
+    with pytest.raises(SegmentCorruptError, match="ndarray of dtype uint8 without nocopy.s magic bytes"):
+        nray.get(ray.put(np.zeros(200_000, dtype=np.uint8)))
+    with pytest.raises(TypeError, match=r"nocopy\.ray\.Ref"):
+        nray.get(42)  # type: ignore[call-overload]
+
+
+def test_unsupported_data_fails_before_anything_is_put_unless_allow_pickle() -> None:
+    bad = {"ok": np.arange(3), "bad": np.array([{"x": 1}, None], dtype=object)}
+    with pytest.raises(UnsupportedTypeError, match="allow_pickle"):
+        nray.put(bad)
+    ref = nray.put(bad, allow_pickle=True)
+    assert ref.pickled
+    got, _ = ray.get(inspect_in_task.remote(ref))
+    assert list(got["bad"]) == [{"x": 1}, None]
+
+
+def test_ref_repr_names_kind_and_size() -> None:
+    ref = nray.put(np.zeros(1000))
+    assert "ndarray" in repr(ref) and "8000 bytes" in repr(ref)
+
+
+# -- imports ------------------------------------------------------------------
+def test_import_nocopy_does_not_import_ray() -> None:
+    out = run_python("import sys, nocopy; print('ray' in sys.modules)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_import_nocopy_ray_without_ray_names_the_extra() -> None:
+    out = run_python(
+        """
+        import sys
+        sys.modules["ray"] = None  # as if Ray were not installed
+        try:
+            import nocopy.ray
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'nocopy[ray]'" in out.stdout
+
+
+# -- memory: views vs plain ray.get copies ------------------------------------
+@ray.remote
+def uss_growth(ref: list[Any], use_nocopy: bool) -> dict[str, Any]:
+    """Read every field of the object in a task; return how much USS grew."""
+    before = uss()
+    obj = nray.get(ref[0]) if use_nocopy else ray.get(ref[0])
+    checksum = 0
+    if isinstance(obj, np.ndarray):
+        for name in obj.dtype.names or ():
+            col = obj[name]
+            checksum += int(col.view(np.uint64).sum(dtype=np.uint64))
+        views = [obj]
+    else:  # DataFrame
+        views = []
+        for name in obj.columns:
+            col = obj[name]
+            checksum += len(col) + int(col.isna().sum())
+            views.extend(_frame_column_buffers(col))
+    grown = uss() - before
+    return {
+        "grown": grown,
+        "checksum": checksum,
+        "read_only_in_store": [(not v.flags.writeable, in_object_store(v)) for v in views],
+    }
+
+
+def _frame_column_buffers(col: Any) -> list[np.ndarray]:
+    """numpy views over a column's data buffers (datetime values; Arrow string buffers)."""
+    values = col.array
+    if hasattr(values, "_pa_array"):
+        bufs = []
+        for chunk in values._pa_array.chunks:
+            for buf in chunk.buffers():
+                if buf is not None and buf.size:
+                    bufs.append(np.frombuffer(buf, dtype=np.uint8))
+        return bufs
+    return [np.asarray(values._ndarray if hasattr(values, "_ndarray") else values)]
+
+
+big_dtype = np.dtype([("t", "M8[ns]"), ("x", "f8"), ("s", "S8")])
+
+
+def big_records(nbytes: int) -> np.recarray:
+    n = nbytes // big_dtype.itemsize
+    out = np.recarray(n, dtype=big_dtype)
+    out["t"] = np.arange(n).astype("M8[s]")
+    out["x"] = 1.5
+    out["s"] = b"hello"
+    return out
+
+
+@pytest.mark.slow
+def test_task_reads_500mb_records_without_copying_where_plain_ray_get_copies() -> None:
+    data = big_records(500 << 20)
+    size = data.nbytes
+    ref = nray.put(data)
+    plain = ray.put(data)
+    del data
+    ours = ray.get(uss_growth.remote([ref], True))
+    theirs = ray.get(uss_growth.remote([plain], False))
+    del plain
+    print(f"task USS growth, {size >> 20} MiB records: nocopy.ray.get {ours['grown'] >> 20} MiB, "
+          f"ray.get {theirs['grown'] >> 20} MiB")
+    assert ours["checksum"] == theirs["checksum"]
+    assert all(ro and inside for ro, inside in ours["read_only_in_store"])
+    assert ours["grown"] < 0.10 * size, f"nocopy grew USS by {ours['grown'] / size:.0%} of the data"
+    # The contrast: Ray pickles a recarray in-band, so every task gets a full copy.
+    assert theirs["grown"] > 0.80 * size, f"plain ray.get grew USS by only {theirs['grown'] / size:.0%}"
+
+
+# -- pandas (needs the pandas codec, issue 3) -----------------------------------
+needs_pandas_codec = pytest.mark.skipif(
+    not HAVE_PANDAS_CODEC, reason="the pandas codec (nocopy._codec._pandas) has not landed"
+)
+
+
+def dtype_matrix_frame(n: int = 20_000) -> Any:
+    import pandas as pd
+
+    idx = np.arange(n)
+    return pd.DataFrame(
+        {
+            "i8": idx.astype("i8"),
+            "u2": (idx % 60_000).astype("u2"),
+            "f4": idx.astype("f4") / 3,
+            "f8_nan": np.where(idx % 7 == 0, np.nan, idx / 7),
+            "c16": idx + 1j,
+            "bool": idx % 2 == 0,
+            "dt_naive": pd.date_range("2020-01-01", periods=n, freq="s"),
+            "dt_tz": pd.date_range("2020-01-01", periods=n, freq="min", tz="Europe/Paris"),
+            "td": pd.to_timedelta(idx, unit="ms"),
+            "Int64": pd.array(np.where(idx % 5 == 0, None, idx), dtype="Int64"),
+            "Float64": pd.array(np.where(idx % 5 == 1, None, idx / 2), dtype="Float64"),
+            "boolean": pd.array(np.where(idx % 3 == 0, None, idx % 2 == 0), dtype="boolean"),
+            "category": pd.Categorical.from_codes(idx % 3, ["a", "b", "c"]),
+            "obj_str": pd.Series([f"s{i}" for i in idx], dtype=object),
+            "str": pd.Series([f"x{i % 100}" if i % 11 else None for i in idx], dtype="str"),
+            "pa_str": pd.Series([f"p{i}" for i in idx], dtype="string[pyarrow]"),
+        },
+        index=pd.RangeIndex(5, 5 + n, name="row"),
+    )
+
+
+@ray.remote
+def frame_in_task(ref: Any) -> Any:
+    return nray.get(ref)
+
+
+@needs_pandas_codec
+def test_dataframe_dtype_matrix_round_trips_through_ray_tasks() -> None:
+    import pandas as pd
+
+    df = dtype_matrix_frame()
+    got = ray.get(frame_in_task.remote(nray.put(df)))
+    pd.testing.assert_frame_equal(got, df)
+
+
+def big_frame(nbytes: int) -> Any:
+    import pandas as pd
+
+    # datetime (8 B) + float (8 B) + strings of 8 chars (8 B data + 8 B offset)
+    n = nbytes // 32
+    words = np.array([f"w{i:07d}" for i in range(1000)], dtype=object)
+    return pd.DataFrame(
+        {
+            "t": pd.date_range("2000-01-01", periods=n, freq="s"),
+            "x": np.ones(n),
+            "s": pd.Series(words[np.arange(n) % 1000], dtype=object),
+        }
+    )
+
+
+@needs_pandas_codec
+@pytest.mark.slow
+def test_task_reads_500mb_frame_datetime_and_strings_without_copying() -> None:
+    df = big_frame(500 << 20)
+    size = int(df.memory_usage(deep=False, index=False).sum()) + 16 * len(df)
+    ref = nray.put(df)
+    plain = ray.put(df)
+    del df
+    ours = ray.get(uss_growth.remote([ref], True))
+    theirs = ray.get(uss_growth.remote([plain], False))
+    del plain
+    assert ours["checksum"] == theirs["checksum"]
+    assert ours["read_only_in_store"] and all(ro and inside for ro, inside in ours["read_only_in_store"])
+    assert ours["grown"] < 0.10 * size, f"nocopy grew USS by {ours['grown'] / size:.0%} of the frame"
+    # Plain ray.get copies the datetime column and unpickles every object string.
+    assert theirs["grown"] > 0.30 * size, f"plain ray.get grew USS by only {theirs['grown'] / size:.0%}"
