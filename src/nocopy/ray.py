@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -43,7 +44,7 @@ import numpy as np
 # numpy 2 loads numpy.rec lazily; until it is in sys.modules, cloudpickle
 # (which Ray uses for task results) pickles np.recarray *by value*, and a
 # decoded record array returned from a task arrives as an impostor class.
-import numpy.rec  # noqa: F401
+import numpy.rec
 
 try:
     import ray
@@ -54,9 +55,10 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._codec._buffer import decode_buffer, plan
 from ._codec._layout import MAGIC
-from .errors import SegmentCorruptError
+from ._map import MapBackend, take_rows
+from .errors import SegmentCorruptError, WorkerCrashedError
 
-__all__ = ["Ref", "connect_or_start", "get", "put"]
+__all__ = ["RayMapBackend", "Ref", "connect_or_start", "get", "put"]
 
 T = TypeVar("T")
 
@@ -236,3 +238,110 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
     # trusted: whatever is in Ray's store is already unpickled by ray.get
     # itself, so refusing nocopy's own pickled nodes here would protect nothing.
     return decode_buffer(mem, trusted=True, name=name)
+
+
+# -- parallel_map(..., backend="ray") -----------------------------------------
+@ray.remote(max_retries=0)
+def _run_chunk(fn: Any, source: Ref[Any], start: int, stop: int) -> Any:
+    return fn(take_rows(get(source), start, stop))
+
+
+class RayMapBackend(MapBackend):
+    """``parallel_map(..., backend="ray")``: one :func:`put`, one Ray task per chunk.
+
+    Connects to the cluster in ``RAY_ADDRESS`` or the Ray already
+    initialised; otherwise starts a local instance with ``workers`` CPUs and
+    says so (see :func:`connect_or_start`). Every task decodes the same
+    object-store buffer zero-copy on its node and calls ``fn`` on its rows.
+    A chunk that raises re-raises the original exception in the caller with
+    the remote traceback as its ``__cause__`` (as the processes backend
+    does); a worker that dies gives :class:`~nocopy.errors.WorkerCrashedError`.
+    Chunks are not retried. ``executor`` is not used.
+
+    Example::
+
+        >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2, backend="ray")  # doctest: +SKIP
+        [1225, 3725]
+    """
+
+    name = "ray"
+
+    def __init__(self, *, workers: int, executor: Any = None) -> None:
+        super().__init__(workers=workers, executor=executor)
+        self._fn: Any = None
+        self._fn_ref: Any = None
+        self._pending: list[ray.ObjectRef[Any]] = []
+        self._lock = threading.Lock()
+
+    def prepare(self, data: Any) -> Ref[Any]:
+        connect_or_start(num_cpus=self.workers)
+        return put(data)
+
+    def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
+        with self._lock:
+            if fn is not self._fn:
+                # Ship fn to the store once, not once per chunk; Ray resolves
+                # a top-level ObjectRef argument into fn inside the task.
+                self._fn, self._fn_ref = fn, ray.put(fn)
+            fn_ref = self._fn_ref
+        object_ref = _run_chunk.remote(fn_ref, source, start, stop)
+        with self._lock:
+            self._pending.append(object_ref)
+        out: Future[Any] = Future()
+        task = f"chunk {index} (rows {start}:{stop})"
+
+        def settle(done: Future[Any]) -> None:
+            try:
+                out.set_result(done.result())
+            except BaseException as exc:  # every failure goes to the caller
+                out.set_exception(_local_exception(exc, task))
+
+        object_ref.future().add_done_callback(settle)
+        return out
+
+    def release(self, source: Any) -> None:
+        # Dropping the last references frees the buffer and fn in the store.
+        with self._lock:
+            self._fn = self._fn_ref = None
+            self._pending = []
+
+    def abort(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for object_ref in pending:
+            try:
+                ray.cancel(object_ref, force=True)
+            except Exception:  # abort never raises; finished tasks refuse
+                pass
+
+
+class _RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback (as concurrent.futures does)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _local_exception(exc: BaseException, task: str) -> BaseException:
+    """A Ray failure as the processes backend reports it: the original error, remote traceback as cause."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
+            cause.__cause__ = _RemoteTraceback(
+                f'\n"""\n{exc.traceback_str.rstrip()}\n(in Ray worker pid {exc.pid}, {task})\n"""'
+            )
+            return cause
+        return exc
+    if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
+        crashed = WorkerCrashedError(
+            f"a Ray worker died while running {task}: {exc}. The data and the caller are "
+            "intact. Fix: look for a segfault, os._exit or out-of-memory kill in fn.",
+            task=task,
+        )
+        crashed.__cause__ = exc
+        return crashed
+    return exc
