@@ -151,6 +151,8 @@ class Encoder:
             if isinstance(src, np.ndarray):
                 for pos, chunk in _contiguous_chunks(np.asarray(src)):
                     _pwrite_all(fd, chunk, start + pos)
+            elif callable(src):
+                _write_through_mapping(fd, start, n, src)
             else:
                 _pwrite_all(fd, memoryview(src).cast("B"), start)
         self.sources.clear()
@@ -172,6 +174,23 @@ def _contiguous_chunks(src: np.ndarray) -> Any:
     for i in range(0, len(src), rows):
         slab = np.ascontiguousarray(src[i : i + rows])
         yield i * row_bytes, slab.reshape(-1).view(np.uint8).data
+
+
+def _write_through_mapping(fd: int, start: int, n: int, writer: Callable[[np.ndarray], None]) -> None:
+    """Let *writer* fill bytes [start, start+n) of *fd* through a mapping of just those pages."""
+    import mmap
+
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fd, start + n - base, offset=base)
+    view = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        writer(view[start - base :])
+    finally:
+        del view  # the mapping can only close once no array exports it
+        try:
+            mm.close()
+        except BufferError:  # pragma: no cover - a writer kept a view; unmapped when collected
+            pass
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

@@ -1,0 +1,379 @@
+"""Arrow data: Tables, RecordBatches, Arrays and ChunkedArrays of any type, and strings.
+
+Two encodings:
+
+* ``pa.ipc`` -- any Arrow object is written as one Arrow IPC stream straight
+  into its slot of the segment (the size is measured first by writing to a
+  ``MockOutputStream``, which moves no data). Reading opens the stream over
+  the mapped bytes, so every buffer of the result lies in the segment. The
+  stream is checked with ``validate(full=True)`` on read: offsets, dictionary
+  indices and UTF-8 inside a corrupt segment raise SegmentCorruptError
+  instead of reading out of bounds.
+* ``pa.lstr`` -- a string column as raw ``large_string`` buffers (validity
+  bitmap, int64 offsets, UTF-8 bytes). pandas string columns and object
+  arrays of ``str`` use it: they are converted to Arrow once at share and
+  rebuilt with ``pa.Array.from_buffers`` on get, after the offsets are
+  checked (monotonic, within the data buffer) with NumPy. UTF-8 is
+  re-validated only for segments attached from a URI (``trusted=False``).
+
+pyarrow is imported lazily: ``import nocopy`` never imports it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._core import Decoder, Encoder
+
+__all__ = [
+    "decode_large_strings",
+    "encode",
+    "encode_large_strings",
+    "encode_object_strings",
+    "is_string_array",
+    "pyarrow",
+    "to_large_strings",
+]
+
+_INSTALL = "pip install 'nocopy[pandas]'"
+_IPC_WHAT = ("table", "batch", "chunked", "array", "schema")
+
+
+def pyarrow(why: str = "sharing Arrow data") -> Any:
+    """Import pyarrow, or raise an ImportError that names the extra to install."""
+    try:
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ImportError(
+            f"{why} needs pyarrow, which is not installed. Fix: {_INSTALL}"
+        ) from exc
+    return pa
+
+
+# -- strings --------------------------------------------------------------
+
+_NA_NONE, _NA_NAN, _NA_PDNA = 0, 1, 2
+
+
+def _na_kind(x: Any) -> int:
+    """The kind of a missing value in an object array of strings, or -1 if *x* is not one."""
+    if x is None:
+        return _NA_NONE
+    if isinstance(x, float | np.floating) and math.isnan(x):
+        return _NA_NAN
+    if type(x).__name__ == "NAType" and type(x).__module__.startswith("pandas"):
+        return _NA_PDNA
+    return -1
+
+
+def _null_mask(arr: np.ndarray) -> np.ndarray:
+    try:
+        import pandas as pd
+    except ImportError:
+        return np.fromiter((_na_kind(x) >= 0 for x in arr), dtype=bool, count=len(arr))
+    mask: np.ndarray = pd.isna(arr)
+    return mask
+
+
+def is_string_array(arr: np.ndarray) -> bool:
+    """True if *arr* (1-d, object) holds only ``str`` and missing values (None, NaN, pd.NA).
+
+    An empty or all-missing array counts as strings.
+
+    Example::
+
+        >>> is_string_array(np.array(["a", None, "é"], dtype=object))
+        True
+    """
+    if arr.dtype != object or arr.ndim != 1:
+        return False
+    try:
+        from pandas.api.types import infer_dtype
+    except ImportError:
+        return all(isinstance(x, str) or _na_kind(x) >= 0 for x in arr)
+    kind = infer_dtype(arr, skipna=True)
+    if kind not in ("string", "empty"):
+        return False
+    # infer_dtype skips anything pandas calls missing (NaT, Decimal('NaN')...);
+    # only None, NaN and pd.NA are accepted as a string column's nulls.
+    mask = _null_mask(arr)
+    return all(_na_kind(x) >= 0 for x in arr[mask])
+
+
+def to_large_strings(arr: np.ndarray) -> Any:
+    """Convert an object array of str (with None/NaN/pd.NA as nulls) to an Arrow large_string array."""
+    pa = pyarrow("sharing strings")
+    return pa.array(arr, type=pa.large_string(), from_pandas=True)
+
+
+def _bitmap(chunk: Any) -> np.ndarray | None:
+    n = len(chunk)
+    if chunk.null_count == 0:
+        return None
+    validity = chunk.buffers()[0]
+    nb = (n + 7) // 8
+    if chunk.offset % 8 == 0:
+        start = chunk.offset // 8
+        return np.frombuffer(validity, dtype=np.uint8)[start : start + nb]
+    # A slice that starts mid-byte: re-pack its bits from 0.
+    valid = chunk.is_valid().to_numpy(zero_copy_only=False)
+    packed: np.ndarray = np.packbits(valid, bitorder="little")
+    return packed
+
+
+def _encode_string_chunk(enc: Encoder, pa: Any, chunk: Any) -> dict[str, Any]:
+    if not pa.types.is_large_string(chunk.type):
+        chunk = chunk.cast(pa.large_string())
+    n = len(chunk)
+    _, offsets_buf, data_buf = chunk.buffers()
+    if offsets_buf is None or n == 0:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+    else:
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64, count=n + 1, offset=8 * chunk.offset)
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first:
+        offsets = offsets - first  # a slice: rebase its offsets to 0 (the data is sliced to match)
+    data = np.frombuffer(data_buf, dtype=np.uint8)[first:last] if data_buf is not None else np.empty(0, np.uint8)
+    node: dict[str, Any] = {
+        "n": n,
+        "o": enc.add(offsets, offsets.nbytes),
+        "d": enc.add(data, data.nbytes),
+    }
+    bitmap = _bitmap(chunk)
+    if bitmap is not None:
+        node["v"] = enc.add(bitmap, bitmap.nbytes)
+    return node
+
+
+def encode_large_strings(enc: Encoder, values: Any) -> dict[str, Any]:
+    """Plan an Arrow string Array/ChunkedArray (string or large_string) as raw large_string chunks."""
+    pa = pyarrow("sharing strings")
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if enc.explaining:
+        return {"k": "pa.lstr", "chunks": []}
+    return {"k": "pa.lstr", "chunks": [_encode_string_chunk(enc, pa, c) for c in chunks]}
+
+
+def _int(dec: Decoder, node: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
+    v = node.get(key)
+    if type(v) is not int or not 0 <= v <= limit:
+        raise dec.corrupt(f"{key}={v!r:.40} is not a valid count")
+    return v
+
+
+def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
+    if not isinstance(node, dict):
+        raise dec.corrupt("string chunk is not an object")
+    n = _int(dec, node, "n")
+    offsets_raw = dec.buffer(node["o"])
+    data_raw = dec.buffer(node["d"])
+    if offsets_raw.nbytes != 8 * (n + 1):
+        raise dec.corrupt(f"{n} strings need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
+    offsets = offsets_raw.view(np.int64)
+    # The offsets are data, not header: check them before Arrow reads through them.
+    if offsets[0] != 0 or offsets[-1] != data_raw.nbytes or (n > 1 and bool(np.any(offsets[1:] < offsets[:-1]))):
+        raise dec.corrupt("string offsets are not monotonic within their data buffer")
+    bufs = [None, pa.py_buffer(offsets_raw), pa.py_buffer(data_raw)]
+    if node.get("v") is not None:
+        validity = dec.buffer(node["v"])
+        if validity.nbytes < (n + 7) // 8:
+            raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} strings")
+        bufs[0] = pa.py_buffer(validity)
+    arr = pa.Array.from_buffers(pa.large_string(), n, bufs, null_count=-1)
+    if not dec.trusted:
+        try:
+            arr.validate(full=True)
+        except pa.ArrowException as exc:
+            raise dec.corrupt(f"invalid strings ({exc})"[:300]) from None
+    return arr
+
+
+def decode_large_strings(dec: Decoder, node: dict[str, Any]) -> Any:
+    """A ``pa.lstr`` node as a ChunkedArray of large_string over the segment."""
+    pa = pyarrow("reading shared strings")
+    chunks = node.get("chunks")
+    if not isinstance(chunks, list):
+        raise dec.corrupt("string column without chunks")
+    return pa.chunked_array([_decode_string_chunk(dec, pa, c) for c in chunks], type=pa.large_string())
+
+
+def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> dict[str, Any]:
+    """Plan a 1-d object ndarray of str: stored once as Arrow large_string.
+
+    get() rebuilds an object ndarray (new Python str objects: a copy per
+    get); missing values come back as the same None / NaN / pd.NA.
+    """
+    enc.note(
+        path, "object (str)", "converted",
+        "stored once as Arrow large_string (never fixed-width); get() rebuilds Python str "
+        "objects: share a pandas str column or an Arrow array for a zero-copy view",
+    )
+    if enc.explaining:
+        return {"k": "py", "v": None}
+    strings = to_large_strings(arr)
+    node: dict[str, Any] = {"k": "pa.objstr", "s": encode_large_strings(enc, strings)}
+    if strings.null_count:
+        kinds = np.fromiter((_na_kind(x) for x in arr[_null_mask(arr)]), dtype=np.int8)
+        if (kinds == kinds[0]).all():
+            node["na"] = int(kinds[0])
+        else:
+            node["nak"] = enc.add(kinds, kinds.nbytes)
+    return node
+
+
+def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
+    sub = node.get("s")
+    if not isinstance(sub, dict):
+        raise dec.corrupt("object strings without their string node")
+    strings = decode_large_strings(dec, sub)
+    out: np.ndarray = strings.to_numpy()
+    if out.dtype != object:
+        out = out.astype(object)
+    nulls = strings.null_count
+    if nulls:
+        values: list[Any] = [None, float("nan")]
+        try:
+            import pandas as pd
+
+            values.append(pd.NA)
+        except ImportError:
+            values.append(None)
+        where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
+        if "nak" in node:
+            kinds = dec.buffer(node["nak"]).view(np.int8)
+            if kinds.size != nulls or kinds.min() < 0 or kinds.max() > 2:
+                raise dec.corrupt("null kinds do not match the nulls")
+            out[where] = np.array(values, dtype=object)[kinds]
+        else:
+            kind = node.get("na")
+            if type(kind) is not int or not 0 <= kind <= 2:
+                raise dec.corrupt("bad null kind")
+            if kind:
+                out[where] = values[kind]
+    return out
+
+
+# -- any Arrow object: an IPC stream in the segment --------------------------
+
+
+def _classify(pa: Any, obj: Any) -> str:
+    if isinstance(obj, pa.Table):
+        return "table"
+    if isinstance(obj, pa.RecordBatch):
+        return "batch"
+    if isinstance(obj, pa.ChunkedArray):
+        return "chunked"
+    if isinstance(obj, pa.Array):
+        return "array"
+    if isinstance(obj, pa.Schema):
+        return "schema"
+    return ""
+
+
+def _write_stream(pa: Any, sink: Any, what: str, obj: Any) -> None:
+    # Arrays and batches travel as exactly one record batch; tables (and
+    # chunked arrays, as one-column tables) keep their chunks.
+    if what == "array":
+        obj = pa.RecordBatch.from_arrays([obj], names=["v"])
+    elif what == "chunked":
+        obj = pa.Table.from_arrays([obj], names=["v"])
+    elif what == "schema":
+        obj = obj.empty_table()
+    with pa.ipc.new_stream(sink, obj.schema) as writer:
+        if what in ("array", "batch"):
+            writer.write_batch(obj)
+        else:
+            writer.write_table(obj)
+
+
+def ipc_node(enc: Encoder, obj: Any, path: str) -> dict[str, Any]:
+    """Plan any Arrow Table/RecordBatch/ChunkedArray/Array/Schema as one IPC stream."""
+    pa = pyarrow()
+    what = _classify(pa, obj)
+    if not what:
+        raise TypeError(f"not an Arrow table or array: {type(obj).__qualname__}")
+    if enc.explaining:
+        return {"k": "pa.ipc", "what": what}
+    mock = pa.MockOutputStream()
+    _write_stream(pa, mock, what, obj)
+    size = int(mock.size())
+
+    def write(dst: np.ndarray) -> None:
+        sink = pa.FixedSizeBufferWriter(pa.py_buffer(dst))
+        _write_stream(pa, sink, what, obj)
+        if sink.tell() != size:  # pragma: no cover - Arrow's writer is deterministic
+            raise RuntimeError(f"Arrow IPC stream wrote {sink.tell()} bytes, measured {size}")
+
+    return {"k": "pa.ipc", "what": what, "b": enc.add(write, size)}
+
+
+def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
+    pa = pyarrow("reading shared Arrow data")
+    what = node.get("what")
+    if what not in _IPC_WHAT:
+        raise dec.corrupt(f"unknown Arrow object {what!r:.40}")
+    raw = dec.buffer(node["b"])
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(raw))
+        if what in ("array", "batch"):
+            batches = list(reader)
+            if len(batches) != 1:
+                raise dec.corrupt(f"an Arrow {what} stream holds {len(batches)} record batches")
+            out = batches[0]
+        else:
+            out = reader.read_all()
+        # Offsets and dictionary indices inside the stream are data: check them.
+        out.validate(full=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise dec.corrupt(f"invalid Arrow IPC stream ({exc})"[:300]) from None
+    if what in ("table", "batch"):
+        return out
+    if what == "schema":
+        return out.schema
+    if out.num_columns != 1:
+        raise dec.corrupt(f"an Arrow {what} stream has {out.num_columns} columns")
+    return out.column(0)
+
+
+def _note_fields(enc: Encoder, pa: Any, obj: Any, path: str) -> None:
+    detail = "Arrow IPC stream in the segment"
+    if isinstance(obj, pa.Table | pa.RecordBatch | pa.Schema):
+        schema = obj if isinstance(obj, pa.Schema) else obj.schema
+        if len(schema) == 0:
+            enc.note(path, type(obj).__name__, "zero-copy", detail + " (no columns)")
+        for field in schema:
+            enc.note(f"{path}[{field.name!r}]", str(field.type), "zero-copy", detail)
+    else:
+        enc.note(path, str(obj.type), "zero-copy", detail)
+
+
+def encode(enc: Encoder, obj: Any, path: str) -> Any:
+    """Plan a pyarrow object (the dispatch target of Encoder.encode)."""
+    pa = pyarrow()
+    if isinstance(obj, pa.Buffer):
+        enc.note(path, "Buffer", "zero-copy")
+        return {"k": "pa.buf", "b": enc.add(obj, obj.size)}
+    if not _classify(pa, obj):
+        return enc.unsupported(obj, path, f"pyarrow object of type {type(obj).__qualname__}")
+    _note_fields(enc, pa, obj, path)
+    return ipc_node(enc, obj, path)
+
+
+def _dec_buf(dec: Decoder, node: dict[str, Any]) -> Any:
+    return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node["b"]))
+
+
+def _register() -> None:
+    from ._core import register_decoder
+
+    register_decoder("pa.ipc", decode_ipc)
+    register_decoder("pa.lstr", decode_large_strings)
+    register_decoder("pa.objstr", _dec_objstr)
+    register_decoder("pa.buf", _dec_buf)
+
+
+_register()
