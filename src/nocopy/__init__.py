@@ -10,11 +10,13 @@ Example::
 """
 
 from . import errors
+from ._explain import Explanation, explain
 from ._inventory import Segment, cleanup, segments
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
+    "Explanation",
     "Segment",
     "Shared",
     "__version__",
@@ -22,6 +24,7 @@ __all__ = [
     "cleanup",
     "empty",
     "errors",
+    "explain",
     "segments",
     "share",
     "zeros",
