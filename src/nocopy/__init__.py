@@ -10,13 +10,16 @@ Example::
 """
 
 from . import errors
+from ._executor import ProcessPoolExecutor
 from ._explain import Explanation, explain
 from ._inventory import Segment, cleanup, segments
+from ._map import parallel_map
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
     "Explanation",
+    "ProcessPoolExecutor",
     "Segment",
     "Shared",
     "__version__",
@@ -25,6 +28,7 @@ __all__ = [
     "empty",
     "errors",
     "explain",
+    "parallel_map",
     "segments",
     "share",
     "zeros",

@@ -49,17 +49,41 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import importlib
-from concurrent.futures import Executor, Future
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from typing import Any, ClassVar
 
-from ._shared import Shared
+import numpy as np
+
+from ._executor import ProcessPoolExecutor
+from ._shared import Shared, share
+from .errors import UnsupportedTypeError
 
 __all__ = ["MapBackend", "parallel_map", "register_backend", "take_rows"]
 
 
 class MapBackend:
-    """Runs the chunk tasks of one :func:`parallel_map` call (see the module docstring)."""
+    """Runs the chunk tasks of one :func:`parallel_map` call (see the module docstring).
+
+    Example (a backend that runs chunks one after the other, in the caller)::
+
+        >>> class Serial(MapBackend):
+        ...     name = "serial"
+        ...     def prepare(self, data):
+        ...         return data
+        ...     def submit(self, fn, source, index, start, stop):
+        ...         fut = Future()
+        ...         fut.set_result(fn(take_rows(source, start, stop)))
+        ...         return fut
+        >>> _ = register_backend(Serial)
+        >>> nocopy.parallel_map(len, np.arange(10), chunks=3, backend="serial")
+        [3, 3, 4]
+    """
 
     name: ClassVar[str] = ""
 
@@ -68,16 +92,18 @@ class MapBackend:
         self.executor = executor
 
     def prepare(self, data: Any) -> Any:
+        """Make *data* reachable by the workers (once per call); return the source for submit()."""
         raise NotImplementedError
 
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
+        """Start ``fn(rows start:stop)`` of chunk *index*; return its future."""
         raise NotImplementedError
 
     def release(self, source: Any) -> None:
         """Free what :meth:`prepare` allocated; never raises."""
 
     def abort(self) -> None:
-        """Stop running chunks (caller interrupted); never raises."""
+        """Stop running chunks (the caller was interrupted); never raises."""
 
 
 _BACKENDS: dict[str, type[MapBackend]] = {}
@@ -85,32 +111,349 @@ _LAZY_BACKENDS: dict[str, tuple[str, str]] = {"ray": ("nocopy.ray", "RayMapBacke
 
 
 def register_backend(cls: type[MapBackend]) -> type[MapBackend]:
-    """Make *cls* available as ``parallel_map(..., backend=cls.name)``; usable as a decorator."""
+    """Make *cls* available as ``parallel_map(..., backend=cls.name)``; usable as a decorator.
+
+    Example::
+
+        >>> @register_backend
+        ... class Mine(MapBackend):
+        ...     name = "mine"
+    """
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a non-empty class attribute 'name'")
     _BACKENDS[cls.name] = cls
     return cls
 
 
 def _backend_class(name: str) -> type[MapBackend]:
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, not {type(name).__name__}")
     if name in _BACKENDS:
         return _BACKENDS[name]
     if name in _LAZY_BACKENDS:
         module, attr = _LAZY_BACKENDS[name]
-        mod = importlib.import_module(module)
+        mod = importlib.import_module(module)  # ImportError names the extra to install
         cls = getattr(mod, attr, None)
-        if cls is None:
-            raise ValueError(f"backend={name!r} is not available in this version of nocopy")
+        if not (isinstance(cls, type) and issubclass(cls, MapBackend)):
+            raise ValueError(
+                f"backend={name!r} is not available in this version of nocopy ({module} has no "
+                f"{attr}). Fix: use backend='processes' or 'threads', or upgrade nocopy."
+            )
         _BACKENDS[name] = cls
-        return cls  # type: ignore[no-any-return]
-    raise ValueError(f"unknown backend {name!r}")
+        return cls
+    known = sorted({*_BACKENDS, *_LAZY_BACKENDS})
+    raise ValueError(f"unknown parallel_map backend {name!r}: choose one of {', '.join(known)}")
+
+
+# ---------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------
+def _row_count(data: Any) -> int:
+    """Rows of a supported object; UnsupportedTypeError for anything else."""
+    if isinstance(data, np.ndarray):
+        if data.ndim == 0:
+            raise UnsupportedTypeError(
+                "parallel_map needs rows to split, and a 0-d array has none. Fix: pass an "
+                "array with at least one dimension (chunks are taken along the first)."
+            )
+        return int(data.shape[0])
+    t = type(data)
+    module = t.__module__ or ""
+    if module.startswith("pandas") and t.__name__ in ("DataFrame", "Series"):
+        return len(data)
+    if module.startswith("pyarrow"):
+        if t.__name__ in ("Table", "RecordBatch"):
+            return int(data.num_rows)
+        if t.__name__ == "ChunkedArray" or t.__name__.endswith("Array"):
+            return len(data)
+    raise UnsupportedTypeError(
+        f"parallel_map cannot split a {t.__qualname__} into row chunks. Fix: pass a NumPy "
+        "array, a pandas DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
+    )
 
 
 def take_rows(data: Any, start: int, stop: int) -> Any:
-    """Rows start:stop of *data* without copying."""
-    raise NotImplementedError
+    """Rows start:stop of an ndarray, DataFrame, Series or Arrow table/array, without copying.
+
+    Example::
+
+        >>> take_rows(np.arange(10), 2, 5)
+        array([2, 3, 4])
+    """
+    if isinstance(data, np.ndarray):
+        return data[start:stop]
+    module = type(data).__module__ or ""
+    if module.startswith("pandas"):
+        return data.iloc[start:stop]
+    if module.startswith("pyarrow"):
+        return data.slice(start, stop - start)
+    _row_count(data)  # raises the clear error
+    raise AssertionError("unreachable")
 
 
-def parallel_map(fn: Any, data: Any, **kw: Any) -> list[Any]:
-    raise NotImplementedError
+def _spans(n: int, chunks: int) -> list[tuple[int, int]]:
+    k = max(1, min(chunks, n))
+    bounds = [i * n // k for i in range(k + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-_ = Shared
+def _run_chunk(fn: Callable[[Any], Any], source: Shared[Any], start: int, stop: int) -> Any:
+    """Worker side of the processes backend: read-only zero-copy rows, then fn."""
+    return fn(take_rows(source.get(), start, stop))
+
+
+def _run_chunk_local(fn: Callable[[Any], Any], data: Any, start: int, stop: int) -> Any:
+    return fn(take_rows(data, start, stop))
+
+
+# ---------------------------------------------------------------------------
+# warm pools: repeated calls reuse workers instead of starting new ones
+# ---------------------------------------------------------------------------
+_pools_lock = threading.Lock()
+_process_pools: dict[tuple[int, str], ProcessPoolExecutor] = {}
+_thread_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _warm_process_pool(workers: int) -> ProcessPoolExecutor:
+    ctx = multiprocessing.get_context()
+    key = (workers, ctx.get_start_method())
+    with _pools_lock:
+        pool = _process_pools.get(key)
+        if pool is None or pool._broken or pool._shutdown_thread:
+            if pool is not None:
+                pool.shutdown(wait=False)
+            pool = ProcessPoolExecutor(workers, mp_context=ctx)
+            _process_pools[key] = pool
+        return pool
+
+
+def _forget_process_pool(pool: ProcessPoolExecutor) -> None:
+    with _pools_lock:
+        for key, value in list(_process_pools.items()):
+            if value is pool:
+                del _process_pools[key]
+
+
+def _warm_thread_pool(workers: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _thread_pools.get(workers)
+        if pool is None:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="nocopy-map")
+            _thread_pools[workers] = pool
+        return pool
+
+
+def _shutdown_pools() -> None:
+    with _pools_lock:
+        pools: list[Executor] = [*_process_pools.values(), *_thread_pools.values()]
+        _process_pools.clear()
+        _thread_pools.clear()
+    for pool in pools:
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except Exception:  # exiting: nothing to report to
+            pass
+
+
+def _pools_after_fork() -> None:
+    # A forked child must not use (or shut down) its parent's workers.
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    _process_pools.clear()
+    _thread_pools.clear()
+
+
+atexit.register(_shutdown_pools)
+os.register_at_fork(after_in_child=_pools_after_fork)
+
+
+# ---------------------------------------------------------------------------
+# the built-in backends
+# ---------------------------------------------------------------------------
+@register_backend
+class ProcessBackend(MapBackend):
+    """Worker processes (a warm nocopy.ProcessPoolExecutor); the data is shared once per call."""
+
+    name = "processes"
+
+    def __init__(self, *, workers: int, executor: Executor | None = None) -> None:
+        super().__init__(workers=workers, executor=executor)
+        self._own_pool = executor is None
+        self._pool: Executor = executor if executor is not None else _warm_process_pool(workers)
+        self._owned: Shared[Any] | None = None
+
+    def prepare(self, data: Any) -> Shared[Any]:
+        if isinstance(data, Shared):
+            return data
+        self._owned = share(data)
+        return self._owned
+
+    def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
+        pool = self._pool
+        if isinstance(pool, ProcessPoolExecutor):
+            return pool._submit(f"chunk {index} (rows {start}:{stop})", _run_chunk, (fn, source, start, stop), {})
+        return pool.submit(_run_chunk, fn, source, start, stop)
+
+    def release(self, source: Any) -> None:
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
+
+    def abort(self) -> None:
+        pool = self._pool
+        if self._own_pool and isinstance(pool, ProcessPoolExecutor):
+            _forget_process_pool(pool)
+            pool._abort()
+
+
+@register_backend
+class ThreadBackend(MapBackend):
+    """Threads of this process (a warm ThreadPoolExecutor); nothing is copied or shared.
+
+    NumPy chunks are read-only views of the caller's array; pandas chunks are
+    copy-on-write slices (a write copies, never reaching the caller's frame);
+    Arrow data is immutable.
+    """
+
+    name = "threads"
+
+    def __init__(self, *, workers: int, executor: Executor | None = None) -> None:
+        super().__init__(workers=workers, executor=executor)
+        self._pool: Executor = executor if executor is not None else _warm_thread_pool(workers)
+
+    def prepare(self, data: Any) -> Any:
+        if isinstance(data, Shared):
+            return data.get()
+        if isinstance(data, np.ndarray):
+            view = data.view()
+            view.flags.writeable = False
+            return view
+        return data
+
+    def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
+        return self._pool.submit(_run_chunk_local, fn, source, start, stop)
+
+
+# ---------------------------------------------------------------------------
+# parallel_map
+# ---------------------------------------------------------------------------
+def _default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _progress_bar(total: int) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError(
+            "parallel_map(progress=True) needs tqdm, which is not installed. "
+            "Fix: pip install 'nocopy[bench]' (or pip install tqdm)"
+        ) from None
+    return tqdm(total=total, unit="chunk", desc="parallel_map")
+
+
+def parallel_map(
+    fn: Callable[[Any], Any],
+    data: Any,
+    *,
+    chunks: int | None = None,
+    workers: int | None = None,
+    backend: str | type[MapBackend] = "processes",
+    progress: bool = False,
+    executor: Executor | None = None,
+) -> list[Any]:
+    """Run ``fn`` on row chunks of *data* in parallel; return the results in chunk order.
+
+    *data* is a NumPy array (chunks along the first axis), a pandas DataFrame
+    or Series, an Arrow table, or a :class:`~nocopy.Shared` of one. ``fn``
+    gets zero-copy, read-only row chunks: with ``backend="processes"`` (the
+    default) the data is shared once per call (not at all if it is already a
+    ``Shared``) and every worker reads the same pages; ``"threads"`` slices
+    the caller's object directly; ``"ray"`` puts it once in Ray's object store
+    (needs ``pip install 'nocopy[ray]'``).
+
+    ``chunks`` defaults to 4 x ``workers`` (at most one per row); ``workers``
+    defaults to the CPUs this process may use. Calls reuse a warm pool per
+    (workers, start method) instead of starting new workers; pass
+    ``executor=`` to use your own (a ``nocopy.ProcessPoolExecutor`` or a
+    ``ThreadPoolExecutor``). ``progress=True`` shows a tqdm bar (also in
+    notebooks).
+
+    An exception in ``fn`` is re-raised here with the worker's traceback as
+    its ``__cause__``; a worker that dies raises
+    :class:`~nocopy.errors.WorkerCrashedError` naming the chunk. Ctrl-C
+    cancels the pending chunks, stops the workers and frees the data.
+
+    For a large output, do not return big chunks: pass a shared output made by
+    :func:`nocopy.empty` and let every chunk write its own rows of it
+    (``out.get()[start:stop] = ...``): the writes land in the caller's array
+    without any copy.
+
+    Example::
+
+        >>> import numpy as np, nocopy
+        >>> nocopy.parallel_map(np.sum, np.arange(10), chunks=2, backend="threads")
+        [np.int64(10), np.int64(35)]
+    """
+    if not callable(fn):
+        raise TypeError(f"parallel_map needs a callable fn, not {type(fn).__name__}")
+    if isinstance(backend, type) and issubclass(backend, MapBackend):
+        cls: type[MapBackend] = backend
+    else:
+        cls = _backend_class(backend)
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(f"executor must be a concurrent.futures.Executor, not {type(executor).__name__}")
+    if executor is not None and cls is ProcessBackend and isinstance(executor, ThreadPoolExecutor):
+        cls = ThreadBackend
+    if workers is None:
+        workers = getattr(executor, "_max_workers", None) or _default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, not {workers!r}")
+    if chunks is None:
+        chunks = 4 * workers
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"chunks must be a positive integer, not {chunks!r}")
+
+    if isinstance(data, Shared):
+        if data.closed:
+            raise ValueError(f"{data!r} is closed. Fix: pass an open Shared (or the data itself).")
+        n = _row_count(data.get())
+    else:
+        n = _row_count(data)
+    spans = _spans(n, chunks)
+
+    runner = cls(workers=workers, executor=executor)
+    bar = _progress_bar(len(spans)) if progress else None
+    futures: list[Future[Any]] = []
+    source: Any = None
+    prepared = False
+    try:
+        source = runner.prepare(data)
+        prepared = True
+        for i, (start, stop) in enumerate(spans):
+            futures.append(runner.submit(fn, source, i, start, stop))
+        return _collect(futures, bar)
+    except BaseException as exc:
+        for fut in futures:
+            fut.cancel()
+        if isinstance(exc, KeyboardInterrupt):
+            runner.abort()
+        raise
+    finally:
+        if prepared:
+            runner.release(source)
+        if bar is not None:
+            bar.close()
+
+
+def _collect(futures: Sequence[Future[Any]], bar: Any) -> list[Any]:
+    results: list[Any] = [None] * len(futures)
+    position = {id(f): i for i, f in enumerate(futures)}
+    for fut in as_completed(futures):
+        results[position[id(fut)]] = fut.result()  # the first failure propagates
+        if bar is not None:
+            bar.update(1)
+    return results

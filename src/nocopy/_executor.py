@@ -1,0 +1,895 @@
+"""A drop-in ``concurrent.futures.ProcessPoolExecutor`` that shares big arguments and results.
+
+How a task travels (parent -> worker -> parent):
+
+* ``submit`` walks the arguments (top level and inside list/tuple/dict). Every
+  NumPy array, pandas or Arrow object of at least ``share_threshold`` bytes is
+  shared once per executor (cached by identity while the object lives) and
+  replaced by a small marker holding its :class:`~nocopy.Shared` handle.
+* The callable and the marked arguments are pickled as one payload inside a
+  ``_Call``. The worker unpickles that payload inside the task, so an argument
+  that fails to unpickle fails that task only (the stdlib would lose the
+  worker and break the pool), and turns every marker into a private
+  copy-on-write view (``Shared.get(private=True)``): the task may mutate it
+  like a pickled copy, the caller never sees it.
+* Big results are shared by the worker, whose descriptor is handed to the
+  parent over a UNIX socket (SCM_RIGHTS) *before* the task returns: the parent
+  holds the memory, so a worker that exits (or is killed) right after
+  returning loses nothing, and a worker killed earlier leaves nothing behind
+  (memfd dies with it; posix files of dead workers are reclaimed).
+* Each task writes (task id, pid, state) into a small shared table, so when a
+  worker dies the caller's :class:`~nocopy.errors.WorkerCrashedError` names
+  the exit code or signal *and* the task it was running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import itertools
+import os
+import pickle
+import secrets
+import signal
+import socket
+import struct
+import threading
+import time
+import warnings
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import wait as _wait_sentinels
+from multiprocessing.context import BaseContext
+from multiprocessing.reduction import ForkingPickler
+from typing import Any, Literal, ParamSpec, TypeVar, cast
+
+import numpy as np
+
+from ._shared import Shared, share, zeros
+from ._store import Locator, OwnedSegment, shm_dir
+from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
+
+__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_SHARE_THRESHOLD = 1 << 20
+# Rows of the crash-attribution table; a task is attributed while fewer than
+# this many later tasks have started meanwhile.
+_RING = 4096
+_STARTED, _FINISHED = 1, 2
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes)
+_MAX_DEPTH = 4
+
+
+# ---------------------------------------------------------------------------
+# what gets shared
+# ---------------------------------------------------------------------------
+def _data_nbytes(value: Any) -> int | None:
+    """Bytes of a shareable data object, or None if *value* is not one."""
+    t = type(value)
+    if t is np.ndarray or t is np.recarray:
+        return None if value.dtype.hasobject else int(value.nbytes)
+    module = t.__module__ or ""
+    if module.startswith("pandas"):
+        name = t.__name__
+        try:
+            if name == "DataFrame":
+                return int(value.memory_usage(index=True, deep=False).sum())
+            if name == "Series":
+                return int(value.memory_usage(index=True, deep=False))
+            if name.endswith("Index"):
+                return int(value.memory_usage(deep=False))
+        except (TypeError, ValueError, AttributeError):
+            return None
+        return None
+    if module.startswith("pyarrow") and (t.__name__ in ("Table", "RecordBatch") or t.__name__.endswith("Array")):
+        nbytes = getattr(value, "nbytes", None)
+        return int(nbytes) if isinstance(nbytes, int) else None
+    return None
+
+
+class _AutoArg:
+    """Marks an auto-shared argument: the worker gets ``shared.get(private=True)``."""
+
+    __slots__ = ("shared",)
+
+    def __init__(self, shared: Shared[Any]) -> None:
+        self.shared = shared
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_AutoArg, (self.shared,))
+
+
+class _ShareCache:
+    """Per-executor: data object (by identity, while it lives) -> its Shared, or None if unshareable."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, Shared[Any] | None]] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def lookup(self, value: Any) -> Shared[Any] | None:
+        key = id(value)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                ref, shared = entry
+                held = ref() if isinstance(ref, weakref.ref) else ref
+                if held is value:
+                    return shared
+            shared = self._share(value)
+            try:
+                ref = weakref.ref(value, functools.partial(self._forget, key))
+            except TypeError:
+                ref = value  # not weak-referenceable: keep it (and its id) until shutdown
+            self._entries[key] = (ref, shared)
+            return shared
+
+    def _share(self, value: Any) -> Shared[Any] | None:
+        try:
+            return share(value)
+        except (UnsupportedTypeError, ImportError):
+            return None  # not zero-copy shareable: it travels pickled, as with the stdlib
+        except MemoryError as exc:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
+                    f"argument, it is pickled instead ({exc})",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+            return None
+
+    def _forget(self, key: int, ref: Any) -> None:
+        # The object died: drop the cache's hold. Tasks still in flight keep
+        # their own reference to the Shared, so its segment lives until they end.
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def clear(self, *, close: bool) -> None:
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        if close:
+            for _, shared in entries:
+                if shared is not None:
+                    shared.close()
+
+
+# ---------------------------------------------------------------------------
+# results: worker -> parent, handed over before the task returns
+# ---------------------------------------------------------------------------
+class _Inbox:
+    """Receives result segments' descriptors from workers (SCM_RIGHTS), one per process."""
+
+    def __init__(self) -> None:
+        self.address = f"nocopy-res-{os.getpid()}-{secrets.token_hex(16)}"
+        self._fds: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.bind("\0" + self.address)
+        self._sock.listen(64)
+        self._thread = threading.Thread(target=self._serve, name="nocopy-result-inbox", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError, ValueError):
+                self._receive(conn)
+
+    def _receive(self, conn: socket.socket) -> None:
+        conn.settimeout(10)
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        msg, fds, _flags, _addr = socket.recv_fds(conn, 512, 1)
+        if uid != os.geteuid() or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            conn.sendall(b"N")
+            return
+        tag, _, key = msg.decode("ascii").strip().partition(" ")
+        with self._lock:
+            old = self._fds.pop(key, None)
+            self._fds[key] = (fds[0], tag)
+        if old is not None:
+            os.close(old[0])
+        conn.sendall(b"K")
+
+    def claim(self, key: str) -> int | None:
+        with self._lock:
+            entry = self._fds.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def drop(self, tag: str) -> None:
+        """Close the descriptors of results an executor will never claim (its workers died)."""
+        with self._lock:
+            keys = [k for k, (_, t) in self._fds.items() if t == tag]
+            fds = [self._fds.pop(k)[0] for k in keys]
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close_in_child(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for fd, _ in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+
+
+_inbox: _Inbox | None = None
+_inbox_lock = threading.Lock()
+
+
+def _get_inbox() -> _Inbox:
+    global _inbox
+    with _inbox_lock:
+        if _inbox is None:
+            _inbox = _Inbox()
+        return _inbox
+
+
+def _inbox_after_fork() -> None:
+    global _inbox, _inbox_lock
+    _inbox_lock = threading.Lock()
+    if _inbox is not None:
+        _inbox.close_in_child()
+        _inbox = None
+
+
+os.register_at_fork(after_in_child=_inbox_after_fork)
+
+
+def _hand_over(address: str, tag: str, key: str, fd: int) -> None:
+    """Worker side: give the parent its own descriptor of a result segment; wait until it has it."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(60)
+        sock.connect("\0" + address)
+        socket.send_fds(sock, [f"{tag} {key}\n".encode("ascii")], [fd])
+        ack = sock.recv(1)
+    except OSError as exc:
+        raise SegmentNotFoundError(
+            f"cannot hand a result back to the parent process ({exc}): it has exited or "
+            "stopped listening. Fix: keep the executor open until its futures are done."
+        ) from None
+    finally:
+        sock.close()
+    if ack != b"K":
+        raise SegmentNotFoundError(f"the parent refused a result segment ({ack!r})")
+
+
+def _claim_result(
+    address: str, key: str, store: str, name: str, token: bytes, size: int, nbytes: int, kind: str
+) -> Any:
+    """Parent side (runs while the reply is unpickled): a private view of a worker's result."""
+    inbox = _inbox
+    fd = inbox.claim(key) if inbox is not None and inbox.address == address else None
+    if fd is None:
+        raise SegmentNotFoundError(
+            f"the {kind} result segment {name} was not handed over to this process "
+            "(was the executor shut down while the task ran?)"
+        )
+    seg = OwnedSegment(Locator(store, name, os.getpid(), fd, ""), fd, size, None)
+    handle: Shared[Any] = Shared(
+        seg.locator, token=token, size=size, nbytes=nbytes, kind=kind, owner=seg
+    )
+    try:
+        # Copy-on-write, like a result that was pickled: the caller may write to it.
+        return handle.get(private=True)
+    finally:
+        handle.close()
+
+
+class _ResultRef:
+    __slots__ = ("args",)
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_claim_result, self.args)
+
+
+def _share_result(value: Any, threshold: int, address: str, tag: str) -> Any:
+    """Worker side: big data leaves of a result go through shared memory."""
+    t = type(value)
+    if t in _ATOMIC:
+        return value
+    return _walk_result(value, threshold, address, tag, 0)
+
+
+def _walk_result(value: Any, threshold: int, address: str, tag: str, depth: int) -> Any:
+    t = type(value)
+    if t in _ATOMIC:
+        return value
+    if depth < _MAX_DEPTH and (t is list or t is tuple):
+        items = [_walk_result(v, threshold, address, tag, depth + 1) for v in value]
+        return items if t is list else tuple(items)
+    if depth < _MAX_DEPTH and t is dict:
+        return {k: _walk_result(v, threshold, address, tag, depth + 1) for k, v in value.items()}
+    nbytes = _data_nbytes(value)
+    if nbytes is None or nbytes < threshold:
+        return value
+    try:
+        handle = share(value)
+    except (UnsupportedTypeError, ImportError, MemoryError):
+        return value
+    try:
+        owner = handle._owner
+        assert owner is not None
+        key = secrets.token_hex(16)
+        _hand_over(address, tag, key, owner.fd)
+        loc = handle._locator
+        return _ResultRef(
+            address, key, loc.store, loc.name, handle._token, handle.size, handle.nbytes, handle.kind
+        )
+    finally:
+        handle.close()
+
+
+class _Reply:
+    """What a task sends back: its result pickled by the worker (big leaves as _ResultRef)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Reply, (self.data,))
+
+
+# ---------------------------------------------------------------------------
+# the worker side
+# ---------------------------------------------------------------------------
+_table: np.ndarray | None = None
+_table_handle: Shared[np.ndarray] | None = None
+# Explicit Shared arguments keep their read-only mapping warm across tasks
+# (no remap, no re-faulting pages); dropped once their owner closes them.
+_WARM_MAX = 8
+_warm: OrderedDict[tuple[str, bytes], Shared[Any]] = OrderedDict()
+_warm_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def _worker_init(
+    table: Shared[np.ndarray], initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> None:
+    global _table, _table_handle, _reaper
+    # Ctrl-C goes to the whole foreground process group: the caller handles it
+    # (cancels, stops the workers); workers must not die mid-queue-operation.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _table_handle = table
+    _table = table.get()
+    with _warm_lock:
+        _warm.clear()
+    _reaper = None
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _segment_alive(handle: Shared[Any]) -> bool:
+    loc = handle._locator
+    if loc.store == "memfd":
+        try:
+            return os.readlink(f"/proc/{loc.pid}/fd/{loc.fd}") == f"/memfd:{loc.name} (deleted)"
+        except OSError:
+            return False
+    return os.path.exists(os.path.join(shm_dir(), loc.name))
+
+
+def _evict_dead() -> None:
+    with _warm_lock:
+        dead = [k for k, h in _warm.items() if not _segment_alive(h)]
+        for k in dead:
+            del _warm[k]
+
+
+def _reap_forever() -> None:
+    while True:
+        time.sleep(1.0)
+        _evict_dead()
+
+
+def _keep_warm(handle: Shared[Any]) -> None:
+    global _reaper
+    key = (handle._locator.name, handle._token)
+    with _warm_lock:
+        if key in _warm:
+            _warm.move_to_end(key)
+            return
+    try:
+        handle._shared_base()
+    except (NocopyError, OSError, ValueError):
+        return  # the task itself will meet (and report) the problem if it uses the handle
+    with _warm_lock:
+        _warm[key] = handle
+        while len(_warm) > _WARM_MAX:
+            _warm.popitem(last=False)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_reap_forever, name="nocopy-warm-reaper", daemon=True)
+            _reaper.start()
+
+
+def _unwrap(value: Any, depth: int) -> Any:
+    t = type(value)
+    if t is _AutoArg:
+        return value.shared.get(private=True)
+    if t is Shared:
+        _keep_warm(value)
+        return value
+    if depth < _MAX_DEPTH and (t is list or t is tuple):
+        items = [_unwrap(v, depth + 1) for v in value]
+        return items if t is list else tuple(items)
+    if depth < _MAX_DEPTH and t is dict:
+        return {k: _unwrap(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+class _WorkerCall:
+    """The callable the stdlib worker runs: unpickle, unwrap, call, send big results back."""
+
+    __slots__ = ("address", "has_handles", "name", "payload", "tag", "task_id", "threshold")
+
+    def __init__(
+        self, payload: bytes, task_id: int, name: str, threshold: int, address: str, tag: str,
+        has_handles: bool,
+    ) -> None:
+        self.payload = payload
+        self.task_id = task_id
+        self.name = name
+        self.threshold = threshold
+        self.address = address
+        self.tag = tag
+        self.has_handles = has_handles
+
+    def __call__(self) -> _Reply:
+        table = _table
+        row = self.task_id % _RING
+        if table is not None:
+            table[row] = (self.task_id, os.getpid(), _STARTED)
+        try:
+            try:
+                fn, args, kwargs = pickle.loads(self.payload)
+            except BaseException as exc:
+                exc.add_note(
+                    f"nocopy: while unpickling the arguments of task #{self.task_id} "
+                    f"({self.name}) in worker pid {os.getpid()}"
+                )
+                raise
+            if self.has_handles:
+                args = _unwrap(args, 0)
+                kwargs = _unwrap(kwargs, 0)
+            result = fn(*args, **kwargs)
+            del args, kwargs
+            result = _share_result(result, self.threshold, self.address, self.tag)
+            try:
+                data = ForkingPickler.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:
+                exc.add_note(
+                    f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
+                    f"a {type(result).__qualname__}, to send it back to the caller"
+                )
+                raise
+            return _Reply(bytes(data))
+        finally:
+            if table is not None:
+                table[row, 2] = _FINISHED
+
+
+def _rebuild_worker_call(*args: Any) -> _WorkerCall:
+    return _WorkerCall(*args)
+
+
+# ---------------------------------------------------------------------------
+# the parent side
+# ---------------------------------------------------------------------------
+def _fn_name(fn: Any) -> str:
+    if isinstance(fn, functools.partial):
+        inner = fn.func
+        if getattr(inner, "__name__", "") == "_process_chunk" and fn.args:
+            return f"map({_fn_name(fn.args[0])})"
+        return f"partial({_fn_name(inner)})"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module not in ("builtins", "__main__") else str(name)
+
+
+class _Call:
+    """Parent side of one task; pickles (in the queue feeder thread) into a _WorkerCall."""
+
+    __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "tag", "task_id", "threshold")
+
+    def __init__(
+        self, fn: Any, args: Any, kwargs: Any, task_id: int, threshold: int, address: str, tag: str,
+        has_handles: bool,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.task_id = task_id
+        self.threshold = threshold
+        self.address = address
+        self.tag = tag
+        self.has_handles = has_handles
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buf = io.BytesIO()
+        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump((self.fn, self.args, self.kwargs))
+        return (
+            _rebuild_worker_call,
+            (buf.getvalue(), self.task_id, _fn_name(self.fn), self.threshold, self.address,
+             self.tag, self.has_handles),
+        )
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _describe_exit(pid: int, code: int | None) -> str:
+    if code is None:
+        return f"worker pid {pid} stopped responding"
+    if code < 0:
+        name = _signal_name(code)
+        why = ""
+        if -code == signal.SIGKILL:
+            why = " (killed from outside: often the kernel's OOM killer -- check memory limits and dmesg)"
+        elif -code == signal.SIGSEGV:
+            why = " (a segmentation fault in native code)"
+        elif -code == signal.SIGBUS:
+            why = " (a bus error: often a shared-memory file that ran out of room)"
+        return f"worker pid {pid} was killed by {name}{why}"
+    return f"worker pid {pid} exited with code {code}"
+
+
+class _TaskFuture(Future[Any]):
+    """The future the caller gets: mirrors the stdlib's, with results opened and crashes named."""
+
+    def __init__(self, executor: ProcessPoolExecutor, call: _Call, label: str | None) -> None:
+        super().__init__()
+        self._executor_ref = weakref.ref(executor)
+        self._call: _Call | None = call
+        self._task_id = call.task_id
+        self._label = label
+        self._inner: Future[Any] | None = None
+
+    def _attach(self, inner: Future[Any]) -> None:
+        self._inner = inner
+        inner.add_done_callback(self._inner_done)
+
+    def label(self) -> str:
+        if self._label is not None:
+            return self._label
+        call = self._call
+        return f"task #{self._task_id} ({_fn_name(call.fn) if call is not None else '?'})"
+
+    def cancel(self) -> bool:
+        inner = self._inner
+        if inner is not None and inner.cancel():
+            return True
+        return self.cancelled()
+
+    def running(self) -> bool:
+        inner = self._inner
+        return bool(inner is not None and inner.running() and not self.done())
+
+    def _inner_done(self, inner: Future[Any]) -> None:
+        if self.done():
+            return
+        try:
+            if inner.cancelled():
+                if Future.cancel(self):
+                    self.set_running_or_notify_cancel()
+                return
+            exc = inner.exception()
+            if exc is not None:
+                self.set_exception(self._translate(exc))
+                return
+            reply = inner.result()
+            try:
+                value = pickle.loads(reply.data) if type(reply) is _Reply else reply
+            except BaseException as err:
+                err.add_note(f"nocopy: while unpickling the result of {self.label()} in the caller")
+                self.set_exception(err)
+                return
+            self.set_result(value)
+        except BaseException as err:  # pragma: no cover - a callback must never leave it pending
+            if not self.done():
+                self.set_exception(err)
+        finally:
+            self._call = None
+
+    def _translate(self, exc: BaseException) -> BaseException:
+        if not isinstance(exc, BrokenProcessPool) or isinstance(exc, WorkerCrashedError):
+            return exc
+        executor = self._executor_ref()
+        if executor is None:
+            return exc
+        if executor._aborting:
+            err: BaseException = CancelledError(
+                f"{self.label()} was stopped: the caller was interrupted and stopped the workers"
+            )
+        else:
+            err = executor._crash_error(self._task_id, self.label())
+        err.__cause__ = exc.__cause__ or exc
+        return err
+
+
+class ProcessPoolExecutor(_StdProcessPoolExecutor):
+    """``concurrent.futures.ProcessPoolExecutor`` that hands big data over shared memory.
+
+    Same constructor and behaviour as the standard library's, plus
+    ``share_threshold`` (bytes, default 1 MiB): NumPy arrays, pandas and Arrow
+    objects at least that big -- passed directly or inside a list, tuple or
+    dict -- are copied into shared memory once per executor (cached by
+    identity while the object lives) and every task gets a private
+    copy-on-write view: it may read and even modify its argument exactly as
+    if it had been pickled, and the caller's object never changes. Results
+    that big come back through shared memory too. ``nocopy.Shared`` arguments
+    arrive as they are (call ``.get()`` in the task).
+
+    An argument is taken as it is at its first ``submit``: modifying the same
+    object in place afterwards is not seen by later tasks (pass a new object,
+    or share it yourself and pass the ``Shared``).
+
+    A worker that dies raises :class:`~nocopy.errors.WorkerCrashedError` (a
+    ``BrokenProcessPool``) naming the exit code or signal and the task.
+    Ctrl-C inside ``with`` stops the workers at once and frees every segment.
+    Workers ignore SIGINT: the caller handles it.
+
+    Example::
+
+        >>> import numpy as np, nocopy
+        >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
+        >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
+        ...     list(ex.map(np.sum, [big] * 4))
+        [1000000.0, 1000000.0, 1000000.0, 1000000.0]
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        share_threshold: int = DEFAULT_SHARE_THRESHOLD,
+    ) -> None:
+        if isinstance(share_threshold, bool) or not isinstance(share_threshold, int) or share_threshold < 0:
+            raise ValueError(f"share_threshold must be a number of bytes >= 0, not {share_threshold!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._share_threshold = share_threshold
+        self._cache = _ShareCache()
+        self._tag = secrets.token_hex(8)
+        self._task_ids = itertools.count(1)
+        self._aborting = False
+        self._crash: tuple[list[tuple[int, int | None]], dict[int, int]] | None = None
+        self._crash_lock = threading.Lock()
+        self._resources_released = False
+        self._task_table: Shared[np.ndarray] = zeros((_RING, 3), "i8")
+        self._table_view: np.ndarray | None = None
+        try:
+            super().__init__(
+                max_workers,
+                mp_context,
+                _worker_init,
+                (self._task_table, initializer, tuple(initargs)),
+                max_tasks_per_child=max_tasks_per_child,
+            )
+        except BaseException:
+            self._task_table.close()
+            raise
+        # The stdlib drops its reference to this dict at shutdown; crash
+        # reports still need to know which processes there were.
+        self._procs: MutableMapping[int, Any] = self._processes
+
+    @property
+    def share_threshold(self) -> int:
+        """Arguments and results of at least this many bytes go through shared memory."""
+        return self._share_threshold
+
+    # -- submitting -----------------------------------------------------
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Like the stdlib's ``submit``; big data arguments are shared once, not pickled.
+
+        Example::
+
+            >>> fut = ex.submit(np.sum, big)     # doctest: +SKIP
+            >>> fut.result()                     # doctest: +SKIP
+        """
+        return self._submit(None, fn, args, kwargs)
+
+    def _submit(self, label: str | None, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        if self._broken:
+            raise self._crash_error(None, None)
+        found = [False]
+        args2 = self._prepare(args, 0, found) if args else args
+        kwargs2 = self._prepare(kwargs, 0, found) if kwargs else kwargs
+        call = _Call(
+            fn, args2, kwargs2, next(self._task_ids), self._share_threshold,
+            _get_inbox().address, self._tag, found[0],
+        )
+        future = _TaskFuture(self, call, label)
+        try:
+            inner: Future[Any] = super().submit(cast(Callable[[], Any], call))
+        except BrokenProcessPool:
+            raise self._crash_error(None, None) from None
+        future._attach(inner)
+        return future
+
+    def _prepare(self, value: Any, depth: int, found: list[bool]) -> Any:
+        t = type(value)
+        if t in _ATOMIC:
+            return value
+        if t is Shared:
+            found[0] = True
+            return value
+        if depth < _MAX_DEPTH and (t is list or t is tuple):
+            items = [self._prepare(v, depth + 1, found) for v in value]
+            if all(a is b for a, b in zip(items, value, strict=True)):
+                return value
+            return items if t is list else tuple(items)
+        if depth < _MAX_DEPTH and t is dict:
+            new = {k: self._prepare(v, depth + 1, found) for k, v in value.items()}
+            if all(new[k] is v for k, v in value.items()):
+                return value
+            return new
+        nbytes = _data_nbytes(value)
+        if nbytes is None or nbytes < self._share_threshold:
+            return value
+        shared = self._cache.lookup(value)
+        if shared is None:
+            return value
+        found[0] = True
+        return _AutoArg(shared)
+
+    # -- crashes --------------------------------------------------------
+    def _crash_info(self) -> tuple[list[tuple[int, int | None]], dict[int, int]]:
+        """(dead workers as (pid, exit code), task id -> pid that was running it)."""
+        with self._crash_lock:
+            if self._crash is not None:
+                return self._crash
+            dead: list[tuple[int, int | None]] = []
+            for pid, proc in list(self._procs.items()):
+                code = proc.exitcode
+                if code is None and _wait_sentinels([proc.sentinel], 0):
+                    proc.join(2.0)  # its pipe closed a moment before it became reapable
+                    code = proc.exitcode
+                if code is not None:
+                    dead.append((pid, code))
+            running: dict[int, int] = {}
+            table = self._table()
+            if table is not None and dead:
+                for pid, _ in dead:
+                    rows = table[(table[:, 1] == pid) & (table[:, 2] == _STARTED)]
+                    if len(rows):
+                        running[int(rows[:, 0].max())] = pid
+            self._crash = (dead, running)
+            return self._crash
+
+    def _table(self) -> np.ndarray | None:
+        if self._table_view is None:
+            with contextlib.suppress(NocopyError, OSError):
+                self._table_view = self._task_table.get()
+        return self._table_view
+
+    def _crash_error(self, task_id: int | None, label: str | None) -> WorkerCrashedError:
+        dead, running = self._crash_info()
+        exitcode = dead[0][1] if dead else None
+        if not dead:
+            what = "a worker process terminated abruptly"
+        else:
+            what = "; ".join(_describe_exit(pid, code) for pid, code in dead)
+        culprit = [tid for tid, pid in running.items()]
+        crashed_task: str | None = None
+        if task_id is not None and task_id in running:
+            pid = running[task_id]
+            exitcode = dict(dead).get(pid, exitcode)
+            crashed_task = label
+            msg = f"{_describe_exit(pid, exitcode)} while running {label}"
+        elif task_id is not None:
+            where = (
+                f" (it was running task{'s' if len(culprit) > 1 else ''} "
+                f"#{', #'.join(map(str, sorted(culprit)))})" if culprit else ""
+            )
+            msg = f"{label} was lost: {what}{where}, which broke the pool"
+            crashed_task = None
+        else:
+            msg = f"the pool is broken: {what}"
+        msg += (
+            ". The data and the caller are fine; this executor cannot run tasks any more. "
+            "Fix: start a new executor (and find out why the worker died)."
+        )
+        return WorkerCrashedError(msg, exitcode=exitcode, task=crashed_task)
+
+    # -- shutting down --------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Like the stdlib's; also frees the segments of the shared arguments.
+
+        Example::
+
+            >>> ex.shutdown()       # doctest: +SKIP
+        """
+        broken = bool(self._broken)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if wait:
+            self._release_resources(reclaim=broken)
+        else:
+            # Tasks still queued need the segments: let go of the cache only;
+            # each segment is freed when the last task using it is done.
+            self._cache.clear(close=False)
+
+    def _release_resources(self, *, reclaim: bool) -> None:
+        if self._resources_released:
+            return
+        self._resources_released = True
+        self._cache.clear(close=True)
+        self._table_view = None
+        self._task_table.close()
+        inbox = _inbox
+        if inbox is not None:
+            inbox.drop(self._tag)
+        if reclaim:
+            _reclaim_posix()
+
+    def _abort(self) -> None:
+        """Stop at once (Ctrl-C): cancel pending tasks, stop the workers, free everything."""
+        self._aborting = True
+        procs = list(self._procs.values())
+        manager: Any = getattr(self, "_executor_manager_thread", None)
+        with contextlib.suppress(Exception):
+            super().shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        if manager is not None:
+            manager.join(10)
+        self._release_resources(reclaim=True)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._abort()
+            return False
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self._abort()
+            raise
+        return False
+
+
+def _reclaim_posix() -> None:
+    """Remove posix segments of workers that died mid-result (dead owner, nobody holds them)."""
+    from ._store import _orphans
+
+    with contextlib.suppress(OSError):
+        _orphans.reclaim(shm_dir())
+
