@@ -127,10 +127,18 @@ def request_fd(address: str, name: str, token: str) -> int:
                 "process has exited or closed it. Fix: keep the owner's Shared open while "
                 "other processes attach."
             ) from None
-        sock.sendall(json.dumps({"name": name, "token": token}).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps({"name": name, "token": token}).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a refusing server answers and closes before reading: its answer is queued
         msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
     except TimeoutError:
         raise SegmentNotFoundError(f"segment {name}: its owner did not answer within 5 s") from None
+    except OSError as exc:
+        raise SegmentNotFoundError(
+            f"segment {name}: the owner's fd server failed ({exc.strerror}). Fix: keep the "
+            "owner's Shared open while other processes attach."
+        ) from None
     finally:
         sock.close()
     if msg == b"K" and fds:
