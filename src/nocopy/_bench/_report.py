@@ -1,0 +1,200 @@
+"""Results out: the text table, the JSON file and the PNG plot."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ._stats import fmt_bytes
+
+__all__ = ["plot_scaling", "plot_seed", "seed_table", "write_json"]
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def _med(stats: dict[str, float] | None) -> float | None:
+    return None if stats is None else stats["median"]
+
+
+def _sec(stats: dict[str, float] | None, spread: bool = False) -> str:
+    if stats is None:
+        return "-"
+    text = f"{stats['median']:.3f}"
+    if spread:
+        text += f" ({stats['min']:.2f}-{stats['max']:.2f})"
+    return text
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}x"
+
+
+def seed_table(result: dict[str, Any]) -> str:
+    """The seed experiment as a fixed-width text table (medians; total with min-max)."""
+    cfg, data = result["config"], result["data"]
+    lines = [
+        f"nocopy bench seed: {data['rows']:,} rows ({fmt_bytes(data['nbytes'])}), {cfg['workers']} workers, "
+        f"start method {cfg['start_method']}; median of {cfg['repeat']} run(s), total with (min-max)",
+        "",
+    ]
+    head = (
+        f"{'method':<16} {'total s':>20} {'start-up':>9} {'work':>8} {'teardown':>9} "
+        f"{'total/floor':>11} {'work/floor':>10} {'peak memory':>12} {'mem/floor':>9} "
+        f"{'tracemalloc':>12}  sums"
+    )
+    lines += [head, "-" * len(head)]
+    rows = [("floor", result["floor"]), *result["methods"].items()]
+    for name, rec in rows:
+        t, mem, rat = rec["time"], rec["memory"], rec["ratio_to_floor"]
+        sums = "ok" if rec["sums"]["ok"] else "WRONG" if not rec["errors"] else "FAILED"
+        lines.append(
+            f"{name:<16} {_sec(t['total_s'], True):>20} {_sec(t['startup_s']):>9} {_sec(t['work_s']):>8} "
+            f"{_sec(t['teardown_s']):>9} {_x(rat['total']):>11} {_x(rat['work']):>10} "
+            f"{fmt_bytes(_med(mem['peak_bytes'])):>12} {_x(rat['memory']):>9} "
+            f"{fmt_bytes(_med(rec['tracemalloc_peak_bytes'])):>12}  {sums}"
+        )
+    lines.append("")
+    notes = []
+    ray = result["methods"].get("ray")
+    if ray is not None and ray["extra"].get("ray_init_s"):
+        notes.append(f"ray: ray.init took {ray['extra']['ray_init_s']['median']:.2f} s of its start-up")
+    floor_extra = result["floor"]["extra"]
+    if floor_extra.get("memcpy_shm_s"):
+        notes.append(
+            "floor: memcpy into fresh shared memory "
+            f"{floor_extra['memcpy_shm_s']['median']:.3f} s + nansum {floor_extra['nansum_s']['median']:.3f} s "
+            f"(the same copy into fresh private memory: {floor_extra['memcpy_private_s']['median']:.3f} s)"
+        )
+    notes.append(
+        f"peak memory: Σ PSS of the parent and all its descendants + shared memory, each page once "
+        f"(baseline before any run: {fmt_bytes(result['baseline_memory_bytes'])}, the data included); "
+        "tracemalloc: the parent's own traced peak, the original's figure"
+    )
+    if any(not rec["whole_column"] for _, rec in rows[1:]):
+        notes.append("nocopy-map: each worker sums one chunk; the chunks' total is checked")
+    for name, why in result["skipped"].items():
+        notes.append(f"skipped {name}: {why}")
+    for name, errors in result["failed"].items():
+        notes.append(f"FAILED {name}: {errors}")
+    lines += [f"  {n}" for n in notes]
+    return "\n".join(lines)
+
+
+def plot_seed(result: dict[str, Any], path: str) -> None:
+    """PNG: time per method (stacked phases, min-max whiskers) and peak memory per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("floor", result["floor"]), *result["methods"].items()]
+    rows = [(n, r) for n, r in rows if r["time"]["total_s"] is not None]
+    names = [n for n, _ in rows][::-1]
+    recs = [r for _, r in rows][::-1]
+    y = list(range(len(names)))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2.2))
+    left = [0.0] * len(names)
+    for phase, color in (("startup_s", "#9ecae1"), ("work_s", "#3182bd"), ("teardown_s", "#c6dbef")):
+        vals = [_med(r["time"][phase]) or 0.0 for r in recs]
+        ax_t.barh(y, vals, left=left, color=color, label=phase[:-2].replace("startup", "start-up"))
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    totals = [r["time"]["total_s"] for r in recs]
+    ax_t.errorbar(
+        [t["median"] for t in totals], y,
+        xerr=[[t["median"] - t["min"] for t in totals], [t["max"] - t["median"] for t in totals]],
+        fmt="none", ecolor="black", capsize=3, lw=1,
+    )
+    floor_t = _med(result["floor"]["time"]["work_s"])
+    if floor_t:
+        ax_t.axvline(floor_t, color="red", ls="--", lw=1, label="floor")
+    for yi, t in zip(y, totals, strict=True):
+        ax_t.text(t["max"], yi, f"  {t['median']:.2f} s", va="center", fontsize=8)
+    ax_t.set_yticks(y, names)
+    ax_t.set_xlabel("seconds (median; whiskers min-max)")
+    ax_t.set_title("end-to-end time")
+    ax_t.legend(loc="lower right", fontsize=8)
+    ax_t.set_xlim(0, max(t["max"] for t in totals) * 1.25)
+
+    mem = [r["memory"] for r in recs]
+    base = [(_med(m["baseline_bytes"]) or 0) / 1e6 for m in mem]
+    added = [max(0.0, (_med(m["peak_bytes"]) or 0) / 1e6 - b) for m, b in zip(mem, base, strict=True)]
+    ax_m.barh(y, base, color="#d9d9d9", label="before the run (data in the parent)")
+    ax_m.barh(y, added, left=base, color="#fd8d3c", label="added at peak")
+    tm = [(_med(r["tracemalloc_peak_bytes"]) or 0) / 1e6 for r in recs]
+    ax_m.scatter(tm, y, marker="x", color="black", zorder=3, label="tracemalloc (the original's figure)")
+    floor_m = _med(result["floor"]["memory"]["peak_bytes"])
+    if floor_m:
+        ax_m.axvline(floor_m / 1e6, color="red", ls="--", lw=1, label="floor")
+    for yi, b, a in zip(y, base, added, strict=True):
+        ax_m.text(b + a, yi, f"  {b + a:,.0f}", va="center", fontsize=8)
+    ax_m.set_yticks(y, names)
+    ax_m.set_xlabel("MB: peak of Σ PSS (parent + workers) + shared memory, each page once")
+    ax_m.set_title("peak memory")
+    ax_m.legend(loc="lower right", fontsize=8)
+    ax_m.set_xlim(0, max(b + a for b, a in zip(base, added, strict=True)) * 1.25)
+    cfg, data = result["config"], result["data"]
+    fig.suptitle(
+        f"classic experiment: {data['rows']:,} rows ({fmt_bytes(data['nbytes'])}), {cfg['workers']} workers, "
+        f"{cfg['start_method']}; median of {cfg['repeat']}"
+    )
+    fig.tight_layout()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_scaling(result: dict[str, Any], path: str) -> None:
+    """PNG: the four scaling panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    get = result.get("get_latency") or []
+    if get:
+        ax.loglog([g["nbytes"] / 1e6 for g in get], [g["get_us"]["median"] for g in get], "o-")
+    ax.set_xlabel("MB")
+    ax.set_ylabel("µs")
+    ax.set_title("get() in a worker vs size (must be flat)")
+    ax = axes[0][1]
+    share = result.get("share_throughput") or []
+    if share:
+        xs = [s["nbytes"] / 1e6 for s in share]
+        ax.semilogx(xs, [s["share_gbps"] for s in share], "o-", label="nocopy.share")
+        ax.semilogx(xs, [s["memcpy_shm_gbps"] for s in share], "s--", label="memcpy into fresh shared memory")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("MB")
+    ax.set_ylabel("GB/s")
+    ax.set_title("share() throughput")
+    ax = axes[1][0]
+    over = result.get("task_overhead") or {}
+    if over:
+        labels = list(over)
+        ax.bar(labels, [over[k]["us_per_task"] for k in labels])
+    ax.set_ylabel("µs per task")
+    ax.set_title("per-task overhead (tiny tasks, warm pool)")
+    ax = axes[1][1]
+    wk = result.get("workers") or []
+    for method in sorted({w["method"] for w in wk}):
+        pts = [w for w in wk if w["method"] == method]
+        ax.plot([p["workers"] for p in pts], [p["total_s"]["median"] for p in pts], "o-", label=method)
+    if wk:
+        ax.legend(fontsize=8)
+    ax.set_xlabel("workers")
+    ax.set_ylabel("s")
+    ax.set_title("classic experiment vs number of workers")
+    fig.tight_layout()
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

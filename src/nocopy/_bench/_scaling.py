@@ -1,0 +1,264 @@
+"""``nocopy bench scaling``: how nocopy's costs grow with size and with workers.
+
+- ``get``: ``get()`` latency in a worker vs data size (1 MB ... 4 GB): attaching
+  maps the segment and parses its header, so it must not grow with size;
+- ``share``: ``nocopy.share()`` throughput vs the floor, a memcpy into fresh
+  shared memory (memfd + ftruncate + mmap + copy, page faults included);
+- ``overhead``: per-task cost of tiny tasks in a warm pool, nocopy's executor
+  vs concurrent.futures;
+- ``workers``: the classic experiment's end-to-end time vs number of workers.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import mmap
+import multiprocessing
+import os
+import pickle
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from . import _tasks
+from ._data import expected_sum, make_records
+from ._stats import fmt_bytes, ratio, summary
+
+__all__ = ["ScalingConfig", "run_scaling", "scaling_table"]
+
+Log = Callable[[str], None]
+PARTS = ("get", "share", "overhead", "workers")
+SWEEP_METHODS = ("pickle", "stdlib", "nocopy-executor", "threads")
+
+
+@dataclass
+class ScalingConfig:
+    min_size: int = 1 << 20
+    max_size: int = 4 << 30
+    rows: int = 10_000_000
+    workers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    tasks: int = 2000
+    start_method: str = "spawn"
+    repeat: int = 3
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+
+
+def sizes(lo: int, hi: int) -> list[int]:
+    """lo, 4*lo, 16*lo, ... up to hi (hi itself included)."""
+    out = []
+    n = lo
+    while n < hi:
+        out.append(n)
+        n *= 4
+    out.append(hi)
+    return out
+
+
+def _get_latency(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
+    import nocopy
+
+    out = []
+    reps = max(5, cfg.repeat * 5)
+    ctx = multiprocessing.get_context(cfg.start_method)
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        ex.submit(_tasks.identity, 0).result()  # the worker is up and has imported nocopy
+        for n in sizes(cfg.min_size, cfg.max_size):
+            # Fresh zero pages cost nothing to read: the source takes no memory.
+            src = np.zeros(n, np.uint8)
+            with nocopy.share(src) as ref:
+                del src
+                times = ex.submit(_tasks.time_gets, pickle.dumps(ref), reps).result()
+            us = [t * 1e6 for t in times]
+            point = {"nbytes": n, "get_us": summary(us), "reps": reps}
+            out.append(point)
+            log(f"  get()  {fmt_bytes(n):>8}: median {point['get_us']['median']:.0f} µs (min {min(us):.0f})")  # type: ignore[index]
+    return out
+
+
+def _memcpy_fresh_shm(src: np.ndarray) -> float:
+    n = src.nbytes
+    t0 = time.perf_counter()
+    fd = os.memfd_create("nocopy-bench-memcpy", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, n)
+        mm = mmap.mmap(fd, n)
+        dst = np.frombuffer(mm, np.uint8)
+        dst[:] = src
+        elapsed = time.perf_counter() - t0
+        del dst
+        mm.close()
+    finally:
+        os.close(fd)
+    return elapsed
+
+
+def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
+    import nocopy
+
+    out = []
+    for n in sizes(cfg.min_size, cfg.max_size):
+        src = np.ones(n, np.uint8)  # real pages: the copy reads memory
+        share_s, memcpy_s = [], []
+        for _ in range(cfg.repeat):
+            t0 = time.perf_counter()
+            ref = nocopy.share(src)
+            share_s.append(time.perf_counter() - t0)
+            ref.close()
+            memcpy_s.append(_memcpy_fresh_shm(src))
+        del src
+        s, m = float(np.median(share_s)), float(np.median(memcpy_s))
+        point = {
+            "nbytes": n,
+            "share_s": summary(share_s),
+            "memcpy_shm_s": summary(memcpy_s),
+            "share_gbps": n / s / 1e9,
+            "memcpy_shm_gbps": n / m / 1e9,
+            "share_over_memcpy": ratio(s, m),
+        }
+        out.append(point)
+        log(
+            f"  share() {fmt_bytes(n):>8}: {point['share_gbps']:.2f} GB/s, memcpy into fresh shm "
+            f"{point['memcpy_shm_gbps']:.2f} GB/s ({point['share_over_memcpy']:.2f}x the time)"
+        )
+    return out
+
+
+def _task_overhead(cfg: ScalingConfig, log: Log) -> dict[str, Any]:
+    import nocopy
+
+    pools: list[tuple[str, Callable[[], cf.Executor]]] = [
+        ("concurrent.futures", lambda: cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(cfg.start_method)))
+    ]
+    if hasattr(nocopy, "ProcessPoolExecutor"):
+        pools.append(
+            ("nocopy", lambda: nocopy.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context(cfg.start_method)))
+        )
+    out: dict[str, Any] = {}
+    for name, make in pools:
+        with make() as ex:
+            list(ex.map(_tasks.identity, range(50)))  # warm
+            runs = []
+            for _ in range(cfg.repeat):
+                t0 = time.perf_counter()
+                futures = [ex.submit(_tasks.identity, i) for i in range(cfg.tasks)]
+                results = [f.result() for f in futures]
+                runs.append((time.perf_counter() - t0) / cfg.tasks * 1e6)
+                if results != list(range(cfg.tasks)):
+                    raise AssertionError(f"{name}: tiny tasks returned wrong results")
+        out[name] = {"us_per_task": float(np.median(runs)), "us_per_task_runs": summary(runs), "tasks": cfg.tasks}
+        log(f"  overhead {name:<20} {out[name]['us_per_task']:.0f} µs per task")
+    return out
+
+
+def _workers_sweep(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
+    from ._methods import RunContext, by_name
+    from ._seed import _sums_ok
+
+    data = make_records(cfg.rows)
+    expected = expected_sum(data)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="nocopy-bench-") as scratch:
+        for name in SWEEP_METHODS:
+            method = by_name(name)
+            why = method.available()
+            if why is not None:
+                log(f"  workers sweep: skipping {name}: {why}")
+                continue
+            for w in cfg.workers:
+                totals, ok = [], True
+                for _ in range(cfg.repeat):
+                    ctx = RunContext(data, w, cfg.start_method, tempfile.mkdtemp(dir=scratch))
+                    t0 = time.perf_counter()
+                    sums = method.run(ctx)
+                    totals.append(time.perf_counter() - t0)
+                    ok = ok and _sums_ok(method, sums, expected, w)
+                point = {"method": name, "workers": w, "total_s": summary(totals), "sums_ok": ok}
+                out.append(point)
+                log(f"  workers {name:<16} N={w:<3} {point['total_s']['median']:.3f} s{'' if ok else '  SUMS WRONG'}")  # type: ignore[index]
+    return out
+
+
+def run_scaling(cfg: ScalingConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """Run the requested parts; return the JSON-able result."""
+    unknown = [p for p in cfg.parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+    if cfg.min_size < 1 or cfg.max_size < cfg.min_size:
+        raise ValueError(f"need 1 <= --min-size <= --max-size, got {cfg.min_size} and {cfg.max_size}")
+    result: dict[str, Any] = {
+        "benchmark": "scaling",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "min_size": cfg.min_size, "max_size": cfg.max_size, "rows": cfg.rows, "workers": cfg.workers,
+            "tasks": cfg.tasks, "start_method": cfg.start_method, "repeat": cfg.repeat, "parts": cfg.parts,
+        },
+        "failed": {},
+    }
+    steps: list[tuple[str, str, Callable[[ScalingConfig, Log], Any]]] = [
+        ("get", "get_latency", _get_latency),
+        ("share", "share_throughput", _share_throughput),
+        ("overhead", "task_overhead", _task_overhead),
+        ("workers", "workers", _workers_sweep),
+    ]
+    for part, key, fn in steps:
+        if part not in cfg.parts:
+            continue
+        log(f"{part} ...")
+        try:
+            result[key] = fn(cfg, log)
+        except Exception as exc:
+            result["failed"][part] = f"{type(exc).__name__}: {exc}"
+            log(f"  FAILED: {result['failed'][part]}")
+    if any(not p["sums_ok"] for p in result.get("workers", [])):
+        result["failed"]["workers"] = "wrong sums"
+    get = result.get("get_latency")
+    if get and len(get) > 1:
+        result["get_flatness"] = ratio(get[-1]["get_us"]["median"], get[0]["get_us"]["median"])
+    return result
+
+
+def scaling_table(result: dict[str, Any]) -> str:
+    lines = ["nocopy bench scaling", ""]
+    get = result.get("get_latency")
+    if get:
+        lines.append("get() in a worker (fresh handle, maps the segment):")
+        for p in get:
+            g = p["get_us"]
+            lines.append(f"  {fmt_bytes(p['nbytes']):>9}  {g['median']:8.0f} µs  (min {g['min']:.0f}, max {g['max']:.0f})")
+        if result.get("get_flatness") is not None:
+            lines.append(f"  largest / smallest: {result['get_flatness']:.2f}x (target <= 1.5x)")
+        lines.append("")
+    share = result.get("share_throughput")
+    if share:
+        lines.append("share() vs memcpy into fresh shared memory:")
+        for p in share:
+            lines.append(
+                f"  {fmt_bytes(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
+                f"   share/memcpy time {p['share_over_memcpy']:.2f}x"
+            )
+        lines.append("")
+    over = result.get("task_overhead")
+    if over:
+        lines.append("per-task overhead (tiny tasks, warm pool of 2):")
+        for name, p in over.items():
+            lines.append(f"  {name:<20} {p['us_per_task']:8.0f} µs per task")
+        lines.append("")
+    wk = result.get("workers")
+    if wk:
+        lines.append(f"classic experiment ({result['config']['rows']:,} rows) vs workers, median s:")
+        methods = list(dict.fromkeys(p["method"] for p in wk))
+        counts = list(dict.fromkeys(p["workers"] for p in wk))
+        lines.append(f"  {'method':<16}" + "".join(f"{'N=' + str(c):>9}" for c in counts))
+        for m in methods:
+            cells = {p["workers"]: p["total_s"]["median"] for p in wk if p["method"] == m}
+            lines.append(f"  {m:<16}" + "".join(f"{cells[c]:9.3f}" if c in cells else f"{'-':>9}" for c in counts))
+        lines.append("")
+    for part, why in result.get("failed", {}).items():
+        lines.append(f"FAILED {part}: {why}")
+    return "\n".join(lines)

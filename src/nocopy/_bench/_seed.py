@@ -1,0 +1,341 @@
+"""``nocopy bench seed``: the classic experiment, every method, one run, same data.
+
+Each method runs ``repeat`` times for timing (nothing else measuring) and
+``repeat`` times for memory (the sampler process running, tracemalloc on in
+the parent); the two never share a run because sampling perturbs timing.
+Rounds interleave the methods, so a noisy moment hits all of them; Ray runs
+last, because it leaves threads behind in the parent and forking a process
+with threads is unsafe (the fork method).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from . import _methods
+from ._data import expected_sum, make_records
+from ._methods import FLOOR, METHODS, Method, RunContext
+from ._monitor import MemoryMonitor
+from ._stats import fmt_bytes, ratio, summary
+
+__all__ = ["SeedConfig", "run_seed"]
+
+Log = Callable[[str], None]
+
+MEMORY_ACCOUNTING = (
+    "peak over time of: sum over the parent and all its descendants of PSS minus the PSS of "
+    "their shared-memory mappings, plus the allocated bytes of every shared-memory object "
+    "(memfd, /dev/shm and tmpfs files, SysV/shared-anonymous memory) they map or hold open or "
+    "that the method registered, each object once; sampled every ~10 ms by a separate process"
+)
+
+
+@dataclass
+class SeedConfig:
+    rows: int = 10_000_000
+    workers: int = os.cpu_count() or 2
+    start_method: str = "spawn"
+    methods: list[str] | None = None  # None: every method
+    repeat: int = 3
+    interval: float = 0.01  # memory sampling period, seconds
+
+
+def select_methods(names: list[str] | None) -> list[Method]:
+    """The requested methods in canonical order; unknown names are a ValueError."""
+    known = {m.name: m for m in METHODS}
+    if names is None:
+        return list(METHODS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(known)}")
+    return [m for m in METHODS if m.name in names]
+
+
+def _children() -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:  # pragma: no cover
+        return set()
+
+
+def _helpers() -> set[int]:
+    """multiprocessing's and loky's resource trackers: started once, kept for the process's life."""
+    pids = set()
+    from multiprocessing import resource_tracker
+
+    pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    if pid:
+        pids.add(pid)
+    loky = sys.modules.get("joblib.externals.loky.backend.resource_tracker")
+    if loky is not None:
+        pid = getattr(getattr(loky, "_resource_tracker", None), "_pid", None)
+        if pid:
+            pids.add(pid)
+    return pids
+
+
+def _settle(before: set[int], log: Log, timeout: float = 15.0) -> list[int]:
+    """Wait until the processes a run started are gone; return any that linger."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = sorted(_children() - before - _helpers())
+        if not extra or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if extra:
+        log(f"  warning: processes {extra} outlived their run")
+    return extra
+
+
+def _sums_ok(method: Method, sums: list[float], expected: float, workers: int) -> bool:
+    if method is FLOOR:
+        return len(sums) == 1 and sums[0] == expected
+    if method.whole_column:
+        return len(sums) == workers and all(s == expected for s in sums)
+    return len(sums) >= 1 and float(np.sum(sums)) == expected
+
+
+def _one_run(
+    method: Method, kind: str, data: np.ndarray, cfg: SeedConfig, expected: float,
+    scratch: str, monitor: MemoryMonitor | None,
+) -> dict[str, Any]:
+    gc.collect()
+    before = _children()
+    ctx = RunContext(data, cfg.workers, cfg.start_method, tempfile.mkdtemp(dir=scratch))
+    record: dict[str, Any] = {"kind": kind}
+    globs = method.shm_globs()
+    try:
+        if kind == "memory":
+            assert monitor is not None
+            record["baseline_bytes"] = monitor.sample(globs).total
+            ctx.on_checkpoint = monitor.mark
+            tracemalloc.start()
+            monitor.start(globs)
+        t0 = time.perf_counter()
+        try:
+            sums = method.run(ctx)
+        finally:
+            total = time.perf_counter() - t0
+            if kind == "memory":
+                assert monitor is not None
+                peak = monitor.stop()
+                record["tracemalloc_peak_bytes"] = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                record["peak_bytes"] = peak.peak.total
+                record["added_bytes"] = peak.peak.total - record["baseline_bytes"]
+                record["pss_private_bytes_at_peak"] = peak.peak.pss_private
+                record["shm_bytes_at_peak"] = peak.peak.shm_bytes
+                record["processes_at_peak"] = peak.peak.processes
+                record["unresolved_maps_at_peak"] = peak.peak.unresolved_maps
+                record["samples"] = peak.samples
+                record["interval_ms_median"] = peak.interval_ms_median
+                record["interval_ms_max"] = peak.interval_ms_max
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        return record
+    finally:
+        record["lingering"] = _settle(before, lambda s: None)
+    record.update({f"{k}_s": v for k, v in ctx.phases.items()})
+    # The floor also times a reference copy outside its phases; its total is its phases.
+    record["total_s"] = sum(ctx.phases.values()) if method is FLOOR else total
+    record["extra"] = dict(ctx.extra)
+    record["sums"] = sums
+    record["sums_ok"] = _sums_ok(method, sums, expected, cfg.workers)
+    return record
+
+
+def _describe_run(method: Method, rec: dict[str, Any]) -> str:
+    if "error" in rec:
+        return f"FAILED: {rec['error']}"
+    parts = [
+        f"{rec['total_s']:.3f} s (start {rec['startup_s']:.3f}, work {rec['work_s']:.3f}, "
+        f"teardown {rec['teardown_s']:.3f})"
+    ]
+    if rec["kind"] == "memory":
+        parts.append(f"peak {fmt_bytes(rec['peak_bytes'])}, tracemalloc {fmt_bytes(rec['tracemalloc_peak_bytes'])}")
+    parts.append("sums ok" if rec["sums_ok"] else f"SUMS WRONG {rec['sums']}")
+    if rec["lingering"]:
+        parts.append(f"lingering pids {rec['lingering']}")
+    return ", ".join(parts)
+
+
+def _aggregate(method: Method, runs: list[dict[str, Any]], expected: float) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    timing = [r for r in ok if r["kind"] == "time"]
+    memory = [r for r in ok if r["kind"] == "memory"]
+    extra_keys = sorted({k for r in ok for k in r["extra"]})
+    out: dict[str, Any] = {
+        "name": method.name,
+        "summary": method.summary,
+        "whole_column": method.whole_column,
+        "time": {
+            key: summary([r[key] for r in timing])
+            for key in ("total_s", "startup_s", "work_s", "teardown_s")
+        },
+        "memory": {
+            "peak_bytes": summary([r["peak_bytes"] for r in memory]),
+            "added_bytes": summary([r["added_bytes"] for r in memory]),
+            "baseline_bytes": summary([r["baseline_bytes"] for r in memory]),
+            "pss_private_bytes_at_peak": summary([r["pss_private_bytes_at_peak"] for r in memory]),
+            "shm_bytes_at_peak": summary([r["shm_bytes_at_peak"] for r in memory]),
+            "processes_at_peak": summary([r["processes_at_peak"] for r in memory]),
+            "samples": summary([r["samples"] for r in memory]),
+            "interval_ms_median": summary([r["interval_ms_median"] for r in memory if r["interval_ms_median"]]),
+        },
+        "tracemalloc_peak_bytes": summary([r["tracemalloc_peak_bytes"] for r in memory]),
+        "extra": {k: summary([r["extra"][k] for r in ok if k in r["extra"]]) for k in extra_keys},
+        "sums": {
+            "expected": expected,
+            "ok": bool(ok) and len(ok) == len(runs) and all(r["sums_ok"] for r in ok),
+            "last": ok[-1]["sums"] if ok else None,
+        },
+        "errors": [r["error"] for r in runs if "error" in r],
+        "runs": runs,
+    }
+    return out
+
+
+def _median(stats: dict[str, float] | None) -> float | None:
+    return None if stats is None else stats["median"]
+
+
+def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """Run the experiment; return the JSON-able result (see BENCHMARKS.md for the fields)."""
+    if cfg.rows < 2:
+        raise ValueError(f"--rows must be at least 2, not {cfg.rows}")
+    if cfg.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {cfg.workers}")
+    if cfg.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, not {cfg.repeat}")
+    import multiprocessing
+
+    if cfg.start_method not in multiprocessing.get_all_start_methods():
+        raise ValueError(
+            f"start method {cfg.start_method!r} does not exist here: choose from "
+            f"{', '.join(multiprocessing.get_all_start_methods())}"
+        )
+    chosen = select_methods(cfg.methods)
+    skipped: dict[str, str] = {}
+    runnable: list[Method] = []
+    for m in chosen:
+        why = m.available()
+        if why is None:
+            runnable.append(m)
+        else:
+            skipped[m.name] = why
+            log(f"skipping {m.name}: {why}")
+
+    log(f"building {cfg.rows:,} rows ...")
+    t0 = time.perf_counter()
+    data = make_records(cfg.rows)
+    build_s = time.perf_counter() - t0
+    expected = expected_sum(data)
+    log(
+        f"data: {cfg.rows:,} rows, {fmt_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
+        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} repeat(s)"
+    )
+
+    late = [m for m in runnable if m.name == "ray"]
+    early = [FLOOR, *(m for m in runnable if m.name != "ray")]
+    schedule: list[tuple[Method, str, int]] = []
+    for r in range(cfg.repeat):
+        schedule += [(m, "time", r) for m in early]
+        schedule += [(m, "memory", r) for m in early]
+    for r in range(cfg.repeat):
+        schedule += [(m, kind, r) for m in late for kind in ("time", "memory")]
+
+    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in (FLOOR, *runnable)}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nocopy-bench-") as scratch, MemoryMonitor(cfg.interval) as monitor:
+        baseline = monitor.sample().total
+        width = len(str(len(schedule)))
+        for i, (method, kind, r) in enumerate(schedule, 1):
+            rec = _one_run(method, kind, data, cfg, expected, scratch, monitor)
+            rec["repeat"] = r
+            runs[method.name].append(rec)
+            log(f"[{i:>{width}}/{len(schedule)}] {kind:<6} {method.name:<16} #{r + 1}  {_describe_run(method, rec)}")
+    elapsed = time.perf_counter() - started
+
+    floor = _aggregate(FLOOR, runs[FLOOR.name], expected)
+    results: dict[str, Any] = {}
+    for m in (FLOOR, *runnable):
+        agg = floor if m is FLOOR else _aggregate(m, runs[m.name], expected)
+        agg["ratio_to_floor"] = {
+            "total": ratio(_median(agg["time"]["total_s"]), _median(floor["time"]["work_s"])),
+            "work": ratio(_median(agg["time"]["work_s"]), _median(floor["time"]["work_s"])),
+            "memory": ratio(_median(agg["memory"]["peak_bytes"]), _median(floor["memory"]["peak_bytes"])),
+        }
+        results[m.name] = agg
+    floor_rec = results.pop(FLOOR.name)
+    failed = {name: rec["errors"] for name, rec in results.items() if rec["errors"] or not rec["sums"]["ok"]}
+    if floor_rec["errors"] or not floor_rec["sums"]["ok"]:
+        failed["floor"] = floor_rec["errors"] or ["wrong sum"]
+    return {
+        "benchmark": "seed",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "rows": cfg.rows,
+            "workers": cfg.workers,
+            "start_method": cfg.start_method,
+            "repeat": cfg.repeat,
+            "methods": [m.name for m in chosen],
+            "memory_interval_ms": cfg.interval * 1e3,
+        },
+        "machine": _machine(),
+        "data": {
+            "rows": cfg.rows,
+            "nbytes": int(data.nbytes),
+            "dtype": str(data.dtype.descr),
+            "type": f"{type(data).__module__}.{type(data).__qualname__}",
+            "build_s": build_s,
+            "expected_sum": expected,
+        },
+        "memory_accounting": MEMORY_ACCOUNTING,
+        "baseline_memory_bytes": baseline,
+        "elapsed_s": elapsed,
+        "floor": floor_rec,
+        "methods": results,
+        "skipped": skipped,
+        "failed": failed,
+    }
+
+
+def _machine() -> dict[str, Any]:
+    import nocopy
+
+    info: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "numpy": np.__version__,
+        "nocopy": nocopy.__version__,
+    }
+    try:
+        import psutil
+
+        info["memory_total_bytes"] = psutil.virtual_memory().total
+        info["load_average"] = list(os.getloadavg())
+    except (ImportError, OSError):  # pragma: no cover
+        pass
+    for name in ("pandas", "pyarrow", "joblib", "ray"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            info[name] = getattr(mod, "__version__", "?")
+    return info
+
+
+_ = _methods

@@ -1,0 +1,118 @@
+"""What the workers run. Kept tiny and import-light: spawned workers import this module.
+
+Every task returns ``np.nansum`` of the float field as a Python float, so
+the parent can check it against the answer it computed itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from ._data import FIELD
+
+__all__ = [
+    "arrive",
+    "nansum_arrow_file",
+    "nansum_fork_global",
+    "nansum_records",
+    "nansum_shared_handle",
+    "nansum_stdlib",
+]
+
+# The fork method's data: set in the parent before the pool forks, inherited
+# copy-on-write by the workers.
+FORK_DATA: np.ndarray | None = None
+
+
+def arrive(barrier_dir: str, parties: int, preload: tuple[str, ...] = (), timeout: float = 300.0) -> int:
+    """Wait until *parties* callers have arrived: proves that many workers are up.
+
+    A file per caller in *barrier_dir* (works across processes, threads,
+    joblib and Ray alike, with nothing to pickle). A worker blocked here
+    cannot take a second warm-up task, so *parties* tasks reach *parties*
+    different workers. *preload* modules are imported first (a worker's
+    one-time imports are start-up, not work). Returns the worker's pid.
+    """
+    for module in preload:
+        importlib.import_module(module)
+    with open(os.path.join(barrier_dir, uuid.uuid4().hex), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(barrier_dir)) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(os.listdir(barrier_dir))} of {parties} workers started in {timeout:.0f} s")
+        time.sleep(0.002)
+    return os.getpid()
+
+
+def nansum_records(arr: Any) -> float:
+    """The original method 2's task: the array arrives as the argument."""
+    return float(np.nansum(arr[FIELD]))
+
+
+def nansum_fork_global() -> float:
+    """The fork method's task: the array is a global inherited at fork."""
+    if FORK_DATA is None:
+        raise RuntimeError("nansum_fork_global ran in a worker that was not forked from the bench")
+    return float(np.nansum(FORK_DATA[FIELD]))
+
+
+def nansum_stdlib(name: str, shape: tuple[int, ...], dtype: Any) -> float:
+    """The original method 1's task: attach by name, rebuild with shape and dtype by hand."""
+    from multiprocessing.shared_memory import SharedMemory
+
+    shm = SharedMemory(name=name)
+    try:
+        arr = np.recarray(shape=shape, dtype=dtype, buf=shm.buf)
+        total = float(np.nansum(arr[FIELD]))
+        del arr  # close() raises BufferError while a view exists
+    finally:
+        shm.close()
+    return total
+
+
+def nansum_shared_handle(ref: Any) -> float:
+    """A ``nocopy.Shared`` handle arrives; ``get()`` maps it."""
+    return float(np.nansum(ref.get()[FIELD]))
+
+
+def nansum_arrow_file(path: str) -> float:
+    """Memory-map an Arrow IPC file (in /dev/shm) and sum its float column, zero-copy."""
+    import pyarrow as pa
+
+    source = pa.memory_map(path, "r")
+    table = pa.ipc.open_file(source).read_all()
+    column = table.column(FIELD)
+    total = 0.0
+    for chunk in column.chunks:
+        total += float(np.nansum(chunk.to_numpy(zero_copy_only=True)))
+    return total
+
+
+def time_gets(blob: bytes, reps: int) -> list[float]:
+    """Seconds per ``get()`` of a pickled ``nocopy.Shared``, each from a fresh handle.
+
+    The view and handle are dropped after each get, so every get maps the
+    segment again (the per-process cache only holds live mappings).
+    """
+    import pickle
+
+    out = []
+    for _ in range(reps):
+        ref = pickle.loads(blob)
+        t0 = time.perf_counter()
+        view = ref.get()
+        out.append(time.perf_counter() - t0)
+        del view, ref
+    return out
+
+
+def identity(x: int) -> int:
+    """The tiny task of the per-task overhead test."""
+    return x

@@ -1,0 +1,170 @@
+"""``nocopy bench``: argument parsing and output. ``main(argv) -> exit code``.
+
+Example::
+
+    nocopy bench seed --quick --repeat 1 --json out.json --plot out.png
+    nocopy bench scaling --max-size 256MB --json scaling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any
+
+__all__ = ["main"]
+
+QUICK_ROWS = 1_000_000
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4GB' / '256MB' / '1e6' -> bytes (powers of 1024 for K/M/G/T)."""
+    m = _SIZE_RE.match(text)
+    if m is None:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256MB, 4GB)") from None
+    unit = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * unit)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ._methods import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="nocopy bench",
+        description="Benchmarks: the classic experiment against every peer (seed), and nocopy's scaling.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling}")
+    sub.required = True
+    names = [m.name for m in METHODS]
+    seed = sub.add_parser(
+        "seed",
+        help="the classic experiment: np.nansum of a record array's float field in N processes, every method",
+        description=(
+            "The classic experiment (10M rows of datetime/float-with-NaN/6-byte string as a record array, "
+            "np.nansum of the float field in N processes, each over the whole column), done every way: "
+            + ", ".join(names) + ". Methods whose package or nocopy feature is missing are skipped with a note."
+        ),
+    )
+    seed.add_argument("--rows", type=_positive, default=None, help="rows of data (default 10,000,000; --quick: 1,000,000)")
+    seed.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="processes (default: cpu_count)")
+    seed.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"], help="for the process pools (default spawn)")
+    seed.add_argument("--methods", default=None, help=f"comma-separated subset of: {','.join(names)} (default: all)")
+    seed.add_argument("--repeat", type=_positive, default=3, help="runs per method, for timing and for memory each (default 3)")
+    seed.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
+    seed.add_argument("--plot", metavar="PATH", help="write a PNG of time and memory per method")
+    seed.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (for CI)")
+    seed.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
+    seed.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+    scaling = sub.add_parser(
+        "scaling",
+        help="get() latency vs size, share() throughput, per-task overhead, time vs workers",
+    )
+    scaling.add_argument("--max-size", type=parse_size, default=4 << 30, help="largest data size (default 4GB)")
+    scaling.add_argument("--min-size", type=parse_size, default=1 << 20, help="smallest data size (default 1MB)")
+    scaling.add_argument("--rows", type=_positive, default=10_000_000, help="rows for the workers sweep (default 10,000,000)")
+    scaling.add_argument("--workers", default="1,2,4,8", help="worker counts for the sweep (default 1,2,4,8)")
+    scaling.add_argument("--tasks", type=_positive, default=2000, help="tiny tasks for the overhead test (default 2000)")
+    scaling.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"])
+    scaling.add_argument("--repeat", type=_positive, default=3, help="runs per point (default 3)")
+    scaling.add_argument(
+        "--parts", default="get,share,overhead,workers",
+        help="comma-separated subset of get,share,overhead,workers (default all)",
+    )
+    scaling.add_argument("--json", metavar="PATH")
+    scaling.add_argument("--plot", metavar="PATH")
+    scaling.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _log(quiet: bool) -> Any:
+    if quiet:
+        return lambda s: None
+    return lambda s: print(s, file=sys.stderr, flush=True)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from ._report import plot_seed, seed_table, write_json
+    from ._seed import SeedConfig, run_seed
+
+    rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else 10_000_000)
+    methods = None
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    cfg = SeedConfig(
+        rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
+        repeat=args.repeat, interval=args.interval / 1e3,
+    )
+    try:
+        result = run_seed(cfg, _log(args.quiet))
+    except ValueError as exc:
+        print(f"nocopy bench seed: {exc}", file=sys.stderr)
+        return 2
+    print(seed_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_seed(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if result["failed"] else 0
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from ._report import plot_scaling, write_json
+    from ._scaling import ScalingConfig, run_scaling, scaling_table
+
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+        if not workers or min(workers) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"nocopy bench scaling: --workers takes positive integers like 1,2,4,8, not {args.workers!r}", file=sys.stderr)
+        return 2
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    cfg = ScalingConfig(
+        min_size=args.min_size, max_size=args.max_size, rows=args.rows, workers=workers,
+        tasks=args.tasks, start_method=args.start_method, repeat=args.repeat, parts=parts,
+    )
+    try:
+        result = run_scaling(cfg, _log(args.quiet))
+    except ValueError as exc:
+        print(f"nocopy bench scaling: {exc}", file=sys.stderr)
+        return 2
+    print(scaling_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_scaling(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 1 if result.get("failed") else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``nocopy bench`` with *argv* (default: ``sys.argv[1:]``); return the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        print("nocopy bench needs psutil and matplotlib: pip install 'nocopy[bench]'", file=sys.stderr)
+        return 2
+    if args.command == "seed":
+        return _seed(args)
+    return _scaling(args)
