@@ -1,0 +1,325 @@
+"""nocopy.ProcessPoolExecutor: drop-in behaviour, auto-shared arguments, shared results, memory."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import nocopy
+from conftest import own_posix_segments
+from nocopy.errors import WorkerCrashedError
+
+METHODS = ["spawn", "forkserver", "fork"]
+MiB = 1 << 20
+
+
+# -- functions the workers run (module level: importable under spawn) --------
+def nocopy_mapping_of(arr: np.ndarray) -> str | None:
+    """Name of the nocopy segment *arr*'s memory lies in (this process's maps), or None."""
+    addr = arr.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                path = " ".join(fields[5:])
+                if "nocopy-" in path:
+                    return path.split("nocopy-", 1)[1].split()[0]
+                return None
+    return None
+
+
+def describe_arg(arr: np.ndarray) -> tuple[str | None, bool, str, float]:
+    return nocopy_mapping_of(arr), bool(arr.flags.writeable), type(arr).__name__, float(arr.sum())
+
+
+def mutate_and_sum(arr: np.ndarray) -> float:
+    arr[:] = -1.0  # a private copy-on-write view: this must stay in this task
+    return float(arr.sum())
+
+
+def total(arr: np.ndarray) -> float:
+    return float(arr.sum())
+
+
+def nested_sums(bundle: dict[str, Any]) -> tuple[float, float, float, bool, bool]:
+    a, (b, c) = bundle["a"], bundle["pair"]
+    shared = [nocopy_mapping_of(x) is not None for x in (a, b)]
+    return float(a.sum()), float(b.sum()), float(c.sum()), shared[0] and shared[1], nocopy_mapping_of(c) is None
+
+
+def is_shared_handle(ref: object) -> tuple[str, float]:
+    assert isinstance(ref, nocopy.Shared)
+    return type(ref).__name__, float(ref.get().sum())
+
+
+def make_array(n: int, value: float) -> np.ndarray:
+    return np.full(n, value)
+
+
+def make_pair(n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    return np.arange(n, dtype="f8"), np.ones(4), 7
+
+
+def pid_and_exit(code: int) -> None:
+    os._exit(code)
+
+
+def frame_roundtrip(df: Any) -> tuple[str | None, Any]:
+    col = df["x"].to_numpy()
+    where = nocopy_mapping_of(col)
+    df.loc[:, "x"] = -1.0  # private to this task
+    return where, df
+
+
+def wait_for_go(arr: np.ndarray, sync: str, round_no: int) -> float:
+    """Touch every byte of interest, then hold the views until the parent has measured."""
+    # Blocks of 64K rows: nansum's temporaries stay small (and out of the
+    # measurement: malloc keeps freed blocks), so USS measures the data.
+    s = 0.0
+    for i in range(0, len(arr), 1 << 16):
+        block = arr[i : i + (1 << 16)]
+        s += float(np.nansum(block.float_col)) + float(np.count_nonzero(block.character_col == b"abc"))
+    s += float(arr.date_col[-1].astype("i8"))
+    Path(sync, f"ready-{round_no}-{os.getpid()}").touch()
+    deadline = time.monotonic() + 120
+    while not Path(sync, f"go-{round_no}").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the parent never said go")
+        time.sleep(0.01)
+    return s
+
+
+def make_records(n: int) -> np.recarray:
+    return np.rec.fromarrays(
+        [
+            np.arange(n, dtype="i8").astype("M8[s]"),
+            np.where(np.arange(n) % 2 == 0, 1.0, np.nan),
+            np.array([b"string", b"abc"], dtype="S6")[np.arange(n) % 2],
+        ],
+        names="date_col,float_col,character_col",
+    )
+
+
+# -- drop-in ------------------------------------------------------------------
+def test_is_a_stdlib_process_pool_executor() -> None:
+    assert issubclass(nocopy.ProcessPoolExecutor, concurrent.futures.ProcessPoolExecutor)
+    with pytest.raises(ValueError, match="share_threshold"):
+        nocopy.ProcessPoolExecutor(1, share_threshold=-1)
+    with pytest.raises(TypeError, match="initializer"):
+        nocopy.ProcessPoolExecutor(1, initializer=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_big_argument_arrives_as_private_view_of_one_segment(method: str) -> None:
+    arr = np.arange(MiB // 8 * 2, dtype="f8")  # 2 MiB: above the default 1 MiB threshold
+    expected = float(arr.sum())
+    with nocopy.ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as ex:
+        described = list(ex.map(describe_arg, [arr] * 4))
+        mutated = list(ex.map(mutate_and_sum, [arr] * 3))
+        after = ex.submit(total, arr).result()
+    names = {d[0] for d in described}
+    assert len(names) == 1 and None not in names  # every task: the same segment, shared once
+    assert all(d[1] for d in described)  # writable (copy-on-write), like a pickled copy
+    assert all(d[2] == "ndarray" and d[3] == expected for d in described)
+    assert mutated == [-float(arr.size)] * 3  # the task saw its own writes...
+    assert after == expected  # ...later tasks did not
+    np.testing.assert_array_equal(arr, np.arange(arr.size, dtype="f8"))  # nor did the caller
+
+
+def test_small_arguments_are_pickled_and_threshold_is_tunable() -> None:
+    small = np.arange(1000, dtype="f8")
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        assert ex.share_threshold == MiB
+        assert ex.submit(describe_arg, small).result()[0] is None
+    with nocopy.ProcessPoolExecutor(1, share_threshold=1000) as ex:
+        assert ex.submit(describe_arg, small).result()[0] is not None
+
+
+def test_arguments_inside_containers_and_kwargs_are_shared() -> None:
+    a, b, c = np.ones(300_000), np.full(300_000, 2.0), np.full(10, 3.0)
+    with nocopy.ProcessPoolExecutor(1, share_threshold=1_000_000) as ex:
+        got = ex.submit(nested_sums, bundle={"a": a, "pair": [b, c]}).result()
+    assert got == (300_000.0, 600_000.0, 30.0, True, True)
+
+
+def test_explicit_shared_arrives_as_shared() -> None:
+    with nocopy.share(np.arange(10.0)) as ref, nocopy.ProcessPoolExecutor(1) as ex:
+        assert ex.submit(is_shared_handle, ref).result() == ("Shared", 45.0)
+
+
+def test_a_dead_argument_frees_its_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOCOPY_BACKEND", "posix")
+    before = set(own_posix_segments(os.getpid()))
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        arr = np.ones(MiB)
+        assert ex.submit(total, arr).result() == MiB
+        held = set(own_posix_segments(os.getpid())) - before
+        assert len(held) == 2  # the task table and the argument
+        del arr  # the cache holds the segment only while the object lives
+        assert len(set(own_posix_segments(os.getpid())) - before) == 1
+    assert set(own_posix_segments(os.getpid())) - before == set()
+
+
+def test_non_shareable_data_is_pickled_as_with_the_stdlib() -> None:
+    objects = np.array([{"a": 1}] * 200_000, dtype=object)  # Python objects: not shareable
+    with nocopy.ProcessPoolExecutor(1, share_threshold=1000) as ex:
+        assert ex.submit(len, objects).result() == 200_000
+
+
+# -- results ------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_big_results_come_back_through_shared_memory(method: str) -> None:
+    with nocopy.ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as ex:
+        worker = ex.submit(os.getpid).result()
+        big, small, seven = ex.submit(make_pair, 500_000).result()
+    assert seven == 7 and small.tolist() == [1.0] * 4
+    np.testing.assert_array_equal(big, np.arange(500_000, dtype="f8"))
+    where = nocopy_mapping_of(big)
+    assert where is not None and where.startswith(f"{worker}-")  # the worker's segment
+    assert nocopy_mapping_of(small) is None
+    big[0] = 42.0  # a result is the caller's to modify, as a pickled one would be
+    assert big[0] == 42.0
+
+
+def test_results_survive_a_worker_that_exits_right_after_returning() -> None:
+    # max_tasks_per_child=1: each worker exits as soon as its result is sent.
+    with nocopy.ProcessPoolExecutor(1, max_tasks_per_child=1) as ex:
+        futs = [ex.submit(make_array, 300_000, float(i)) for i in range(4)]
+        for i, fut in enumerate(futs):
+            np.testing.assert_array_equal(fut.result(), np.full(300_000, float(i)))
+
+
+def test_result_survives_the_worker_dying_in_its_next_task() -> None:
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        first = ex.submit(make_array, 300_000, 5.0)
+        second = ex.submit(pid_and_exit, 9)
+        np.testing.assert_array_equal(first.result(), np.full(300_000, 5.0))
+        with pytest.raises(WorkerCrashedError, match="exited with code 9"):
+            second.result()
+
+
+def test_dataframe_argument_and_result() -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("nocopy._codec._pandas")
+    df = pd.DataFrame({"x": np.arange(200_000, dtype="f8"), "s": ["ab", "c"] * 100_000})
+    with nocopy.ProcessPoolExecutor(1, share_threshold=100_000) as ex:
+        where, back = ex.submit(frame_roundtrip, df).result()
+    assert where is not None  # the worker's column was a view of the shared segment
+    assert (back["x"] == -1.0).all() and back["s"].tolist() == df["s"].tolist()
+    assert df["x"].iloc[-1] == 199_999.0  # the caller's frame never changed
+
+
+# -- Ctrl-C inside "with" ----------------------------------------------------
+SIGINT_SCRIPT = """
+import os, sys, time
+import numpy as np, nocopy
+
+def slow(arr):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(60)
+    return float(arr.sum())
+
+if __name__ == "__main__":
+    arr = np.ones(1 << 18)
+    try:
+        with nocopy.ProcessPoolExecutor(2) as ex:
+            futs = [ex.submit(slow, arr) for _ in range(6)]
+            [f.result() for f in futs]
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_inside_with_stops_workers_and_frees_everything(procs: Any, tmp_path: Path) -> None:
+    env = {**os.environ, "NOCOPY_BACKEND": "posix"}
+    p = procs.python(SIGINT_SCRIPT.replace("__main__", "__main__"), str(tmp_path), env=env)
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2:
+        assert time.monotonic() < deadline, p.stderr.read().decode() if p.poll() is not None else "no start"
+        time.sleep(0.05)
+    workers = [int(f.name) for f in tmp_path.iterdir()]
+    assert own_posix_segments(p.pid)  # the argument is shared while the tasks run
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert time.monotonic() - t0 < 20  # did not wait for the 60 s tasks
+    assert b"interrupted" in out, err.decode()
+    for pid in workers:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert own_posix_segments(p.pid) == []
+    for pid in workers:
+        assert own_posix_segments(pid) == []
+
+
+# -- memory ---------------------------------------------------------------------
+def _sum_uss_growth(ex: concurrent.futures.ProcessPoolExecutor, arr: np.recarray, sync: Path,
+                    workers: int, rounds: int) -> tuple[int, list[float]]:
+    """Run *rounds* x *workers* tasks; while each round's tasks all hold their views,
+    sample the workers' USS. Returns the largest sum of growth over the baselines."""
+    pids = set()
+    # Warm-up round: every worker started, numpy imported, a task run.
+    warm = [ex.submit(wait_for_go, arr[:10].copy(), str(sync), 0) for _ in range(workers)]
+    _wait_ready(sync, 0, workers)
+    pids = {int(f.name.split("-")[2]) for f in sync.glob("ready-0-*")}
+    baseline = {pid: psutil.Process(pid).memory_full_info().uss for pid in pids}
+    (sync / "go-0").touch()
+    for f in warm:
+        f.result()
+    worst = 0
+    sums: list[float] = []
+    for r in range(1, rounds + 1):
+        futs = [ex.submit(wait_for_go, arr, str(sync), r) for _ in range(workers)]
+        _wait_ready(sync, r, workers)
+        growth = sum(psutil.Process(pid).memory_full_info().uss - baseline[pid] for pid in pids)
+        worst = max(worst, growth)
+        (sync / f"go-{r}").touch()
+        sums += [f.result() for f in futs]
+    return worst, sums
+
+
+def _wait_ready(sync: Path, r: int, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(list(sync.glob(f"ready-{r}-*"))) < n:
+        assert time.monotonic() < deadline, "workers did not all start their task"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_four_workers_eight_tasks_200mb_records_uss_growth_below_a_quarter_copy(tmp_path: Path) -> None:
+    arr = make_records(200_000_000 // 22)
+    expected = wait_for_go(arr, str(tmp_path), -1) if (tmp_path / "go--1").touch() is None else 0.0
+    ctx = mp.get_context("spawn")
+    (tmp_path / "nocopy").mkdir()
+    with nocopy.ProcessPoolExecutor(4, mp_context=ctx) as ex:
+        growth, sums = _sum_uss_growth(ex, arr, tmp_path / "nocopy", workers=4, rounds=2)
+    assert sums == [expected] * 8
+    print(f"nocopy: sum of 4 workers' USS growth {growth / 1e6:.1f} MB for a {arr.nbytes / 1e6:.0f} MB array")
+    assert growth < 0.25 * arr.nbytes
+    # The same measurement sees the copies the stdlib makes (so it can fail).
+    (tmp_path / "stdlib").mkdir()
+    with concurrent.futures.ProcessPoolExecutor(4, mp_context=ctx) as std:
+        std_growth, std_sums = _sum_uss_growth(std, arr, tmp_path / "stdlib", workers=4, rounds=1)
+    assert std_sums == [expected] * 4
+    assert std_growth > 3 * arr.nbytes
+
+
+def test_submit_after_shutdown_raises_like_the_stdlib() -> None:
+    ex = nocopy.ProcessPoolExecutor(1)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.submit(total, np.ones(3))
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytest.skip("nocopy's executor tests read /proc", allow_module_level=True)
