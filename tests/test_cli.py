@@ -1,0 +1,216 @@
+"""The operator's command line, through the real console script: ls, gc, doctor, bench, --version."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nocopy
+from conftest import Procs, needs_root
+from nocopy._cli import main
+
+
+def _script() -> str:
+    found = Path(sys.executable).with_name("nocopy")
+    if found.exists():
+        return str(found)
+    which = shutil.which("nocopy")
+    assert which is not None, "the nocopy console script is not installed"
+    return which
+
+
+def nocopy_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env if env is not None else dict(os.environ))
+
+
+@pytest.fixture
+def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
+    monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _orphan(procs: Procs) -> tuple[str, int]:
+    """A posix segment whose owner was SIGKILLed: (name, size)."""
+    p = procs.python(
+        "import sys, numpy as np, nocopy\n"
+        "ref = nocopy.share(np.ones(100_000), backend='posix')\n"
+        "print(ref.name, ref.size, flush=True)\n"
+        "sys.stdin.read()\n",
+        stdin=subprocess.PIPE,
+    )
+    assert p.stdout is not None
+    name, size = p.stdout.readline().decode().split()
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    return name, int(size)
+
+
+def test_version() -> None:
+    out = nocopy_cmd("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"nocopy {nocopy.__version__}"
+    mod = subprocess.run([sys.executable, "-m", "nocopy", "--version"], capture_output=True, text=True, timeout=60)
+    assert mod.returncode == 0 and mod.stdout.strip() == f"nocopy {nocopy.__version__}"
+
+
+def test_no_command_and_unknown_command_are_usage_errors() -> None:
+    assert nocopy_cmd().returncode == 2
+    bad = nocopy_cmd("frobnicate")
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_ls_shows_live_segments_in_table_and_json(shm: Path, procs: Procs) -> None:
+    memfd = nocopy.share(np.arange(250_000), backend="memfd")
+    posix = nocopy.share(np.zeros(1000), backend="posix")
+    orphan, orphan_size = _orphan(procs)
+    try:
+        out = nocopy_cmd("ls", "--json")
+        assert out.returncode == 0, out.stderr
+        rows = {r["name"]: r for r in json.loads(out.stdout)}
+        for ref in (memfd, posix):
+            r = rows[ref.name]
+            assert (r["backend"], r["size"], r["owner_pid"], r["owner_alive"]) == (
+                ref.backend, ref.size, os.getpid(), True)
+            assert os.getpid() in r["holders"] and r["age"] >= 0
+        assert rows[orphan]["owner_alive"] is False and rows[orphan]["size"] == orphan_size
+        assert rows[posix.name]["path"] == str(shm / posix.name)
+
+        text = nocopy_cmd("ls")
+        assert text.returncode == 0
+        lines = {ln.split()[-1]: ln for ln in text.stdout.splitlines() if ln.split()[-1:] and ln.split()[-1].startswith("nocopy-")}
+        assert "alive" in lines[memfd.name].split() and "memfd" in lines[memfd.name].split()
+        assert "dead" in lines[orphan].split()
+        assert "`nocopy gc` reclaims them" in text.stdout
+    finally:
+        memfd.close()
+        posix.close()
+    after = {r["name"] for r in json.loads(nocopy_cmd("ls", "--json").stdout)}
+    assert memfd.name not in after and posix.name not in after
+
+
+def test_gc_dry_run_then_gc(shm: Path, procs: Procs) -> None:
+    live = nocopy.share(np.zeros(1000), backend="posix")
+    orphan, size = _orphan(procs)
+    try:
+        dry = nocopy_cmd("gc", "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f"would reclaim {shm / orphan}" in dry.stdout
+        assert live.name not in dry.stdout
+        assert (shm / orphan).exists()  # a dry run removes nothing
+
+        dry_json = json.loads(nocopy_cmd("gc", "--dry-run", "--json").stdout)
+        assert dry_json["dry_run"] is True and dry_json["count"] == 1 and dry_json["bytes"] == size
+
+        real = nocopy_cmd("gc")
+        assert real.returncode == 0 and f"reclaimed {shm / orphan}" in real.stdout
+        assert f"({size} bytes)" in real.stdout
+        assert not (shm / orphan).exists() and (shm / live.name).exists()
+        again = nocopy_cmd("gc", "--dry-run")
+        assert "nothing to reclaim" in again.stdout
+    finally:
+        live.close()
+
+
+def test_doctor_reports_capacity_limits_start_methods_and_versions() -> None:
+    out = nocopy_cmd("doctor", "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(out.stdout)
+    st = os.statvfs(r["shm"]["dir"])
+    assert r["shm"]["size"] == st.f_blocks * st.f_frsize
+    assert r["shm"]["fstype"] == "tmpfs"
+    assert r["backend"]["default"] == nocopy._store.default_backend()
+    assert r["memfd"]["available"] is True and r["memfd"]["scm_rights"] is True
+    assert r["memfd"]["proc_fd"] in (True, False)
+    assert set(r["start_methods"]["available"]) >= {"fork", "spawn"}
+    assert r["versions"]["numpy"] == np.__version__
+    for pkg in ("pandas", "pyarrow", "ray"):
+        assert pkg in r["versions"]
+    with open("/proc/meminfo") as f:
+        total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+    assert r["memory"]["mem_total"] == total
+    if Path("/sys/fs/cgroup/memory").is_dir():  # cgroup v1 (this machine): our own cgroup is listed
+        v1 = [c for c in r["memory"]["cgroups"] if c["version"] == 1]
+        assert v1 and v1[0]["usage"] > 0
+    assert r["ok"] is True
+
+    text = nocopy_cmd("doctor")
+    assert text.returncode == 0
+    for key in ("backend", "memfd", "shm dir", "memory", "start methods", "versions"):
+        assert any(line.startswith(key) for line in text.stdout.splitlines()), key
+    assert "fork" in text.stdout and "numpy " + np.__version__ in text.stdout
+
+
+def test_doctor_warns_about_orphans(shm: Path, procs: Procs) -> None:
+    _orphan(procs)
+    r = json.loads(nocopy_cmd("doctor", "--json").stdout)
+    assert r["segments"]["posix_orphans"] == 1
+    assert any("nocopy gc" in w["fix"] for w in r["warnings"])
+
+
+def test_doctor_flags_a_bad_backend_setting() -> None:
+    out = nocopy_cmd("doctor", env=dict(os.environ, NOCOPY_BACKEND="carrier-pigeon"))
+    assert out.returncode == 1
+    assert "[error]" in out.stdout and "carrier-pigeon" in out.stdout
+
+
+@needs_root
+@pytest.mark.root
+def test_doctor_in_a_container_sized_dev_shm_says_how_to_fix_it() -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "NOCOPY_SHM_DIR"}
+    env["NOCOPY_BACKEND"] = "posix"
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'set -e; mount -t tmpfs -o size=64m tmpfs /dev/shm; exec "$0" doctor --json', _script()],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    if proc.returncode != 0 and ("unshare failed" in proc.stderr or "mount:" in proc.stderr):
+        pytest.skip(f"cannot mount a private /dev/shm here: {proc.stderr.strip()}")
+    r = json.loads(proc.stdout)
+    assert r["shm"]["size"] == 64 << 20
+    warn = [w for w in r["warnings"] if "64 MiB" in w["message"]]
+    assert warn and warn[0]["level"] == "warning"
+    assert "--shm-size" in warn[0]["fix"] and "emptyDir: {medium: Memory" in warn[0]["fix"]
+
+
+# -- bench is another module's; the CLI only hands it the rest of argv ------------------------
+
+
+def test_bench_gets_the_remaining_argv(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    fake = types.ModuleType("nocopy._bench.cli")
+    fake.main = lambda argv: seen.append(list(argv)) or 7  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nocopy._bench.cli", fake)
+    assert main(["bench", "--rows", "1000", "--help"]) == 7
+    assert seen == [["--rows", "1000", "--help"]]
+
+
+def test_bench_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "nocopy._bench.cli", None)
+    assert main(["bench"]) == 2
+    assert "nocopy bench is not available" in capsys.readouterr().err
+
+
+def test_bench_with_a_missing_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def boom(name: str) -> types.ModuleType:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+
+    monkeypatch.setattr("nocopy._cli.importlib.import_module", boom)
+    assert main(["bench"]) == 2
+    assert "pip install 'nocopy[bench]'" in capsys.readouterr().err
