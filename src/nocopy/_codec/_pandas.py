@@ -290,7 +290,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         closed = node.get("closed")
         if closed not in ("left", "right", "both", "neither") or len(left) != len(right):
             raise dec.corrupt("bad interval column")
-        return pd.arrays.IntervalArray.from_arrays(left, right, closed=closed, copy=False)
+        return pd.arrays.IntervalArray.from_arrays(left, _own_base(right._values), closed=closed, copy=False)
     out = dec.decode(node)
     if isinstance(out, np.ndarray) and out.ndim == 1:
         return out
@@ -299,6 +299,21 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     if out is None and kind == "py":
         return np.full(0, None, dtype=object)  # a placeholder left by explain()
     raise dec.corrupt(f"column node {kind!r:.30} does not hold a 1-d array")
+
+
+def _own_base(values: Any) -> Any:
+    """*values* (ndarray or NDArray-backed) over the same bytes with a .base of its own.
+
+    IntervalArray copies its right side when both sides have the same .base
+    (guarding against overlapping buffers); ours are disjoint slices of one
+    mapping, so a distinct base object (a memoryview) avoids that copy.
+    """
+    if isinstance(values, np.ndarray):
+        raw: Any = values.reshape(-1).view(np.uint8)
+        return np.frombuffer(memoryview(raw), dtype=values.dtype)
+    if hasattr(values, "_ndarray"):
+        return type(values)._simple_new(_own_base(values._ndarray), dtype=values.dtype)
+    return values
 
 
 def _str(dec: Decoder, node: dict[str, Any], key: str) -> str:
@@ -343,6 +358,13 @@ def encode_index(enc: Encoder, idx: Any, path: str, label: str = "index") -> dic
             "names": [enc.encode(n, f"{path}.names[{i}]") for i, n in enumerate(idx.names)],
         }
     values = idx._values
+    python_strings = isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "python"
+    if python_strings and len(values) <= _INLINE_INDEX_MAX:
+        # Python-backed string labels (pandas without pyarrow): kept inline, so
+        # column names never need pyarrow.
+        enc.note(path, str(values.dtype), "converted", "labels kept in the header; rebuilt exactly on get()")
+        items = [None if v is pd.NA or (isinstance(v, float) and v != v) else v for v in values.tolist()]
+        return {"k": "pd.oidx", "v": items, "name": name, "dt": str(values.dtype), "na": values.dtype.na_value is pd.NA}
     if isinstance(values, np.ndarray) and values.dtype == object and len(values) <= _INLINE_INDEX_MAX:
         # Labels are small and exact: kept in the header, they come back
         # with their own types (and dtype object).
@@ -391,6 +413,11 @@ def decode_index(dec: Decoder, node: Any) -> Any:
             items = node.get("v")
         if not isinstance(items, list) or ("t" not in node and not all(type(v) in _JSON_SCALARS for v in items)):
             raise dec.corrupt("bad object index")
+        if "dt" in node:
+            if not all(v is None or type(v) is str for v in items):
+                raise dec.corrupt("bad string labels")
+            sdtype = pd.StringDtype("python", na_value=pd.NA if node.get("na") is True else np.nan)
+            return pd.Index(pd.array(items, dtype=sdtype), name=name)
         arr = np.empty(len(items), dtype=object)
         for i, v in enumerate(items):
             arr[i] = v  # item by item: tuples stay scalars
