@@ -1,0 +1,354 @@
+"""nocopy.parallel_map: chunking, order, backends, zero-copy chunks, warm pool, failures, Ctrl-C."""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+import nocopy
+from conftest import own_posix_segments
+from nocopy._map import MapBackend, register_backend, take_rows
+from nocopy.errors import UnsupportedTypeError, WorkerCrashedError
+
+BACKENDS = ["processes", "threads"]
+
+
+# -- functions the workers run ---------------------------------------------------
+def where_and_writable(rows: np.ndarray) -> tuple[str | None, bool]:
+    addr = rows.__array_interface__["data"][0]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                path = " ".join(fields[5:])
+                name = path.split("nocopy-", 1)[1].split()[0] if "nocopy-" in path else None
+                return name, bool(rows.flags.writeable)
+    return None, bool(rows.flags.writeable)
+
+
+def record_stats(rows: np.recarray) -> tuple[int, float, int]:
+    return len(rows), float(np.nansum(rows.float_col)), int(np.count_nonzero(rows.character_col == b"abc"))
+
+
+def frame_stats(rows: Any) -> tuple[int, float, int, list[str]]:
+    # Touches a numeric, a string and the index of every chunk.
+    return len(rows), float(rows["x"].sum()), int((rows["s"] == "b").sum()), [str(i) for i in rows.index[:1]]
+
+
+def rows_len(rows: Any) -> int:
+    return len(rows)
+
+
+def pid_of(rows: Any) -> int:
+    return os.getpid()
+
+
+def slow_first(rows: np.ndarray) -> int:
+    # The first chunk finishes last: results must still come back in chunk order.
+    if rows[0] == 0:
+        time.sleep(0.3)
+    return int(rows[0])
+
+
+def fails_on_chunk_2(rows: np.ndarray) -> int:
+    if rows[0] == 20:
+        raise KeyError(f"bad row {rows[0]}")
+    return int(rows.sum())
+
+
+def dies_on_chunk_3(rows: np.ndarray) -> int:
+    if rows[0] == 30:
+        os._exit(5)
+    return int(rows.sum())
+
+
+def square_into(out: nocopy.Shared[np.ndarray], rows: np.ndarray) -> int:
+    # The pattern for big outputs: each chunk writes its own rows of a shared output.
+    out.get()[rows[0] : rows[-1] + 1] = rows.astype("f8") ** 2
+    return len(rows)
+
+
+def try_to_write(rows: np.ndarray) -> str:
+    try:
+        rows[0] = 1
+    except ValueError as exc:
+        return str(exc)
+    return "written"
+
+
+# -- results --------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ndarray_same_results_for_every_chunk_count(backend: str) -> None:
+    data = np.arange(50, dtype="i8")
+    for chunks in range(1, 9):
+        got = nocopy.parallel_map(rows_len, data, chunks=chunks, workers=2, backend=backend)
+        assert len(got) == chunks and sum(got) == 50
+        sums = nocopy.parallel_map(np.sum, data, chunks=chunks, workers=2, backend=backend)
+        assert int(sum(sums)) == int(data.sum())
+    # more chunks than rows: one row per chunk
+    assert nocopy.parallel_map(rows_len, data[:3], chunks=10, workers=2, backend=backend) == [1, 1, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_record_array_same_as_serial(backend: str) -> None:
+    n = 10_000
+    arr = np.rec.fromarrays(
+        [np.arange(n).astype("M8[s]"), np.where(np.arange(n) % 2 == 0, 1.0, np.nan),
+         np.array([b"string", b"abc"], dtype="S6")[np.arange(n) % 2]],
+        names="date_col,float_col,character_col",
+    )
+    for chunks in (1, 3, 7):
+        got = nocopy.parallel_map(record_stats, arr, chunks=chunks, workers=2, backend=backend)
+        assert sum(g[0] for g in got) == n
+        assert sum(g[1] for g in got) == float(np.nansum(arr.float_col))
+        assert sum(g[2] for g in got) == n // 2
+
+
+def test_dataframe_same_results_with_processes_and_threads_and_every_chunk_count() -> None:
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("nocopy._codec._pandas")  # the pandas codec
+    n = 1000
+    df = pd.DataFrame(
+        {"x": np.arange(n, dtype="f8"), "s": np.array(["a", "b"], dtype=object)[np.arange(n) % 2]},
+        index=pd.RangeIndex(100, 100 + n),
+    )
+    serial = frame_stats(df)
+    for chunks in range(1, 9):
+        by_backend = [
+            nocopy.parallel_map(frame_stats, df, chunks=chunks, workers=2, backend=b) for b in BACKENDS
+        ]
+        assert by_backend[0] == by_backend[1]
+        got = by_backend[0]
+        assert len(got) == chunks
+        assert sum(g[0] for g in got) == serial[0]
+        assert sum(g[1] for g in got) == serial[1]
+        assert sum(g[2] for g in got) == serial[2]
+        assert got[0][3] == ["100"]
+
+
+def test_series_and_arrow_table() -> None:
+    pd = pytest.importorskip("pandas")
+    pa = pytest.importorskip("pyarrow")
+    s = pd.Series(np.arange(100.0))
+    assert sum(nocopy.parallel_map(rows_len, s, chunks=4, workers=2)) == 100
+    table = pa.table({"x": np.arange(100)})
+    assert nocopy.parallel_map(rows_len, table, chunks=4, workers=2) == [25] * 4
+    assert nocopy.parallel_map(rows_len, table, chunks=4, workers=2, backend="threads") == [25] * 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_results_in_chunk_order(backend: str) -> None:
+    data = np.arange(40)
+    assert nocopy.parallel_map(slow_first, data, chunks=4, workers=2, backend=backend) == [0, 10, 20, 30]
+
+
+def test_default_chunks_is_four_per_worker() -> None:
+    assert len(nocopy.parallel_map(rows_len, np.arange(100), workers=2)) == 8
+    assert len(nocopy.parallel_map(rows_len, np.arange(100), workers=3, backend="threads")) == 12
+
+
+# -- zero-copy ----------------------------------------------------------------------
+def test_process_chunks_are_read_only_views_of_one_segment() -> None:
+    got = nocopy.parallel_map(where_and_writable, np.arange(100_000.0), chunks=4, workers=2)
+    names = {name for name, _ in got}
+    assert len(names) == 1 and None not in names  # every chunk: the same shared segment
+    assert not any(writable for _, writable in got)
+    assert nocopy.parallel_map(try_to_write, np.arange(10.0), chunks=2, workers=2) == [
+        "assignment destination is read-only"
+    ] * 2
+
+
+def test_shared_input_is_not_copied_again() -> None:
+    with nocopy.share(np.arange(100_000.0)) as ref:
+        got = nocopy.parallel_map(where_and_writable, ref, chunks=3, workers=2)
+        assert {"nocopy-" + str(name) for name, _ in got} == {ref.name}
+
+
+def test_thread_chunks_are_read_only_views_of_the_callers_array() -> None:
+    data = np.arange(100.0)
+    chunks = nocopy.parallel_map(lambda rows: rows, data, chunks=4, workers=2, backend="threads")
+    assert all(np.shares_memory(c, data) and not c.flags.writeable for c in chunks)
+    assert data.flags.writeable  # the caller's own array is untouched
+
+
+def test_take_rows_is_zero_copy() -> None:
+    arr = np.arange(10)
+    assert np.shares_memory(take_rows(arr, 2, 5), arr)
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame({"x": np.arange(10.0)})
+    assert np.shares_memory(take_rows(df, 2, 5)["x"].to_numpy(), df["x"].to_numpy())
+
+
+def test_writable_output_pattern() -> None:
+    n = 1000
+    out = nocopy.empty((n,), "f8")
+    try:
+        counts = nocopy.parallel_map(functools.partial(square_into, out), np.arange(n), chunks=7, workers=2)
+        assert sum(counts) == n
+        np.testing.assert_array_equal(out.get(), np.arange(n, dtype="f8") ** 2)
+    finally:
+        out.close()
+
+
+# -- pools --------------------------------------------------------------------------
+def test_repeated_calls_reuse_the_warm_pool() -> None:
+    first = set(nocopy.parallel_map(pid_of, np.arange(16), chunks=8, workers=2))
+    t0 = time.perf_counter()
+    second = set(nocopy.parallel_map(pid_of, np.arange(16), chunks=8, workers=2))
+    assert second <= first  # the same worker processes, not new ones
+    assert time.perf_counter() - t0 < 5
+
+
+def test_a_user_executor_is_used() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with nocopy.ProcessPoolExecutor(2) as ex:
+        workers = set(nocopy.parallel_map(pid_of, np.arange(8), chunks=4, executor=ex))
+        assert workers <= set(ex._procs)
+    with ThreadPoolExecutor(2) as tex:
+        assert nocopy.parallel_map(pid_of, np.arange(8), chunks=4, executor=tex) == [os.getpid()] * 4
+
+
+def test_a_custom_backend_plugs_in() -> None:
+    from concurrent.futures import Future
+
+    class Serial(MapBackend):
+        name = "test-serial"
+
+        def prepare(self, data: Any) -> Any:
+            return data
+
+        def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
+            fut: Future[Any] = Future()
+            fut.set_result((index, fn(take_rows(source, start, stop))))
+            return fut
+
+    register_backend(Serial)
+    assert nocopy.parallel_map(len, np.arange(10), chunks=3, backend="test-serial") == [(0, 3), (1, 3), (2, 4)]
+
+
+# -- progress -------------------------------------------------------------------------
+def test_progress_bar_counts_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tqdm")
+    import tqdm.auto
+
+    err = io.StringIO()
+    real = tqdm.auto.tqdm
+    monkeypatch.setattr(tqdm.auto, "tqdm", functools.partial(real, file=err))
+    assert nocopy.parallel_map(rows_len, np.arange(30), chunks=6, workers=2, progress=True) == [5] * 6
+    assert "6/6" in err.getvalue()
+
+
+def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match=r"pip install 'nocopy\[bench\]'"):
+        nocopy.parallel_map(rows_len, np.arange(10), progress=True, backend="threads")
+
+
+# -- bad input --------------------------------------------------------------------------
+def test_bad_arguments_get_clear_errors() -> None:
+    with pytest.raises(UnsupportedTypeError, match="cannot split a list"):
+        nocopy.parallel_map(rows_len, [1, 2, 3])
+    with pytest.raises(UnsupportedTypeError, match="0-d array"):
+        nocopy.parallel_map(rows_len, np.array(1.0))
+    with pytest.raises(ValueError, match="unknown parallel_map backend 'gpu'"):
+        nocopy.parallel_map(rows_len, np.arange(3), backend="gpu")
+    with pytest.raises(ValueError, match="chunks must be a positive integer"):
+        nocopy.parallel_map(rows_len, np.arange(3), chunks=0)
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        nocopy.parallel_map(rows_len, np.arange(3), workers=0)
+    with pytest.raises(TypeError, match="callable"):
+        nocopy.parallel_map(3, np.arange(3))  # type: ignore[arg-type]
+    ref = nocopy.share(np.arange(3))
+    ref.close()
+    with pytest.raises(ValueError, match="closed"):
+        nocopy.parallel_map(rows_len, ref)
+
+
+# -- failures -------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exception_in_fn_is_reraised_with_the_workers_traceback(backend: str) -> None:
+    with pytest.raises(KeyError, match="bad row 20") as info:
+        nocopy.parallel_map(fails_on_chunk_2, np.arange(40), chunks=4, workers=2, backend=backend)
+    if backend == "processes":
+        assert "fails_on_chunk_2" in str(info.value.__cause__)
+    # the warm pool keeps working
+    assert nocopy.parallel_map(rows_len, np.arange(40), chunks=4, workers=2, backend=backend) == [10] * 4
+
+
+def test_dead_worker_names_the_chunk_and_the_next_call_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOCOPY_BACKEND", "posix")
+    before = set(own_posix_segments(os.getpid()))
+    with pytest.raises(WorkerCrashedError, match=r"exited with code 5 while running chunk 3 \(rows 30:40\)") as info:
+        nocopy.parallel_map(dies_on_chunk_3, np.arange(40), chunks=4, workers=2)
+    assert info.value.exitcode == 5 and info.value.task == "chunk 3 (rows 30:40)"
+    assert nocopy.parallel_map(rows_len, np.arange(40), chunks=4, workers=2) == [10] * 4
+    # the data shared for the failed call is gone (the new pool's task table is all that is left)
+    assert len(set(own_posix_segments(os.getpid())) - before) <= 1
+
+
+SIGINT_SCRIPT = """
+import os, sys, time
+import numpy as np, nocopy
+
+def slow(rows):
+    open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()
+    time.sleep(60)
+    return len(rows)
+
+if __name__ == "__main__":
+    try:
+        nocopy.parallel_map(slow, np.arange(1 << 18, dtype="f8"), chunks=8, workers=2,
+                            backend="processes")
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_ctrl_c_cancels_stops_workers_and_leaves_nothing(procs: Any, tmp_path: Path, method: str) -> None:
+    env = {**os.environ, "NOCOPY_BACKEND": "posix"}
+    script = SIGINT_SCRIPT.replace(
+        "    try:", f"    import multiprocessing\n    multiprocessing.set_start_method({method!r})\n    try:"
+    )
+    # A script file, not -c: spawned workers import fn from the main module.
+    path = tmp_path / "interrupted.py"
+    path.write_text(script)
+    sync = tmp_path / "started"
+    sync.mkdir()
+    p = subprocess.Popen([sys.executable, str(path), str(sync)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    procs.popens.append(p)
+    tmp_path = sync
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2:
+        if p.poll() is not None:
+            pytest.fail(p.stderr.read().decode())
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [int(f.name) for f in tmp_path.iterdir()]
+    children = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+    assert set(workers) <= set(children)
+    assert own_posix_segments(p.pid)  # the data is shared while chunks run
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert time.monotonic() - t0 < 20, "waited for the running chunks"
+    assert b"interrupted" in out, err.decode()
+    for pid in children:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    assert own_posix_segments(p.pid) == []
+    for pid in workers:
+        assert own_posix_segments(pid) == []
