@@ -275,18 +275,22 @@ def _classify(pa: Any, obj: Any) -> str:
 
 
 def _write_stream(pa: Any, sink: Any, what: str, obj: Any) -> None:
-    # Arrays and batches travel as exactly one record batch; tables (and
-    # chunked arrays, as one-column tables) keep their chunks.
+    # Arrays and batches travel as exactly one record batch, chunked arrays
+    # as one batch per chunk (empty chunks too), tables as their batches, a
+    # schema as a stream without batches.
     if what == "array":
         obj = pa.RecordBatch.from_arrays([obj], names=["v"])
-    elif what == "chunked":
-        obj = pa.Table.from_arrays([obj], names=["v"])
-    elif what == "schema":
-        obj = obj.empty_table()
-    with pa.ipc.new_stream(sink, obj.schema) as writer:
+    if what == "chunked":
+        schema = pa.schema([pa.field("v", obj.type)])
+    else:
+        schema = obj if what == "schema" else obj.schema
+    with pa.ipc.new_stream(sink, schema) as writer:
         if what in ("array", "batch"):
             writer.write_batch(obj)
-        else:
+        elif what == "chunked":
+            for chunk in obj.chunks:
+                writer.write_batch(pa.RecordBatch.from_arrays([chunk], schema=schema))
+        elif what == "table":
             writer.write_table(obj)
 
 
