@@ -12,12 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
-from strategies import arrow_arrays, buffers_of, outside, worker_roundtrip_many
 
 import nocopy
 from nocopy._codec._buffer import decode_buffer, plan
 from nocopy._codec._layout import parse_header
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
+from strategies import arrow_arrays, buffers_of, outside, worker_roundtrip_many
 
 N = 7
 
