@@ -173,10 +173,10 @@ def run_pickle(ctx: RunContext) -> list[float]:
 
 def run_stdlib(ctx: RunContext) -> list[float]:
     """The original method 1: SharedMemoryManager, np.recarray(buf=...) by name, shape, dtype."""
-    from multiprocessing.managers import SharedMemoryManager
-
     data = ctx.data
     with ctx.phase("startup"):
+        from multiprocessing.managers import SharedMemoryManager
+
         smm = SharedMemoryManager(ctx=ctx.mp)
         smm.start()
     ex = None
@@ -202,9 +202,9 @@ def run_stdlib(ctx: RunContext) -> list[float]:
 
 def run_nocopy_executor(ctx: RunContext) -> list[float]:
     """Method 2's code with only the executor changed to nocopy.ProcessPoolExecutor."""
-    import nocopy
-
     with ctx.phase("startup"):
+        import nocopy
+
         ex = nocopy.ProcessPoolExecutor(max_workers=ctx.workers, mp_context=ctx.mp)
     try:
         with ctx.phase("startup"):
@@ -218,9 +218,9 @@ def run_nocopy_executor(ctx: RunContext) -> list[float]:
 
 def run_nocopy_map(ctx: RunContext) -> list[float]:
     """nocopy.parallel_map over the array: one zero-copy row chunk per worker."""
-    import nocopy
-
     with ctx.phase("startup"):
+        import nocopy
+
         ex = nocopy.ProcessPoolExecutor(max_workers=ctx.workers, mp_context=ctx.mp)
     try:
         with ctx.phase("startup"):
@@ -274,9 +274,9 @@ def _fork_available() -> str | None:
 
 def run_joblib(ctx: RunContext) -> list[float]:
     """joblib.Parallel with the loky backend (its default)."""
-    from joblib import Parallel, delayed
-
     with ctx.phase("startup"):
+        from joblib import Parallel, delayed
+
         par = Parallel(n_jobs=ctx.workers, backend="loky")
     try:
         with ctx.phase("startup"):
@@ -305,9 +305,9 @@ def _joblib_globs() -> list[str]:
 def run_ray(ctx: RunContext) -> list[float]:
     """ray.put once, then one task per worker (ray.init timed apart, inside start-up)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
     with ctx.phase("startup"):
+        import ray
+
         t0 = time.perf_counter()
         ray.init(
             num_cpus=ctx.workers,
@@ -335,15 +335,17 @@ def run_ray(ctx: RunContext) -> list[float]:
 
 def run_arrow(ctx: RunContext) -> list[float]:
     """An Arrow IPC file in /dev/shm, memory-mapped by every worker (columns converted once)."""
-    import pyarrow as pa
-
     data = ctx.data
     path = os.path.join("/dev/shm", f"nocopybench-{os.getpid()}-{secrets.token_hex(8)}.arrow")
     with ctx.phase("startup"):
+        import pyarrow as pa
+
         ex = cf.ProcessPoolExecutor(ctx.workers, mp_context=ctx.mp)
     try:
         with ctx.phase("startup"):
-            _warm(ex.submit, ctx, preload=("pyarrow",))
+            # pyarrow imports pandas (its pandas shim) on a worker's first table
+            # read: a one-time, per-process import, so start-up, not work.
+            _warm(ex.submit, ctx, preload=("pyarrow", "pyarrow.ipc", "pandas"))
         with ctx.phase("work"):
             table = _records_to_arrow(data, pa)
             with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:

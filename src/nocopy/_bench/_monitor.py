@@ -66,6 +66,7 @@ class Sample:
 
 @functools.lru_cache(maxsize=256)
 def _dev_of(text: str) -> int:
+    """A device number from /proc/PID/maps ("fe:01", hex)."""
     major, minor = text.split(":")
     return os.makedev(int(major, 16), int(minor, 16))
 
@@ -81,7 +82,9 @@ class ShmAccounting:
                     left, _, right = line.partition(" - ")
                     fstype = right.split(" ", 1)[0]
                     if fstype in ("tmpfs", "shm", "ramfs"):
-                        devs.add(_dev_of(left.split()[2]))
+                        # Decimal here (/proc/PID/maps writes hex).
+                        major, minor = left.split()[2].split(":")
+                        devs.add(os.makedev(int(major), int(minor)))
         except OSError:
             pass
         if hasattr(os, "memfd_create"):

@@ -99,7 +99,7 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     names = [n for n, _ in rows][::-1]
     recs = [r for _, r in rows][::-1]
     y = list(range(len(names)))
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2.2))
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(14, 0.45 * len(names) + 3.0))
     left = [0.0] * len(names)
     for phase, color in (("startup_s", "#9ecae1"), ("work_s", "#3182bd"), ("teardown_s", "#c6dbef")):
         vals = [_med(r["time"][phase]) or 0.0 for r in recs]
@@ -117,9 +117,9 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     for yi, t in zip(y, totals, strict=True):
         ax_t.text(t["max"], yi, f"  {t['median']:.2f} s", va="center", fontsize=8)
     ax_t.set_yticks(y, names)
-    ax_t.set_xlabel("seconds (median; whiskers min-max)")
+    ax_t.set_xlabel("seconds (median; whiskers: min-max of the total)")
     ax_t.set_title("end-to-end time")
-    ax_t.legend(loc="lower right", fontsize=8)
+    ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4, fontsize=8, frameon=False)
     ax_t.set_xlim(0, max(t["max"] for t in totals) * 1.25)
 
     mem = [r["memory"] for r in recs]
@@ -137,7 +137,7 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     ax_m.set_yticks(y, names)
     ax_m.set_xlabel("MB: peak of Σ PSS (parent + workers) + shared memory, each page once")
     ax_m.set_title("peak memory")
-    ax_m.legend(loc="lower right", fontsize=8)
+    ax_m.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=2, fontsize=8, frameon=False)
     ax_m.set_xlim(0, max(b + a for b, a in zip(base, added, strict=True)) * 1.25)
     cfg, data = result["config"], result["data"]
     fig.suptitle(
@@ -162,18 +162,19 @@ def plot_scaling(result: dict[str, Any], path: str) -> None:
     ax = axes[0][0]
     get = result.get("get_latency") or []
     if get:
-        ax.loglog([g["nbytes"] / 1e6 for g in get], [g["get_us"]["median"] for g in get], "o-")
-    ax.set_xlabel("MB")
+        ax.loglog([g["nbytes"] / 2**20 for g in get], [g["get_us"]["median"] for g in get], "o-")
+        ax.set_ylim(bottom=1)
+    ax.set_xlabel("MiB")
     ax.set_ylabel("µs")
     ax.set_title("get() in a worker vs size (must be flat)")
     ax = axes[0][1]
     share = result.get("share_throughput") or []
     if share:
-        xs = [s["nbytes"] / 1e6 for s in share]
+        xs = [s["nbytes"] / 2**20 for s in share]
         ax.semilogx(xs, [s["share_gbps"] for s in share], "o-", label="nocopy.share")
         ax.semilogx(xs, [s["memcpy_shm_gbps"] for s in share], "s--", label="memcpy into fresh shared memory")
         ax.legend(fontsize=8)
-    ax.set_xlabel("MB")
+    ax.set_xlabel("MiB")
     ax.set_ylabel("GB/s")
     ax.set_title("share() throughput")
     ax = axes[1][0]

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import _tasks
 from ._data import expected_sum, make_records
-from ._stats import fmt_bytes, ratio, summary
+from ._stats import fmt_size, ratio, summary
 
 __all__ = ["ScalingConfig", "run_scaling", "scaling_table"]
 
@@ -77,7 +77,7 @@ def _get_latency(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             us = [t * 1e6 for t in times]
             point = {"nbytes": n, "get_us": summary(us), "reps": reps}
             out.append(point)
-            log(f"  get()  {fmt_bytes(n):>8}: median {point['get_us']['median']:.0f} µs (min {min(us):.0f})")  # type: ignore[index]
+            log(f"  get()  {fmt_size(n):>8}: median {point['get_us']['median']:.0f} µs (min {min(us):.0f})")  # type: ignore[index]
     return out
 
 
@@ -123,7 +123,7 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
         }
         out.append(point)
         log(
-            f"  share() {fmt_bytes(n):>8}: {point['share_gbps']:.2f} GB/s, memcpy into fresh shm "
+            f"  share() {fmt_size(n):>8}: {point['share_gbps']:.2f} GB/s, memcpy into fresh shm "
             f"{point['memcpy_shm_gbps']:.2f} GB/s ({point['share_over_memcpy']:.2f}x the time)"
         )
     return out
@@ -230,7 +230,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("get() in a worker (fresh handle, maps the segment):")
         for p in get:
             g = p["get_us"]
-            lines.append(f"  {fmt_bytes(p['nbytes']):>9}  {g['median']:8.0f} µs  (min {g['min']:.0f}, max {g['max']:.0f})")
+            lines.append(f"  {fmt_size(p['nbytes']):>9}  {g['median']:8.0f} µs  (min {g['min']:.0f}, max {g['max']:.0f})")
         if result.get("get_flatness") is not None:
             lines.append(f"  largest / smallest: {result['get_flatness']:.2f}x (target <= 1.5x)")
         lines.append("")
@@ -239,7 +239,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("share() vs memcpy into fresh shared memory:")
         for p in share:
             lines.append(
-                f"  {fmt_bytes(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
+                f"  {fmt_size(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
                 f"   share/memcpy time {p['share_over_memcpy']:.2f}x"
             )
         lines.append("")

@@ -197,7 +197,8 @@ def _aggregate(method: Method, runs: list[dict[str, Any]], expected: float) -> d
             "interval_ms_median": summary([r["interval_ms_median"] for r in memory if r["interval_ms_median"]]),
         },
         "tracemalloc_peak_bytes": summary([r["tracemalloc_peak_bytes"] for r in memory]),
-        "extra": {k: summary([r["extra"][k] for r in ok if k in r["extra"]]) for k in extra_keys},
+        # Timing runs only: memory runs are slowed by the sampler.
+        "extra": {k: summary([r["extra"][k] for r in timing if k in r["extra"]]) for k in extra_keys},
         "sums": {
             "expected": expected,
             "ok": bool(ok) and len(ok) == len(runs) and all(r["sums_ok"] for r in ok),

@@ -1,0 +1,275 @@
+"""nocopy bench: the data, the memory sampler's accounting, the seed and scaling commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nocopy
+from conftest import Procs
+from nocopy._bench._data import expected_sum, make_records, make_records_literally
+from nocopy._bench._methods import METHODS, Method
+from nocopy._bench._monitor import MemoryMonitor
+from nocopy._bench.cli import parse_size
+
+MiB = 1 << 20
+BIN = Path(sys.executable).parent
+
+
+def run_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own process group; on timeout the whole group is killed.
+
+    The returned object's ``args`` is ``(pid, args)``.
+    """
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{' '.join(args)} timed out after {timeout} s\n{out}\n{err}")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    return subprocess.CompletedProcess((p.pid, args), p.returncode, out, err)
+
+
+# -- the data ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [2, 10, 11])
+def test_records_equal_the_original_construction(rows: int) -> None:
+    stamps = (datetime(2024, 5, 1, 12, 0, 0, 1), datetime(2024, 5, 1, 12, 0, 0, 2))
+    fast = make_records(rows, stamps=stamps)
+    slow = make_records_literally(rows, stamps=stamps)
+    assert type(fast) is np.recarray and type(slow) is np.recarray
+    assert fast.dtype == slow.dtype
+    assert fast.dtype.names == ("date_col", "float_col", "character_col")
+    assert fast.dtype["character_col"] == np.dtype("S6")
+    for field in fast.dtype.names:  # field by field: NaN == NaN there
+        np.testing.assert_array_equal(fast[field], slow[field])
+    assert expected_sum(fast) == (rows + 1) // 2
+
+
+def test_parse_size() -> None:
+    assert parse_size("1MB") == MiB
+    assert parse_size("4GB") == 4 << 30
+    assert parse_size("256mib") == 256 * MiB
+    assert parse_size("1000") == 1000
+
+
+# -- the memory sampler ----------------------------------------------------
+
+_CHILD = """
+import sys, numpy as np, nocopy
+mode, uri, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == "attach":
+    view = nocopy.attach(uri).get()
+    assert int(view.sum()) == n   # every page read: mapped in this process
+elif mode == "private":
+    own = np.ones(n, np.uint8)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def _children_sample(procs: Procs, mon: MemoryMonitor, mode: str, uri: str, n: int) -> int:
+    kids = [procs.python(_CHILD, mode, uri, str(n), stdin=subprocess.PIPE) for _ in range(2)]
+    for k in kids:
+        assert k.stdout is not None
+        assert k.stdout.readline().strip() == b"ready", k.stderr.read() if k.stderr else ""
+    total = mon.sample().total
+    for k in kids:
+        assert k.stdin is not None
+        k.stdin.close()
+        k.wait(timeout=30)
+    return total
+
+
+def test_monitor_counts_each_shared_page_once(procs: Procs) -> None:
+    n = 64 * MiB
+    with MemoryMonitor() as mon:
+        base = mon.sample()
+        ref = nocopy.share(np.ones(n, np.uint8))
+        try:
+            held = mon.sample()
+            # Held by a file descriptor only, mapped by nobody: PSS cannot see
+            # it, the sampler must.
+            assert held.shm_bytes - base.shm_bytes >= n
+            assert n * 0.9 <= held.total - base.total <= n * 1.3
+            idle = _children_sample(procs, mon, "idle", ref.uri, n)
+            readers = _children_sample(procs, mon, "attach", ref.uri, n)
+            private = _children_sample(procs, mon, "private", ref.uri, n)
+        finally:
+            ref.close()
+    # Two processes mapping and reading every shared page add (almost) nothing:
+    # the pages are already counted once. Σ RSS would add 2n here.
+    assert abs(readers - idle) < 0.15 * n, (readers - idle) / n
+    # Private memory in descendants is counted: two children, n bytes each.
+    assert 1.7 * n < private - idle < 2.4 * n, (private - idle) / n
+
+
+def test_monitor_counts_unmapped_shm_files_it_is_told_about(tmp_path: Path) -> None:
+    path = f"/dev/shm/nocopybench-{os.getpid()}-test.arrow"
+    n = 32 * MiB
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\x01" * n)
+        with MemoryMonitor() as mon:
+            unseen = mon.sample()
+            seen = mon.sample([f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"])
+            mon.start([f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"])
+            time.sleep(0.05)
+            peak = mon.stop()
+    finally:
+        os.unlink(path)
+    assert seen.shm_bytes - unseen.shm_bytes >= n
+    assert peak.peak.total - unseen.total >= n * 0.95
+    assert peak.samples >= 2
+
+
+# -- the seed experiment ---------------------------------------------------
+
+TIME_FIELDS = ("total_s", "startup_s", "work_s", "teardown_s")
+
+
+def _check_method_record(name: str, rec: dict[str, Any], expected: float, workers: int) -> None:
+    for key in TIME_FIELDS:
+        stats = rec["time"][key]
+        assert stats is not None, (name, key)
+        assert 0 <= stats["min"] <= stats["median"] <= stats["max"], (name, key, stats)
+    t = rec["time"]
+    parts = t["startup_s"]["median"] + t["work_s"]["median"] + t["teardown_s"]["median"]
+    assert parts <= t["total_s"]["max"] * 1.05 + 0.01, (name, parts, t["total_s"])
+    mem = rec["memory"]
+    assert mem["peak_bytes"] is not None and mem["peak_bytes"]["median"] > 0, name
+    assert mem["peak_bytes"]["median"] >= mem["baseline_bytes"]["median"], name
+    assert mem["samples"]["min"] >= 2, name
+    assert rec["tracemalloc_peak_bytes"] is not None and rec["tracemalloc_peak_bytes"]["median"] >= 0, name
+    for key in ("total", "work", "memory"):
+        assert rec["ratio_to_floor"][key] is not None and rec["ratio_to_floor"][key] > 0, (name, key)
+    sums = rec["sums"]
+    assert sums["ok"] is True, (name, sums)
+    assert sums["expected"] == expected
+    if rec["whole_column"]:
+        assert sums["last"] == [expected] * workers, (name, sums)
+    else:
+        assert sum(sums["last"]) == expected, (name, sums)
+    assert rec["errors"] == []
+
+
+@pytest.mark.slow
+def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    proc = run_cli(
+        [str(BIN / "nocopy"), "bench", "seed", "--quick", "--repeat", "1", "--json", str(out), "--plot", str(png)],
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["data"]["rows"] == 1_000_000
+    expected = 500_000.0
+    assert result["data"]["expected_sum"] == expected
+    workers = result["config"]["workers"]
+    assert workers == os.cpu_count()
+    installed = [m.name for m in METHODS if m.available() is None]
+    assert "ray" in installed or "ray" in result["skipped"]
+    assert sorted(result["methods"]) == sorted(installed)
+    assert sorted(result["skipped"]) == sorted(m.name for m in METHODS if m.name not in installed)
+    assert result["failed"] == {}
+    for name, rec in result["methods"].items():
+        _check_method_record(name, rec, expected, workers)
+        assert [r["kind"] for r in rec["runs"]] == ["time", "memory"]
+    floor = result["floor"]
+    assert floor["sums"]["ok"] and floor["time"]["work_s"]["median"] > 0
+    assert floor["ratio_to_floor"]["work"] == pytest.approx(1.0)
+    assert result["methods"]["ray"]["extra"]["ray_init_s"]["median"] > 0
+    # The data crossed into every worker: what they hold beyond the parent
+    # shows in the peak (each worker holds at least numpy).
+    assert result["methods"]["pickle"]["memory"]["added_bytes"]["median"] > 0
+    # The table is printed, and the PNG written.
+    assert "nocopy-executor" in proc.stdout and "floor" in proc.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The arrow method removed its file from /dev/shm.
+    pid = proc.args[0]
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(f"nocopybench-{pid}-")] == []
+
+
+def test_seed_methods_subset_with_repeats(tmp_path: Path) -> None:
+    out = tmp_path / "sub.json"
+    proc = run_cli(
+        [
+            sys.executable, "-m", "nocopy._bench", "seed", "--rows", "200000", "--repeat", "2",
+            "--methods", "stdlib,nocopy-executor,threads", "--json", str(out), "--quiet",
+        ],
+        timeout=200,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr == ""  # --quiet
+    result = json.loads(out.read_text())
+    assert list(result["methods"]) == ["stdlib", "nocopy-executor", "threads"]
+    for name, rec in result["methods"].items():
+        _check_method_record(name, rec, 100_000.0, result["config"]["workers"])
+        assert sorted(r["kind"] for r in rec["runs"]) == ["memory", "memory", "time", "time"]
+        assert sorted(r["repeat"] for r in rec["runs"]) == [0, 0, 1, 1]
+    # nocopy's executor shares the array (4.4 MB, above its 1 MiB threshold)
+    # once: the parent never pickles it (a pickle would be traced in full).
+    nc = result["methods"]["nocopy-executor"]["tracemalloc_peak_bytes"]["median"]
+    assert nc < result["data"]["nbytes"] / 2
+
+
+def test_seed_unknown_method_is_a_clear_error() -> None:
+    proc = run_cli([sys.executable, "-m", "nocopy._bench", "seed", "--rows", "100", "--methods", "carrier-pigeon"], timeout=60)
+    assert proc.returncode == 2
+    assert "carrier-pigeon" in proc.stderr and "nocopy-executor" in proc.stderr
+
+
+def test_wrong_sums_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._bench import _seed
+
+    liar = Method("liar", "returns a wrong sum", lambda ctx: [1.0] * ctx.workers)
+    monkeypatch.setattr(_seed, "select_methods", lambda names: [liar])
+    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1), log=lambda s: None)
+    assert result["methods"]["liar"]["sums"]["ok"] is False
+    assert "liar" in result["failed"]
+    from nocopy._bench._report import seed_table
+
+    assert "WRONG" in seed_table(result)
+
+
+# -- scaling ---------------------------------------------------------------
+
+
+def test_scaling_small(tmp_path: Path) -> None:
+    out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    proc = run_cli(
+        [
+            sys.executable, "-m", "nocopy._bench", "scaling", "--max-size", "4MB", "--rows", "20000",
+            "--workers", "1,2", "--tasks", "50", "--repeat", "1", "--json", str(out), "--plot", str(png),
+        ],
+        timeout=250,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert [p["nbytes"] for p in result["get_latency"]] == [MiB, 4 * MiB]
+    assert all(p["get_us"]["median"] > 0 for p in result["get_latency"])
+    assert result["get_flatness"] > 0
+    assert [p["nbytes"] for p in result["share_throughput"]] == [MiB, 4 * MiB]
+    assert all(p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 for p in result["share_throughput"])
+    assert set(result["task_overhead"]) == {"concurrent.futures", "nocopy"}
+    sweep = {(p["method"], p["workers"]) for p in result["workers"]}
+    assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}
+    assert all(p["sums_ok"] for p in result["workers"])
+    assert result["failed"] == {}
+    assert png.read_bytes()[:4] == b"\x89PNG"
