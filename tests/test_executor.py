@@ -323,3 +323,22 @@ def test_submit_after_shutdown_raises_like_the_stdlib() -> None:
 
 if sys.platform != "linux":  # pragma: no cover
     pytest.skip("nocopy's executor tests read /proc", allow_module_level=True)
+
+
+def sleep_then(x: float) -> float:
+    time.sleep(x)
+    return x
+
+
+def test_futures_cancel_wait_and_as_completed_like_the_stdlib() -> None:
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        running = ex.submit(sleep_then, 0.5)
+        queued = [ex.submit(sleep_then, 0.0) for _ in range(4)]
+        assert queued[-1].cancel() and queued[-1].cancelled()
+        done, not_done = concurrent.futures.wait([running, *queued], timeout=30)
+        assert not not_done
+        assert [f.result() for f in concurrent.futures.as_completed(queued[:-1])] == [0.0] * 3
+        assert running.result() == 0.5 and not running.running()
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued[-1].result()
+        assert list(ex.map(sleep_then, [0.0] * 5, chunksize=2)) == [0.0] * 5

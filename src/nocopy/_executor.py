@@ -112,7 +112,8 @@ class _ShareCache:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[Any, Shared[Any] | None]] = {}
-        self._lock = threading.Lock()
+        # Reentrant: a garbage collection during share() may run _forget here.
+        self._lock = threading.RLock()
         self._warned = False
 
     def lookup(self, value: Any) -> Shared[Any] | None:
