@@ -130,11 +130,18 @@ def fake_segment(directory: Path, pid: int, start: int, size: int = 4096) -> Pat
 class Owner:
     """An owner process (its own process group) sharing one segment, optionally with workers."""
 
-    def __init__(self, procs: Procs, backend: str, workers: int = 0, size: int = 8 << 20) -> None:
+    def __init__(self, procs: Procs, backend: str, workers: int = 0, size: int = 8 << 20, *, wait: bool = True) -> None:
         self.popen = procs.python(
             OWNER, backend, str(workers), str(size), textwrap.dedent(WORKER),
             stdin=subprocess.PIPE, start_new_session=True,
         )
+        self.workers: list[int] = []
+        self.worker_starts: dict[int, int | None] = {}
+        if wait:
+            self.ready()
+
+    def ready(self) -> Owner:
+        """Wait until the segment is shared and every worker has attached."""
         assert self.popen.stdout is not None
         line = self.popen.stdout.readline()
         if not line:
@@ -144,8 +151,9 @@ class Owner:
         self.name: str = info["name"]
         self.uri: str = info["uri"]
         self.size: int = info["size"]
-        self.workers: list[int] = info["workers"]
+        self.workers = info["workers"]
         self.worker_starts = {w: _names.process_start_time(w) for w in self.workers}
+        return self
 
     def sigkill(self, group: bool) -> None:
         if group:
@@ -305,13 +313,17 @@ def test_sigkill_of_memfd_owners_and_process_groups_leaves_nothing(procs: Procs,
     owners: list[Owner] = []
     try:
         for i in range(20):
-            group = i % 2 == 1  # odd rounds: the owner's whole group, two workers attached
-            owner = Owner(procs, "memfd", workers=2 if group else 0, size=(8 + 8 * (i % 3)) << 20)
-            owners.append(owner)
-            names.add(owner.name)
-            assert holders({owner.name}), "the segment should exist while its owner lives"
-            owner.sigkill(group=group)
-            assert wait_until(lambda o=owner: not holders({o.name})), holders({owner.name})
+            # Each round: an owner alone, and an owner whose two workers have attached,
+            # killed with its whole process group. Started together, killed together.
+            size = (8 + 8 * (i % 3)) << 20
+            pair = [Owner(procs, "memfd", 0, size, wait=False), Owner(procs, "memfd", 2, size, wait=False)]
+            for o in pair:
+                owners.append(o.ready())
+                names.add(o.name)
+                assert holders({o.name}), "the segment should exist while its owner lives"
+            pair[0].sigkill(group=False)
+            pair[1].sigkill(group=True)
+            assert wait_until(lambda p=pair: not holders({p[0].name, p[1].name}))
         # 0 bytes remain: no process on the machine holds an fd or a mapping of any of them,
         # and nothing ever appeared in the shm directory.
         assert holders(names) == []
@@ -334,12 +346,15 @@ def test_gc_reclaims_all_and_only_dead_posix_owners_after_20_sigkills(
         with monkeypatch.context() as m:
             m.setenv("NOCOPY_TEST_NO_AUTO_RECLAIM", "1")
             for i in range(20):
-                group = i % 2 == 1
-                owner = Owner(procs, "posix", workers=2 if group else 0, size=(8 + 8 * (i % 3)) << 20)
-                owners.append(owner)
-                owner.sigkill(group=group)
-                dead[owner.name] = owner.size
-                assert (shm / owner.name).exists()
+                size = (8 + 8 * (i % 3)) << 20
+                pair = [Owner(procs, "posix", 0, size, wait=False), Owner(procs, "posix", 2, size, wait=False)]
+                for o in pair:
+                    owners.append(o.ready())
+                pair[0].sigkill(group=False)
+                pair[1].sigkill(group=True)
+                for o in pair:
+                    dead[o.name] = o.size
+                    assert (shm / o.name).exists()
         assert set(dead) <= set(os.listdir(shm))
 
         script = shutil.which("nocopy") or str(Path(sys.executable).with_name("nocopy"))
@@ -347,7 +362,7 @@ def test_gc_reclaims_all_and_only_dead_posix_owners_after_20_sigkills(
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         assert {s["name"]: s["size"] for s in report["reclaimed"]} == dead
-        assert report["bytes"] == sum(dead.values()) >= 20 * (8 << 20)
+        assert report["bytes"] == sum(dead.values()) >= 40 * (8 << 20)
         assert sorted(os.listdir(shm)) == sorted([survivor.name, mine.name])
         # The live owners' segments still work, and no process maps a reclaimed one.
         assert nocopy.attach(survivor.uri).get()[:10].sum() == 70.0
