@@ -342,3 +342,25 @@ def test_futures_cancel_wait_and_as_completed_like_the_stdlib() -> None:
         with pytest.raises(concurrent.futures.CancelledError):
             queued[-1].result()
         assert list(ex.map(sleep_then, [0.0] * 5, chunksize=2)) == [0.0] * 5
+
+
+def touch_shared(ref: nocopy.Shared[np.ndarray]) -> float:
+    return float(ref.get().sum())
+
+
+def mapped_in_this_worker(name: str) -> bool:
+    with open("/proc/self/maps") as f:
+        return any(name in line for line in f)
+
+
+def test_explicit_shared_stays_mapped_between_tasks_until_its_owner_closes_it() -> None:
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        ref = nocopy.share(np.ones(1000))
+        assert ex.submit(touch_shared, ref).result() == 1000.0
+        # The next task does not even receive it: the mapping was kept warm.
+        assert ex.submit(mapped_in_this_worker, ref.name).result()
+        ref.close()
+        deadline = time.monotonic() + 10
+        while ex.submit(mapped_in_this_worker, ref.name).result():
+            assert time.monotonic() < deadline, "the worker kept a closed segment mapped"
+            time.sleep(0.2)
