@@ -231,3 +231,59 @@ def test_room_check_compares_every_limit(monkeypatch: pytest.MonkeyPatch, privat
     with pytest.raises(InsufficientMemoryError, match="tmpfs"):
         _capacity.check_room("x", free + (1 << 30), shm_dir=str(private_shm))
     _capacity.check_room("x", free + (1 << 30))  # memfd: no tmpfs bound
+
+
+# -- cgroup v1 and v2 as the kernel shows them (a fake tree: this machine has only one kind) --
+
+
+def _fake_cgroups(tmp: Path, version: int) -> None:
+    if version == 1:
+        (tmp / "proc").write_text("4:memory:/pods/job\n3:cpuset:/\n0::/\n")
+        top = tmp / "fs" / "memory" / "pods"
+        (top / "job").mkdir(parents=True)
+        (top / "memory.limit_in_bytes").write_text(str(512 << 20))  # the ancestor is tighter
+        (top / "memory.usage_in_bytes").write_text(str(300 << 20))
+        (top / "memory.stat").write_text(f"cache 0\ntotal_inactive_file {50 << 20}\n")
+        (top / "job" / "memory.limit_in_bytes").write_text("9223372036854771712")  # v1's "no limit"
+        (top / "job" / "memory.usage_in_bytes").write_text(str(100 << 20))
+        (top / "job" / "memory.stat").write_text("total_inactive_file 0\n")
+    else:
+        (tmp / "proc").write_text("0::/pods/job\n")
+        root = tmp / "fs"
+        (root / "pods" / "job").mkdir(parents=True)
+        (root / "cgroup.controllers").write_text("cpu io memory pids\n")
+        (root / "pods" / "memory.max").write_text("max\n")
+        (root / "pods" / "memory.current").write_text(str(900 << 20))
+        (root / "pods" / "job" / "memory.max").write_text(str(256 << 20))
+        (root / "pods" / "job" / "memory.current").write_text(str(200 << 20))
+        (root / "pods" / "job" / "memory.stat").write_text(f"anon 1\ninactive_file {40 << 20}\n")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_cgroup_limits_are_read_for_v1_and_v2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    from nocopy._cli import _doctor
+    from nocopy.errors import InsufficientMemoryError
+
+    _fake_cgroups(tmp_path, version)
+    monkeypatch.setattr(_capacity, "_PROC_CGROUP", tmp_path / "proc")
+    monkeypatch.setattr(_capacity, "_CGROUP_FS", tmp_path / "fs")
+    lim = _capacity.cgroup_memory()
+    assert lim is not None
+    if version == 1:
+        # 512 MB limit on the ancestor, 300 MB used of which 50 MB reclaimable cache.
+        assert (lim.total, lim.available) == (512 << 20, (512 - 250) << 20)
+        assert "cgroup v1 memory.limit_in_bytes" in lim.name and lim.name.endswith("pods)")
+    else:
+        assert (lim.total, lim.available) == (256 << 20, (256 - 160) << 20)
+        assert "cgroup v2 memory.max" in lim.name and lim.name.endswith("job)")
+    monkeypatch.setattr(_capacity, "mem_available", lambda: None)
+    with pytest.raises(InsufficientMemoryError, match="cgroup") as info:
+        _capacity.check_room("an array", lim.available + 1)
+    assert info.value.available == lim.available
+    _capacity.check_room("an array", lim.available)
+
+    # nocopy doctor shows this process's own cgroup, with its usage.
+    (own,) = _doctor._cgroups()
+    assert own["version"] == version and own["path"].endswith("job")
+    assert own["limit"] == (None if version == 1 else 256 << 20)
+    assert own["usage"] == (100 << 20 if version == 1 else 200 << 20)

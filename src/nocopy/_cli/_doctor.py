@@ -87,12 +87,12 @@ def _cgroups() -> list[dict[str, Any]]:
     for version, rel in _capacity._cgroup_paths():
         parts = [p for p in rel.split("/") if p]
         if version == 1:
-            d = Path("/sys/fs/cgroup/memory").joinpath(*parts)
+            d = (_capacity._CGROUP_FS / "memory").joinpath(*parts)
             limit_file, usage_file = "memory.limit_in_bytes", "memory.usage_in_bytes"
         else:
-            root = Path("/sys/fs/cgroup")
+            root = _capacity._CGROUP_FS
             if not (root / "cgroup.controllers").exists():
-                root = Path("/sys/fs/cgroup/unified")
+                root = _capacity._CGROUP_FS / "unified"
             d = root.joinpath(*parts)
             limit_file, usage_file = "memory.max", "memory.current"
         if not (d / usage_file).exists():

@@ -27,6 +27,11 @@ _FIX_MEMORY = (
 )
 
 
+# Where the kernel shows them (module attributes so tests can point at a fake tree).
+_CGROUP_FS = Path("/sys/fs/cgroup")
+_PROC_CGROUP = Path("/proc/self/cgroup")
+
+
 @dataclass(frozen=True)
 class Limit:
     """One memory limit: what it is, its size and what is free under it."""
@@ -53,7 +58,7 @@ def _read_int(path: Path) -> int | None:
 
 def _cgroup_paths() -> list[tuple[int, str]]:
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = _PROC_CGROUP.read_text().splitlines()
     except OSError:
         return []
     out = []
@@ -88,9 +93,9 @@ def cgroup_memory() -> Limit | None:
     """
     best: Limit | None = None
     for version, rel in _cgroup_paths():
-        root = Path("/sys/fs/cgroup") if version == 2 else Path("/sys/fs/cgroup/memory")
+        root = _CGROUP_FS if version == 2 else _CGROUP_FS / "memory"
         if version == 2 and not (root / "cgroup.controllers").exists():
-            root = Path("/sys/fs/cgroup/unified")
+            root = _CGROUP_FS / "unified"
         rel_parts = [p for p in rel.split("/") if p]
         # Walk from our cgroup up to the root: any ancestor's limit applies.
         for depth in range(len(rel_parts), -1, -1):
