@@ -12,7 +12,7 @@ Example::
 from . import errors
 from ._executor import ProcessPoolExecutor
 from ._explain import Explanation, explain
-from ._inventory import Segment, cleanup, segments
+from ._inventory import cleanup, segments
 from ._map import parallel_map
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
@@ -20,7 +20,6 @@ from ._version import __version__
 __all__ = [
     "Explanation",
     "ProcessPoolExecutor",
-    "Segment",
     "Shared",
     "__version__",
     "attach",
