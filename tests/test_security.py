@@ -98,7 +98,7 @@ def test_names_and_tokens_carry_128_random_bits(shm: Path) -> None:
 # -- uid checks ------------------------------------------------------------------------------
 
 AS_NOBODY = """
-import json, os, sys
+import hmac, json, os, sys  # hmac: imported lazily by the header check; /root is closed to uid 65534
 import nocopy
 from nocopy._store import _fdserver
 from nocopy.errors import NocopyError
