@@ -68,9 +68,10 @@ def seed_table(result: dict[str, Any]) -> str:
     floor_extra = result["floor"]["extra"]
     if floor_extra.get("memcpy_shm_s"):
         notes.append(
-            "floor: memcpy into fresh shared memory "
-            f"{floor_extra['memcpy_shm_s']['median']:.3f} s + nansum {floor_extra['nansum_s']['median']:.3f} s "
-            f"(the same copy into fresh private memory: {floor_extra['memcpy_private_s']['median']:.3f} s)"
+            "floor: copy into fresh shared memory (pwrite into a memfd) "
+            f"{floor_extra['memcpy_shm_s']['median']:.3f} s + nansum {floor_extra['nansum_s']['median']:.3f} s; "
+            f"for reference, memcpy through a fresh shared mapping {floor_extra['memcpy_shm_mapped_s']['median']:.3f} s, "
+            f"into fresh private memory {floor_extra['memcpy_private_s']['median']:.3f} s"
         )
     notes.append(
         f"peak memory: Σ PSS of the parent and all its descendants + shared memory, each page once "
