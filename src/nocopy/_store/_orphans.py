@@ -44,8 +44,12 @@ class PosixFile:
 
 
 def lock_owned(fd: int) -> None:
-    """Mark *fd*'s segment as held (called by the owner right after creating it)."""
-    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    """Mark *fd*'s segment as held (called by the owner right after creating it).
+
+    Blocking on purpose: a reclaim probe holds its exclusive lock only for
+    microseconds, and failing here would leave the new file behind.
+    """
+    fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def scan(directory: str) -> list[PosixFile]:
