@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -54,6 +55,9 @@ _INSTALL = "pip install 'nocopy[pandas]'"
 # (JSON) and come back exactly; longer ones of strings go through Arrow.
 _INLINE_INDEX_MAX = 100_000
 _JSON_SCALARS = (str, int, float, bool, type(None))
+# Time zone names from a header: IANA keys (optionally "dateutil/"-prefixed), never paths.
+_TZ_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-/]{0,63}$")
+_UNITS = ("s", "ms", "us", "ns")
 
 
 def _pd() -> Any:
@@ -82,7 +86,7 @@ def _tz_to_json(tz: Any) -> Any:
 
 
 def _tz_from_json(dec: Decoder, spec: Any) -> Any:
-    if isinstance(spec, str):
+    if isinstance(spec, str) and _TZ_NAME.match(spec) and ".." not in spec:
         return spec
     if isinstance(spec, dict) and type(spec.get("offset")) is int and abs(spec["offset"]) < 86400:
         if spec["offset"] == 0:
@@ -178,7 +182,7 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
     pd = _pd()
     dtype = values.dtype
     na = "nan" if dtype.na_value is not pd.NA else "NA"
-    if dtype.storage == "pyarrow":
+    if dtype.storage in ("pyarrow", "pyarrow_numpy"):  # pyarrow_numpy: pandas 2.x's str
         enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
         try:
             chunked = values._pa_array
@@ -236,6 +240,8 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     if kind == "pd.dt":
         DatetimeArray = _mod("pandas.core.arrays").DatetimeArray
         data = _decode_nd(dec, node["v"], "M")
+        if np.datetime_data(data.dtype)[0] not in _UNITS:
+            raise dec.corrupt(f"pandas has no {data.dtype} datetimes")
         if "tz" in node:
             unit = np.datetime_data(data.dtype)[0]
             tzdtype = pd.DatetimeTZDtype(unit=unit, tz=_tz_from_json(dec, node["tz"]))
@@ -244,6 +250,8 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     if kind == "pd.td":
         TimedeltaArray = _mod("pandas.core.arrays").TimedeltaArray
         data = _decode_nd(dec, node["v"], "m")
+        if np.datetime_data(data.dtype)[0] not in _UNITS:
+            raise dec.corrupt(f"pandas has no {data.dtype} timedeltas")
         return TimedeltaArray._simple_new(data, dtype=data.dtype)
     if kind == "pd.masked":
         dtype = pd.api.types.pandas_dtype(_str(dec, node, "dt"))
@@ -269,8 +277,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         if na not in ("nan", "NA"):
             raise dec.corrupt(f"bad string na {na!r:.20}")
         chunked = _decode_sub(dec, node, "s", "pa.lstr")
-        dtype = pd.StringDtype("pyarrow", na_value=np.nan if na == "nan" else pd.NA)
-        return pd.arrays.ArrowStringArray(chunked, dtype=dtype)
+        return pd.arrays.ArrowStringArray(chunked, dtype=_arrow_string_dtype(pd, na))
     if kind == "pd.arrow":
         chunked = _decode_sub(dec, node, "v", "pa.ipc")
         if not isinstance(chunked, _arrow.pyarrow().ChunkedArray):
@@ -299,6 +306,13 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     if out is None and kind == "py":
         return np.full(0, None, dtype=object)  # a placeholder left by explain()
     raise dec.corrupt(f"column node {kind!r:.30} does not hold a 1-d array")
+
+
+def _arrow_string_dtype(pd: Any, na: str) -> Any:
+    try:
+        return pd.StringDtype("pyarrow", na_value=np.nan if na == "nan" else pd.NA)
+    except TypeError:  # pragma: no cover - pandas < 2.3 spells the NaN flavour as a storage
+        return pd.StringDtype("pyarrow_numpy" if na == "nan" else "pyarrow")
 
 
 def _own_base(values: Any) -> Any:
@@ -481,7 +495,6 @@ def _encode_frame(enc: Encoder, df: Any, path: str) -> dict[str, Any]:
 
 
 def _decode_frame(dec: Decoder, node: dict[str, Any]) -> Any:
-    create_dataframe_from_blocks = _mod("pandas.api.internals").create_dataframe_from_blocks
     index = decode_index(dec, node.get("index"))
     columns = decode_index(dec, node.get("columns"))
     cols = node.get("cols")
@@ -495,7 +508,15 @@ def _decode_frame(dec: Decoder, node: dict[str, Any]) -> Any:
         if isinstance(values, np.ndarray):
             values = values.reshape(1, -1)  # a (1, rows) view: a block of its own
         blocks.append((values, np.array([i], dtype=np.intp)))
-    df = create_dataframe_from_blocks(blocks, index=index, columns=columns)
+    try:
+        from_blocks = _mod("pandas.api.internals").create_dataframe_from_blocks
+    except (ImportError, AttributeError):  # pragma: no cover - pandas < 3
+        pd = _pd()
+        arrays = {i: v[0] if isinstance(v, np.ndarray) else v for i, (v, _) in enumerate(blocks)}
+        df = pd.DataFrame(arrays, index=index, copy=False)
+        df.columns = columns
+    else:
+        df = from_blocks(blocks, index=index, columns=columns)
     return _apply_meta(dec, df, node)
 
 
