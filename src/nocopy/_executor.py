@@ -515,12 +515,13 @@ def _fn_name(fn: Any) -> str:
 class _Call:
     """Parent side of one task; pickles (in the queue feeder thread) into a _WorkerCall."""
 
-    __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "tag", "task_id", "threshold")
+    __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "name", "tag", "task_id", "threshold")
 
     def __init__(
         self, fn: Any, args: Any, kwargs: Any, task_id: int, threshold: int, address: str, tag: str,
-        has_handles: bool,
+        has_handles: bool, name: str | None = None,
     ) -> None:
+        self.name = name
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -530,12 +531,24 @@ class _Call:
         self.tag = tag
         self.has_handles = has_handles
 
+    def fn_name(self) -> str:
+        return self.name if self.name is not None else _fn_name(self.fn)
+
     def __reduce__(self) -> tuple[Any, ...]:
         buf = io.BytesIO()
-        ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump((self.fn, self.args, self.kwargs))
+        try:
+            ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump((self.fn, self.args, self.kwargs))
+        except BaseException as exc:
+            exc.add_note(
+                f"nocopy: while pickling task #{self.task_id} ({self.fn_name()}) to send it to "
+                "a worker. The function must be importable by the workers (defined at module "
+                "level: not a lambda, closure or method of a local class) and every argument "
+                "picklable or shareable."
+            )
+            raise
         return (
             _rebuild_worker_call,
-            (buf.getvalue(), self.task_id, _fn_name(self.fn), self.threshold, self.address,
+            (buf.getvalue(), self.task_id, self.fn_name(), self.threshold, self.address,
              self.tag, self.has_handles),
         )
 
@@ -582,7 +595,7 @@ class _TaskFuture(Future[Any]):
         if self._label is not None:
             return self._label
         call = self._call
-        return f"task #{self._task_id} ({_fn_name(call.fn) if call is not None else '?'})"
+        return f"task #{self._task_id} ({call.fn_name() if call is not None else '?'})"
 
     def cancel(self) -> bool:
         inner = self._inner
@@ -722,7 +735,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         """
         return self._submit(None, fn, args, kwargs)
 
-    def _submit(self, label: str | None, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+    def _submit(
+        self, label: str | None, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+        name: str | None = None,
+    ) -> Future[Any]:
         if self._broken:
             raise self._crash_error(None, None)
         found = [False]
@@ -730,7 +746,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         kwargs2 = self._prepare(kwargs, 0, found) if kwargs else kwargs
         call = _Call(
             fn, args2, kwargs2, next(self._task_ids), self._share_threshold,
-            _get_inbox().address, self._tag, found[0],
+            _get_inbox().address, self._tag, found[0], name,
         )
         future = _TaskFuture(self, call, label)
         try:

@@ -60,7 +60,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._executor import ProcessPoolExecutor
+from ._executor import ProcessPoolExecutor, _fn_name
 from ._shared import Shared, share
 from .errors import UnsupportedTypeError
 
@@ -221,7 +221,8 @@ def _warm_process_pool(workers: int) -> ProcessPoolExecutor:
         pool = _process_pools.get(key)
         if pool is None or pool._broken or pool._shutdown_thread:
             if pool is not None:
-                pool.shutdown(wait=False)
+                # Its workers are dead or stopping: waiting is short, and frees its segments now.
+                pool.shutdown(wait=True)
             pool = ProcessPoolExecutor(workers, mp_context=ctx)
             _process_pools[key] = pool
         return pool
@@ -291,7 +292,10 @@ class ProcessBackend(MapBackend):
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
         pool = self._pool
         if isinstance(pool, ProcessPoolExecutor):
-            return pool._submit(f"chunk {index} (rows {start}:{stop})", _run_chunk, (fn, source, start, stop), {})
+            return pool._submit(
+                f"chunk {index} (rows {start}:{stop})", _run_chunk, (fn, source, start, stop), {},
+                name=f"parallel_map({_fn_name(fn)})",
+            )
         return pool.submit(_run_chunk, fn, source, start, stop)
 
     def release(self, source: Any) -> None:
