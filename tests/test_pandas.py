@@ -14,6 +14,7 @@ import pandas.testing as tm
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import nocopy
 from conftest import run_python
@@ -172,13 +173,20 @@ def test_hypothesis_round_trip_300_frames_through_a_spawned_worker(spawn_pool: A
     seen = []
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(df=dataframes())
-    def check(df: pd.DataFrame) -> None:
+    @given(df=dataframes(), rows=st.sampled_from([slice(None), slice(None, None, 2), slice(1, -1), slice(None, None, -1)]))
+    def check(df: pd.DataFrame, rows: slice) -> None:
         seen.append(1)
-        expected = expected_after_share(df)
-        with nocopy.share(df) as ref:
-            [error] = spawn_pool.apply(worker_roundtrip_many, ([(ref, pickle.dumps(expected))],))
-        assert error is None, f"{error}\nframe:\n{df!r}\ndtypes:\n{df.dtypes}"
+        # Row slices make strided NumPy columns and offset Arrow arrays.
+        df = df.iloc[rows]
+        objs = [df] + ([df.iloc[:, 0]] if df.shape[1] else [])
+        refs = [nocopy.share(o) for o in objs]
+        try:
+            batch = [(r, pickle.dumps(expected_after_share(o))) for r, o in zip(refs, objs, strict=True)]
+            errors = spawn_pool.apply(worker_roundtrip_many, (batch,))
+        finally:
+            for r in refs:
+                r.close()
+        assert errors == [None] * len(objs), f"{errors}\nframe:\n{df!r}\ndtypes:\n{df.dtypes}"
 
     check()
     assert len(seen) >= 300
@@ -392,12 +400,13 @@ def _buffer(mem: np.ndarray, header: Any, index: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("trusted", [True, False])
-def test_corrupt_string_offsets_are_refused(trusted: bool) -> None:
-    df = pd.DataFrame({"s": pd.array(["abc", "de", None, "f"] * 10, dtype="str")})
+@pytest.mark.parametrize(("rows", "where"), [(40, 5), (1_500_000, 1_300_000)], ids=["small", "second-block"])
+def test_corrupt_string_offsets_are_refused(trusted: bool, rows: int, where: int) -> None:
+    df = pd.DataFrame({"s": pd.array(["abc", "de", None, "f"] * (rows // 4), dtype="str")})
     mem, header = _planted(df)
     chunk = header.tree["cols"][0]["s"]["chunks"][0]
     offsets = _buffer(mem, header, chunk["o"]).view(np.int64)
-    offsets[5] = 1 << 40
+    offsets[where] = offsets[-1] - 1  # in bounds, but out of order
     with pytest.raises(SegmentCorruptError, match="offsets"):
         decode_buffer(mem, trusted=trusted)
 

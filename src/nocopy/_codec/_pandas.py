@@ -116,7 +116,8 @@ def encode_values(enc: Encoder, values: Any, path: str, label: str) -> Any:
     if isinstance(values, np.ndarray):
         if values.dtype.hasobject:
             return _encode_object_column(enc, values, path, label)
-        enc.note(path, dname, "zero-copy")
+        contiguous = values.flags.c_contiguous
+        enc.note(path, dname, "zero-copy", "" if contiguous else "strided (a row of a 2-d block): gathered once at share")
         return _nd(enc, values, path)
 
     if isinstance(values, pd.arrays.DatetimeArray):
