@@ -339,7 +339,7 @@ def test_futures_cancel_wait_and_as_completed_like_the_stdlib() -> None:
         queued = [ex.submit(sleep_then, 0.0) for _ in range(4)]
         assert queued[-1].cancel() and queued[-1].cancelled()
         done, not_done = concurrent.futures.wait([running, *queued], timeout=30)
-        assert not not_done
+        assert len(done) == 5 and not not_done
         assert [f.result() for f in concurrent.futures.as_completed(queued[:-1])] == [0.0] * 3
         assert running.result() == 0.5 and not running.running()
         with pytest.raises(concurrent.futures.CancelledError):
@@ -367,3 +367,17 @@ def test_explicit_shared_stays_mapped_between_tasks_until_its_owner_closes_it() 
         while ex.submit(mapped_in_this_worker, ref.name).result():
             assert time.monotonic() < deadline, "the worker kept a closed segment mapped"
             time.sleep(0.2)
+
+
+def scaled_sum(arr: np.ndarray, factor: float) -> tuple[float, str | None]:
+    return float(arr.sum()) * factor, nocopy_mapping_of(arr)
+
+
+def test_data_bound_in_a_partial_is_shared_too() -> None:
+    import functools
+
+    arr = np.ones(MiB // 4)  # 2 MiB
+    with nocopy.ProcessPoolExecutor(2) as ex:
+        got = list(ex.map(functools.partial(scaled_sum, arr), [1.0, 2.0, 3.0], chunksize=2))
+    assert [g[0] for g in got] == [arr.size * 1.0, arr.size * 2.0, arr.size * 3.0]
+    assert len({g[1] for g in got}) == 1 and got[0][1] is not None

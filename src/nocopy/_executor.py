@@ -440,6 +440,10 @@ def _unwrap(value: Any, depth: int) -> Any:
         return items if t is list else tuple(items)
     if depth < _MAX_DEPTH and t is dict:
         return {k: _unwrap(v, depth + 1) for k, v in value.items()}
+    if depth < _MAX_DEPTH and t is functools.partial:
+        return functools.partial(
+            _unwrap(value.func, depth + 1), *_unwrap(value.args, depth + 1), **_unwrap(value.keywords, depth + 1)
+        )
     return value
 
 
@@ -475,6 +479,8 @@ class _WorkerCall:
                 )
                 raise
             if self.has_handles:
+                if type(fn) is functools.partial:
+                    fn = _unwrap(fn, 0)
                 args = _unwrap(args, 0)
                 kwargs = _unwrap(kwargs, 0)
             result = fn(*args, **kwargs)
@@ -744,8 +750,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         found = [False]
         args2 = self._prepare(args, 0, found) if args else args
         kwargs2 = self._prepare(kwargs, 0, found) if kwargs else kwargs
+        # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
+        fn2 = self._prepare(fn, 0, found) if type(fn) is functools.partial else fn
         call = _Call(
-            fn, args2, kwargs2, next(self._task_ids), self._share_threshold,
+            fn2, args2, kwargs2, next(self._task_ids), self._share_threshold,
             _get_inbox().address, self._tag, found[0], name,
         )
         future = _TaskFuture(self, call, label)
@@ -773,6 +781,13 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             if all(new[k] is v for k, v in value.items()):
                 return value
             return new
+        if depth < _MAX_DEPTH and t is functools.partial:
+            func = self._prepare(value.func, depth + 1, found)
+            pargs = self._prepare(value.args, depth + 1, found)
+            pkw = self._prepare(value.keywords, depth + 1, found)
+            if func is value.func and pargs is value.args and pkw is value.keywords:
+                return value
+            return functools.partial(func, *pargs, **pkw)
         nbytes = _data_nbytes(value)
         if nbytes is None or nbytes < self._share_threshold:
             return value
