@@ -184,11 +184,14 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
     dtype = values.dtype
     na = "nan" if dtype.na_value is not pd.NA else "NA"
     if dtype.storage in ("pyarrow", "pyarrow_numpy"):  # pyarrow_numpy: pandas 2.x's str
-        enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
         try:
             chunked = values._pa_array
         except AttributeError:
             chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
+        if _arrow.pyarrow().types.is_large_string(chunked.type):
+            enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
+        else:
+            enc.note(path, str(dtype), "converted", f"Arrow {chunked.type} widened once to large_string at share")
     else:
         enc.note(
             path, str(dtype), "converted",
@@ -527,7 +530,7 @@ def _encode_series(enc: Encoder, s: Any, path: str) -> dict[str, Any]:
         "k": "pd.series",
         "index": encode_index(enc, s.index, index_path, "index"),
         "name": enc.encode(s.name, f"{path}.name"),
-        "v": encode_values(enc, s._values, path or "<series>", f"Series {s.name!r}"),
+        "v": encode_values(enc, s._values, path, f"Series {s.name!r}"),
     }
     _encode_meta(enc, s, path, node)
     return node
