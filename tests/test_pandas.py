@@ -491,3 +491,19 @@ def test_attach_from_an_unrelated_process_gives_an_equal_frame() -> None:
         """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "equal"
+
+
+def test_reading_a_frame_without_pandas_names_the_extra() -> None:
+    df = pd.DataFrame({"a": np.arange(3.0)})
+    with nocopy.share(df) as ref:
+        out = run_python(f"""
+            import sys
+            sys.modules["pandas"] = None   # as if pandas were not installed
+            import nocopy
+            try:
+                nocopy.attach({ref.uri!r}).get()
+            except ImportError as exc:
+                print("ImportError:", exc)
+        """)
+    assert out.returncode == 0, out.stderr
+    assert "ImportError:" in out.stdout and "pip install 'nocopy[pandas]'" in out.stdout
