@@ -116,15 +116,23 @@ class _ShareCache:
         self._lock = threading.RLock()
         self._warned = False
 
+    def cached(self, value: Any) -> tuple[bool, Shared[Any] | None]:
+        """(known?, its Shared or None): a repeat argument skips even measuring its size."""
+        with self._lock:
+            entry = self._entries.get(id(value))
+        if entry is not None:
+            ref, shared = entry
+            held = ref() if isinstance(ref, weakref.ref) else ref
+            if held is value:
+                return True, shared
+        return False, None
+
     def lookup(self, value: Any) -> Shared[Any] | None:
         key = id(value)
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                ref, shared = entry
-                held = ref() if isinstance(ref, weakref.ref) else ref
-                if held is value:
-                    return shared
+            known, shared = self.cached(value)
+            if known:
+                return shared
             shared = self._share(value)
             try:
                 ref = weakref.ref(value, functools.partial(self._forget, key))
@@ -788,10 +796,12 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             if func is value.func and pargs is value.args and pkw is value.keywords:
                 return value
             return functools.partial(func, *pargs, **pkw)
-        nbytes = _data_nbytes(value)
-        if nbytes is None or nbytes < self._share_threshold:
-            return value
-        shared = self._cache.lookup(value)
+        known, shared = self._cache.cached(value)
+        if not known:
+            nbytes = _data_nbytes(value)
+            if nbytes is None or nbytes < self._share_threshold:
+                return value
+            shared = self._cache.lookup(value)
         if shared is None:
             return value
         found[0] = True
