@@ -11,14 +11,13 @@ Example::
 
 from . import errors
 from ._executor import ProcessPoolExecutor
-from ._explain import Explanation, explain
+from ._explain import explain
 from ._inventory import cleanup, segments
 from ._map import parallel_map
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
-    "Explanation",
     "ProcessPoolExecutor",
     "Shared",
     "__version__",
