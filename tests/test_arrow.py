@@ -221,3 +221,48 @@ def test_corrupt_ipc_stream_is_refused_not_crashed(trusted: bool, where: str) ->
         return
     # Some bytes are padding or plain values: then the data must still be valid Arrow.
     got.validate(full=True)
+
+
+def test_random_corruption_of_an_arrow_table_never_crashes() -> None:
+    """Byte flips anywhere in the IPC stream of a table of every type: decode succeeds
+    (and the data passes full validation) or raises SegmentCorruptError. A fresh
+    interpreter, so that a segfault fails the test instead of pytest."""
+    import json
+    import os
+
+    from conftest import run_python
+
+    out = run_python(f"""
+        import json, random, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np, pyarrow as pa
+        from test_arrow import _table
+        from nocopy._codec._buffer import decode_buffer, plan
+        from nocopy._codec._layout import parse_header
+        from nocopy.errors import SegmentCorruptError
+        p = plan(_table())
+        clean = np.zeros(p.size, dtype=np.uint8)
+        p.write_into(clean)
+        header = parse_header(clean.data, name="t", token=bytes(clean[16:32]), size=p.size)
+        rng = random.Random(2)
+        outcomes = {{"ok": 0, "refused": 0, "garbage": 0}}
+        for i in range(400):
+            mem = clean.copy()
+            for _ in range(rng.randint(1, 3)):
+                mem[rng.randrange(header.data_offset, p.size)] = rng.randrange(256)
+            try:
+                got = decode_buffer(mem, trusted=bool(i % 2))
+            except SegmentCorruptError:
+                outcomes["refused"] += 1
+                continue
+            outcomes["ok"] += 1
+            got.validate(full=True)
+            try:
+                got.to_pylist()
+            except (ValueError, OverflowError, pa.ArrowException):
+                outcomes["garbage"] += 1
+        print(json.dumps(outcomes))
+    """, timeout=240)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    outcomes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert outcomes["ok"] + outcomes["refused"] == 400 and outcomes["refused"] > 20, outcomes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import pickle
@@ -507,3 +508,55 @@ def test_reading_a_frame_without_pandas_names_the_extra() -> None:
         """)
     assert out.returncode == 0, out.stderr
     assert "ImportError:" in out.stdout and "pip install 'nocopy[pandas]'" in out.stdout
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_random_corruption_never_crashes(trusted: bool) -> None:
+    """Flip bytes in the header and in the data of a frame with every offset-bearing
+    column kind; each decode must succeed or raise SegmentCorruptError, never crash.
+    Runs in a fresh interpreter so that a segfault fails the test instead of pytest."""
+    out = run_python(f"""
+        import json, random, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import numpy as np, pandas as pd, pyarrow as pa
+        from nocopy._codec._buffer import decode_buffer, plan
+        from nocopy._codec._layout import PREFIX, parse_header
+        from nocopy.errors import SegmentCorruptError
+        df = pd.DataFrame({{
+            "s": pd.array(["abc", None, "dé", ""] * 8, dtype="str"),
+            "o": pd.Series(["x", "yy", None, "z"] * 8, dtype=object),
+            "c": pd.Categorical(list("abcd") * 8),
+            "l": pd.array(pa.array([[1], None, [2, 3], []] * 8), dtype=pd.ArrowDtype(pa.list_(pa.int64()))),
+            "m": pd.array([1, None, 3, 4] * 8, dtype="Int64"),
+            "t": pd.date_range("2020", periods=32, tz="Europe/Paris"),
+        }}, index=pd.MultiIndex.from_product([list("ab"), range(16)]))
+        p = plan(df)
+        clean = np.zeros(p.size, dtype=np.uint8)
+        p.write_into(clean)
+        header = parse_header(clean.data, name="t", token=bytes(clean[16:32]), size=p.size)
+        rng = random.Random(1)
+        outcomes = {{"ok": 0, "refused": 0}}
+        for i in range(600):
+            mem = clean.copy()
+            if i % 2:   # data area: offsets, codes, IPC metadata...
+                for _ in range(rng.randint(1, 4)):
+                    mem[rng.randrange(header.data_offset, p.size)] = rng.randrange(256)
+            else:       # header JSON: change one digit (lengths, indices, counts)
+                start, end = PREFIX.size, header.data_offset
+                digits = [j for j in range(start, end) if 48 <= mem[j] <= 57]
+                mem[rng.choice(digits)] = rng.randrange(48, 58)
+            try:
+                got = decode_buffer(mem, trusted={trusted!r})
+            except SegmentCorruptError:
+                outcomes["refused"] += 1
+                continue
+            outcomes["ok"] += 1
+            try:
+                got.to_string()   # read everything: garbage values may not format, but must not crash
+            except (ValueError, OverflowError, NotImplementedError, pa.ArrowException):
+                outcomes["garbage"] = outcomes.get("garbage", 0) + 1
+        print(json.dumps(outcomes))
+    """, timeout=240)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    outcomes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert outcomes["ok"] + outcomes["refused"] == 600 and outcomes["refused"] > 50, outcomes
