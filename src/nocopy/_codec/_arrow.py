@@ -22,6 +22,7 @@ pyarrow is imported lazily: ``import nocopy`` never imports it.
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "encode",
     "encode_large_strings",
     "encode_object_strings",
+    "guard",
     "is_string_array",
     "pyarrow",
     "to_large_strings",
@@ -383,12 +385,28 @@ def _dec_buf(dec: Decoder, node: dict[str, Any]) -> Any:
     return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node["b"]))
 
 
+def guard(fn: Any) -> Any:
+    """*fn* with Arrow's own errors (e.g. invalid UTF-8 met while pandas checks
+    categories) reported as a corrupt segment, like every other decoding error."""
+
+    def run(dec: Decoder, node: dict[str, Any]) -> Any:
+        try:
+            return fn(dec, node)
+        except Exception as exc:
+            pa = sys.modules.get("pyarrow")
+            if pa is not None and isinstance(exc, pa.ArrowException) and not isinstance(exc, ValueError | TypeError):
+                raise dec.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+            raise
+
+    return run
+
+
 def _register() -> None:
     from ._core import register_decoder
 
-    register_decoder("pa.ipc", decode_ipc)
-    register_decoder("pa.lstr", decode_large_strings)
-    register_decoder("pa.objstr", _dec_objstr)
+    register_decoder("pa.ipc", guard(decode_ipc))
+    register_decoder("pa.lstr", guard(decode_large_strings))
+    register_decoder("pa.objstr", guard(_dec_objstr))
     register_decoder("pa.buf", _dec_buf)
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import re
-import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -600,27 +599,11 @@ def _dec_array(dec: Decoder, node: dict[str, Any]) -> Any:
     return decode_values(dec, node.get("v"))
 
 
-def _guard(fn: Any) -> Any:
-    """*fn* with Arrow's own errors (e.g. invalid UTF-8 met while pandas checks
-    categories) reported as a corrupt segment, like every other decoding error."""
-
-    def run(dec: Decoder, node: dict[str, Any]) -> Any:
-        try:
-            return fn(dec, node)
-        except Exception as exc:
-            pa = sys.modules.get("pyarrow")
-            if pa is not None and isinstance(exc, pa.ArrowException) and not isinstance(exc, ValueError | TypeError):
-                raise dec.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
-            raise
-
-    return run
-
-
 def _register() -> None:
     from ._core import register_decoder as _register_decoder
 
     def register_decoder(kind: str, fn: Any) -> None:
-        _register_decoder(kind, _guard(fn))
+        _register_decoder(kind, _arrow.guard(fn))
 
     register_decoder("pd.df", _decode_frame)
     register_decoder("pd.series", _decode_series)
