@@ -73,13 +73,18 @@ def _children() -> set[int]:
 
 
 def _helpers() -> set[int]:
-    """multiprocessing's and loky's resource trackers: started once, kept for the process's life."""
+    """Resource trackers (multiprocessing's, loky's) and the forkserver: started once, kept."""
     pids = set()
     from multiprocessing import resource_tracker
 
     pid = getattr(resource_tracker._resource_tracker, "_pid", None)
     if pid:
         pids.add(pid)
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is not None:
+        pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+        if pid:
+            pids.add(pid)
     loky = sys.modules.get("joblib.externals.loky.backend.resource_tracker")
     if loky is not None:
         pid = getattr(getattr(loky, "_resource_tracker", None), "_pid", None)
