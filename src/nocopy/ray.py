@@ -32,10 +32,12 @@ then copies once into the store; the temporary is freed right after.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
@@ -56,6 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 from ._codec._buffer import decode_buffer, plan
 from ._codec._layout import MAGIC
 from ._map import MapBackend, take_rows
+from ._shared import Shared
 from .errors import SegmentCorruptError, WorkerCrashedError
 
 __all__ = ["RayMapBackend", "Ref", "connect_or_start", "get", "put"]
@@ -275,6 +278,9 @@ class RayMapBackend(MapBackend):
 
     def prepare(self, data: Any) -> Ref[Any]:
         connect_or_start(num_cpus=self.workers)
+        if isinstance(data, Shared):
+            # A Shared lives in this machine's memory; other nodes need it in the store.
+            data = data.get()
         return put(data)
 
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
@@ -291,11 +297,28 @@ class RayMapBackend(MapBackend):
         task = f"chunk {index} (rows {start}:{stop})"
 
         def settle(done: Future[Any]) -> None:
+            if out.cancelled():
+                return
             try:
-                out.set_result(done.result())
+                result = done.result()
             except BaseException as exc:  # every failure goes to the caller
-                out.set_exception(_local_exception(exc, task))
+                try:
+                    local = _local_exception(exc, task)
+                except Exception:  # never leave the caller waiting on an unsettled future
+                    local = exc
+                with contextlib.suppress(InvalidStateError):
+                    out.set_exception(local)
+            else:
+                with contextlib.suppress(InvalidStateError):
+                    out.set_result(result)
 
+        def cancel_task(fut: Future[Any]) -> None:
+            # parallel_map cancels the other chunks when one fails.
+            if fut.cancelled():
+                with contextlib.suppress(Exception):
+                    ray.cancel(object_ref)
+
+        out.add_done_callback(cancel_task)
         object_ref.future().add_done_callback(settle)
         return out
 
@@ -315,6 +338,9 @@ class RayMapBackend(MapBackend):
                 pass
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 class _RemoteTraceback(Exception):
     """Carries a worker's formatted traceback (as concurrent.futures does)."""
 
@@ -331,9 +357,10 @@ def _local_exception(exc: BaseException, task: str) -> BaseException:
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause
         if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
-            cause.__cause__ = _RemoteTraceback(
-                f'\n"""\n{exc.traceback_str.rstrip()}\n(in Ray worker pid {exc.pid}, {task})\n"""'
-            )
+            # str() of a RayTaskError is the worker's traceback, headed by
+            # "ray::fn() (pid=..., ip=...)" in terminal colours.
+            remote = _ANSI.sub("", str(exc)).strip()
+            cause.__cause__ = _RemoteTraceback(f'\n"""\n{remote}\n({task})\n"""')
             return cause
         return exc
     if isinstance(exc, ray.exceptions.WorkerCrashedError | ray.exceptions.OutOfMemoryError):
