@@ -72,19 +72,12 @@ def _na_kind(x: Any) -> int:
     return -1
 
 
-def _null_mask(arr: np.ndarray) -> np.ndarray:
-    try:
-        import pandas as pd
-    except ImportError:
-        return np.fromiter((_na_kind(x) >= 0 for x in arr), dtype=bool, count=len(arr))
-    mask: np.ndarray = pd.isna(arr)
-    return mask
-
-
 def is_string_array(arr: np.ndarray) -> bool:
-    """True if *arr* (1-d, object) holds only ``str`` and missing values (None, NaN, pd.NA).
+    """True if *arr* (1-d, object) holds only ``str`` and missing values.
 
-    An empty or all-missing array counts as strings.
+    An empty or all-missing array counts as strings. (pandas' notion of
+    missing is used: None, NaN, pd.NA, NaT; the conversion to Arrow turns them
+    all into nulls.)
 
     Example::
 
@@ -97,13 +90,7 @@ def is_string_array(arr: np.ndarray) -> bool:
         from pandas.api.types import infer_dtype
     except ImportError:
         return all(isinstance(x, str) or _na_kind(x) >= 0 for x in arr)
-    kind = infer_dtype(arr, skipna=True)
-    if kind not in ("string", "empty"):
-        return False
-    # infer_dtype skips anything pandas calls missing (NaT, Decimal('NaN')...);
-    # only None, NaN and pd.NA are accepted as a string column's nulls.
-    mask = _null_mask(arr)
-    return all(_na_kind(x) >= 0 for x in arr[mask])
+    return infer_dtype(arr, skipna=True) in ("string", "empty")
 
 
 def to_large_strings(arr: np.ndarray) -> Any:
@@ -215,7 +202,7 @@ def decode_large_strings(dec: Decoder, node: dict[str, Any]) -> Any:
     return pa.chunked_array([_decode_string_chunk(dec, pa, c) for c in chunks], type=pa.large_string())
 
 
-def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> dict[str, Any]:
+def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     """Plan a 1-d object ndarray of str: stored once as Arrow large_string.
 
     get() rebuilds an object ndarray (new Python str objects: a copy per
@@ -228,10 +215,17 @@ def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> dict[str,
     )
     if enc.explaining:
         return {"k": "py", "v": None}
-    strings = to_large_strings(arr)
+    pa = pyarrow("sharing strings")
+    try:
+        strings = to_large_strings(arr)
+    except (pa.ArrowException, UnicodeError) as exc:
+        return enc.unsupported(arr, path, f"object array of strings Arrow cannot store ({exc})", dtype="object")
     node: dict[str, Any] = {"k": "pa.objstr", "s": encode_large_strings(enc, strings)}
     if strings.null_count:
-        kinds = np.fromiter((_na_kind(x) for x in arr[_null_mask(arr)]), dtype=np.int8)
+        where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
+        kinds = np.fromiter((_na_kind(x) for x in arr[where]), dtype=np.int8, count=len(where))
+        if (kinds < 0).any():
+            return enc.unsupported(arr, path, "object array of str with missing values other than None/NaN/pd.NA", dtype="object")
         if (kinds == kinds[0]).all():
             node["na"] = int(kinds[0])
         else:
