@@ -100,18 +100,22 @@ def cgroup_memory() -> Limit | None:
         # Walk from our cgroup up to the root: any ancestor's limit applies.
         for depth in range(len(rel_parts), -1, -1):
             d = root.joinpath(*rel_parts[:depth])
+            # The limit first: usage and memory.stat (large, slow to read)
+            # only matter where there is one.
             if version == 2:
                 limit = _read_int(d / "memory.max")
+                if limit is None:
+                    continue
                 usage = _read_int(d / "memory.current")
                 inactive = _stat_value(d / "memory.stat", "inactive_file")
                 name = f"cgroup v2 memory.max ({d})"
             else:
                 limit = _read_int(d / "memory.limit_in_bytes")
+                if limit is None:
+                    continue
                 usage = _read_int(d / "memory.usage_in_bytes")
                 inactive = _stat_value(d / "memory.stat", "total_inactive_file")
                 name = f"cgroup v1 memory.limit_in_bytes ({d})"
-            if limit is None:
-                continue
             avail = max(0, limit - max(0, (usage or 0) - inactive))
             if best is None or avail < best.available:
                 best = Limit(name, limit, avail)
@@ -153,6 +157,9 @@ def raise_no_room(what: str, requested: int, limit: Limit, *, shm_dir: str | Non
     )
 
 
+SMALL_REQUEST = 1 << 20
+
+
 def check_room(what: str, requested: int, *, shm_dir: str | None = None) -> None:
     """Raise InsufficientMemoryError if *requested* bytes do not fit.
 
@@ -162,9 +169,13 @@ def check_room(what: str, requested: int, *, shm_dir: str | None = None) -> None
     limits: list[Limit] = []
     if shm_dir is not None:
         limits.append(tmpfs_room(shm_dir))
-    for lim in (cgroup_memory(), mem_available()):
-        if lim is not None:
-            limits.append(lim)
+    # Reading the cgroup and /proc/meminfo costs ~1 ms; a request below
+    # SMALL_REQUEST cannot get a process OOM-killed on its own, and
+    # posix_fallocate still turns a full tmpfs into ENOSPC.
+    if requested >= SMALL_REQUEST:
+        for lim in (cgroup_memory(), mem_available()):
+            if lim is not None:
+                limits.append(lim)
     for lim in limits:
         if requested > lim.available:
             raise_no_room(what, requested, lim, shm_dir=shm_dir)
