@@ -210,7 +210,7 @@ def test_seed_methods_subset_with_repeats(tmp_path: Path) -> None:
     out = tmp_path / "sub.json"
     proc = run_cli(
         [
-            sys.executable, "-m", "nocopy._bench", "seed", "--rows", "200000", "--repeat", "2",
+            sys.executable, "-m", "nocopy._bench", "seed", "--rows", "200000", "--repeat", "2", "--memory-repeat", "2",
             "--methods", "stdlib,nocopy-executor,threads", "--json", str(out), "--quiet",
         ],
         timeout=200,

@@ -41,7 +41,8 @@ def seed_table(result: dict[str, Any]) -> str:
     cfg, data = result["config"], result["data"]
     lines = [
         f"nocopy bench seed: {data['rows']:,} rows ({fmt_bytes(data['nbytes'])}), {cfg['workers']} workers, "
-        f"start method {cfg['start_method']}; median of {cfg['repeat']} run(s), total with (min-max)",
+        f"start method {cfg['start_method']}; times: median of {cfg['repeat']} run(s), total with (min-max); "
+        f"memory: median of {cfg.get('memory_repeat', cfg['repeat'])} separate run(s)",
         "",
     ]
     head = (

@@ -1,8 +1,9 @@
 """``nocopy bench seed``: the classic experiment, every method, one run, same data.
 
 Each method runs ``repeat`` times for timing (nothing else measuring) and
-``repeat`` times for memory (the sampler process running, tracemalloc on in
-the parent); the two never share a run because sampling perturbs timing.
+``memory_repeat`` times (default: 1; peaks vary far less than times) for
+memory (the sampler process running, tracemalloc on in the parent); the two
+never share a run because sampling perturbs timing.
 Rounds interleave the methods, so a noisy moment hits all of them; Ray runs
 last, because it leaves threads behind in the parent and forking a process
 with threads is unsafe (the fork method).
@@ -49,6 +50,7 @@ class SeedConfig:
     start_method: str = "spawn"
     methods: list[str] | None = None  # None: every method
     repeat: int = 3
+    memory_repeat: int | None = 1  # None: as many as repeat
     interval: float = 0.01  # memory sampling period, seconds
 
 
@@ -227,6 +229,9 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
         raise ValueError(f"--workers must be at least 1, not {cfg.workers}")
     if cfg.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, not {cfg.repeat}")
+    memory_repeat = cfg.repeat if cfg.memory_repeat is None else cfg.memory_repeat
+    if memory_repeat < 1:
+        raise ValueError(f"--memory-repeat must be at least 1, not {memory_repeat}")
     import multiprocessing
 
     if cfg.start_method not in multiprocessing.get_all_start_methods():
@@ -252,17 +257,21 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
     expected = expected_sum(data)
     log(
         f"data: {cfg.rows:,} rows, {fmt_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
-        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} repeat(s)"
+        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} timing and "
+        f"{memory_repeat} memory run(s) per method"
     )
 
     late = [m for m in runnable if m.name == "ray"]
     early = [FLOOR, *(m for m in runnable if m.name != "ray")]
     schedule: list[tuple[Method, str, int]] = []
-    for r in range(cfg.repeat):
-        schedule += [(m, "time", r) for m in early]
-        schedule += [(m, "memory", r) for m in early]
-    for r in range(cfg.repeat):
-        schedule += [(m, kind, r) for m in late for kind in ("time", "memory")]
+    for r in range(max(cfg.repeat, memory_repeat)):
+        if r < cfg.repeat:
+            schedule += [(m, "time", r) for m in early]
+        if r < memory_repeat:
+            schedule += [(m, "memory", r) for m in early]
+    for r in range(max(cfg.repeat, memory_repeat)):
+        kinds = [k for k, n in (("time", cfg.repeat), ("memory", memory_repeat)) if r < n]
+        schedule += [(m, kind, r) for m in late for kind in kinds]
 
     runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in (FLOOR, *runnable)}
     started = time.perf_counter()
@@ -298,6 +307,7 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             "workers": cfg.workers,
             "start_method": cfg.start_method,
             "repeat": cfg.repeat,
+            "memory_repeat": memory_repeat,
             "methods": [m.name for m in chosen],
             "memory_interval_ms": cfg.interval * 1e3,
         },
