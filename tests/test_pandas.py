@@ -560,3 +560,26 @@ def test_random_corruption_never_crashes(trusted: bool) -> None:
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     outcomes = json.loads(out.stdout.strip().splitlines()[-1])
     assert outcomes["ok"] + outcomes["refused"] == 600 and outcomes["refused"] > 50, outcomes
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_every_dtype_round_trips_under_each_start_method(method: str) -> None:
+    df = _frame(20)
+    df.attrs = {"m": method}
+    objs = [df, df["tz"], df.index, {"nested": [df[["str", "cat"]]]}]
+    expected = [df, df["tz"], df.index, None]
+    refs = [nocopy.share(o) for o in objs[:3]]
+    try:
+        with mp.get_context(method).Pool(1) as pool:
+            errors = pool.apply(worker_roundtrip_many, ([(r, pickle.dumps(e)) for r, e in zip(refs, expected, strict=False)],))
+            with nocopy.share(objs[3]) as nested:
+                got = pool.apply(_get_and_pickle, (nested,))
+    finally:
+        for r in refs:
+            r.close()
+    assert errors == [None, None, None]
+    tm.assert_frame_equal(pickle.loads(got)["nested"][0], df[["str", "cat"]])
+
+
+def _get_and_pickle(ref: nocopy.Shared[Any]) -> bytes:
+    return pickle.dumps(ref.get())
