@@ -9,6 +9,7 @@ grow by the data's size -- while plain ``ray.get`` of the same data does.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from typing import Any
 
@@ -439,3 +440,46 @@ def test_task_reads_500mb_frame_datetime_and_strings_without_copying() -> None:
     assert ours["grown"] < 0.10 * size, f"nocopy grew USS by {ours['grown'] / size:.0%} of the frame"
     # Plain ray.get copies the datetime column and unpickles every object string.
     assert theirs["grown"] > 0.30 * size, f"plain ray.get grew USS by only {theirs['grown'] / size:.0%}"
+
+
+# -- where parallel_map(backend="ray") runs ----------------------------------------
+MAP_ON_RAY = """
+import logging, numpy as np, ray, nocopy
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+print(nocopy.parallel_map(len, np.arange(40), chunks=4, workers=2, backend="ray"))
+print(ray.get_runtime_context().get_node_id())
+"""
+
+
+def _env(**changes: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+@pytest.mark.slow
+def test_without_a_cluster_ray_backend_starts_a_local_instance_and_says_so() -> None:
+    out = run_python(MAP_ON_RAY, env=_env(RAY_ADDRESS=None), timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split("\n")
+    assert lines[0] == "[10, 10, 10, 10]"
+    assert "nocopy.ray: no Ray cluster" in out.stderr
+    assert "started a local Ray instance with 2 CPUs" in out.stderr
+    # its own instance, not the session's
+    assert lines[1] != ray.get_runtime_context().get_node_id()
+
+
+@pytest.mark.slow
+def test_with_ray_address_the_ray_backend_joins_that_cluster() -> None:
+    address = ray.get_runtime_context().gcs_address
+    out = run_python(MAP_ON_RAY, env=_env(RAY_ADDRESS=address), timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.split("\n")
+    assert lines[0] == "[10, 10, 10, 10]"
+    assert f"connected to the Ray cluster at RAY_ADDRESS={address}" in out.stderr
+    assert "started a local Ray instance" not in out.stderr
+    assert lines[1] == ray.get_runtime_context().get_node_id()
