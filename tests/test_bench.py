@@ -206,6 +206,7 @@ def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
     assert [f for f in os.listdir("/dev/shm") if f.startswith(f"nocopybench-{pid}-")] == []
 
 
+@pytest.mark.slow
 def test_seed_methods_subset_with_repeats(tmp_path: Path) -> None:
     out = tmp_path / "sub.json"
     proc = run_cli(
@@ -248,9 +249,34 @@ def test_wrong_sums_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "WRONG" in seed_table(result)
 
 
+def test_missing_packages_and_features_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nocopy._bench import _seed
+
+    monkeypatch.delattr(nocopy, "ProcessPoolExecutor")
+    monkeypatch.delattr(nocopy, "parallel_map")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "joblib" else real_find_spec(name, *a)
+    )
+    cfg = _seed.SeedConfig(rows=1000, workers=2, repeat=1, methods=["nocopy-executor", "nocopy-map", "threads", "joblib"])
+    result = _seed.run_seed(cfg, log=lambda s: None)
+    assert list(result["methods"]) == ["threads"]
+    assert "nocopy.ProcessPoolExecutor" in result["skipped"]["nocopy-executor"]
+    assert "nocopy.parallel_map" in result["skipped"]["nocopy-map"]
+    assert "pip install 'nocopy[bench]'" in result["skipped"]["joblib"]
+    assert result["failed"] == {}
+    from nocopy._bench._report import seed_table
+
+    table = seed_table(result)
+    assert "skipped nocopy-executor" in table and "skipped joblib" in table
+
+
 # -- scaling ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scaling_small(tmp_path: Path) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
     proc = run_cli(

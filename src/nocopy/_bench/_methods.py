@@ -406,6 +406,12 @@ def _records_to_arrow(data: np.ndarray, pa: Any) -> Any:
     return pa.table(arrays, names=names)
 
 
+def _arrow_available() -> str | None:
+    if not os.path.isdir("/dev/shm"):
+        return "there is no /dev/shm to put the Arrow file in"
+    return _missing("pyarrow", "pandas")()
+
+
 def _arrow_globs() -> list[str]:
     return [f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"]
 
@@ -431,7 +437,7 @@ METHODS: tuple[Method, ...] = (
     Method("threads", "ThreadPoolExecutor in one process", run_threads),
     Method("fork", "copy-on-write global, fork pool", run_fork, _fork_available),
     Method("joblib", "joblib.Parallel, loky backend", run_joblib, _missing("joblib", "bench"), shm_globs=_joblib_globs),
-    Method("arrow", "Arrow IPC file in /dev/shm, memory-mapped", run_arrow, _missing("pyarrow", "pandas"), shm_globs=_arrow_globs),
+    Method("arrow", "Arrow IPC file in /dev/shm, memory-mapped", run_arrow, _arrow_available, shm_globs=_arrow_globs),
     Method("ray", "ray.put once + one task per worker", run_ray, _missing("ray", "ray")),
 )
 

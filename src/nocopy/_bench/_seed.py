@@ -223,6 +223,8 @@ def _median(stats: dict[str, float] | None) -> float | None:
 
 def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Run the experiment; return the JSON-able result (see BENCHMARKS.md for the fields)."""
+    if not sys.platform.startswith("linux") or not hasattr(os, "memfd_create"):
+        raise ValueError("nocopy bench measures memory through Linux's /proc and needs memfd: run it on Linux")
     if cfg.rows < 2:
         raise ValueError(f"--rows must be at least 2, not {cfg.rows}")
     if cfg.workers < 1:
