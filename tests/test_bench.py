@@ -292,7 +292,9 @@ def test_scaling_small(tmp_path: Path) -> None:
     assert all(p["get_us"]["median"] > 0 for p in result["get_latency"])
     assert result["get_flatness"] > 0
     assert [p["nbytes"] for p in result["share_throughput"]] == [MiB, 4 * MiB]
-    assert all(p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 for p in result["share_throughput"])
+    assert all(
+        p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 and p["pwrite_shm_gbps"] > 0 for p in result["share_throughput"]
+    )
     assert set(result["task_overhead"]) == {"concurrent.futures", "nocopy"}
     sweep = {(p["method"], p["workers"]) for p in result["workers"]}
     assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}

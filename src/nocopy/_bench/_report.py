@@ -187,6 +187,7 @@ def plot_scaling(result: dict[str, Any], path: str) -> None:
         xs = [s["nbytes"] / 2**20 for s in share]
         ax.semilogx(xs, [s["share_gbps"] for s in share], "o-", label="nocopy.share")
         ax.semilogx(xs, [s["memcpy_shm_gbps"] for s in share], "s--", label="memcpy into fresh shared memory")
+        ax.semilogx(xs, [s["pwrite_shm_gbps"] for s in share], "^:", label="pwrite into a fresh memfd")
         ax.legend(fontsize=8)
     ax.set_xlabel("MiB")
     ax.set_ylabel("GB/s")

@@ -2,8 +2,9 @@
 
 - ``get``: ``get()`` latency in a worker vs data size (1 MB ... 4 GB): attaching
   maps the segment and parses its header, so it must not grow with size;
-- ``share``: ``nocopy.share()`` throughput vs the floor, a memcpy into fresh
-  shared memory (memfd + ftruncate + mmap + copy, page faults included);
+- ``share``: ``nocopy.share()`` throughput vs a memcpy into fresh shared
+  memory (memfd + ftruncate + mmap + copy, page faults included) and vs the
+  seed floor's copy (pwrite into a fresh memfd);
 - ``overhead``: per-task cost of tiny tasks in a warm pool, nocopy's executor
   vs concurrent.futures;
 - ``workers``: the classic experiment's end-to-end time vs number of workers.
@@ -98,33 +99,50 @@ def _memcpy_fresh_shm(src: np.ndarray) -> float:
     return elapsed
 
 
+def _pwrite_fresh_shm(src: np.ndarray) -> float:
+    from ._methods import _pwrite_all
+
+    t0 = time.perf_counter()
+    fd = os.memfd_create("nocopy-bench-pwrite", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, src.nbytes)
+        _pwrite_all(fd, src)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
 def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     import nocopy
 
     out = []
     for n in sizes(cfg.min_size, cfg.max_size):
         src = np.ones(n, np.uint8)  # real pages: the copy reads memory
-        share_s, memcpy_s = [], []
+        share_s, memcpy_s, pwrite_s = [], [], []
         for _ in range(cfg.repeat):
             t0 = time.perf_counter()
             ref = nocopy.share(src)
             share_s.append(time.perf_counter() - t0)
             ref.close()
             memcpy_s.append(_memcpy_fresh_shm(src))
+            pwrite_s.append(_pwrite_fresh_shm(src))
         del src
-        s, m = float(np.median(share_s)), float(np.median(memcpy_s))
+        s, m, w = (float(np.median(x)) for x in (share_s, memcpy_s, pwrite_s))
         point = {
             "nbytes": n,
             "share_s": summary(share_s),
             "memcpy_shm_s": summary(memcpy_s),
+            "pwrite_shm_s": summary(pwrite_s),
             "share_gbps": n / s / 1e9,
             "memcpy_shm_gbps": n / m / 1e9,
+            "pwrite_shm_gbps": n / w / 1e9,
             "share_over_memcpy": ratio(s, m),
+            "share_over_pwrite": ratio(s, w),
         }
         out.append(point)
         log(
-            f"  share() {fmt_size(n):>8}: {point['share_gbps']:.2f} GB/s, memcpy into fresh shm "
-            f"{point['memcpy_shm_gbps']:.2f} GB/s ({point['share_over_memcpy']:.2f}x the time)"
+            f"  share() {fmt_size(n):>8}: {point['share_gbps']:.2f} GB/s; memcpy into fresh shm "
+            f"{point['memcpy_shm_gbps']:.2f} GB/s, pwrite into a fresh memfd {point['pwrite_shm_gbps']:.2f} GB/s"
         )
     return out
 
@@ -236,11 +254,15 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("")
     share = result.get("share_throughput")
     if share:
-        lines.append("share() vs memcpy into fresh shared memory:")
+        lines.append(
+            "share() vs memcpy into fresh shared memory (memfd + mmap + copy) and pwrite into a fresh memfd "
+            "(the seed floor's copy):"
+        )
         for p in share:
             lines.append(
                 f"  {fmt_size(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
-                f"   share/memcpy time {p['share_over_memcpy']:.2f}x"
+                f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
+                f" / pwrite {p['share_over_pwrite']:.2f}x"
             )
         lines.append("")
     over = result.get("task_overhead")
