@@ -249,6 +249,32 @@ def test_wrong_sums_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "WRONG" in seed_table(result)
 
 
+def test_a_failing_method_is_reported_and_the_others_still_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from nocopy._bench import _seed
+    from nocopy._bench._methods import by_name
+    from nocopy._bench._report import plot_seed, seed_table, write_json
+
+    def broken(ctx: Any) -> list[float]:
+        with ctx.phase("startup"):
+            raise RuntimeError("the pool would not start")
+
+    monkeypatch.setattr(
+        _seed, "select_methods", lambda names: [Method("broken", "always fails", broken), by_name("threads")]
+    )
+    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1), log=lambda s: None)
+    assert result["failed"]["broken"] == ["RuntimeError: the pool would not start"] * 2
+    assert result["methods"]["broken"]["time"]["total_s"] is None
+    assert result["methods"]["threads"]["sums"]["ok"] is True
+    table = seed_table(result)
+    assert "FAILED broken" in table
+    write_json(result, str(tmp_path / "r.json"))
+    assert json.loads((tmp_path / "r.json").read_text())["failed"]["broken"]
+    plot_seed(result, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_missing_packages_and_features_are_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 

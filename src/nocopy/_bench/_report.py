@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -11,11 +12,22 @@ from ._stats import fmt_bytes
 __all__ = ["plot_scaling", "plot_seed", "seed_table", "write_json"]
 
 
+def _finite(value: Any) -> Any:
+    """Strict JSON: NaN and infinities become null (a wrong sum is still visible in ``sums_ok``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json(result: dict[str, Any], path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(result, f, indent=2, sort_keys=False)
+        json.dump(_finite(result), f, indent=2, allow_nan=False)
         f.write("\n")
 
 
