@@ -139,6 +139,25 @@ def test_monitor_counts_unmapped_shm_files_it_is_told_about(tmp_path: Path) -> N
     assert peak.samples >= 2
 
 
+def test_stale_arrow_files_of_dead_benchmarks_are_removed(procs: Procs) -> None:
+    from nocopy._bench._methods import remove_stale_arrow_files
+
+    dead = procs.python("pass")
+    dead.wait(timeout=30)
+    stale = f"/dev/shm/nocopybench-{dead.pid}-00ff.arrow"
+    alive = f"/dev/shm/nocopybench-{os.getpid()}-00ff.arrow"
+    for path in (stale, alive):
+        Path(path).write_bytes(b"x")
+    try:
+        removed = remove_stale_arrow_files()
+        assert stale in removed and not os.path.exists(stale)
+        assert os.path.exists(alive)  # its process (this one) is alive
+    finally:
+        for path in (stale, alive):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 # -- the seed experiment ---------------------------------------------------
 
 TIME_FIELDS = ("total_s", "startup_s", "work_s", "teardown_s")

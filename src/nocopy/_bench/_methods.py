@@ -412,6 +412,29 @@ def _arrow_available() -> str | None:
     return _missing("pyarrow", "pandas")()
 
 
+def remove_stale_arrow_files() -> list[str]:
+    """Delete Arrow files left in /dev/shm by benchmark processes that died (e.g. Ctrl-C, kill)."""
+    import glob
+    import re
+
+    removed = []
+    for path in glob.glob("/dev/shm/nocopybench-*-*.arrow"):
+        m = re.match(r"^nocopybench-([0-9]+)-[0-9a-f]+\.arrow$", os.path.basename(path))
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its process is alive (maybe another bench): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
 def _arrow_globs() -> list[str]:
     return [f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"]
 

@@ -252,6 +252,8 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             skipped[m.name] = why
             log(f"skipping {m.name}: {why}")
 
+    for path in _methods.remove_stale_arrow_files():
+        log(f"removed {path}, left behind by a benchmark that did not finish")
     log(f"building {cfg.rows:,} rows ...")
     t0 = time.perf_counter()
     data = make_records(cfg.rows)
@@ -356,4 +358,3 @@ def _machine() -> dict[str, Any]:
     return info
 
 
-_ = _methods
