@@ -483,3 +483,55 @@ def test_with_ray_address_the_ray_backend_joins_that_cluster() -> None:
     assert f"connected to the Ray cluster at RAY_ADDRESS={address}" in out.stderr
     assert "started a local Ray instance" not in out.stderr
     assert lines[1] == ray.get_runtime_context().get_node_id()
+
+
+INTERRUPTED_MAP = """
+import os, sys, time
+import numpy as np, nocopy
+
+WHERE = sys.argv[1]  # read here: in a Ray worker sys.argv is the worker's
+
+def slow(rows):
+    open(os.path.join(WHERE, str(os.getpid())), "w").close()
+    time.sleep(120)
+    return len(rows)
+
+try:
+    nocopy.parallel_map(slow, np.arange(1000.0), chunks=8, workers=2, backend="ray")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+sys.stdin.readline()  # stay connected until the test has looked at the workers
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_ray_tasks_of_the_call(procs: Any, tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import time
+
+    env = _env(RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    p = procs.python(INTERRUPTED_MAP, str(tmp_path), env=env, stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(os.listdir(tmp_path)) < 2:  # both CPUs busy with a chunk
+        assert p.poll() is None, p.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the chunks never started"
+        time.sleep(0.1)
+    workers = [int(name) for name in os.listdir(tmp_path)]
+    p.send_signal(signal.SIGINT)
+    assert p.stdout.readline().decode().strip() == "interrupted"
+    deadline = time.monotonic() + 60
+    while not all(_gone(pid) for pid in workers):
+        assert time.monotonic() < deadline, "Ray workers still run the interrupted chunks"
+        time.sleep(0.2)
+    assert p.poll() is None  # the driver is alive: abort() stopped them, not its exit
+    p.stdin.write(b"\n")
+    p.stdin.flush()
+    assert p.wait(timeout=60) == 0

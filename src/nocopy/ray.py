@@ -259,7 +259,10 @@ class RayMapBackend(MapBackend):
     A chunk that raises re-raises the original exception in the caller with
     the remote traceback as its ``__cause__`` (as the processes backend
     does); a worker that dies gives :class:`~nocopy.errors.WorkerCrashedError`.
-    Chunks are not retried. ``executor`` is not used.
+    Chunks are not retried. When a chunk fails or the caller is interrupted
+    (Ctrl-C), the call's other chunks are cancelled: pending tasks are dropped
+    and running ones are stopped (``ray.cancel(force=True)`` ends their worker
+    processes; Ray starts new ones as needed). ``executor`` is not used.
 
     Example::
 
@@ -313,10 +316,13 @@ class RayMapBackend(MapBackend):
                     out.set_result(result)
 
         def cancel_task(fut: Future[Any]) -> None:
-            # parallel_map cancels the other chunks when one fails.
+            # parallel_map cancels the other chunks when one fails or on
+            # Ctrl-C. force=True: a plain cancel cannot stop a task blocked in
+            # C code (time.sleep, I/O), and Ray ignores a later forced cancel
+            # of the same task, so abort() could no longer stop it.
             if fut.cancelled():
                 with contextlib.suppress(Exception):
-                    ray.cancel(object_ref)
+                    ray.cancel(object_ref, force=True)
 
         out.add_done_callback(cancel_task)
         object_ref.future().add_done_callback(settle)
