@@ -160,8 +160,10 @@ def test_5000_cycles_leave_fds_and_mappings_flat(backend: str) -> None:
         with nocopy.share(arr, backend=backend) as ref:
             ref.get()
     fds, maps = _fd_count(), _map_count()
+    names = set()
     for _ in range(5000):
         ref = nocopy.share(arr, backend=backend)
+        names.add(ref.name)
         view = ref.get()
         assert view[-1] == 999.0
         clone = pickle.loads(pickle.dumps(ref))
@@ -170,7 +172,8 @@ def test_5000_cycles_leave_fds_and_mappings_flat(backend: str) -> None:
         del view, clone, ref
     assert _fd_count() == fds
     assert _map_count() <= maps + 2, "mappings leaked"
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{os.getpid()}-")]
+    assert len(names) == 5000
+    assert not names & set(os.listdir("/dev/shm"))
 
 
 def test_shared_handles_survive_fork_without_unlinking() -> None:
