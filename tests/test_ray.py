@@ -135,6 +135,7 @@ def test_driver_get_is_read_only_view_into_the_object_store() -> None:
     view = ref.get()
     assert type(view) is np.recarray
     assert in_object_store(view)
+    assert not in_object_store(records)  # the check tells heap memory apart
     with pytest.raises(ValueError, match="read-only"):
         view["x"][0] = 1.0
     np.testing.assert_array_equal(nray.get(ref), records)
@@ -367,15 +368,16 @@ def as_documented(df: Any) -> Any:
 def frame_in_task(ref: Any) -> tuple[Any, list[str]]:
     """Decode in the task; name the columns whose buffers are not read-only store views."""
     frame = nray.get(ref)
-    copied = [
-        str(name)
-        for name in frame.columns
-        if not all(
-            not buf.flags.writeable and in_object_store(buf)
-            for buf in _frame_column_buffers(frame[name])
-            if buf.nbytes
-        )
-    ]
+    copied = []
+    for name in frame.columns:
+        buffers = [buf for buf in _frame_column_buffers(frame[name]) if buf.nbytes]
+        if not buffers or not all(not b.flags.writeable and in_object_store(b) for b in buffers):
+            copied.append(str(name))
+    index = frame.index
+    if type(index).__name__ not in ("RangeIndex", "MultiIndex"):
+        buffers = [buf for buf in _frame_column_buffers(index) if buf.nbytes]
+        if not buffers or not all(not b.flags.writeable and in_object_store(b) for b in buffers):
+            copied.append("<index>")
     return frame, copied
 
 
