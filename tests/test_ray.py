@@ -556,3 +556,66 @@ def test_benchmark_script_smoke_run(tmp_path: Any) -> None:
     assert "ratios plain/nocopy" in out.stdout and "ratio ray / ray+nocopy" in out.stdout
     result = json.loads(out_json.read_text())
     assert result["frame"]["nocopy"]["get_s"] > 0 and result["classic"]["rows"] == 20000
+
+
+TWO_NODES = """
+import json, os, sys
+import numpy as np, ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+import nocopy.ray as nray
+
+def mapping(arr):
+    addr = arr.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            f = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in f[0].split("-"))
+            if lo <= addr < hi:
+                return f[5].strip() if len(f) > 5 else ""
+
+@ray.remote
+def where(ref):
+    obj = nray.get(ref)
+    return {"node": ray.get_runtime_context().get_node_id(),
+            "maps": [mapping(a) for a in (obj["t"], obj["r"])],
+            "writable": [bool(a.flags.writeable) for a in (obj["t"], obj["r"])],
+            "last": [str(obj["t"][-1]), str(obj["r"]["t"][-1]), type(obj["r"]).__name__]}
+
+store = {"object_store_memory": 200 << 20}
+cluster = Cluster(initialize_head=True,
+                  head_node_args={"num_cpus": 1, "include_dashboard": False, **store})
+try:
+    cluster.add_node(num_cpus=1, **store)
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    n = 1_000_000
+    ref = nray.put({"t": np.arange(n).astype("M8[s]"),
+                    "r": np.rec.fromarrays([np.arange(n).astype("M8[ms]")], names="t")})
+    print(json.dumps({"driver": ray.get_runtime_context().get_node_id(),
+                      "driver_map": mapping(nray.get(ref)["t"])}))
+    for node in ray.nodes():
+        pinned = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        print(json.dumps(ray.get(where.options(scheduling_strategy=pinned).remote(ref))))
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_zero_copy_on_every_node_of_a_two_node_cluster() -> None:
+    """Two raylets on this machine, each with its own object store: a task on
+    the second node reads views into *its* node's store, not the driver's."""
+    import json
+
+    out = run_python(TWO_NODES, env=_env(RAY_ADDRESS=None), timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, *tasks = (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{"))
+    assert len(tasks) == 2 and len({t["node"] for t in tasks}) == 2
+    for task in tasks:
+        assert all("plasma" in m for m in task["maps"]), task
+        assert task["writable"] == [False, False]
+        assert task["last"] == ["1970-01-12T13:46:39", "1970-01-01T00:16:39.999", "recarray"]
+        same_node = task["node"] == first["driver"]
+        assert all((m == first["driver_map"]) == same_node for m in task["maps"]), task
