@@ -205,6 +205,18 @@ def test_unsupported_data_fails_before_anything_is_put_unless_allow_pickle() -> 
     assert list(got["bad"]) == [{"x": 1}, None]
 
 
+def test_put_of_a_shared_puts_what_it_holds() -> None:
+    import nocopy
+
+    data = np.arange(200_000).astype("M8[s]")
+    with nocopy.share(data) as shared:
+        ref = nray.put(shared)
+    assert ref.kind == "ndarray"
+    got, report = ray.get(inspect_in_task.remote(ref))
+    np.testing.assert_array_equal(got, data)
+    assert report == [(True, True)]
+
+
 def test_ref_repr_names_kind_and_size() -> None:
     ref = nray.put(np.zeros(1000))
     assert "ndarray" in repr(ref) and "8000 bytes" in repr(ref)

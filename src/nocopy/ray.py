@@ -166,8 +166,9 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
     tuples of them). Unsupported data raises
     :class:`~nocopy.errors.UnsupportedTypeError` before anything is put,
     unless ``allow_pickle=True`` (those parts are then unpickled on every
-    get). Starts or connects to Ray first if needed (see
-    :func:`connect_or_start`). Works in the driver and inside tasks.
+    get). A :class:`nocopy.Shared` puts the object it holds. Starts or
+    connects to Ray first if needed (see :func:`connect_or_start`). Works in
+    the driver and inside tasks.
 
     Example::
 
@@ -175,6 +176,8 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
         >>> type(nocopy.ray.get(ref)).__name__                                    # doctest: +SKIP
         'recarray'
     """
+    if isinstance(obj, Shared):
+        obj = obj.get()  # a Shared lives in this machine's memory: put what it holds
     p = plan(obj, allow_pickle=allow_pickle)
     if not ray.is_initialized():
         connect_or_start()
@@ -281,10 +284,7 @@ class RayMapBackend(MapBackend):
 
     def prepare(self, data: Any) -> Ref[Any]:
         connect_or_start(num_cpus=self.workers)
-        if isinstance(data, Shared):
-            # A Shared lives in this machine's memory; other nodes need it in the store.
-            data = data.get()
-        return put(data)
+        return put(data)  # a Shared's data too: other nodes need it in the store
 
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
         with self._lock:
