@@ -140,6 +140,29 @@ def test_chunks_are_read_only(backend: str) -> None:
     assert got == ["assignment destination is read-only"] * 2
 
 
+def where_rows_live(rows: np.ndarray) -> tuple[int, str]:
+    """The address of the chunk's first byte and the mapping that holds it."""
+    addr = rows.__array_interface__["data"][0]
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                return addr, fields[5].strip() if len(fields) > 5 else ""
+    return addr, ""
+
+
+def test_chunks_are_views_not_copies(backend: str) -> None:
+    data = np.arange(400_000, dtype="f8")
+    got = nocopy.parallel_map(where_rows_live, data, chunks=4, workers=2, backend=backend)
+    if backend == "threads":  # views of the caller's own array, at the right offsets
+        base = data.__array_interface__["data"][0]
+        assert [addr - base for addr, _ in got] == [a * 8 for a, _ in spans(len(data), 4)]
+    else:  # views of the shared segment (processes) or of Ray's object store
+        marker = "nocopy-" if backend == "processes" else "plasma"
+        assert all(marker in path for _, path in got), got
+
+
 def test_a_shared_input_works(backend: str) -> None:
     data = np.arange(1000)
     with nocopy.share(data) as ref:
