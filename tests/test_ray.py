@@ -205,6 +205,28 @@ def test_unsupported_data_fails_before_anything_is_put_unless_allow_pickle() -> 
     assert list(got["bad"]) == [{"x": 1}, None]
 
 
+def _temporaries() -> tuple[int, int]:
+    """put()'s temporary memfds still mapped or open in this process."""
+    with open("/proc/self/maps") as maps:
+        mapped = sum("nocopy-ray-put" in line for line in maps)
+    fds = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds += "nocopy-ray-put" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return mapped, fds
+
+
+def test_put_leaves_no_temporary_behind() -> None:
+    ref = nray.put(records)
+    assert _temporaries() == (0, 0)
+    with pytest.raises(UnsupportedTypeError):
+        nray.put({"bad": np.array([object()], dtype=object)})
+    assert _temporaries() == (0, 0)
+    np.testing.assert_array_equal(nray.get(ref), records)
+
+
 def test_put_of_a_shared_puts_what_it_holds() -> None:
     import nocopy
 

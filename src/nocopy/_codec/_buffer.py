@@ -7,6 +7,7 @@ segment's own, read from its header.
 
 from __future__ import annotations
 
+import os
 import secrets
 from typing import Any
 
@@ -35,6 +36,15 @@ class Plan:
             raise ValueError(f"need a 1-d uint8 buffer of at least {self.size} bytes")
         mem[: len(self._head)] = np.frombuffer(self._head, dtype=np.uint8)
         self._enc.write(mem, self._data_offset)
+
+    def write_to_fd(self, fd: int) -> None:
+        """Write header and buffers into file *fd* (at least ``size`` bytes long) with pwrite.
+
+        No page faults in this process: about 2x faster than :meth:`write_into`
+        a fresh buffer for large data.
+        """
+        os.pwrite(fd, self._head, 0)
+        self._enc.write_to_fd(fd, self._data_offset)
 
 
 def plan(obj: Any, *, allow_pickle: bool = False) -> Plan:
