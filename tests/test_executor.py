@@ -6,6 +6,7 @@ import concurrent.futures
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -381,3 +382,19 @@ def test_data_bound_in_a_partial_is_shared_too() -> None:
         got = list(ex.map(functools.partial(scaled_sum, arr), [1.0, 2.0, 3.0], chunksize=2))
     assert [g[0] for g in got] == [arr.size * 1.0, arr.size * 2.0, arr.size * 3.0]
     assert len({g[1] for g in got}) == 1 and got[0][1] is not None
+
+
+def test_forkserver_preloads_numpy_and_nocopy_keeping_the_users_list() -> None:
+    code = """
+import multiprocessing as mp, numpy as np
+from multiprocessing import forkserver
+import nocopy
+ctx = mp.get_context("forkserver")
+mp.set_forkserver_preload(["__main__", "json"])
+with nocopy.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+    print(sorted(forkserver._forkserver._preload_modules))
+    print(list(ex.map(np.sum, [np.ones(10)] * 2)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["['__main__', 'json', 'nocopy', 'numpy']", "[np.float64(10.0), np.float64(10.0)]"]
