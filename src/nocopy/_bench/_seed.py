@@ -241,6 +241,12 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             f"start method {cfg.start_method!r} does not exist here: choose from "
             f"{', '.join(multiprocessing.get_all_start_methods())}"
         )
+    if cfg.start_method == "forkserver":
+        # The same for every method: the server imports numpy (and the task
+        # module) once, so no worker pays those imports. nocopy's executor
+        # would ask for this itself, but the first method to start the server
+        # decides what it preloads.
+        multiprocessing.set_forkserver_preload(["__main__", "numpy", "nocopy", "nocopy._bench._tasks"])
     chosen = select_methods(cfg.methods)
     skipped: dict[str, str] = {}
     runnable: list[Method] = []
