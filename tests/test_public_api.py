@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import subprocess
@@ -45,6 +46,41 @@ def test_every_public_name_has_a_docstring_with_an_example() -> None:
             obj = getattr(obj, part)
         doc = inspect.getdoc(obj) or ""
         assert "Example" in doc, f"nocopy.{name} has no example in its docstring"
+
+
+def _public_objects() -> list[tuple[str, object]]:
+    objs: list[tuple[str, object]] = [(n, getattr(nocopy, n)) for n in nocopy.__all__ if n not in ("__version__", "errors")]
+    objs += [(f"errors.{n}", getattr(nocopy.errors, n)) for n in nocopy.errors.__all__]
+    objs += [(f"Shared.{n}", getattr(nocopy.Shared, n)) for n in ("get", "close")]
+    try:
+        ray_api = importlib.import_module("nocopy.ray")
+    except ImportError:
+        pass
+    else:
+        objs += [(f"ray.{n}", getattr(ray_api, n)) for n in ray_api.__all__]
+    return objs
+
+
+def test_public_methods_and_nocopy_ray_have_examples_too() -> None:
+    for name, obj in _public_objects():
+        assert "Example" in (inspect.getdoc(obj) or ""), f"nocopy.{name} has no example in its docstring"
+
+
+def test_docstring_examples_run_and_print_what_they_show() -> None:
+    """The examples not marked ``+SKIP`` (those need a crash, another user or Ray) run as doctests."""
+    import doctest
+    import io
+
+    import numpy as np
+
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    report = io.StringIO()
+    for name, obj in _public_objects():
+        for test in finder.find(obj, name, globs={"np": np, "nocopy": nocopy}):
+            runner.run(test, out=report.write)
+    assert runner.failures == 0, report.getvalue()
+    assert runner.tries >= 20  # most examples really run
 
 
 def test_error_tree() -> None:

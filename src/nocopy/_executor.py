@@ -711,7 +711,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
         >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
         ...     list(ex.map(np.sum, [big] * 4))
-        [1000000.0, 1000000.0, 1000000.0, 1000000.0]
+        [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
     """
 
     def __init__(

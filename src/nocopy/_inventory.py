@@ -227,9 +227,9 @@ def cleanup(dry_run: bool = False) -> list[Segment]:
     Example::
 
         >>> would = nocopy.cleanup(dry_run=True)       # doctest: +SKIP
-        >>> [(s.name, s.size) for s in would]          # what a crashed owner left
+        >>> [(s.name, s.size) for s in would]   # what a crashed owner left  # doctest: +SKIP
         [('nocopy-4242-1187263-5f0c...', 80000128)]
-        >>> sum(s.size for s in nocopy.cleanup())      # bytes given back
+        >>> sum(s.size for s in nocopy.cleanup())   # bytes given back  # doctest: +SKIP
         80000128
     """
     now = time.time()

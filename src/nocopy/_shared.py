@@ -171,6 +171,14 @@ class Shared(Generic[T]):
         In the owner this frees the segment (memfd: once every process that
         mapped it has dropped its views; posix: the name is removed at once).
         Views already taken stay valid until dropped.
+
+        Example::
+
+            >>> ref = nocopy.share(np.arange(4))
+            >>> view = ref.get()
+            >>> ref.close(); ref.close()          # idempotent
+            >>> int(view.sum())                   # the view is still valid
+            6
         """
         try:
             with self._lock:

@@ -61,7 +61,7 @@ class UnsupportedTypeError(NocopyError, TypeError):
     Example: an object column holding dicts::
 
         >>> nocopy.share(np.array([{}, {}], dtype=object))  # doctest: +SKIP
-        UnsupportedTypeError: ndarray of dtype object cannot be shared zero-copy ...
+        UnsupportedTypeError: cannot share ndarray of dtype object (Python objects) zero-copy: ...
     """
 
 
@@ -79,7 +79,7 @@ class InsufficientMemoryError(NocopyError, MemoryError):
         ...     nocopy.empty((1 << 50,), "u1")
         ... except MemoryError as exc:
         ...     print(exc.limit)  # doctest: +SKIP
-        MemAvailable
+        MemAvailable (/proc/meminfo)
     """
 
     requested: int
@@ -135,7 +135,7 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
 
         >>> with nocopy.ProcessPoolExecutor(1) as ex:  # doctest: +SKIP
         ...     ex.submit(os._exit, 3).result()
-        WorkerCrashedError: a worker process exited with code 3 while running ...
+        WorkerCrashedError: worker pid ... exited with code 3 while running task #1 (posix._exit) ...
     """
 
     exitcode: int | None

@@ -236,10 +236,12 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
 
     Example::
 
-        >>> @ray.remote
+        >>> recs = np.rec.fromarrays([np.arange(3).astype("M8[s]")], names="t")
+        >>> @ray.remote                                   # doctest: +SKIP
         ... def first(ref):
         ...     return nocopy.ray.get(ref)["t"][0]
         >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
+        np.datetime64('1970-01-01T00:00:00')
     """
     if isinstance(ref, Ref):
         name = f"ray object {ref.object_ref.hex()}"
@@ -302,7 +304,7 @@ class RayMapBackend(MapBackend):
     Example::
 
         >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2, backend="ray")  # doctest: +SKIP
-        [1225, 3725]
+        [np.int64(1225), np.int64(3725)]
     """
 
     name = "ray"
