@@ -205,10 +205,8 @@ def test_writable_output_pattern() -> None:
 # -- pools --------------------------------------------------------------------------
 def test_repeated_calls_reuse_the_warm_pool() -> None:
     first = set(nocopy.parallel_map(pid_of, np.arange(16), chunks=8, workers=2))
-    t0 = time.perf_counter()
     second = set(nocopy.parallel_map(pid_of, np.arange(16), chunks=8, workers=2))
     assert second <= first  # the same worker processes, not new ones
-    assert time.perf_counter() - t0 < 5
 
 
 def test_a_user_executor_is_used() -> None:
