@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import nocopy
 from conftest import Procs
 from nocopy._bench._data import expected_sum, make_records, make_records_literally
 from nocopy._bench._methods import METHODS, Method
-from nocopy._bench._monitor import MemoryMonitor
 from nocopy._bench.cli import parse_size
 
 MiB = 1 << 20
@@ -84,59 +82,89 @@ sys.stdin.read()
 """
 
 
-def _children_sample(procs: Procs, mon: MemoryMonitor, mode: str, uri: str, n: int) -> int:
-    kids = [procs.python(_CHILD, mode, uri, str(n), stdin=subprocess.PIPE) for _ in range(2)]
-    for k in kids:
-        assert k.stdout is not None
-        assert k.stdout.readline().strip() == b"ready", k.stderr.read() if k.stderr else ""
-    total = mon.sample().total
-    for k in kids:
-        assert k.stdin is not None
-        k.stdin.close()
-        k.wait(timeout=30)
-    return total
+# The sampler measures the process tree under the process that runs it. Run in
+# pytest, that tree holds whatever session fixtures started (a Ray instance,
+# warm pools) and their memory moves on its own; so each check runs in a fresh
+# interpreter whose tree is only what the check starts.
+_SHARED_PAGES = """
+import json, subprocess, sys
+import numpy as np, nocopy
+from nocopy._bench._monitor import MemoryMonitor
+CHILD, n = sys.argv[1], int(sys.argv[2])
+
+def children_sample(mon, mode, uri):
+    kids = [subprocess.Popen([sys.executable, "-c", CHILD, mode, uri, str(n)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(2)]
+    try:
+        for k in kids:
+            assert k.stdout.readline().strip() == b"ready"
+        return mon.sample().total
+    finally:
+        for k in kids:
+            k.stdin.close()  # EOF: the child exits
+            k.wait(timeout=30)
+            k.stdout.close()
+
+with MemoryMonitor() as mon:
+    base = mon.sample()
+    ref = nocopy.share(np.ones(n, np.uint8))
+    held = mon.sample()
+    out = {"held_shm": held.shm_bytes - base.shm_bytes, "held_total": held.total - base.total}
+    for mode in ("idle", "attach", "private"):
+        out[mode] = children_sample(mon, mode, ref.uri)
+    ref.close()
+print(json.dumps(out))
+"""
 
 
-def test_monitor_counts_each_shared_page_once(procs: Procs) -> None:
+def test_monitor_counts_each_shared_page_once() -> None:
     n = 64 * MiB
-    with MemoryMonitor() as mon:
-        base = mon.sample()
-        ref = nocopy.share(np.ones(n, np.uint8))
-        try:
-            held = mon.sample()
-            # Held by a file descriptor only, mapped by nobody: PSS cannot see
-            # it, the sampler must.
-            assert held.shm_bytes - base.shm_bytes >= n
-            assert n * 0.9 <= held.total - base.total <= n * 1.3
-            idle = _children_sample(procs, mon, "idle", ref.uri, n)
-            readers = _children_sample(procs, mon, "attach", ref.uri, n)
-            private = _children_sample(procs, mon, "private", ref.uri, n)
-        finally:
-            ref.close()
+    proc = run_cli([sys.executable, "-c", _SHARED_PAGES, _CHILD, str(n)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    # Held by a file descriptor only, mapped by nobody: PSS cannot see
+    # it, the sampler must.
+    assert r["held_shm"] >= n
+    assert n * 0.9 <= r["held_total"] <= n * 1.3
     # Two processes mapping and reading every shared page add (almost) nothing:
     # the pages are already counted once. Σ RSS would add 2n here.
-    assert abs(readers - idle) < 0.15 * n, (readers - idle) / n
+    assert abs(r["attach"] - r["idle"]) < 0.15 * n, (r["attach"] - r["idle"]) / n
     # Private memory in descendants is counted: two children, n bytes each.
-    assert 1.7 * n < private - idle < 2.4 * n, (private - idle) / n
+    assert 1.7 * n < r["private"] - r["idle"] < 2.4 * n, (r["private"] - r["idle"]) / n
 
 
-def test_monitor_counts_unmapped_shm_files_it_is_told_about(tmp_path: Path) -> None:
-    path = f"/dev/shm/nocopybench-{os.getpid()}-test.arrow"
+_UNMAPPED_FILE = """
+import json, os, sys, time
+from nocopy._bench._monitor import MemoryMonitor
+n = int(sys.argv[1])
+path = f"/dev/shm/nocopybench-{os.getpid()}-test.arrow"
+pattern = f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"
+try:
+    with open(path, "wb") as f:
+        f.write(b"\\x01" * n)
+    with MemoryMonitor() as mon:
+        unseen = mon.sample()
+        seen = mon.sample([pattern])
+        mon.start([pattern])
+        time.sleep(0.05)
+        peak = mon.stop()
+finally:
+    os.unlink(path)
+print(json.dumps({"seen_shm": seen.shm_bytes - unseen.shm_bytes,
+                  "peak_total": peak.peak.total - unseen.total, "samples": peak.samples}))
+"""
+
+
+def test_monitor_counts_unmapped_shm_files_it_is_told_about() -> None:
     n = 32 * MiB
-    try:
-        with open(path, "wb") as f:
-            f.write(b"\x01" * n)
-        with MemoryMonitor() as mon:
-            unseen = mon.sample()
-            seen = mon.sample([f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"])
-            mon.start([f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"])
-            time.sleep(0.05)
-            peak = mon.stop()
-    finally:
-        os.unlink(path)
-    assert seen.shm_bytes - unseen.shm_bytes >= n
-    assert peak.peak.total - unseen.total >= n * 0.95
-    assert peak.samples >= 2
+    proc = run_cli([sys.executable, "-c", _UNMAPPED_FILE, str(n)], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout)
+    assert r["seen_shm"] >= n
+    assert r["peak_total"] >= n * 0.95
+    assert r["samples"] >= 2
+    pid = proc.args[0]
+    assert not os.path.exists(f"/dev/shm/nocopybench-{pid}-test.arrow")
 
 
 def test_stale_arrow_files_of_dead_benchmarks_are_removed(procs: Procs) -> None:
