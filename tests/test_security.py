@@ -382,3 +382,18 @@ def test_a_corrupted_header_in_a_live_segment_is_refused(shm: Path) -> None:
             nocopy.attach(out.uri).get()
     finally:
         out.close()
+
+
+def test_a_handle_attached_untrusted_stays_untrusted_when_pickled() -> None:
+    # Passing an attach()ed handle to a worker must not turn on unpickling
+    # (nor skip the full validation of untrusted Arrow data) over there.
+    ref = nocopy.share({"a": np.arange(3), "o": {1, 2}}, allow_pickle=True)
+    try:
+        untrusted = pickle.loads(pickle.dumps(nocopy.attach(ref.uri)))
+        with pytest.raises(SegmentAccessError, match="trusted=True"):
+            untrusted.get()
+        trusted = pickle.loads(pickle.dumps(nocopy.attach(ref.uri, trusted=True)))
+        assert trusted.get()["o"] == {1, 2}
+        assert pickle.loads(pickle.dumps(ref)).get()["o"] == {1, 2}
+    finally:
+        ref.close()

@@ -200,11 +200,13 @@ class Shared(Generic[T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The handle travels, never the data; the receiver is not the owner.
+        # Trust travels too: a handle attach()ed untrusted must not unpickle
+        # (or skip validation) in the process it is sent to.
         loc = self._locator
         return (
             _rebuild,
             (loc.store, loc.name, loc.pid, loc.fd, loc.sock, self._token, self._size,
-             self._nbytes, self._kind, self._writable, self._pickled),
+             self._nbytes, self._kind, self._writable, self._pickled, self._trusted),
         )
 
     # -- internals ---------------------------------------------------
@@ -253,11 +255,11 @@ class Shared(Generic[T]):
 
 def _rebuild(
     store: str, name: str, pid: int, fd: int, sock: str, token: bytes, size: int,
-    nbytes: int, kind: str, writable: bool, pickled: bool,
+    nbytes: int, kind: str, writable: bool, pickled: bool, trusted: bool = True,
 ) -> Shared[Any]:
     return Shared(
         Locator(store, name, pid, fd, sock), token=token, size=size, nbytes=nbytes,
-        kind=kind, writable=writable, pickled=pickled, trusted=True,
+        kind=kind, writable=writable, pickled=pickled, trusted=trusted,
     )
 
 
