@@ -214,3 +214,24 @@ def test_unknown_backend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("NOCOPY_BACKEND", "posix")
     with nocopy.share(np.arange(3)) as ref:
         assert ref.backend == "posix"
+
+
+def test_deep_nesting_is_refused_at_share_not_at_every_get() -> None:
+    nested: object = np.arange(3)
+    for _ in range(99):
+        nested = [nested]
+    with nocopy.share(nested) as ref:
+        got = ref.get()
+        for _ in range(99):
+            got = got[0]
+        np.testing.assert_array_equal(got, np.arange(3))
+    too_deep: object = np.arange(3)
+    for _ in range(150):
+        too_deep = [too_deep]
+    with pytest.raises(UnsupportedTypeError, match="nested deeper than 100 levels"):
+        nocopy.share(too_deep)
+    with nocopy.share(too_deep, allow_pickle=True) as ref:  # the opt-in still works
+        got = ref.get()
+        for _ in range(150):
+            got = got[0]
+        np.testing.assert_array_equal(got, np.arange(3))

@@ -26,6 +26,11 @@ __all__ = ["UNWRITTEN", "Decoder", "Encoder", "Note", "register_decoder"]
 # A planned buffer left as the kernel gives it: fresh segment pages are zero.
 UNWRITTEN: Any = object()
 
+# Containers nested deeper than this are refused at share: decoding recurses
+# (about four frames a level), and a deeper tree would share fine but then
+# fail on every get() with a RecursionError.
+MAX_DEPTH = 100
+
 EncodeFn = Callable[["Encoder", Any, str], Any]
 DecodeFn = Callable[["Decoder", dict[str, Any]], Any]
 
@@ -59,6 +64,7 @@ class Encoder:
         self.data_size = 0
         self.pickled = False
         self.notes: list[Note] = []
+        self._depth = 0
 
     # -- planning -----------------------------------------------------
     def add(self, src: Any, nbytes: int) -> int:
@@ -77,6 +83,15 @@ class Encoder:
         self.notes.append(Note(path or "<root>", dtype, status, detail))
 
     def encode(self, obj: Any, path: str = "") -> Any:
+        if self._depth >= MAX_DEPTH:
+            return self.unsupported(obj, path, f"data nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return self._encode(obj, path)
+        finally:
+            self._depth -= 1
+
+    def _encode(self, obj: Any, path: str) -> Any:
         from . import _numpy, _python
 
         node = _python.encode(self, obj, path)
