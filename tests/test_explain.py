@@ -101,3 +101,12 @@ def test_explain_matches_what_share_does() -> None:
             data = getattr(values, "_ndarray", getattr(values, "_data", None))
             assert np.shares_memory(data, base), col
         assert str(got["legacy"].dtype) == "str"  # "converted": Arrow-backed now
+
+
+def test_a_shared_handle_is_reported_as_already_shared() -> None:
+    # share(ref) returns ref itself, so explain must not call it unsupported.
+    with nocopy.share(np.arange(3)) as ref:
+        report = nocopy.explain(ref)
+        assert report.supported and report.zero_copy
+        assert report[0].status == "zero-copy"
+        assert "already in shared memory" in report[0].detail

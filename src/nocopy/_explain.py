@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any, overload
 
 from ._codec import Encoder, Note
+from ._shared import Shared
 
 __all__ = ["Explanation", "explain"]
 
@@ -127,6 +128,11 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
         ['s']     object (str)  converted  stored once as Arrow large_string at share (never fixed-width); get() returns it zero-copy as pandas' str dtype
         (4 parts; zero-copy: 3, converted: 1)
     """
+    if isinstance(obj, Shared):  # share() returns it as it is
+        return Explanation([
+            Note("<root>", f"Shared ({obj.kind})", "zero-copy",
+                 "already in shared memory: share() returns the handle as it is")
+        ])
     enc = Encoder(explain=True, allow_pickle=allow_pickle)
     if allow_pickle:
         # Pickling for real would copy the data just to describe it.
