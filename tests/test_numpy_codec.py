@@ -235,3 +235,11 @@ def test_deep_nesting_is_refused_at_share_not_at_every_get() -> None:
         for _ in range(150):
             got = got[0]
         np.testing.assert_array_equal(got, np.arange(3))
+
+
+@pytest.mark.parametrize("shape", [2.7, (2.5, 3), "3"])
+def test_empty_refuses_a_non_integer_shape_instead_of_truncating(shape: object) -> None:
+    with pytest.raises(TypeError, match="shape must be an int"):
+        nocopy.empty(shape, "f8")  # type: ignore[arg-type]
+    with nocopy.zeros(np.int32(3)) as out:  # numpy integers are fine
+        assert out.get().shape == (3,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import operator
 import os
 import re
 import secrets
@@ -345,7 +346,11 @@ def zeros(
 
 
 def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) -> Shared[np.ndarray]:
-    shape_t = (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
+    # operator.index, not int(): a float shape is an error (as in numpy), never truncated.
+    try:
+        shape_t = (operator.index(shape),) if np.ndim(shape) == 0 else tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r:.60}") from None
     if any(s < 0 for s in shape_t):
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
     dt = np.dtype(dtype)
