@@ -154,6 +154,15 @@ def test_arguments_inside_containers_and_kwargs_are_shared() -> None:
     assert got == (300_000.0, 600_000.0, 30.0, True, True)
 
 
+def test_a_big_memmap_argument_is_shared_not_pickled(tmp_path: Path) -> None:
+    mm = np.memmap(tmp_path / "data.f8", dtype="f8", mode="w+", shape=(MiB // 8 * 2,))
+    mm[:] = 1.0
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        where, writable, _, s = ex.submit(describe_arg, mm).result()
+    assert where is not None and writable and s == float(mm.size)
+    del mm
+
+
 def test_explicit_shared_arrives_as_shared() -> None:
     with nocopy.share(np.arange(10.0)) as ref, nocopy.ProcessPoolExecutor(1) as ex:
         assert ex.submit(is_shared_handle, ref).result() == ("Shared", 45.0)

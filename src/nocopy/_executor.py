@@ -74,7 +74,7 @@ _MAX_DEPTH = 4
 def _data_nbytes(value: Any) -> int | None:
     """Bytes of a shareable data object, or None if *value* is not one."""
     t = type(value)
-    if t is np.ndarray or t is np.recarray:
+    if t is np.ndarray or t is np.recarray or t is np.memmap:  # share() takes all three
         return None if value.dtype.hasobject else int(value.nbytes)
     module = t.__module__ or ""
     if module.startswith("pandas"):
