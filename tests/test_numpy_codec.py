@@ -243,3 +243,30 @@ def test_empty_refuses_a_non_integer_shape_instead_of_truncating(shape: object) 
         nocopy.empty(shape, "f8")  # type: ignore[arg-type]
     with nocopy.zeros(np.int32(3)) as out:  # numpy integers are fine
         assert out.get().shape == (3,)
+
+
+def test_close_from_another_thread_during_a_private_get_is_safe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
+    ref = nocopy.share(np.arange(10))
+    real_dup = os.dup
+    closer = threading.Thread(target=ref.close)
+
+    def dup_while_closing(fd: int) -> int:
+        # close() runs in another thread right between get()'s "still open?" and its dup
+        if not closer.is_alive() and closer.ident is None:
+            closer.start()
+            closer.join(0.3)
+        return real_dup(fd)
+
+    monkeypatch.setattr(os, "dup", dup_while_closing)
+    try:
+        got = ref.get(private=True)
+    except SegmentNotFoundError:
+        pass  # closed first: the clear error
+    else:
+        assert got.tolist() == list(range(10))
+    monkeypatch.setattr(os, "dup", real_dup)
+    closer.join()
+    assert ref.closed

@@ -160,7 +160,14 @@ class Shared(Generic[T]):
                 f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
             )
         if private:
-            base = self._map(mmap.ACCESS_COPY)
+            # Under the lock: a close() in another thread must not free the
+            # owner's descriptor between the check and the mapping.
+            with self._lock:
+                if self._closed:
+                    raise SegmentNotFoundError(
+                        f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
+                    )
+                base = self._map(mmap.ACCESS_COPY)
         else:
             base = self._shared_base()
         result: T = self._decode(base)
