@@ -170,6 +170,7 @@ def test_pandas_scalars_round_trip() -> None:
     assert got[3] is pd.NA and got[4] is pd.NaT
 
 
+@pytest.mark.slow
 def test_hypothesis_round_trip_300_frames_through_a_spawned_worker(spawn_pool: Any) -> None:
     seen = []
 
