@@ -260,7 +260,7 @@ def _warnings(r: dict[str, Any]) -> list[dict[str, str]]:
             out, level,
             "other processes' /proc/<pid>/fd cannot be opened here (ptrace restrictions such as "
             "kernel.yama.ptrace_scope or a container profile): memfd attach uses the SCM_RIGHTS "
-            f"fallback, ~25-50 us instead of ~4 us ({memfd.get('scm_rights_detail', '')})",
+            f"fallback, a round trip to the owner per attach ({memfd.get('scm_rights_detail', '')})",
             "nothing to do if the fallback works; otherwise `sysctl kernel.yama.ptrace_scope=0` "
             "or set NOCOPY_BACKEND=posix",
         )
