@@ -101,7 +101,7 @@ def test_import_does_not_pull_optional_dependencies() -> None:
         "print(sorted(m for m in ('pandas', 'pyarrow', 'ray', 'psutil', 'matplotlib', 'tqdm', 'joblib') "
         "if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 
 
