@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -83,17 +84,28 @@ def test_sigkill_of_memfd_owner_returns_the_memory(procs: Procs) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_of_posix_owner_leaves_a_reclaimable_segment(procs: Procs) -> None:
-    p, name = _start_owner(procs, "posix")
-    path = f"/dev/shm/{name}"
-    assert os.path.getsize(path) > 256 * 2**20 - 1
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait(timeout=10)
-    assert os.path.exists(path)  # a named segment outlives a SIGKILLed owner...
-    reclaimed = nocopy.cleanup()
-    assert name in {seg.name for seg in reclaimed}
-    assert not os.path.exists(path)  # ...until cleanup reclaims it
-    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
+def test_sigkill_of_posix_owner_leaves_a_reclaimable_segment(
+    procs: Procs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A private shm directory (tmpfs, inherited by the owner): any other nocopy
+    # process creating its first posix segment in /dev/shm would reclaim this
+    # orphan before the test looks, and cleanup() here touches nobody else's.
+    shm = tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm")
+    monkeypatch.setenv("NOCOPY_SHM_DIR", shm)
+    try:
+        p, name = _start_owner(procs, "posix")
+        path = f"{shm}/{name}"
+        assert os.path.getsize(path) > 256 * 2**20 - 1
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        assert os.path.exists(path)  # a named segment outlives a SIGKILLed owner...
+        reclaimed = nocopy.cleanup()
+        assert [seg.name for seg in reclaimed] == [name]
+        assert not os.path.exists(path)  # ...until cleanup reclaims it
+        assert os.listdir(shm) == []
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 SMALL_TMPFS = """
