@@ -230,6 +230,41 @@ def test_dataframe_argument_and_result() -> None:
     assert df["x"].iloc[-1] == 199_999.0  # the caller's frame never changed
 
 
+def frame_dtypes_and_object_write(df: Any) -> tuple[list[str], str | None, Any]:
+    where = nocopy_mapping_of(df["x"].to_numpy())
+    dtypes = [str(t) for t in df.dtypes]
+    df.loc[0, "o"] = 5  # fine in a pickled copy's object column
+    return dtypes, where, df
+
+
+def test_object_and_python_string_columns_keep_their_dtype_both_ways() -> None:
+    # share() hands object/string[python] columns back as Arrow strings; the
+    # executor must not: a pickled copy keeps them, and tasks may rely on it.
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("nocopy._codec._pandas")
+    n = 100_000
+    df = pd.DataFrame({
+        "x": np.arange(n, dtype="f8"),
+        "o": pd.Series(["ab", "c"] * (n // 2), dtype=object),
+        "p": pd.Series(["d", None] * (n // 2), dtype="string[python]"),
+    })
+    with nocopy.ProcessPoolExecutor(1, share_threshold=100_000) as ex:
+        dtypes, where, back = ex.submit(frame_dtypes_and_object_write, df).result()
+        series = ex.submit(frame_roundtrip_series, df["o"]).result()
+    assert where is not None  # the numeric column is still a view of the shared segment
+    assert dtypes == ["float64", "object", "string"]
+    assert [str(t) for t in back.dtypes] == ["float64", "object", "string"]  # the result too
+    assert back["p"].dtype.storage == "python"
+    assert back.loc[0, "o"] == 5 and back["o"].iloc[1:].tolist() == df["o"].iloc[1:].tolist()
+    assert series.dtype == object and series.tolist() == df["o"].tolist()
+    assert df.loc[0, "o"] == "ab"  # the caller's frame never changed
+
+
+def frame_roundtrip_series(s: Any) -> Any:
+    assert s.dtype == object
+    return s
+
+
 # -- Ctrl-C inside "with" ----------------------------------------------------
 SIGINT_SCRIPT = """
 import os, sys, time

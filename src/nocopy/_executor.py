@@ -95,6 +95,33 @@ def _data_nbytes(value: Any) -> int | None:
     return None
 
 
+def _converted_columns(value: Any) -> tuple[tuple[int, Any], ...]:
+    """(position, dtype) of the columns share() converts (object of str, string[python]).
+
+    get() returns those as Arrow-backed strings; the executor turns them back,
+    so a task (or the caller, for results) sees the dtype a pickled copy has.
+    Position -1 stands for a Series' own values.
+    """
+    t = type(value)
+    if not (t.__module__ or "").startswith("pandas") or t.__name__ not in ("DataFrame", "Series"):
+        return ()
+
+    def converted(dt: Any) -> bool:
+        return (isinstance(dt, np.dtype) and dt.kind == "O") or (type(dt).__name__ == "StringDtype" and dt.storage == "python")
+
+    if t.__name__ == "Series":
+        return ((-1, value.dtype),) if converted(value.dtype) else ()
+    return tuple((i, dt) for i, dt in enumerate(value.dtypes) if converted(dt))
+
+
+def _restore_columns(value: Any, columns: tuple[tuple[int, Any], ...]) -> Any:
+    for position, dtype in columns:
+        if position < 0:
+            return value.astype(dtype)
+        value.isetitem(position, value.iloc[:, position].astype(dtype))
+    return value
+
+
 def _preload_in_forkserver(ctx: BaseContext | None) -> None:
     """Have a forkserver that is not running yet import numpy and nocopy once.
 
@@ -118,13 +145,14 @@ def _preload_in_forkserver(ctx: BaseContext | None) -> None:
 class _AutoArg:
     """Marks an auto-shared argument: the worker gets ``shared.get(private=True)``."""
 
-    __slots__ = ("shared",)
+    __slots__ = ("columns", "shared")
 
-    def __init__(self, shared: Shared[Any]) -> None:
+    def __init__(self, shared: Shared[Any], columns: tuple[tuple[int, Any], ...] = ()) -> None:
         self.shared = shared
+        self.columns = columns
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_AutoArg, (self.shared,))
+        return (_AutoArg, (self.shared, self.columns))
 
 
 class _ShareCache:
@@ -304,7 +332,8 @@ def _hand_over(address: str, tag: str, key: str, fd: int) -> None:
 
 
 def _claim_result(
-    address: str, key: str, store: str, name: str, token: bytes, size: int, nbytes: int, kind: str
+    address: str, key: str, store: str, name: str, token: bytes, size: int, nbytes: int, kind: str,
+    columns: tuple[tuple[int, Any], ...] = (),
 ) -> Any:
     """Parent side (runs while the reply is unpickled): a private view of a worker's result."""
     inbox = _inbox
@@ -320,7 +349,7 @@ def _claim_result(
     )
     try:
         # Copy-on-write, like a result that was pickled: the caller may write to it.
-        return handle.get(private=True)
+        return _restore_columns(handle.get(private=True), columns)
     finally:
         handle.close()
 
@@ -366,7 +395,8 @@ def _walk_result(value: Any, threshold: int, address: str, tag: str, depth: int)
         _hand_over(address, tag, key, owner.fd)
         loc = handle._locator
         return _ResultRef(
-            address, key, loc.store, loc.name, handle._token, handle.size, handle.nbytes, handle.kind
+            address, key, loc.store, loc.name, handle._token, handle.size, handle.nbytes, handle.kind,
+            _converted_columns(value),
         )
     finally:
         handle.close()
@@ -459,7 +489,7 @@ def _keep_warm(handle: Shared[Any]) -> None:
 def _unwrap(value: Any, depth: int) -> Any:
     t = type(value)
     if t is _AutoArg:
-        return value.shared.get(private=True)
+        return _restore_columns(value.shared.get(private=True), value.columns)
     if t is Shared:
         _keep_warm(value)
         return value
@@ -826,7 +856,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         if shared is None:
             return value
         found[0] = True
-        return _AutoArg(shared)
+        return _AutoArg(shared, _converted_columns(value))
 
     # -- crashes --------------------------------------------------------
     def _crash_info(self) -> tuple[list[tuple[int, int | None]], dict[int, int]]:
