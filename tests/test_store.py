@@ -91,3 +91,14 @@ def test_names_carry_pid_start_time_and_128_random_bits() -> None:
         assert len(name.rsplit("-", 1)[1]) == 32
     assert _names.pid_alive(os.getpid(), _names.process_start_time(os.getpid()) or 0)
     assert not _names.pid_alive(os.getpid(), 1)  # same pid, other start: a recycled pid
+
+
+@pytest.mark.parametrize("where", ["missing", "a file"])
+def test_a_bad_shm_dir_is_a_clear_error(where: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = os.path.join(str(tmp_path), "nope")
+    if where == "a file":
+        open(path, "w").close()
+    monkeypatch.setenv("NOCOPY_SHM_DIR", path)
+    with pytest.raises(nocopy.errors.SegmentNotFoundError, match=r"NOCOPY_SHM_DIR.*Fix"):
+        nocopy.share(np.arange(3), backend="posix")
+    assert os.listdir(str(tmp_path)) == ([] if where == "missing" else ["nope"])

@@ -131,6 +131,12 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
         sock = _fdserver.server().address
     else:
         directory = shm_dir()
+        if not os.path.isdir(directory):
+            raise SegmentNotFoundError(
+                f"cannot make a posix segment: the shm directory {directory} ($NOCOPY_SHM_DIR, "
+                "default /dev/shm) does not exist or is not a directory. Fix: point "
+                "NOCOPY_SHM_DIR at a tmpfs directory, or use backend='memfd'."
+            )
         _gc_once(directory)
         _capacity.check_room(what, size, shm_dir=directory)
         path = os.path.join(directory, name)
