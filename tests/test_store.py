@@ -102,3 +102,26 @@ def test_a_bad_shm_dir_is_a_clear_error(where: str, tmp_path: object, monkeypatc
     with pytest.raises(nocopy.errors.SegmentNotFoundError, match=r"NOCOPY_SHM_DIR.*Fix"):
         nocopy.share(np.arange(3), backend="posix")
     assert os.listdir(str(tmp_path)) == ([] if where == "missing" else ["nope"])
+
+
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_running_out_of_file_descriptors_names_the_fix(backend: str) -> None:
+    # Every live segment holds one descriptor in its owner: sharing thousands
+    # of objects meets `ulimit -n`, and the error must say what to do.
+    out = run_python(f"""
+        import errno, resource, numpy as np, nocopy
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        refs = []
+        try:
+            for _ in range(200):
+                refs.append(nocopy.share(np.arange(3), backend={backend!r}))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE, exc
+            print("NOTE", " ".join(getattr(exc, "__notes__", [])))
+        for r in refs:
+            r.close()
+        print("OK", int(nocopy.share(np.arange(3), backend={backend!r}).get().sum()))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "NOTE nocopy:" in out.stdout and "ulimit -n" in out.stdout and "close()" in out.stdout
+    assert "OK 3" in out.stdout

@@ -125,7 +125,11 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
     name = _names.make_name()
     if backend == "memfd":
         _capacity.check_room(what, size)
-        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except OSError as exc:
+            _note_fd_limit(exc)
+            raise
         os.fchmod(fd, 0o600)  # memfd starts 0777; keep it private like a posix segment
         path = None
         sock = _fdserver.server().address
@@ -140,7 +144,11 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
         _gc_once(directory)
         _capacity.check_room(what, size, shm_dir=directory)
         path = os.path.join(directory, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            _note_fd_limit(exc)
+            raise
         _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
         sock = ""
     try:
@@ -164,6 +172,16 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
         raise
     loc = Locator(backend, name, os.getpid(), fd if backend == "memfd" else -1, sock)
     return OwnedSegment(loc, fd, size, path)
+
+
+def _note_fd_limit(exc: OSError) -> None:
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        exc.add_note(
+            "nocopy: every live segment holds one file descriptor in the process that "
+            "shared it. Fix: close() the handles you no longer need, share fewer, larger "
+            "objects (e.g. one dict of arrays), or raise the limit (`ulimit -n`, "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, ...))."
+        )
 
 
 _gc_done: set[str] = set()
