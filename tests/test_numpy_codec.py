@@ -270,3 +270,14 @@ def test_close_from_another_thread_during_a_private_get_is_safe(monkeypatch: pyt
     monkeypatch.setattr(os, "dup", real_dup)
     closer.join()
     assert ref.closed
+
+
+def test_the_same_array_met_twice_is_stored_once() -> None:
+    a = np.arange(1000.0)
+    with nocopy.share([a, a, {"again": a}, a[:10]]) as ref:
+        assert ref.nbytes == a.nbytes + 80  # a once, plus the slice (another object)
+        x, y, d, head = ref.get()
+        for v in (x, y, d["again"]):
+            np.testing.assert_array_equal(v, a)
+        np.testing.assert_array_equal(head, a[:10])
+        assert np.shares_memory(x, y) and np.shares_memory(x, d["again"])

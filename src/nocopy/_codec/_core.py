@@ -65,6 +65,9 @@ class Encoder:
         self.pickled = False
         self.notes: list[Note] = []
         self._depth = 0
+        # (id, nbytes) of each ndarray planned: the same array met twice (``[a, a]``)
+        # is stored once, as pickle would. ``sources`` keeps them alive, so ids are not reused.
+        self._planned: dict[tuple[int, int], int] = {}
 
     # -- planning -----------------------------------------------------
     def add(self, src: Any, nbytes: int) -> int:
@@ -73,10 +76,16 @@ class Encoder:
         *src* is an ndarray, a bytes-like object, or a callable ``src(dst)``
         that writes exactly *nbytes* into ``dst`` (a uint8 view of the slot).
         """
+        if isinstance(src, np.ndarray):
+            known = self._planned.get((id(src), nbytes))
+            if known is not None:
+                return known
         off = self.data_size
         self.table.append((off, nbytes))
         self.sources.append(src)
         self.data_size = align(off + nbytes)
+        if isinstance(src, np.ndarray):
+            self._planned[(id(src), nbytes)] = len(self.table) - 1
         return len(self.table) - 1
 
     def note(self, path: str, dtype: str, status: str, detail: str = "") -> None:
@@ -152,6 +161,7 @@ class Encoder:
             else:
                 dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
         self.sources.clear()
+        self._planned.clear()
 
     def write_to_fd(self, fd: int, data_offset: int) -> None:
         """Copy every planned buffer into file *fd* with pwrite.
@@ -171,6 +181,7 @@ class Encoder:
             else:
                 _pwrite_all(fd, memoryview(src).cast("B"), start)
         self.sources.clear()
+        self._planned.clear()
 
 
 _CHUNK = 64 << 20
