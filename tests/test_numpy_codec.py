@@ -281,3 +281,12 @@ def test_the_same_array_met_twice_is_stored_once() -> None:
             np.testing.assert_array_equal(v, a)
         np.testing.assert_array_equal(head, a[:10])
         assert np.shares_memory(x, y) and np.shares_memory(x, d["again"])
+
+
+def test_outputs_of_a_subarray_dtype_expand_like_numpy() -> None:
+    with nocopy.zeros(2, ("f8", (2, 3))) as out:
+        got = out.get()
+        expected = np.zeros(2, ("f8", (2, 3)))
+        assert got.shape == expected.shape == (2, 2, 3) and got.dtype == expected.dtype
+        got[1] = 7.0
+        assert out.get()[1].sum() == 42.0

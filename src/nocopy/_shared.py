@@ -361,6 +361,9 @@ def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) 
     if any(s < 0 for s in shape_t):
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
     dt = np.dtype(dtype)
+    if dt.subdtype is not None:  # as numpy does: zeros(2, ("f8", (3,))) has shape (2, 3)
+        dt, sub = dt.subdtype
+        shape_t += tuple(sub)
     if dt.hasobject:
         from .errors import UnsupportedTypeError
 
