@@ -52,6 +52,7 @@ import numpy as np
 
 from ._shared import Shared, share, zeros
 from ._store import Locator, OwnedSegment, shm_dir
+from ._store._perprocess import PerProcess
 from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor"]
@@ -289,27 +290,11 @@ class _Inbox:
         self._fds.clear()
 
 
-_inbox: _Inbox | None = None
-_inbox_lock = threading.Lock()
+_inbox: PerProcess[_Inbox] = PerProcess(_Inbox)
 
 
 def _get_inbox() -> _Inbox:
-    global _inbox
-    with _inbox_lock:
-        if _inbox is None:
-            _inbox = _Inbox()
-        return _inbox
-
-
-def _inbox_after_fork() -> None:
-    global _inbox, _inbox_lock
-    _inbox_lock = threading.Lock()
-    if _inbox is not None:
-        _inbox.close_in_child()
-        _inbox = None
-
-
-os.register_at_fork(after_in_child=_inbox_after_fork)
+    return _inbox.get()
 
 
 def _hand_over(address: str, tag: str, key: str, fd: int) -> None:
@@ -336,7 +321,7 @@ def _claim_result(
     columns: tuple[tuple[int, Any], ...] = (),
 ) -> Any:
     """Parent side (runs while the reply is unpickled): a private view of a worker's result."""
-    inbox = _inbox
+    inbox = _inbox.peek()
     fd = inbox.claim(key) if inbox is not None and inbox.address == address else None
     if fd is None:
         raise SegmentNotFoundError(
@@ -941,7 +926,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         self._cache.clear(close=True)
         self._table_view = None
         self._task_table.close()
-        inbox = _inbox
+        inbox = _inbox.peek()
         if inbox is not None:
             inbox.drop(self._tag)
         if reclaim:

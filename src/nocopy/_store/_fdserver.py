@@ -16,6 +16,7 @@ import struct
 import threading
 
 from ..errors import SegmentAccessError, SegmentNotFoundError
+from ._perprocess import PerProcess
 
 __all__ = ["FdServer", "request_fd", "server"]
 
@@ -91,27 +92,12 @@ class FdServer:
             pass
 
 
-_server: FdServer | None = None
-_server_lock = threading.Lock()
+_server: PerProcess[FdServer] = PerProcess(FdServer)
 
 
 def server() -> FdServer:
-    global _server
-    with _server_lock:
-        if _server is None:
-            _server = FdServer()
-        return _server
-
-
-def _after_fork_in_child() -> None:
-    global _server, _server_lock
-    _server_lock = threading.Lock()
-    if _server is not None:
-        _server.close_in_child()
-        _server = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    """This process's fd server, started on first use."""
+    return _server.get()
 
 
 def request_fd(address: str, name: str, token: str) -> int:
