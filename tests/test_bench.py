@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -136,9 +138,9 @@ def test_monitor_counts_each_shared_page_once() -> None:
 _UNMAPPED_FILE = """
 import json, os, sys, time
 from nocopy._bench._monitor import MemoryMonitor
-n = int(sys.argv[1])
-path = f"/dev/shm/nocopybench-{os.getpid()}-test.arrow"
-pattern = f"/dev/shm/nocopybench-{os.getpid()}-*.arrow"
+n, where = int(sys.argv[1]), sys.argv[2]
+path = f"{where}/nocopybench-{os.getpid()}-test.arrow"
+pattern = f"{where}/nocopybench-{os.getpid()}-*.arrow"
 try:
     with open(path, "wb") as f:
         f.write(b"\\x01" * n)
@@ -157,14 +159,20 @@ print(json.dumps({"seen_shm": seen.shm_bytes - unseen.shm_bytes,
 
 def test_monitor_counts_unmapped_shm_files_it_is_told_about() -> None:
     n = 32 * MiB
-    proc = run_cli([sys.executable, "-c", _UNMAPPED_FILE, str(n)], timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout)
-    assert r["seen_shm"] >= n
-    assert r["peak_total"] >= n * 0.95
-    assert r["samples"] >= 2
-    pid = proc.args[0]
-    assert not os.path.exists(f"/dev/shm/nocopybench-{pid}-test.arrow")
+    # A private directory on the same tmpfs: removed by this test even if the
+    # child is killed before its own cleanup runs.
+    where = tempfile.mkdtemp(dir="/dev/shm", prefix="nocopybench-test-")
+    try:
+        proc = run_cli([sys.executable, "-c", _UNMAPPED_FILE, str(n), where], timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        r = json.loads(proc.stdout)
+        assert r["seen_shm"] >= n
+        assert r["peak_total"] >= n * 0.95
+        assert r["samples"] >= 2
+        pid = proc.args[0]
+        assert not os.path.exists(f"{where}/nocopybench-{pid}-test.arrow")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_stale_arrow_files_of_dead_benchmarks_are_removed(procs: Procs) -> None:
