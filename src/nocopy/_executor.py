@@ -33,7 +33,6 @@ import pickle
 import secrets
 import signal
 import socket
-import struct
 import threading
 import time
 import warnings
@@ -53,6 +52,7 @@ import numpy as np
 from ._shared import Shared, share, zeros
 from ._store import Locator, OwnedSegment, shm_dir
 from ._store._perprocess import PerProcess
+from ._store._unixserver import UnixServer
 from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor"]
@@ -227,34 +227,19 @@ class _ShareCache:
 # ---------------------------------------------------------------------------
 # results: worker -> parent, handed over before the task returns
 # ---------------------------------------------------------------------------
-class _Inbox:
+class _Inbox(UnixServer):
     """Receives result segments' descriptors from workers (SCM_RIGHTS), one per process."""
 
+    REFUSED = b"N"
+    TIMEOUT = 10.0
+
     def __init__(self) -> None:
-        self.address = f"nocopy-res-{os.getpid()}-{secrets.token_hex(16)}"
         self._fds: dict[str, tuple[int, str]] = {}
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind("\0" + self.address)
-        self._sock.listen(64)
-        self._thread = threading.Thread(target=self._serve, name="nocopy-result-inbox", daemon=True)
-        self._thread.start()
+        super().__init__("nocopy-res")
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn, contextlib.suppress(OSError, ValueError):
-                self._receive(conn)
-
-    def _receive(self, conn: socket.socket) -> None:
-        conn.settimeout(10)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
+    def answer(self, conn: socket.socket) -> None:
         msg, fds, _flags, _addr = socket.recv_fds(conn, 512, 1)
-        if uid != os.geteuid() or len(fds) != 1:
+        if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
             conn.sendall(b"N")
@@ -282,8 +267,7 @@ class _Inbox:
                 os.close(fd)
 
     def close_in_child(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sock.close()
+        super().close_in_child()
         for fd, _ in self._fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)

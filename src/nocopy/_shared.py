@@ -6,7 +6,6 @@ import mmap
 import operator
 import os
 import re
-import secrets
 import threading
 import weakref
 from typing import Any, Generic, TypeVar
@@ -14,9 +13,11 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ._codec import FLAG_PICKLE, Decoder, Encoder, pack_header, parse_header
+from ._codec import Decoder, Encoder, parse_header
+from ._codec._buffer import Plan, plan
 from ._codec._core import UNWRITTEN
-from ._codec._numpy import dtype_from_json, dtype_to_json
+from ._codec._layout import Header
+from ._codec._numpy import dtype_to_json
 from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
 from ._store._capacity import _fmt
 from ._store._names import NAME_RE
@@ -250,14 +251,14 @@ class Shared(Generic[T]):
             mm = mmap.mmap(fd, self._size, access=access)
         finally:
             os.close(fd)
-        base = np.frombuffer(mm, dtype=np.uint8)
-        parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
-        return base
+        return np.frombuffer(mm, dtype=np.uint8)
+
+    def _header(self, base: np.ndarray) -> Header:
+        return parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
 
     def _decode(self, base: np.ndarray) -> Any:
-        header = parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
-        if header.flags & FLAG_PICKLE and not self._trusted:
-            pass  # the decoder refuses the pickled nodes themselves
+        # Pickled nodes are refused by the decoder itself unless trusted.
+        header = self._header(base)
         return Decoder(base, header, name=self._locator.name, trusted=self._trusted).decode(header.tree)
 
 
@@ -275,25 +276,20 @@ def _kind_of(obj: Any) -> str:
     return type(obj).__name__
 
 
-def _new_segment(enc: Encoder, tree: Any, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
-    token = secrets.token_bytes(16)
-    flags = FLAG_PICKLE if enc.pickled else 0
-    head, data_offset, payload = pack_header(tree, enc.table, enc.data_size, token, flags)
-    nbytes = sum(n for _, n in enc.table)
-    seg = create_segment(payload, backend=backend or default_backend(), what=f"a {kind} of {_fmt(nbytes)}")
+def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
+    seg = create_segment(plan.size, backend=backend or default_backend(), what=f"a {kind} of {_fmt(plan.nbytes)}")
     try:
-        os.pwrite(seg.fd, head, 0)
-        enc.write_to_fd(seg.fd, data_offset)
+        plan.write_to_fd(seg.fd)
         if writable:
-            seg.keep_writable(token.hex())
+            seg.keep_writable(plan.token.hex())
         else:
-            seg.make_read_only(token.hex())
+            seg.make_read_only(plan.token.hex())
     except BaseException:
         seg.release()
         raise
     return Shared(
-        seg.locator, token=token, size=payload, nbytes=nbytes, kind=kind,
-        writable=writable, pickled=enc.pickled, trusted=True, owner=seg,
+        seg.locator, token=plan.token, size=plan.size, nbytes=plan.nbytes, kind=kind,
+        writable=writable, pickled=plan.pickled, trusted=True, owner=seg,
     )
 
 
@@ -316,9 +312,7 @@ def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> 
     """
     if isinstance(obj, Shared):
         return obj
-    enc = Encoder(allow_pickle=allow_pickle)
-    tree = enc.encode(obj)
-    return _new_segment(enc, tree, kind=_kind_of(obj), backend=backend, writable=False)
+    return _new_segment(plan(obj, allow_pickle=allow_pickle), kind=_kind_of(obj), backend=backend, writable=False)
 
 
 def empty(
@@ -378,8 +372,7 @@ def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) 
     node: dict[str, Any] = {"k": "nd", "b": enc.add(UNWRITTEN, nbytes), "dt": dtype_to_json(dt), "sh": list(shape_t)}
     if order == "F" and len(shape_t) > 1:
         node["o"] = "F"
-    dtype_from_json(node["dt"])
-    return _new_segment(enc, node, kind="ndarray", backend=backend, writable=True)
+    return _new_segment(Plan(enc, node), kind="ndarray", backend=backend, writable=True)
 
 
 _URI_RE = re.compile(r"^nocopy://(memfd|posix)/([A-Za-z0-9-]{1,100})\?([A-Za-z0-9=&_.-]{0,600})$")
@@ -450,5 +443,5 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
     """
     handle = parse_uri(uri)
     handle._trusted = trusted
-    handle._shared_base()
+    handle._header(handle._shared_base())  # fail here, not at the first get()
     return handle

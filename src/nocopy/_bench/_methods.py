@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import importlib.util
 import logging
 import mmap
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .._codec._core import _pwrite_all
 from . import _tasks
 from ._data import FIELD
 
@@ -115,6 +117,20 @@ def _warm(submit: Callable[..., Any], ctx: RunContext, preload: tuple[str, ...] 
         raise RuntimeError(f"warm-up reached {len(pids)} workers, expected {ctx.workers}")
 
 
+@contextlib.contextmanager
+def _warm_pool(ctx: RunContext, make: Callable[[], cf.Executor]) -> Iterator[cf.Executor]:
+    """Start-up: make the pool and run a task on every worker; teardown: shut it down."""
+    with ctx.phase("startup"):
+        ex = make()
+    try:
+        with ctx.phase("startup"):
+            _warm(ex.submit, ctx)
+        yield ex
+    finally:
+        with ctx.phase("teardown"):
+            ex.shutdown(wait=True)
+
+
 def _submit_all(ctx: RunContext, ex: cf.Executor, fn: Callable[..., float], *args: Any) -> list[float]:
     futures = [ex.submit(fn, *args) for _ in range(ctx.workers)]
     sums = [f.result() for f in futures]
@@ -144,7 +160,7 @@ def run_floor(ctx: RunContext) -> list[float]:
         with ctx.phase("work"):
             t0 = time.perf_counter()
             os.ftruncate(fd, n)
-            _pwrite_all(fd, raw)
+            _pwrite_all(fd, raw.data, 0)  # the same copy share() makes
             t1 = time.perf_counter()
             total = float(np.nansum(data[FIELD]))
             ctx.extra["memcpy_shm_s"] = t1 - t0
@@ -155,7 +171,7 @@ def run_floor(ctx: RunContext) -> list[float]:
             os.close(fd)
     if ctx.on_checkpoint is not None:
         return [total]  # a memory run: the reference copies would raise the floor's peak
-    ctx.extra["memcpy_shm_mapped_s"] = _time_mapped_copy(raw)
+    ctx.extra["memcpy_shm_mapped_s"] = time_mapped_copy(raw)
     t0 = time.perf_counter()
     private = np.empty(n, np.uint8)
     private[:] = raw
@@ -164,14 +180,20 @@ def run_floor(ctx: RunContext) -> list[float]:
     return [total]
 
 
-def _pwrite_all(fd: int, raw: np.ndarray) -> None:
-    view = memoryview(raw)  # type: ignore[arg-type]
-    done = 0
-    while done < len(view):  # one write() moves at most ~2 GiB
-        done += os.pwrite(fd, view[done : done + (1 << 30)], done)
+def time_pwrite_copy(raw: np.ndarray) -> float:
+    """Seconds to copy *raw* (uint8) into a fresh memfd with pwrite, as share() does."""
+    t0 = time.perf_counter()
+    fd = os.memfd_create("nocopy-bench-pwrite", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, raw.nbytes)
+        _pwrite_all(fd, raw.data, 0)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
 
 
-def _time_mapped_copy(raw: np.ndarray) -> float:
+def time_mapped_copy(raw: np.ndarray) -> float:
+    """Seconds to copy *raw* (uint8) into a fresh memfd through a mapping (a fault per page)."""
     n = max(raw.nbytes, 1)
     fd = os.memfd_create("nocopy-bench-floor-mapped", os.MFD_CLOEXEC)
     try:
@@ -190,16 +212,8 @@ def _time_mapped_copy(raw: np.ndarray) -> float:
 
 def run_pickle(ctx: RunContext) -> list[float]:
     """The original method 2: ProcessPoolExecutor, the array as the argument (pickled per task)."""
-    with ctx.phase("startup"):
-        ex = cf.ProcessPoolExecutor(ctx.workers, mp_context=ctx.mp)
-    try:
-        with ctx.phase("startup"):
-            _warm(ex.submit, ctx)
-        with ctx.phase("work"):
-            return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
-    finally:
-        with ctx.phase("teardown"):
-            ex.shutdown(wait=True)
+    with _warm_pool(ctx, lambda: cf.ProcessPoolExecutor(ctx.workers, mp_context=ctx.mp)) as ex, ctx.phase("work"):
+        return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
 
 
 def run_stdlib(ctx: RunContext) -> list[float]:
@@ -233,68 +247,41 @@ def run_stdlib(ctx: RunContext) -> list[float]:
 
 def run_nocopy_executor(ctx: RunContext) -> list[float]:
     """Method 2's code with only the executor changed to nocopy.ProcessPoolExecutor."""
-    with ctx.phase("startup"):
-        import nocopy
+    import nocopy
 
-        ex = nocopy.ProcessPoolExecutor(max_workers=ctx.workers, mp_context=ctx.mp)
-    try:
-        with ctx.phase("startup"):
-            _warm(ex.submit, ctx)
-        with ctx.phase("work"):
-            return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
-    finally:
-        with ctx.phase("teardown"):
-            ex.shutdown(wait=True)
+    make = functools.partial(nocopy.ProcessPoolExecutor, max_workers=ctx.workers, mp_context=ctx.mp)
+    with _warm_pool(ctx, make) as ex, ctx.phase("work"):
+        return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
 
 
 def run_nocopy_map(ctx: RunContext) -> list[float]:
     """nocopy.parallel_map over the array: one zero-copy row chunk per worker."""
-    with ctx.phase("startup"):
-        import nocopy
+    import nocopy
 
-        ex = nocopy.ProcessPoolExecutor(max_workers=ctx.workers, mp_context=ctx.mp)
-    try:
-        with ctx.phase("startup"):
-            _warm(ex.submit, ctx)
-        with ctx.phase("work"):
-            sums = nocopy.parallel_map(
-                _tasks.nansum_records, ctx.data, chunks=ctx.workers, workers=ctx.workers, executor=ex
-            )
-            ctx.checkpoint()
-            return [float(s) for s in sums]
-    finally:
-        with ctx.phase("teardown"):
-            ex.shutdown(wait=True)
+    make = functools.partial(nocopy.ProcessPoolExecutor, max_workers=ctx.workers, mp_context=ctx.mp)
+    with _warm_pool(ctx, make) as ex, ctx.phase("work"):
+        sums = nocopy.parallel_map(
+            _tasks.nansum_records, ctx.data, chunks=ctx.workers, workers=ctx.workers, executor=ex
+        )
+        ctx.checkpoint()
+        return [float(s) for s in sums]
 
 
 def run_threads(ctx: RunContext) -> list[float]:
     """ThreadPoolExecutor in this process: no copy at all (the zero-copy limit; GIL permitting)."""
-    with ctx.phase("startup"):
-        ex = cf.ThreadPoolExecutor(ctx.workers)
-    try:
-        with ctx.phase("startup"):
-            _warm(ex.submit, ctx)
-        with ctx.phase("work"):
-            return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
-    finally:
-        with ctx.phase("teardown"):
-            ex.shutdown(wait=True)
+    with _warm_pool(ctx, lambda: cf.ThreadPoolExecutor(ctx.workers)) as ex, ctx.phase("work"):
+        return _submit_all(ctx, ex, _tasks.nansum_records, ctx.data)
 
 
 def run_fork(ctx: RunContext) -> list[float]:
     """A global inherited copy-on-write by a fork pool (Linux; unsafe with threads in the parent)."""
-    with ctx.phase("startup"):
-        _tasks.FORK_DATA = ctx.data
-        ex = cf.ProcessPoolExecutor(ctx.workers, mp_context=multiprocessing.get_context("fork"))
+    _tasks.FORK_DATA = ctx.data  # inherited by the workers forked below
+    fork = multiprocessing.get_context("fork")
     try:
-        with ctx.phase("startup"):
-            _warm(ex.submit, ctx)
-        with ctx.phase("work"):
+        with _warm_pool(ctx, lambda: cf.ProcessPoolExecutor(ctx.workers, mp_context=fork)) as ex, ctx.phase("work"):
             return _submit_all(ctx, ex, _tasks.nansum_fork_global)
     finally:
-        with ctx.phase("teardown"):
-            ex.shutdown(wait=True)
-            _tasks.FORK_DATA = None
+        _tasks.FORK_DATA = None
 
 
 def _fork_available() -> str | None:

@@ -13,9 +13,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import mmap
 import multiprocessing
-import os
 import pickle
 import sys
 import tempfile
@@ -29,6 +27,7 @@ import numpy as np
 
 from . import _tasks
 from ._data import expected_sum, make_records
+from ._methods import time_mapped_copy, time_pwrite_copy
 from ._stats import fmt_size, ratio, summary
 
 __all__ = ["ScalingConfig", "run_scaling", "scaling_table"]
@@ -82,36 +81,6 @@ def _get_latency(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     return out
 
 
-def _memcpy_fresh_shm(src: np.ndarray) -> float:
-    n = src.nbytes
-    t0 = time.perf_counter()
-    fd = os.memfd_create("nocopy-bench-memcpy", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, n)
-        mm = mmap.mmap(fd, n)
-        dst = np.frombuffer(mm, np.uint8)
-        dst[:] = src
-        elapsed = time.perf_counter() - t0
-        del dst
-        mm.close()
-    finally:
-        os.close(fd)
-    return elapsed
-
-
-def _pwrite_fresh_shm(src: np.ndarray) -> float:
-    from ._methods import _pwrite_all
-
-    t0 = time.perf_counter()
-    fd = os.memfd_create("nocopy-bench-pwrite", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, src.nbytes)
-        _pwrite_all(fd, src)
-        return time.perf_counter() - t0
-    finally:
-        os.close(fd)
-
-
 def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     import nocopy
 
@@ -124,8 +93,8 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             ref = nocopy.share(src)
             share_s.append(time.perf_counter() - t0)
             ref.close()
-            memcpy_s.append(_memcpy_fresh_shm(src))
-            pwrite_s.append(_pwrite_fresh_shm(src))
+            memcpy_s.append(time_mapped_copy(src))
+            pwrite_s.append(time_pwrite_copy(src))
         del src
         s, m, w = (float(np.median(x)) for x in (share_s, memcpy_s, pwrite_s))
         point = {

@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["main"]
@@ -104,7 +105,7 @@ def _log(quiet: bool) -> Any:
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from ._report import plot_seed, seed_table, write_json
+    from ._report import plot_seed, seed_table
     from ._seed import SeedConfig, run_seed
 
     rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else 10_000_000)
@@ -115,23 +116,11 @@ def _seed(args: argparse.Namespace) -> int:
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
         repeat=args.repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
     )
-    try:
-        result = run_seed(cfg, _log(args.quiet))
-    except ValueError as exc:
-        print(f"nocopy bench seed: {exc}", file=sys.stderr)
-        return 2
-    print(seed_table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot_seed(result, args.plot)
-        print(f"wrote {args.plot}")
-    return 1 if result["failed"] else 0
+    return _run_and_report("seed", args, lambda: run_seed(cfg, _log(args.quiet)), seed_table, plot_seed)
 
 
 def _scaling(args: argparse.Namespace) -> int:
-    from ._report import plot_scaling, write_json
+    from ._report import plot_scaling
     from ._scaling import ScalingConfig, run_scaling, scaling_table
 
     try:
@@ -146,17 +135,30 @@ def _scaling(args: argparse.Namespace) -> int:
         min_size=args.min_size, max_size=args.max_size, rows=args.rows, workers=workers,
         tasks=args.tasks, start_method=args.start_method, repeat=args.repeat, parts=parts,
     )
+    return _run_and_report("scaling", args, lambda: run_scaling(cfg, _log(args.quiet)), scaling_table, plot_scaling)
+
+
+def _run_and_report(
+    command: str,
+    args: argparse.Namespace,
+    run: Callable[[], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+    plot: Callable[[dict[str, Any], str], None],
+) -> int:
+    """Run an experiment; print its table, write JSON and PNG if asked; the exit code."""
+    from ._report import write_json
+
     try:
-        result = run_scaling(cfg, _log(args.quiet))
+        result = run()
     except ValueError as exc:
-        print(f"nocopy bench scaling: {exc}", file=sys.stderr)
+        print(f"nocopy bench {command}: {exc}", file=sys.stderr)
         return 2
-    print(scaling_table(result))
+    print(table(result))
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        plot_scaling(result, args.plot)
+        plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 1 if result.get("failed") else 0
 

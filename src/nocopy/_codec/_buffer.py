@@ -20,13 +20,14 @@ __all__ = ["Plan", "decode_buffer", "plan"]
 
 
 class Plan:
-    """An object planned for encoding: its exact ``size``, then ``write_into(mem)``."""
+    """An object planned for encoding: its exact ``size`` and ``token``, then
+    ``write_into(mem)`` or ``write_to_fd(fd)`` (what share() does into a segment)."""
 
     def __init__(self, enc: Encoder, tree: Any) -> None:
         self._enc = enc
-        token = secrets.token_bytes(16)
+        self.token = secrets.token_bytes(16)
         flags = FLAG_PICKLE if enc.pickled else 0
-        self._head, self._data_offset, self.size = pack_header(tree, enc.table, enc.data_size, token, flags)
+        self._head, self._data_offset, self.size = pack_header(tree, enc.table, enc.data_size, self.token, flags)
         self.nbytes = sum(n for _, n in enc.table)
         self.pickled = enc.pickled
 

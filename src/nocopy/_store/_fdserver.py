@@ -12,27 +12,22 @@ import json
 import os
 import secrets
 import socket
-import struct
-import threading
 
 from ..errors import SegmentAccessError, SegmentNotFoundError
 from ._perprocess import PerProcess
+from ._unixserver import UnixServer
 
 __all__ = ["FdServer", "request_fd", "server"]
 
 _MAX_REQUEST = 4096
 
 
-class FdServer:
+class FdServer(UnixServer):
+    """Hands this process's memfds to same-user processes that know name and token."""
+
     def __init__(self) -> None:
-        self.address = f"nocopy-fds-{os.getpid()}-{secrets.token_hex(16)}"
         self._fds: dict[str, tuple[int, str]] = {}
-        self._lock = threading.Lock()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind("\0" + self.address)
-        self._sock.listen(64)
-        self._thread = threading.Thread(target=self._serve, name="nocopy-fd-server", daemon=True)
-        self._thread.start()
+        super().__init__("nocopy-fds")
 
     def register(self, name: str, fd: int, token: str) -> None:
         with self._lock:
@@ -42,25 +37,7 @@ class FdServer:
         with self._lock:
             self._fds.pop(name, None)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    self._answer(conn)
-                except OSError:
-                    pass
-
-    def _answer(self, conn: socket.socket) -> None:
-        conn.settimeout(5)
-        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        if uid != os.geteuid():
-            conn.sendall(b"A")
-            return
+    def answer(self, conn: socket.socket) -> None:
         data = b""
         while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
             chunk = conn.recv(_MAX_REQUEST)
@@ -83,13 +60,6 @@ class FdServer:
             socket.send_fds(conn, [b"K"], [dup])
         finally:
             os.close(dup)
-
-    def close_in_child(self) -> None:
-        # After fork the thread is gone; the inherited socket must not be served.
-        try:
-            self._sock.close()
-        except OSError:
-            pass
 
 
 _server: PerProcess[FdServer] = PerProcess(FdServer)
