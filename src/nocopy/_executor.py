@@ -51,6 +51,7 @@ import numpy as np
 
 from ._shared import Shared, share, zeros
 from ._store import Locator, OwnedSegment, shm_dir
+from ._store._names import memfd_link
 from ._store._perprocess import PerProcess
 from ._store._unixserver import UnixServer
 from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
@@ -416,7 +417,7 @@ def _segment_alive(handle: Shared[Any]) -> bool:
     loc = handle._locator
     if loc.store == "memfd":
         try:
-            return os.readlink(f"/proc/{loc.pid}/fd/{loc.fd}") == f"/memfd:{loc.name} (deleted)"
+            return os.readlink(f"/proc/{loc.pid}/fd/{loc.fd}") == memfd_link(loc.name)
         except OSError:
             return False
     return os.path.exists(os.path.join(shm_dir(), loc.name))

@@ -12,15 +12,12 @@ segment) removes it.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass, field
 
 from ._store import _names, _orphans, shm_dir
 
 __all__ = ["Segment", "cleanup", "segments"]
-
-_MEMFD_LINK = re.compile(r"^/memfd:(nocopy-[0-9]+-[0-9]+-[0-9a-f]{32}) \(deleted\)$")
 
 
 @dataclass(frozen=True)
@@ -113,7 +110,7 @@ def _scan_processes(posix_dir: str) -> tuple[dict[str, _Found], dict[str, set[in
                 link = os.readlink(f"{base}/fd/{fd}")
             except OSError:
                 continue
-            m = _MEMFD_LINK.match(link)
+            m = _names.MEMFD_LINK_RE.match(link)
             if m is None:
                 continue
             st = _stat_or_none(f"{base}/fd/{fd}")
@@ -132,7 +129,7 @@ def _scan_processes(posix_dir: str) -> tuple[dict[str, _Found], dict[str, set[in
             if len(parts) < 6:
                 continue
             path = parts[5]
-            m = _MEMFD_LINK.match(path)
+            m = _names.MEMFD_LINK_RE.match(path)
             if m is not None:
                 name = m.group(1)
                 found = memfd.get(name)

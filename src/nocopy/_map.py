@@ -197,12 +197,9 @@ def _spans(n: int, chunks: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
-def _run_chunk(fn: Callable[[Any], Any], source: Shared[Any], start: int, stop: int) -> Any:
-    """Worker side of the processes backend: read-only zero-copy rows, then fn."""
-    return fn(take_rows(source.get(), start, stop))
-
-
-def _run_chunk_local(fn: Callable[[Any], Any], data: Any, start: int, stop: int) -> Any:
+def _run_chunk(fn: Callable[[Any], Any], source: Any, start: int, stop: int) -> Any:
+    """Worker side of the processes and threads backends: zero-copy rows, then fn."""
+    data = source.get() if isinstance(source, Shared) else source
     return fn(take_rows(data, start, stop))
 
 
@@ -335,7 +332,7 @@ class ThreadBackend(MapBackend):
         return data
 
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
-        return self._pool.submit(_run_chunk_local, fn, source, start, stop)
+        return self._pool.submit(_run_chunk, fn, source, start, stop)
 
 
 # ---------------------------------------------------------------------------

@@ -238,7 +238,7 @@ def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
 
 def _open_memfd(loc: Locator, flags: int, token: str) -> int:
     proc = f"/proc/{loc.pid}/fd/{loc.fd}"
-    expected = f"/memfd:{loc.name} (deleted)"
+    expected = _names.memfd_link(loc.name)
     # Look before opening: the fd number may now be any other file of the owner.
     try:
         before = os.readlink(proc)

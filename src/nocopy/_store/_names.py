@@ -7,11 +7,19 @@ import os
 import re
 import secrets
 
-__all__ = ["NAME_RE", "ParsedName", "make_name", "parse_name", "pid_alive", "process_start_time"]
+__all__ = ["MEMFD_LINK_RE", "NAME_RE", "ParsedName", "make_name", "memfd_link", "parse_name", "pid_alive", "process_start_time"]
 
 PREFIX = "nocopy"
 # nocopy-<pid>-<start ticks>-<32 hex>: no path separators, nothing to traverse.
-NAME_RE = re.compile(r"^nocopy-([0-9]{1,10})-([0-9]{1,20})-([0-9a-f]{32})$")
+_NAME = r"nocopy-([0-9]{1,10})-([0-9]{1,20})-([0-9a-f]{32})"
+NAME_RE = re.compile(f"^{_NAME}$")
+# What /proc/<pid>/fd/<n> (and a maps line) shows for a memfd segment.
+MEMFD_LINK_RE = re.compile(rf"^/memfd:({_NAME}) \(deleted\)$")
+
+
+def memfd_link(name: str) -> str:
+    """The /proc link text of memfd segment *name*."""
+    return f"/memfd:{name} (deleted)"
 
 
 def process_start_time(pid: int) -> int | None:
