@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +56,17 @@ def procs() -> Iterator[Procs]:
         yield p
     finally:
         p.reap()
+
+
+@pytest.fixture(scope="module")
+def spawn_pool() -> Iterator[Any]:
+    """One spawned worker per test module (its start-up paid once)."""
+    pool = mp.get_context("spawn").Pool(1)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def run_python(code: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -101,3 +116,53 @@ def ray_cluster() -> Iterator[object]:
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.fixture
+def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private shm directory on the /dev/shm tmpfs, in the environment for children too.
+
+    World-traversable like /dev/shm (mode 1777); removed afterwards whatever
+    the test's processes left in it. Posix segments made here cannot be
+    reclaimed by other nocopy processes on the machine, nor reclaim theirs.
+    """
+    d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
+    os.chmod(d, 0o1777)
+    monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def segment_holders(names: set[str]) -> list[str]:
+    """Every /proc/<pid>/fd link and maps line that still refers to one of segments *names*."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if any(n in link for n in names):
+                    found.append(f"{pid}/fd/{fd} -> {link}")
+            with open(f"/proc/{pid}/maps") as f:
+                maps = f.read()
+        except OSError:
+            continue
+        found += [f"{pid}/maps: {n}" for n in names if n in maps]
+    return found
+
+
+def segment_of(arr: object) -> str | None:
+    """Name of the nocopy segment whose mapping holds *arr*'s memory (in this process), or None."""
+    addr = arr.__array_interface__["data"][0]  # type: ignore[attr-defined]
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                path = " ".join(fields[5:])
+                return path.split("nocopy-", 1)[1].split()[0] if "nocopy-" in path else None
+    return None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import decimal
-import multiprocessing as mp
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -144,16 +142,6 @@ def test_buffers_and_nesting() -> None:
         assert got["parts"][0].equals(table.column("list"))
         assert got["parts"][1].equals(table.column("struct").chunk(0))
         assert got["buf"].to_pybytes() == b"raw bytes"
-
-
-@pytest.fixture(scope="module")
-def spawn_pool() -> Iterator[Any]:
-    pool = mp.get_context("spawn").Pool(1)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def test_round_trip_through_a_spawned_worker(spawn_pool: Any) -> None:

@@ -6,7 +6,6 @@ import json
 import multiprocessing as mp
 import os
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,17 +30,6 @@ from strategies import (
     outside,
     worker_roundtrip_many,
 )
-
-
-@pytest.fixture(scope="module")
-def spawn_pool() -> Iterator[Any]:
-    """One spawned worker for the whole module (start-up paid once)."""
-    pool = mp.get_context("spawn").Pool(1)
-    try:
-        yield pool
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 def _frame(n: int = 5) -> pd.DataFrame:

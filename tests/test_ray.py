@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -324,6 +325,27 @@ def _frame_column_buffers(col: Any) -> list[np.ndarray]:
     return [np.asarray(values)]
 
 
+def task_uss_growth(make: Callable[[], Any], what: str) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """How much a task's USS grows reading ``make()`` through nocopy.ray.get, then plain ray.get.
+
+    Returns (ours, theirs, the data bytes nocopy stored). The data is built
+    here and dropped as soon as it is in the store: one object in the store at
+    a time, because Ray's store keeps its high-water mark until shutdown.
+    """
+    data = make()
+    ref = nray.put(data)
+    size = ref.nbytes
+    ours = ray.get(uss_growth.remote([ref], True))
+    del ref
+    plain = ray.put(data)
+    del data
+    theirs = ray.get(uss_growth.remote([plain], False))
+    del plain
+    print(f"task USS growth, {size >> 20} MiB {what}: nocopy.ray.get {ours['grown'] >> 20} MiB, "
+          f"ray.get {theirs['grown'] >> 20} MiB")
+    return ours, theirs, size
+
+
 big_dtype = np.dtype([("t", "M8[ns]"), ("x", "f8"), ("s", "S8")])
 
 
@@ -338,18 +360,7 @@ def big_records(nbytes: int) -> np.recarray:
 
 @pytest.mark.slow
 def test_task_reads_500mb_records_without_copying_where_plain_ray_get_copies() -> None:
-    data = big_records(500 << 20)
-    size = data.nbytes
-    # One object at a time: Ray's store keeps its high-water mark until shutdown.
-    ref = nray.put(data)
-    ours = ray.get(uss_growth.remote([ref], True))
-    del ref
-    plain = ray.put(data)
-    del data
-    theirs = ray.get(uss_growth.remote([plain], False))
-    del plain
-    print(f"task USS growth, {size >> 20} MiB records: nocopy.ray.get {ours['grown'] >> 20} MiB, "
-          f"ray.get {theirs['grown'] >> 20} MiB")
+    ours, theirs, size = task_uss_growth(lambda: big_records(500 << 20), "records")
     assert ours["checksum"] == theirs["checksum"]
     assert all(ro and inside for ro, inside in ours["read_only_in_store"])
     assert ours["grown"] < 0.10 * size, f"nocopy grew USS by {ours['grown'] / size:.0%} of the data"
@@ -463,17 +474,7 @@ def big_frame(nbytes: int) -> Any:
 @needs_pandas_codec
 @pytest.mark.slow
 def test_task_reads_500mb_frame_datetime_and_strings_without_copying() -> None:
-    df = big_frame(500 << 20)
-    ref = nray.put(df)
-    size = ref.nbytes  # what the frame is made of, as stored: ~500 MiB
-    ours = ray.get(uss_growth.remote([ref], True))
-    del ref
-    plain = ray.put(df)
-    del df
-    theirs = ray.get(uss_growth.remote([plain], False))
-    del plain
-    print(f"task USS growth, {size >> 20} MiB frame: nocopy.ray.get {ours['grown'] >> 20} MiB, "
-          f"ray.get {theirs['grown'] >> 20} MiB")
+    ours, theirs, size = task_uss_growth(lambda: big_frame(500 << 20), "frame")
     assert ours["checksum"] == theirs["checksum"]
     assert ours["read_only_in_store"] and all(ro and inside for ro, inside in ours["read_only_in_store"])
     assert ours["grown"] < 0.10 * size, f"nocopy grew USS by {ours['grown'] / size:.0%} of the frame"
