@@ -63,6 +63,22 @@ def test_allow_pickle_reports_pickled_and_supported() -> None:
     assert not report.supported and not report.zero_copy  # supported: without allow_pickle
 
 
+class _CountsPickling:
+    pickled = 0
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        type(self).pickled += 1
+        return (_CountsPickling, ())
+
+
+def test_allow_pickle_describes_without_pickling() -> None:
+    report = nocopy.explain({"obj": _CountsPickling()}, allow_pickle=True)
+    assert report["['obj']"].status == "pickled"
+    assert _CountsPickling.pickled == 0
+    with nocopy.share({"obj": _CountsPickling()}, allow_pickle=True):
+        assert _CountsPickling.pickled == 1  # share() does pickle it
+
+
 def test_nested_and_arrow_paths() -> None:
     table = pa.table({"a": [1, 2], "s": ["x", "y"]})
     report = nocopy.explain({"t": table, "arrs": [np.arange(3), pd.Series([1.5], name="v")]})

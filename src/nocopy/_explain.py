@@ -134,13 +134,5 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
                  "already in shared memory: share() returns the handle as it is")
         ])
     enc = Encoder(explain=True, allow_pickle=allow_pickle)
-    if allow_pickle:
-        # Pickling for real would copy the data just to describe it.
-        enc.pickle = _note_pickle.__get__(enc)  # type: ignore[method-assign]
     enc.encode(obj)
     return Explanation(enc.notes)
-
-
-def _note_pickle(self: Encoder, obj: Any, path: str, dtype: str, detail: str) -> Any:
-    self.note(path, dtype, "pickled", detail)
-    return {"k": "py", "v": None}

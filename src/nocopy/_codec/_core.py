@@ -135,6 +135,10 @@ class Encoder:
         )
 
     def pickle(self, obj: Any, path: str, dtype: str, detail: str) -> Any:
+        if self.explaining:
+            # explain() only describes: pickling for real would copy the data to report it.
+            self.note(path, dtype, "pickled", detail)
+            return {"k": "py", "v": None}
         try:
             data = pickle.dumps(obj, protocol=5)
         except Exception as exc:
