@@ -8,9 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +31,6 @@ def _script() -> str:
 def nocopy_cmd(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([_script(), *args], capture_output=True, text=True, timeout=timeout,
                           env=env if env is not None else dict(os.environ))
-
-
-@pytest.fixture
-def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
-    monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _orphan(procs: Procs) -> tuple[str, int]:

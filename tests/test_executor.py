@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import nocopy
-from conftest import own_posix_segments
+from conftest import own_posix_segments, segment_of
 from nocopy.errors import WorkerCrashedError
 
 METHODS = ["spawn", "forkserver", "fork"]
@@ -25,23 +25,8 @@ MiB = 1 << 20
 
 
 # -- functions the workers run (module level: importable under spawn) --------
-def nocopy_mapping_of(arr: np.ndarray) -> str | None:
-    """Name of the nocopy segment *arr*'s memory lies in (this process's maps), or None."""
-    addr = arr.__array_interface__["data"][0]
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split()
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if lo <= addr < hi:
-                path = " ".join(fields[5:])
-                if "nocopy-" in path:
-                    return path.split("nocopy-", 1)[1].split()[0]
-                return None
-    return None
-
-
 def describe_arg(arr: np.ndarray) -> tuple[str | None, bool, str, float]:
-    return nocopy_mapping_of(arr), bool(arr.flags.writeable), type(arr).__name__, float(arr.sum())
+    return segment_of(arr), bool(arr.flags.writeable), type(arr).__name__, float(arr.sum())
 
 
 def mutate_and_sum(arr: np.ndarray) -> float:
@@ -55,8 +40,8 @@ def total(arr: np.ndarray) -> float:
 
 def nested_sums(bundle: dict[str, Any]) -> tuple[float, float, float, bool, bool]:
     a, (b, c) = bundle["a"], bundle["pair"]
-    shared = [nocopy_mapping_of(x) is not None for x in (a, b)]
-    return float(a.sum()), float(b.sum()), float(c.sum()), shared[0] and shared[1], nocopy_mapping_of(c) is None
+    shared = [segment_of(x) is not None for x in (a, b)]
+    return float(a.sum()), float(b.sum()), float(c.sum()), shared[0] and shared[1], segment_of(c) is None
 
 
 def is_shared_handle(ref: object) -> tuple[str, float]:
@@ -78,7 +63,7 @@ def pid_and_exit(code: int) -> None:
 
 def frame_roundtrip(df: Any) -> tuple[str | None, Any]:
     col = df["x"].to_numpy()
-    where = nocopy_mapping_of(col)
+    where = segment_of(col)
     df.loc[:, "x"] = -1.0  # private to this task
     return where, df
 
@@ -195,9 +180,9 @@ def test_big_results_come_back_through_shared_memory(method: str) -> None:
         big, small, seven = ex.submit(make_pair, 500_000).result()
     assert seven == 7 and small.tolist() == [1.0] * 4
     np.testing.assert_array_equal(big, np.arange(500_000, dtype="f8"))
-    where = nocopy_mapping_of(big)
+    where = segment_of(big)
     assert where is not None and where.startswith(f"{worker}-")  # the worker's segment
-    assert nocopy_mapping_of(small) is None
+    assert segment_of(small) is None
     big[0] = 42.0  # a result is the caller's to modify, as a pickled one would be
     assert big[0] == 42.0
 
@@ -231,7 +216,7 @@ def test_dataframe_argument_and_result() -> None:
 
 
 def frame_dtypes_and_object_write(df: Any) -> tuple[list[str], str | None, Any]:
-    where = nocopy_mapping_of(df["x"].to_numpy())
+    where = segment_of(df["x"].to_numpy())
     dtypes = [str(t) for t in df.dtypes]
     df.loc[0, "o"] = 5  # fine in a pickled copy's object column
     return dtypes, where, df
@@ -415,7 +400,7 @@ def test_explicit_shared_stays_mapped_between_tasks_until_its_owner_closes_it() 
 
 
 def scaled_sum(arr: np.ndarray, factor: float) -> tuple[float, str | None]:
-    return float(arr.sum()) * factor, nocopy_mapping_of(arr)
+    return float(arr.sum()) * factor, segment_of(arr)
 
 
 def test_data_bound_in_a_partial_is_shared_too() -> None:

@@ -15,17 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nocopy
-from conftest import Procs
+from conftest import Procs, segment_holders
 from nocopy._store import _names
 
 OWNER = """
@@ -57,37 +55,6 @@ assert float(view[:10].sum()) == 70.0
 print("ready", flush=True)
 time.sleep(600)  # only SIGKILL ends it: EOF on a pipe would be a gentler death
 """
-
-
-@pytest.fixture
-def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private tmpfs directory used as this test's shm directory (in env for children too)."""
-    d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
-    monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def holders(names: set[str]) -> list[str]:
-    """Every /proc/<pid>/fd link and maps line that still refers to one of *names*."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                except OSError:
-                    continue
-                if any(n in link for n in names):
-                    found.append(f"{pid}/fd/{fd} -> {link}")
-            with open(f"/proc/{pid}/maps") as f:
-                maps = f.read()
-        except OSError:
-            continue
-        found += [f"{pid}/maps: {n}" for n in names if n in maps]
-    return found
 
 
 def wait_until(cond: object, timeout: float = 15.0) -> bool:
@@ -320,13 +287,13 @@ def test_sigkill_of_memfd_owners_and_process_groups_leaves_nothing(procs: Procs,
             for o in pair:
                 owners.append(o.ready())
                 names.add(o.name)
-                assert holders({o.name}), "the segment should exist while its owner lives"
+                assert segment_holders({o.name}), "the segment should exist while its owner lives"
             pair[0].sigkill(group=False)
             pair[1].sigkill(group=True)
-            assert wait_until(lambda p=pair: not holders({p[0].name, p[1].name}))
+            assert wait_until(lambda p=pair: not segment_holders({p[0].name, p[1].name}))
         # 0 bytes remain: no process on the machine holds an fd or a mapping of any of them,
         # and nothing ever appeared in the shm directory.
-        assert holders(names) == []
+        assert segment_holders(names) == []
         assert not [n for n in os.listdir(shm) if n.startswith("nocopy-")]
         assert not names & {s.name for s in nocopy.segments()}
     finally:
@@ -367,7 +334,7 @@ def test_gc_reclaims_all_and_only_dead_posix_owners_after_20_sigkills(
         # The live owners' segments still work, and no process maps a reclaimed one.
         assert nocopy.attach(survivor.uri).get()[:10].sum() == 70.0
         assert mine.get()[-1] == 9999
-        assert holders(set(dead)) == []
+        assert segment_holders(set(dead)) == []
     finally:
         mine.close()
         for o in owners:

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import nocopy
-from conftest import own_posix_segments
+from conftest import own_posix_segments, segment_of
 from nocopy._map import MapBackend, register_backend, take_rows
 from nocopy.errors import UnsupportedTypeError, WorkerCrashedError
 
@@ -26,16 +26,7 @@ BACKENDS = ["processes", "threads"]
 
 # -- functions the workers run ---------------------------------------------------
 def where_and_writable(rows: np.ndarray) -> tuple[str | None, bool]:
-    addr = rows.__array_interface__["data"][0]
-    with open("/proc/self/maps") as f:
-        for line in f:
-            fields = line.split()
-            lo, hi = (int(x, 16) for x in fields[0].split("-"))
-            if lo <= addr < hi:
-                path = " ".join(fields[5:])
-                name = path.split("nocopy-", 1)[1].split()[0] if "nocopy-" in path else None
-                return name, bool(rows.flags.writeable)
-    return None, bool(rows.flags.writeable)
+    return segment_of(rows), bool(rows.flags.writeable)
 
 
 def record_stats(rows: np.recarray) -> tuple[int, float, int]:

@@ -7,15 +7,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nocopy
-from conftest import Procs, needs_root
+from conftest import Procs, needs_root, segment_holders
 
 OWNER = """
 import sys, numpy as np, nocopy
@@ -33,25 +33,6 @@ def _shmem_bytes() -> int:
     raise AssertionError("no Shmem in /proc/meminfo")
 
 
-def _holders(name: str) -> list[str]:
-    """Every /proc/<pid>/fd or maps entry that still refers to segment *name*."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                try:
-                    if name in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                        found.append(f"{pid}/fd/{fd}")
-                except OSError:
-                    pass
-            with open(f"/proc/{pid}/maps") as f:
-                if name in f.read():
-                    found.append(f"{pid}/maps")
-        except OSError:
-            pass
-    return found
-
-
 def _start_owner(procs: Procs, backend: str) -> tuple[subprocess.Popen[bytes], str]:
     p = procs.python(OWNER, backend, stdin=subprocess.PIPE)
     assert p.stdout is not None
@@ -63,18 +44,18 @@ def _start_owner(procs: Procs, backend: str) -> tuple[subprocess.Popen[bytes], s
 @pytest.mark.slow
 def test_sigkill_of_memfd_owner_returns_the_memory(procs: Procs) -> None:
     p, name = _start_owner(procs, "memfd")
-    fds = [h for h in _holders(name) if "/fd/" in h]
+    fds = [h for h in segment_holders({name}) if "/fd/" in h]
     assert fds and fds[0].startswith(f"{p.pid}/")
     # The 256 MB really are allocated (charged to Shmem): counted on the segment
     # itself, not as a difference of the machine-wide Shmem, which other processes move.
-    assert os.stat(f"/proc/{fds[0]}").st_blocks * 512 >= 256 * 2**20
+    assert os.stat(f"/proc/{fds[0].split(' -> ')[0]}").st_blocks * 512 >= 256 * 2**20
     during = _shmem_bytes()
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while _holders(name) and time.monotonic() < deadline:
+    while segment_holders({name}) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _holders(name) == []
+    assert segment_holders({name}) == []
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
     # Shmem falls back by the segment's size (tolerance for whatever else
     # allocates shared memory on the machine meanwhile).
@@ -84,28 +65,21 @@ def test_sigkill_of_memfd_owner_returns_the_memory(procs: Procs) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_of_posix_owner_leaves_a_reclaimable_segment(
-    procs: Procs, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A private shm directory (tmpfs, inherited by the owner): any other nocopy
+def test_sigkill_of_posix_owner_leaves_a_reclaimable_segment(procs: Procs, shm: Path) -> None:
+    # A private shm directory (inherited by the owner): any other nocopy
     # process creating its first posix segment in /dev/shm would reclaim this
     # orphan before the test looks, and cleanup() here touches nobody else's.
-    shm = tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm")
-    monkeypatch.setenv("NOCOPY_SHM_DIR", shm)
-    try:
-        p, name = _start_owner(procs, "posix")
-        path = f"{shm}/{name}"
-        assert os.path.getsize(path) > 256 * 2**20 - 1
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait(timeout=10)
-        assert os.path.exists(path)  # a named segment outlives a SIGKILLed owner...
-        reclaimed = nocopy.cleanup()
-        assert [seg.name for seg in reclaimed] == [name]
-        assert not os.path.exists(path)  # ...until cleanup reclaims it
-        assert os.listdir(shm) == []
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
-    finally:
-        shutil.rmtree(shm, ignore_errors=True)
+    p, name = _start_owner(procs, "posix")
+    path = shm / name
+    assert path.stat().st_size > 256 * 2**20 - 1
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    assert path.exists()  # a named segment outlives a SIGKILLed owner...
+    reclaimed = nocopy.cleanup()
+    assert [seg.name for seg in reclaimed] == [name]
+    assert not path.exists()  # ...until cleanup reclaims it
+    assert os.listdir(shm) == []
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nocopy-{p.pid}-")]
 
 
 SMALL_TMPFS = """

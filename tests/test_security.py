@@ -8,13 +8,10 @@ import os
 import pickle
 import re
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +23,6 @@ from nocopy._codec._buffer import decode_buffer, plan
 from nocopy._codec._layout import PREFIX
 from nocopy._store import _fdserver
 from nocopy.errors import NocopyError, SegmentAccessError, SegmentCorruptError
-
-
-@pytest.fixture
-def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private shm directory, world-traversable like /dev/shm (mode 1777)."""
-    d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
-    os.chmod(d, 0o1777)
-    monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _memfd_fd(ref: nocopy.Shared) -> int:  # type: ignore[type-arg]
