@@ -572,3 +572,14 @@ def test_every_dtype_round_trips_under_each_start_method(method: str) -> None:
 
 def _get_and_pickle(ref: nocopy.Shared[Any]) -> bytes:
     return pickle.dumps(ref.get())
+
+
+@pytest.mark.parametrize("dtype", ["object", "string[python]"])
+def test_strings_arrow_cannot_store_are_refused_or_pickled_as_objects(dtype: str) -> None:
+    # A lone surrogate is a valid Python str but not UTF-8: Arrow refuses it.
+    df = pd.DataFrame({"s": pd.Series(["a", "\ud800"], dtype=dtype)})
+    with pytest.raises(UnsupportedTypeError, match=r"column 's'.*strings Arrow cannot store"):
+        nocopy.share(df)
+    with nocopy.share(df, allow_pickle=True) as ref:
+        got = ref.get()["s"]
+        assert got.dtype == object and got.tolist() == ["a", "\ud800"]

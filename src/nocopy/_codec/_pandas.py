@@ -183,35 +183,35 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
     pd = _pd()
     dtype = values.dtype
     na = "nan" if dtype.na_value is not pd.NA else "NA"
-    if dtype.storage in ("pyarrow", "pyarrow_numpy"):  # pyarrow_numpy: pandas 2.x's str
-        try:
-            chunked = values._pa_array
-        except AttributeError:
-            chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
-        if _arrow.pyarrow().types.is_large_string(chunked.type):
-            enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
-        else:
-            enc.note(path, str(dtype), "converted", f"Arrow {chunked.type} widened once to large_string at share")
-    else:
+    if dtype.storage not in ("pyarrow", "pyarrow_numpy"):  # pyarrow_numpy: pandas 2.x's str
         enc.note(
             path, str(dtype), "converted",
             "python-backed strings stored once as Arrow large_string; "
             "get() returns the pyarrow-backed string dtype",
         )
-        if enc.explaining:
-            return {"k": "py", "v": None}
-        chunked = _to_arrow_strings(enc, np.asarray(values, dtype=object), path, label, str(dtype))
-        if not isinstance(chunked, _arrow.pyarrow().Array):
-            return chunked
+        return _strings_from_objects(enc, values, path, label, str(dtype), na)
+    try:
+        chunked = values._pa_array
+    except AttributeError:
+        chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
+    if _arrow.pyarrow().types.is_large_string(chunked.type):
+        enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
+    else:
+        enc.note(path, str(dtype), "converted", f"Arrow {chunked.type} widened once to large_string at share")
     return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, chunked)}
 
 
-def _to_arrow_strings(enc: Encoder, values: np.ndarray, path: str, label: str, dname: str) -> Any:
+def _strings_from_objects(enc: Encoder, values: Any, path: str, label: str, dname: str, na: str) -> Any:
+    """Python str objects (and missing values) converted once to Arrow large_string."""
+    if enc.explaining:
+        return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the string {label}")
+    values = np.asarray(values, dtype=object)
     try:
-        return _arrow.to_large_strings(values)
+        strings = _arrow.to_large_strings(values)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(values, path, f"{label} of dtype {dname} (strings Arrow cannot store: {exc})", dtype=dname)
+    return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, strings)}
 
 
 def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
@@ -222,12 +222,7 @@ def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: st
             "stored once as Arrow large_string at share (never fixed-width); "
             "get() returns it zero-copy as pandas' str dtype",
         )
-        if enc.explaining:
-            return {"k": "py", "v": None}
-        strings = _to_arrow_strings(enc, values, path, label, "object")
-        if not isinstance(strings, _arrow.pyarrow().Array):
-            return strings
-        return {"k": "pd.str", "na": "nan", "s": _arrow.encode_large_strings(enc, strings)}
+        return _strings_from_objects(enc, values, path, label, "object", "nan")
     return enc.unsupported(
         values, path,
         f"{label} of dtype object holding {_describe_object(values)}",
@@ -568,7 +563,7 @@ def _encode_scalar(enc: Encoder, obj: Any, path: str) -> Any:
 def _decode_time(dec: Decoder, node: dict[str, Any]) -> Any:
     pd = _pd()
     value, unit = node.get("v"), node.get("unit")
-    if type(value) is not int or unit not in ("s", "ms", "us", "ns"):
+    if type(value) is not int or unit not in _UNITS:
         raise dec.corrupt("bad timestamp")
     if node["k"] == "pd.tdelta":
         return pd.Timedelta(np.timedelta64(value, unit))
