@@ -7,6 +7,7 @@ import pickle
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -181,6 +182,23 @@ def test_numpy_object_strings_are_stored_as_arrow_and_rebuilt_exactly() -> None:
     assert got[0] == "a" and got[1] is None and got[2] == "ü" * 300 and np.isnan(got[3]) and got[4] == ""
     report = nocopy.explain(arr)
     assert report[0].status == "converted" and "large_string" in report[0].detail
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [[None, None], [float("nan")], [pd.NA, pd.NA], [None, pd.NA, float("nan")]],
+    ids=["none", "nan", "pd.NA", "mixed"],
+)
+def test_numpy_object_strings_keep_each_kind_of_missing_value(missing: list[Any]) -> None:
+    arr = np.array(["a", *missing, "b"], dtype=object)
+    with nocopy.share(arr) as ref:
+        got = ref.get()
+    assert got[0] == "a" and got[-1] == "b"
+    for want, have in zip(missing, got[1:-1], strict=True):
+        if isinstance(want, float):
+            assert isinstance(have, float) and np.isnan(have)
+        else:
+            assert have is want
 
 
 def test_numpy_object_array_of_other_objects_is_refused() -> None:

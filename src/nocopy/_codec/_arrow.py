@@ -243,26 +243,35 @@ def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
         out = out.astype(object)
     nulls = strings.null_count
     if nulls:
-        values: list[Any] = [None, float("nan")]
-        try:
-            import pandas as pd
-
-            values.append(pd.NA)
-        except ImportError:
-            values.append(None)
         where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
         if "nak" in node:
             kinds = dec.buffer(node["nak"]).view(np.int8)
             if kinds.size != nulls or kinds.min() < 0 or kinds.max() > 2:
                 raise dec.corrupt("null kinds do not match the nulls")
-            out[where] = np.array(values, dtype=object)[kinds]
+            out[where] = np.array(_missing_values(int(kinds.max())), dtype=object)[kinds]
         else:
             kind = node.get("na")
             if type(kind) is not int or not 0 <= kind <= 2:
                 raise dec.corrupt("bad null kind")
             if kind:
-                out[where] = values[kind]
+                out[where] = _missing_values(kind)[kind]
     return out
+
+
+def _missing_values(up_to: int) -> list[Any]:
+    """The missing values by kind (None, NaN, pd.NA) up to kind *up_to*.
+
+    pandas is imported only when a pd.NA is needed (None without pandas).
+    """
+    values: list[Any] = [None, float("nan")]
+    if up_to >= _NA_PDNA:
+        try:
+            import pandas as pd
+        except ImportError:
+            values.append(None)
+        else:
+            values.append(pd.NA)
+    return values
 
 
 # -- any Arrow object: an IPC stream in the segment --------------------------
