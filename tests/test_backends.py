@@ -26,8 +26,7 @@ HAVE_PANDAS = importlib.util.find_spec("nocopy._codec._pandas") is not None
 HAVE_ARROW = importlib.util.find_spec("nocopy._codec._arrow") is not None
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def _ready(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name == "ray":
         ray = request.getfixturevalue("ray_cluster")
@@ -36,13 +35,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return _ready(request)
+
+
 @pytest.fixture(params=PROCESS_BACKENDS)
 def process_backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "ray":
-        ray = request.getfixturevalue("ray_cluster")
-        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    return name
+    return _ready(request)
 
 
 def spans(n: int, chunks: int) -> list[tuple[int, int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, overload
 
@@ -62,10 +63,8 @@ class Explanation:
 
     def summary(self) -> dict[str, int]:
         """Number of rows per status, e.g. ``{"zero-copy": 5, "converted": 1}``."""
-        out: dict[str, int] = {}
-        for note in self._notes:
-            out[note.status] = out.get(note.status, 0) + 1
-        return dict(sorted(out.items(), key=lambda kv: _STATUS_ORDER.index(kv[0]) if kv[0] in _STATUS_ORDER else 99))
+        counts = Counter(note.status for note in self._notes)
+        return {status: counts[status] for status in _STATUS_ORDER if counts[status]}
 
     def __str__(self) -> str:
         header = ("path", "dtype", "status", "detail")
