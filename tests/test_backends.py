@@ -8,7 +8,6 @@ on the session's local Ray instance (2 CPUs, the ``ray_cluster`` fixture).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import traceback
@@ -22,8 +21,6 @@ from nocopy.errors import UnsupportedTypeError, WorkerCrashedError
 
 BACKENDS = ["processes", "threads", "ray"]
 PROCESS_BACKENDS = ["processes", "ray"]  # where a worker can die without killing the test
-HAVE_PANDAS = importlib.util.find_spec("nocopy._codec._pandas") is not None
-HAVE_ARROW = importlib.util.find_spec("nocopy._codec._arrow") is not None
 
 
 def _ready(request: pytest.FixtureRequest) -> str:
@@ -174,7 +171,6 @@ def test_empty_input_is_one_empty_chunk(backend: str) -> None:
     assert nocopy.parallel_map(rows_len, np.arange(0), chunks=4, workers=2, backend=backend) == [0]
 
 
-@pytest.mark.skipif(not HAVE_PANDAS, reason="the pandas codec has not landed")
 def test_dataframe_chunks_match_serial(backend: str) -> None:
     import pandas as pd
 
@@ -191,7 +187,6 @@ def test_dataframe_chunks_match_serial(backend: str) -> None:
     assert got == [frame_stats(df.iloc[a:b]) for a, b in spans(n, 3)]
 
 
-@pytest.mark.skipif(not HAVE_ARROW, reason="the Arrow codec has not landed")
 def test_arrow_table_chunks(backend: str) -> None:
     import pyarrow as pa
 

@@ -8,7 +8,6 @@ grow by the data's size -- while plain ``ray.get`` of the same data does.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from nocopy.errors import SegmentCorruptError, UnsupportedTypeError  # noqa: E40
 # functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-HAVE_PANDAS_CODEC = importlib.util.find_spec("nocopy._codec._pandas") is not None
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -368,10 +366,7 @@ def test_task_reads_500mb_records_without_copying_where_plain_ray_get_copies() -
     assert theirs["grown"] > 0.80 * size, f"plain ray.get grew USS by only {theirs['grown'] / size:.0%}"
 
 
-# -- pandas (needs the pandas codec, issue 3) -----------------------------------
-needs_pandas_codec = pytest.mark.skipif(
-    not HAVE_PANDAS_CODEC, reason="the pandas codec (nocopy._codec._pandas) has not landed"
-)
+# -- pandas ------------------------------------------------------------------------
 
 
 def dtype_matrix_frame(n: int = 20_000) -> Any:
@@ -445,7 +440,6 @@ def index_frames() -> dict[str, Any]:
     }
 
 
-@needs_pandas_codec
 @pytest.mark.parametrize("case", ["matrix", "datetime-index", "multiindex"])
 def test_dataframe_dtype_matrix_round_trips_through_ray_tasks(case: str) -> None:
     import pandas as pd
@@ -471,7 +465,6 @@ def big_frame(nbytes: int) -> Any:
     )
 
 
-@needs_pandas_codec
 @pytest.mark.slow
 def test_task_reads_500mb_frame_datetime_and_strings_without_copying() -> None:
     ours, theirs, size = task_uss_growth(lambda: big_frame(500 << 20), "frame")

@@ -244,9 +244,8 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
         np.datetime64('1970-01-01T00:00:00')
     """
     if isinstance(ref, Ref):
-        name = f"ray object {ref.object_ref.hex()}"
-        mem = ray.get(ref.object_ref, timeout=timeout)
-    elif isinstance(ref, ray.ObjectRef):
+        ref = ref.object_ref
+    if isinstance(ref, ray.ObjectRef):
         name = f"ray object {ref.hex()}"
         mem = ray.get(ref, timeout=timeout)
     elif isinstance(ref, np.ndarray):
