@@ -230,6 +230,23 @@ def mapping_range(arr: np.ndarray) -> tuple[int, int]:
     return obj.ctypes.data, obj.nbytes
 
 
+def planted(obj: Any) -> tuple[np.ndarray, Any]:
+    """*obj* encoded into a plain uint8 buffer, and its parsed header: a layout to corrupt."""
+    from nocopy._codec._buffer import plan
+    from nocopy._codec._layout import parse_header
+
+    p = plan(obj)
+    mem = np.zeros(p.size, dtype=np.uint8)
+    p.write_into(mem)
+    return mem, parse_header(mem.data, name="t", token=bytes(mem[16:32]), size=p.size)
+
+
+def buffer_in(mem: np.ndarray, header: Any, index: int) -> np.ndarray:
+    """The writable bytes of buffer *index* of a :func:`planted` layout."""
+    off, n = header.buffers[index]
+    return mem[header.data_offset + off : header.data_offset + off + n]
+
+
 def buffers_of(values: Any) -> list[tuple[int, int]]:
     """(address, nbytes) of every data buffer behind a pandas column/index array or Arrow object."""
     out: list[tuple[int, int]] = []

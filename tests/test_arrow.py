@@ -13,10 +13,9 @@ import pytest
 from hypothesis import given, settings
 
 import nocopy
-from nocopy._codec._buffer import decode_buffer, plan
-from nocopy._codec._layout import parse_header
+from nocopy._codec._buffer import decode_buffer
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
-from strategies import arrow_arrays, buffers_of, outside, worker_roundtrip_many
+from strategies import arrow_arrays, buffer_in, buffers_of, outside, planted, worker_roundtrip_many
 
 N = 7
 
@@ -213,12 +212,9 @@ def test_numpy_object_array_of_other_objects_is_refused() -> None:
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
 def test_corrupt_ipc_stream_is_refused_not_crashed(trusted: bool, where: str) -> None:
     table = pa.table({"s": ["abc", "de", None] * 50, "l": [[1, 2], None, [3]] * 50})
-    p = plan(table)
-    mem = np.zeros(p.size, dtype=np.uint8)
-    p.write_into(mem)
-    header = parse_header(mem.data, name="t", token=bytes(mem[16:32]), size=p.size)
-    off, n = header.buffers[header.tree["b"]]
-    raw = mem[header.data_offset + off : header.data_offset + off + n]
+    mem, header = planted(table)
+    raw = buffer_in(mem, header, header.tree["b"])
+    n = len(raw)
     part = {"start": slice(8, 64), "middle": slice(n // 2, n // 2 + 64), "end": slice(n - 300, n - 200)}[where]
     raw[part] = 0xFF
     try:

@@ -18,16 +18,17 @@ from hypothesis import strategies as st
 
 import nocopy
 from conftest import run_python
-from nocopy._codec._buffer import decode_buffer, plan
-from nocopy._codec._layout import parse_header
+from nocopy._codec._buffer import decode_buffer
 from nocopy.errors import SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
 from strategies import (
+    buffer_in,
     buffers_of,
     columns_of,
     dataframes,
     expected_after_share,
     mapping_range,
     outside,
+    planted,
     worker_roundtrip_many,
 )
 
@@ -376,26 +377,13 @@ def test_allow_pickle_pickles_just_that_column_and_uri_attach_refuses_it(procs: 
 # -- corrupt segments ---------------------------------------------------------
 
 
-def _planted(obj: Any) -> tuple[np.ndarray, Any]:
-    p = plan(obj)
-    mem = np.zeros(p.size, dtype=np.uint8)
-    p.write_into(mem)
-    header = parse_header(mem.data, name="t", token=bytes(mem[16:32]), size=p.size)
-    return mem, header
-
-
-def _buffer(mem: np.ndarray, header: Any, index: int) -> np.ndarray:
-    off, n = header.buffers[index]
-    return mem[header.data_offset + off : header.data_offset + off + n]
-
-
 @pytest.mark.parametrize("trusted", [True, False])
 @pytest.mark.parametrize(("rows", "where"), [(40, 5), (1_500_000, 1_300_000)], ids=["small", "second-block"])
 def test_corrupt_string_offsets_are_refused(trusted: bool, rows: int, where: int) -> None:
     df = pd.DataFrame({"s": pd.array(["abc", "de", None, "f"] * (rows // 4), dtype="str")})
-    mem, header = _planted(df)
+    mem, header = planted(df)
     chunk = header.tree["cols"][0]["s"]["chunks"][0]
-    offsets = _buffer(mem, header, chunk["o"]).view(np.int64)
+    offsets = buffer_in(mem, header, chunk["o"]).view(np.int64)
     offsets[where] = offsets[-1] - 1  # in bounds, but out of order
     with pytest.raises(SegmentCorruptError, match="offsets"):
         decode_buffer(mem, trusted=trusted)
@@ -403,27 +391,27 @@ def test_corrupt_string_offsets_are_refused(trusted: bool, rows: int, where: int
 
 def test_corrupt_category_codes_and_multiindex_codes_are_refused() -> None:
     df = pd.DataFrame({"c": pd.Categorical(list("abab"))}, index=pd.MultiIndex.from_product([[1, 2], ["x", "y"]]))
-    mem, header = _planted(df)
-    _buffer(mem, header, header.tree["cols"][0]["codes"]["b"])[:] = 77
+    mem, header = planted(df)
+    buffer_in(mem, header, header.tree["cols"][0]["codes"]["b"])[:] = 77
     with pytest.raises(SegmentCorruptError):
         decode_buffer(mem, trusted=True)
-    mem, header = _planted(df)
-    _buffer(mem, header, header.tree["index"]["codes"][0]["b"])[:] = 9
+    mem, header = planted(df)
+    buffer_in(mem, header, header.tree["index"]["codes"][0]["b"])[:] = 9
     with pytest.raises(SegmentCorruptError):
         decode_buffer(mem, trusted=True)
 
 
 def test_corrupt_arrow_column_is_refused() -> None:
     df = pd.DataFrame({"a": pd.array(pa.array([["x"], ["yy", "z"]]), dtype=pd.ArrowDtype(pa.list_(pa.string())))})
-    mem, header = _planted(df)
-    raw = _buffer(mem, header, header.tree["cols"][0]["v"]["b"])
+    mem, header = planted(df)
+    raw = buffer_in(mem, header, header.tree["cols"][0]["v"]["b"])
     raw[len(raw) // 2 :] = 0xFF
     with pytest.raises(SegmentCorruptError):
         decode_buffer(mem, trusted=True)
 
 
 def test_column_length_mismatch_is_refused() -> None:
-    mem, header = _planted(pd.DataFrame({"a": np.arange(4.0)}))
+    mem, header = planted(pd.DataFrame({"a": np.arange(4.0)}))
     import json
 
     from nocopy._codec._layout import PREFIX
