@@ -65,8 +65,8 @@ def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> 
         from ..errors import SegmentCorruptError
 
         raise SegmentCorruptError(f"{name}: {mem.nbytes} bytes is too small for a nocopy layout")
-    token = bytes(mem[16:32])
-    size = int(np.frombuffer(mem[32:40].tobytes(), dtype="<u8")[0])
+    # The buffer carries its own token: here it checks consistency, not access.
+    token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
     header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
     base = mem[: header.payload_size]
     return Decoder(base, header, name=name, trusted=trusted).decode(header.tree)
