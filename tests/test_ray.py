@@ -410,16 +410,15 @@ def as_documented(df: Any) -> Any:
 def frame_in_task(ref: Any) -> tuple[Any, list[str]]:
     """Decode in the task; name the columns whose buffers are not read-only store views."""
     frame = nray.get(ref)
-    copied = []
-    for name in frame.columns:
-        buffers = [buf for buf in _frame_column_buffers(frame[name]) if buf.nbytes]
-        if not buffers or not all(not b.flags.writeable and in_object_store(b) for b in buffers):
-            copied.append(str(name))
+
+    def store_views(values: Any) -> bool:
+        buffers = [buf for buf in _frame_column_buffers(values) if buf.nbytes]
+        return bool(buffers) and all(not b.flags.writeable and in_object_store(b) for b in buffers)
+
+    copied = [str(name) for name in frame.columns if not store_views(frame[name])]
     index = frame.index
-    if type(index).__name__ not in ("RangeIndex", "MultiIndex"):
-        buffers = [buf for buf in _frame_column_buffers(index) if buf.nbytes]
-        if not buffers or not all(not b.flags.writeable and in_object_store(b) for b in buffers):
-            copied.append("<index>")
+    if type(index).__name__ not in ("RangeIndex", "MultiIndex") and not store_views(index):
+        copied.append("<index>")
     return frame, copied
 
 
