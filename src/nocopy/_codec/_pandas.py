@@ -302,8 +302,6 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         return out
     if isinstance(out, pd.api.extensions.ExtensionArray):
         return out  # e.g. a pickled extension column (allow_pickle=True)
-    if out is None and kind == "py":
-        return np.full(0, None, dtype=object)  # a placeholder left by explain()
     raise dec.corrupt(f"column node {kind!r:.30} does not hold a 1-d array")
 
 
