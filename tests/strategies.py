@@ -23,11 +23,14 @@ from hypothesis import strategies as st
 __all__ = [
     "COLUMN_KINDS",
     "arrow_arrays",
+    "buffer_in",
     "buffers_of",
     "columns_of",
     "dataframes",
     "expected_after_share",
     "mapping_range",
+    "outside",
+    "planted",
     "worker_roundtrip_many",
 ]
 
