@@ -496,8 +496,9 @@ def test_random_corruption_never_crashes(trusted: bool) -> None:
         import json, random, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import numpy as np, pandas as pd, pyarrow as pa
-        from nocopy._codec._buffer import decode_buffer, plan
-        from nocopy._codec._layout import PREFIX, parse_header
+        from strategies import planted
+        from nocopy._codec._buffer import decode_buffer
+        from nocopy._codec._layout import PREFIX
         from nocopy.errors import SegmentCorruptError
         df = pd.DataFrame({{
             "s": pd.array(["abc", None, "dé", ""] * 8, dtype="str"),
@@ -507,17 +508,14 @@ def test_random_corruption_never_crashes(trusted: bool) -> None:
             "m": pd.array([1, None, 3, 4] * 8, dtype="Int64"),
             "t": pd.date_range("2020", periods=32, tz="Europe/Paris"),
         }}, index=pd.MultiIndex.from_product([list("ab"), range(16)]))
-        p = plan(df)
-        clean = np.zeros(p.size, dtype=np.uint8)
-        p.write_into(clean)
-        header = parse_header(clean.data, name="t", token=bytes(clean[16:32]), size=p.size)
+        clean, header = planted(df)
         rng = random.Random(1)
         outcomes = {{"ok": 0, "refused": 0}}
         for i in range(600):
             mem = clean.copy()
             if i % 2:   # data area: offsets, codes, IPC metadata...
                 for _ in range(rng.randint(1, 4)):
-                    mem[rng.randrange(header.data_offset, p.size)] = rng.randrange(256)
+                    mem[rng.randrange(header.data_offset, clean.nbytes)] = rng.randrange(256)
             else:       # header JSON: change one digit (lengths, indices, counts)
                 start, end = PREFIX.size, header.data_offset
                 digits = [j for j in range(start, end) if 48 <= mem[j] <= 57]
