@@ -442,6 +442,56 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
         [0, 1, 2]
     """
     handle = parse_uri(uri)
-    handle._trusted = trusted
-    handle._header(handle._shared_base())  # fail here, not at the first get()
+    handle._trusted = trusted  # noqa: SLF001 - same module
+    handle._header(handle._shared_base())  # noqa: SLF001 - fail here, not at the first get()
     return handle
+
+
+# -- the handle layer's surface for the pool (not public API: not in nocopy.__all__) ----------
+# The pool hands result segments between processes as a descriptor plus the handle's URI;
+# these are the only operations it needs on a handle beyond the public ones.
+
+
+def owner_fd(handle: Shared[Any]) -> int:
+    """The descriptor of a segment this process owns (to pass to another process by SCM_RIGHTS)."""
+    owner = handle._owner  # noqa: SLF001 - same module
+    if owner is None or owner.released or owner.owner_pid != os.getpid():
+        raise SegmentNotFoundError(f"{handle!r} is not an open segment owned by this process")
+    return owner.fd
+
+
+def adopt(fd: int, uri: str) -> Shared[Any]:
+    """A handle that owns *fd*, a descriptor of the segment *uri* describes (sent by its owner).
+
+    Closing the handle closes *fd*; a posix segment's name stays its creator's to remove.
+    """
+    described = parse_uri(uri)
+    loc = described._locator  # noqa: SLF001 - same module
+    seg = OwnedSegment(Locator(loc.store, loc.name, os.getpid(), fd, ""), fd, described.size, None)
+    return Shared(
+        seg.locator, token=described._token, size=described.size, nbytes=described.nbytes,  # noqa: SLF001
+        kind=described.kind, writable=described.writable, trusted=True, owner=seg,
+    )
+
+
+def is_alive(handle: Shared[Any]) -> bool:
+    """Whether the segment still exists (its owner has not closed it or exited)."""
+    loc = handle._locator  # noqa: SLF001 - same module
+    if loc.store == "memfd":
+        from ._store._names import memfd_link
+
+        try:
+            return os.readlink(f"/proc/{loc.pid}/fd/{loc.fd}") == memfd_link(loc.name)
+        except OSError:
+            return False
+    from ._store import shm_dir
+
+    return os.path.exists(os.path.join(shm_dir(), loc.name))
+
+
+def map_now(handle: Shared[Any]) -> None:
+    """Map the segment read-only in this process now and keep the mapping with the handle.
+
+    Later get() calls reuse it (no remapping, pages already faulted in).
+    """
+    handle._shared_base()  # noqa: SLF001 - same module
