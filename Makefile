@@ -35,6 +35,7 @@ demo: $(VENV)/.installed-demo
 
 lint: $(VENV)/.installed-all
 	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-all
 	$(BIN)/mypy
