@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from .._text import format_bytes
 from . import _methods
 from ._data import expected_sum, make_records
 from ._methods import FLOOR, METHODS, Method, RunContext
 from ._monitor import MemoryMonitor
-from ._stats import fmt_bytes, ratio, summary
+from ._stats import ratio, summary
 
 __all__ = ["SeedConfig", "run_seed"]
 
@@ -173,7 +174,7 @@ def _describe_run(method: Method, rec: dict[str, Any]) -> str:
         f"teardown {rec['teardown_s']:.3f})"
     ]
     if rec["kind"] == "memory":
-        parts.append(f"peak {fmt_bytes(rec['peak_bytes'])}, tracemalloc {fmt_bytes(rec['tracemalloc_peak_bytes'])}")
+        parts.append(f"peak {format_bytes(rec['peak_bytes'])}, tracemalloc {format_bytes(rec['tracemalloc_peak_bytes'])}")
     parts.append("sums ok" if rec["sums_ok"] else f"SUMS WRONG {rec['sums']}")
     if rec["lingering"]:
         parts.append(f"lingering pids {rec['lingering']}")
@@ -266,7 +267,7 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
     build_s = time.perf_counter() - t0
     expected = expected_sum(data)
     log(
-        f"data: {cfg.rows:,} rows, {fmt_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
+        f"data: {cfg.rows:,} rows, {format_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
         f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} timing and "
         f"{memory_repeat} memory run(s) per method"
     )
