@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMNS", "FIELD", "dated_frame", "expected_sum", "make_records", "make_records_literally", "mixed_frame"]
+__all__ = ["COLUMNS", "FIELD", "MIXED_NUMERIC", "dated_frame", "expected_sum", "make_records", "make_records_literally", "mixed_frame"]
 
 COLUMNS = ("date_col", "float_col", "character_col")
 FIELD = "float_col"  # the field every worker sums
