@@ -1,7 +1,8 @@
-"""nocopy bench: the data, the memory sampler's accounting, the seed and scaling commands."""
+"""nocopy bench: the data, the memory sampler's accounting, the seed, scaling, pandas and ray commands."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 import nocopy
@@ -26,12 +28,15 @@ MiB = 1 << 20
 BIN = Path(sys.executable).parent
 
 
-def run_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run a command in its own process group; on timeout the whole group is killed.
+def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command in its own session; on timeout the whole group is killed, and
+    whatever it left running in its session afterwards (Ray's daemons) goes too.
 
     The returned object's ``args`` is ``(pid, args)``.
     """
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
+    )
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -42,6 +47,10 @@ def run_cli(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+        for proc in psutil.process_iter():
+            with contextlib.suppress(OSError, psutil.Error):
+                if os.getsid(proc.pid) == p.pid:
+                    proc.kill()
     return subprocess.CompletedProcess((p.pid, args), p.returncode, out, err)
 
 
@@ -383,3 +392,59 @@ def test_scaling_small(tmp_path: Path) -> None:
     assert all(p["sums_ok"] for p in result["workers"])
     assert result["failed"] == {}
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# -- pandas and ray ----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pandas_small(tmp_path: Path) -> None:
+    out = tmp_path / "pandas.json"
+    proc = run_cli([str(BIN / "nocopy"), "bench", "pandas", "--rows", "3000", "--json", str(out)], timeout=200)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "pandas" and result["rows"] == 3000
+    assert result["failed"] == {}
+    assert list(result["methods"]) == ["nocopy", "arrow", "pickle"]
+    assert all(m["share_s"] > 0 and m["get_s"] > 0 for m in result["methods"].values())
+    assert {"share_ratio", "get_ratio"} <= set(result["methods"]["pickle"])
+    assert result["segment_bytes"] > 0 and result["frame_bytes"] > 0
+    assert "pickle protocol 5" in proc.stdout and f"wrote {out}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ray_small(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance of its own
+    proc = run_cli(
+        [
+            sys.executable, "-m", "nocopy._bench", "ray", "--gb", "0.01", "--rows", "20000", "--repeat", "1",
+            "--json", str(out),
+        ],
+        timeout=240,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ratios plain/nocopy" in proc.stdout and "ratio ray / ray+nocopy" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["failed"] == {}
+    frame = result["frame"]
+    assert frame["rows"] == 10_000_000 // 32
+    assert frame["nocopy"]["get_s"] > 0 and frame["ray"]["get_s"] > 0
+    assert set(frame["ratios"]) == {"get_time", "put_time", "task_uss_growth"}
+    assert result["classic"]["rows"] == 20000 and set(result["classic"]["work_s"]) == {"ray", "ray+nocopy"}
+
+
+@pytest.mark.parametrize(("command", "module", "extra"), [("pandas", "pyarrow", "pandas"), ("ray", "ray", "ray")])
+def test_a_missing_package_is_named_with_its_extra(
+    command: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    from nocopy._bench.cli import main
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real_find_spec(name, *a))
+    assert main([command]) == 2
+    assert f"nocopy bench {command} needs {module}: pip install 'nocopy[{extra}]'" in capsys.readouterr().err

@@ -1,10 +1,13 @@
-"""The classic experiment's data: a record array of (datetime, float with NaN, 6-byte string).
+"""The benchmarks' data. The classic experiment's: a record array of (datetime, float with NaN, 6-byte string).
 
 The original builds a DataFrame from the Python list
 ``[(datetime.today(), 1, 'string'), (datetime.today(), NaN, 'abc')] * (rows // 2)``
 and converts it with ``to_records(index=False, column_dtypes={'character_col': 'S6'})``.
 :func:`make_records` builds the same DataFrame column by column (five times
 faster, identical result; a test compares the two) and converts it the same way.
+
+``nocopy bench pandas`` and ``nocopy bench ray`` share DataFrames:
+:func:`mixed_frame` and :func:`dated_frame`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMNS", "FIELD", "expected_sum", "make_records", "make_records_literally"]
+__all__ = ["COLUMNS", "FIELD", "MIXED_NUMERIC", "dated_frame", "expected_sum", "make_records", "make_records_literally", "mixed_frame"]
 
 COLUMNS = ("date_col", "float_col", "character_col")
 FIELD = "float_col"  # the field every worker sums
@@ -73,3 +76,54 @@ def _to_records(frame: Any) -> np.recarray:
 def expected_sum(arr: np.ndarray) -> float:
     """The reference answer, computed once in the parent."""
     return float(np.nansum(arr[FIELD]))
+
+
+MIXED_NUMERIC = 10  # numeric columns of mixed_frame()
+
+
+def mixed_frame(rows: int) -> Any:
+    """10 numeric columns (float64 with NaN, int64) and 2 string columns (``str``, object); ~1 GB at 8.5M rows.
+
+    Example::
+
+        >>> df = mixed_frame(3)
+        >>> list(df.columns)[-3:], len(df)
+        (['n9', 'label', 'legacy'], 3)
+    """
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    cols: dict[str, Any] = {}
+    for i in range(MIXED_NUMERIC):
+        if i % 2:
+            cols[f"n{i}"] = rng.integers(0, 1 << 40, rows)
+        else:
+            v = rng.random(rows)
+            v[:: 7 + i] = np.nan
+            cols[f"n{i}"] = v
+    words = np.array([f"word{i}" for i in range(5000)], dtype=object)
+    cols["label"] = pd.Series(words[rng.integers(0, len(words), rows)], dtype="str")
+    cols["legacy"] = pd.Series(words[rng.integers(0, len(words), rows)], dtype=object)
+    return pd.DataFrame(cols)
+
+
+def dated_frame(nbytes: int) -> Any:
+    """datetime64 ``t``, float ``x`` and 8-character object strings ``s``: 32 bytes a row in Arrow.
+
+    Example::
+
+        >>> df = dated_frame(96)
+        >>> list(df.columns), len(df)
+        (['t', 'x', 's'], 3)
+    """
+    import pandas as pd
+
+    n = max(1, nbytes // 32)
+    words = np.array([f"w{i:07d}" for i in range(1000)], dtype=object)
+    return pd.DataFrame(
+        {
+            "t": pd.date_range("2000-01-01", periods=n, freq="s"),
+            "x": np.linspace(0.0, 1.0, n),
+            "s": pd.Series(words[np.arange(n) % 1000], dtype=object),
+        }
+    )

@@ -141,6 +141,53 @@ def _pss_of(pid: int, keys: set[tuple[int, int]], acct: ShmAccounting) -> int:
     return total
 
 
+def _shm_maps(pid: int, acct: ShmAccounting) -> list[tuple[tuple[int, int], str]]:
+    """(object key, address range) of each of *pid*'s mappings of a shared-memory object."""
+    maps = []
+    for line in _read(f"/proc/{pid}/maps").splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5 or parts[4] == b"0":
+            continue
+        dev = _dev_of(parts[3].decode())
+        if dev in acct.devs:
+            maps.append(((dev, int(parts[4])), parts[0].decode()))
+    return maps
+
+
+def _count_file(path: str, acct: ShmAccounting, objects: dict[tuple[int, int], int], *, follow: bool = True) -> None:
+    """Add the file at *path* to *objects* if it is shared memory (gone or unreadable: skipped)."""
+    try:
+        st = os.stat(path, follow_symlinks=follow)
+    except OSError:
+        return
+    if st.st_dev in acct.devs and stat.S_ISREG(st.st_mode):
+        objects[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+
+
+def _private_pss(
+    pid: int, pss: int, pss_shmem: int, maps: list[tuple[tuple[int, int], str]],
+    objects: dict[tuple[int, int], int], acct: ShmAccounting,
+) -> tuple[int, int]:
+    """*pid*'s PSS without its shared-memory mappings, and how many mappings stayed unresolved.
+
+    Resolves each mapping to its object (adding it to *objects*); when one
+    cannot be resolved, only the resolved ones are taken out of PSS.
+    """
+    unresolved = 0
+    for key, rng in maps:
+        if key in objects:
+            continue
+        try:
+            st = os.stat(f"/proc/{pid}/map_files/{rng}")
+        except OSError:
+            unresolved += 1
+            continue
+        objects[key] = st.st_blocks * 512
+    if unresolved == 0:
+        return pss - pss_shmem, 0
+    return pss - _pss_of(pid, {k for k, _ in maps if k in objects}, acct), unresolved
+
+
 def take_sample(root: int, *, exclude: set[int], acct: ShmAccounting, globs: list[str]) -> Sample:
     """One sample of the tree under *root* (see the module docstring)."""
     t0 = time.perf_counter()
@@ -149,53 +196,23 @@ def take_sample(root: int, *, exclude: set[int], acct: ShmAccounting, globs: lis
     for pid in _tree(root, exclude):
         try:
             pss, pss_shmem = _rollup(pid)
-            maps = []
-            for line in _read(f"/proc/{pid}/maps").splitlines():
-                parts = line.split(None, 5)
-                if len(parts) < 5 or parts[4] == b"0":
-                    continue
-                dev = _dev_of(parts[3].decode())
-                if dev in acct.devs:
-                    maps.append(((dev, int(parts[4])), parts[0].decode()))
+            maps = _shm_maps(pid, acct)
             fd_dir = f"/proc/{pid}/fd"
             for fd in os.listdir(fd_dir):
-                try:
-                    st = os.stat(f"{fd_dir}/{fd}")
-                except OSError:
-                    continue
-                if st.st_dev in acct.devs and stat.S_ISREG(st.st_mode):
-                    objects[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+                _count_file(f"{fd_dir}/{fd}", acct, objects)
         except (OSError, ValueError):
             continue  # the process exited while being read
         per_proc.append((pid, pss, pss_shmem, maps))
     for pattern in globs:
         for path in glob.glob(pattern):
-            try:
-                st = os.stat(path, follow_symlinks=False)
-            except OSError:
-                continue
-            if st.st_dev in acct.devs and stat.S_ISREG(st.st_mode):
-                objects[(st.st_dev, st.st_ino)] = st.st_blocks * 512
+            _count_file(path, acct, objects, follow=False)
     out = Sample(t=time.monotonic())
     for pid, pss, pss_shmem, maps in per_proc:
-        unresolved = 0
-        for key, rng in maps:
-            if key in objects:
-                continue
-            try:
-                st = os.stat(f"/proc/{pid}/map_files/{rng}")
-            except OSError:
-                unresolved += 1
-                continue
-            objects[key] = st.st_blocks * 512
-        if unresolved == 0:
-            private = pss - pss_shmem
-        else:
-            try:
-                private = pss - _pss_of(pid, {k for k, _ in maps if k in objects}, acct)
-            except OSError:
-                continue
-            out.unresolved_maps += unresolved
+        try:
+            private, unresolved = _private_pss(pid, pss, pss_shmem, maps, objects, acct)
+        except OSError:
+            continue  # the process exited while its smaps was read
+        out.unresolved_maps += unresolved
         out.pss_private += max(0, private)
         out.processes += 1
     out.shm_bytes = sum(objects.values())
@@ -208,29 +225,80 @@ def take_sample(root: int, *, exclude: set[int], acct: ShmAccounting, globs: lis
 # -- the sampler process ------------------------------------------------
 
 
+class _Sampler:
+    """The sampler process's state: what it samples and the peak so far."""
+
+    def __init__(self, root: int, interval: float) -> None:
+        self.root = root
+        self.interval = interval
+        self.acct = ShmAccounting()
+        self.exclude = {os.getpid()}
+        self.sampling = False
+        self.globs: list[str] = []
+        self.peak = Sample()
+        self.count = 0
+        self.gaps: list[float] = []
+        self.last = 0.0
+
+    def timeout(self) -> float | None:
+        """How long to wait for a command before the next sample is due (None: no sampling)."""
+        return max(0.0, self.last + self.interval - time.monotonic()) if self.sampling else None
+
+    def take(self, globs: list[str] | None = None) -> Sample:
+        return take_sample(self.root, exclude=self.exclude, acct=self.acct, globs=self.globs if globs is None else globs)
+
+    def count_toward_peak(self) -> None:
+        s = self.take()
+        self.count += 1
+        if s.total > self.peak.total:
+            self.peak = s
+
+    def tick(self) -> None:
+        """A periodic sample, if sampling and one is due."""
+        if not self.sampling or time.monotonic() < self.last + self.interval:
+            return
+        now = time.monotonic()
+        if self.last:
+            self.gaps.append(now - self.last)
+        self.last = now
+        self.count_toward_peak()
+
+    def command(self, cmd: str, arg: str) -> Any:
+        """The answer to one protocol command (see the module docstring)."""
+        if cmd == "sample":
+            return asdict(self.take(json.loads(arg or "[]")))
+        if cmd == "mark":
+            # A sample at a moment the parent chose (e.g. the end of the
+            # work phase), so short runs still see their high point.
+            self.count_toward_peak()
+            return "ok"
+        if cmd == "start":
+            self.globs = json.loads(arg or "[]")
+            self.peak, self.count, self.gaps, self.last = Sample(), 0, [], 0.0
+            self.sampling = True
+            return "ok"
+        if cmd == "stop":
+            self.sampling = False
+            self.count_toward_peak()
+            gaps = sorted(self.gaps)
+            return {
+                "peak": asdict(self.peak),
+                "samples": self.count,
+                "interval_ms_median": 1e3 * gaps[len(gaps) // 2] if gaps else None,
+                "interval_ms_max": 1e3 * gaps[-1] if gaps else None,
+            }
+        return {"error": f"unknown command {cmd!r}"}
+
+
 def _serve(root: int, interval: float) -> None:
     # Keep the cadence while the measured processes saturate the CPUs (memory
     # runs are never timed, so the sampler may take priority); needs root.
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, -5)
-    acct = ShmAccounting()
-    exclude = {os.getpid()}
+    sampler = _Sampler(root, interval)
     buf = b""
-    sampling = False
-    globs: list[str] = []
-    peak = Sample()
-    count = 0
-    gaps: list[float] = []
-    last = 0.0
-
-    def reply(obj: Any) -> None:
-        os.write(1, (json.dumps(obj) + "\n").encode())
-
     while True:
-        timeout = None
-        if sampling:
-            timeout = max(0.0, last + interval - time.monotonic())
-        ready, _, _ = select.select([0], [], [], timeout)
+        ready, _, _ = select.select([0], [], [], sampler.timeout())
         if ready:
             chunk = os.read(0, 65536)
             if not chunk:
@@ -239,49 +307,10 @@ def _serve(root: int, interval: float) -> None:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 cmd, _, arg = line.decode().partition(" ")
-                if cmd == "sample":
-                    reply(asdict(take_sample(root, exclude=exclude, acct=acct, globs=json.loads(arg or "[]"))))
-                elif cmd == "mark":
-                    # A sample at a moment the parent chose (e.g. the end of the
-                    # work phase), so short runs still see their high point.
-                    s = take_sample(root, exclude=exclude, acct=acct, globs=globs)
-                    count += 1
-                    if s.total > peak.total:
-                        peak = s
-                    reply("ok")
-                elif cmd == "start":
-                    globs = json.loads(arg or "[]")
-                    peak, count, gaps, last = Sample(), 0, [], 0.0
-                    sampling = True
-                    reply("ok")
-                elif cmd == "stop":
-                    sampling = False
-                    s = take_sample(root, exclude=exclude, acct=acct, globs=globs)
-                    count += 1
-                    if s.total > peak.total:
-                        peak = s
-                    gaps.sort()
-                    reply(
-                        {
-                            "peak": asdict(peak),
-                            "samples": count,
-                            "interval_ms_median": 1e3 * gaps[len(gaps) // 2] if gaps else None,
-                            "interval_ms_max": 1e3 * gaps[-1] if gaps else None,
-                        }
-                    )
-                elif cmd == "quit":
+                if cmd == "quit":
                     return
-                else:
-                    reply({"error": f"unknown command {cmd!r}"})
-        if sampling and time.monotonic() >= last + interval:
-            now = time.monotonic()
-            if last:
-                gaps.append(now - last)
-            last = now
-            s = take_sample(root, exclude=exclude, acct=acct, globs=globs)
-            count += 1
-            if s.total > peak.total:
-                peak = s
+                os.write(1, (json.dumps(sampler.command(cmd, arg)) + "\n").encode())
+        sampler.tick()
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any
 
-from ._stats import fmt_bytes
+from .._text import format_bytes, render_table
 
 __all__ = ["plot_scaling", "plot_seed", "seed_table", "write_json"]
 
@@ -52,27 +52,27 @@ def seed_table(result: dict[str, Any]) -> str:
     """The seed experiment as a fixed-width text table (medians; total with min-max)."""
     cfg, data = result["config"], result["data"]
     lines = [
-        f"nocopy bench seed: {data['rows']:,} rows ({fmt_bytes(data['nbytes'])}), {cfg['workers']} workers, "
+        f"nocopy bench seed: {data['rows']:,} rows ({format_bytes(data['nbytes'])}), {cfg['workers']} workers, "
         f"start method {cfg['start_method']}; times: median of {cfg['repeat']} run(s), total with (min-max); "
         f"memory: median of {cfg.get('memory_repeat', cfg['repeat'])} separate run(s)",
         "",
     ]
-    head = (
-        f"{'method':<16} {'total s':>20} {'start-up':>9} {'work':>8} {'teardown':>9} "
-        f"{'total/floor':>11} {'work/floor':>10} {'peak memory':>12} {'added':>9} {'mem/floor':>9} "
-        f"{'tracemalloc':>12}  sums"
-    )
-    lines += [head, "-" * len(head)]
+    header = [
+        "method", "total s", "start-up", "work", "teardown", "total/floor", "work/floor",
+        "peak memory", "added", "mem/floor", "tracemalloc", "sums",
+    ]
     rows = [("floor", result["floor"]), *result["methods"].items()]
+    cells = []
     for name, rec in rows:
         t, mem, rat = rec["time"], rec["memory"], rec["ratio_to_floor"]
         sums = "ok" if rec["sums"]["ok"] else "WRONG" if not rec["errors"] else "FAILED"
-        lines.append(
-            f"{name:<16} {_sec(t['total_s'], True):>20} {_sec(t['startup_s']):>9} {_sec(t['work_s']):>8} "
-            f"{_sec(t['teardown_s']):>9} {_x(rat['total']):>11} {_x(rat['work']):>10} "
-            f"{fmt_bytes(_med(mem['peak_bytes'])):>12} {fmt_bytes(_med(mem['added_bytes'])):>9} {_x(rat['memory']):>9} "
-            f"{fmt_bytes(_med(rec['tracemalloc_peak_bytes'])):>12}  {sums}"
-        )
+        cells.append([
+            name, _sec(t["total_s"], True), _sec(t["startup_s"]), _sec(t["work_s"]), _sec(t["teardown_s"]),
+            _x(rat["total"]), _x(rat["work"]), format_bytes(_med(mem["peak_bytes"])),
+            format_bytes(_med(mem["added_bytes"])), _x(rat["memory"]),
+            format_bytes(_med(rec["tracemalloc_peak_bytes"])), sums,
+        ])
+    lines.append(render_table(header, cells, right=range(1, len(header) - 1), rule=True))
     lines.append("")
     notes = []
     ray = result["methods"].get("ray")
@@ -89,7 +89,7 @@ def seed_table(result: dict[str, Any]) -> str:
     notes.append(
         "peak memory: Σ PSS of the parent and all its descendants + shared memory, each page once; "
         "added: over the same sum just before the run (the parent with the data and its imports, "
-        f"{fmt_bytes(result['baseline_memory_bytes'])} before the first run); "
+        f"{format_bytes(result['baseline_memory_bytes'])} before the first run); "
         "tracemalloc: the parent's own traced peak, the original's figure"
     )
     if any(not rec["whole_column"] for _, rec in rows[1:]):
@@ -167,7 +167,7 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     ax_m.set_xlim(0, max(b + a for b, a in zip(base, added, strict=True)) * 1.25)
     cfg, data = result["config"], result["data"]
     fig.suptitle(
-        f"classic experiment: {data['rows']:,} rows ({fmt_bytes(data['nbytes'])}), {cfg['workers']} workers, "
+        f"classic experiment: {data['rows']:,} rows ({format_bytes(data['nbytes'])}), {cfg['workers']} workers, "
         f"{cfg['start_method']}; median of {cfg['repeat']}"
     )
     fig.tight_layout()

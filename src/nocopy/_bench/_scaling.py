@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from .._text import format_bytes
 from . import _tasks
 from ._data import expected_sum, make_records
 from ._methods import time_mapped_copy, time_pwrite_copy
-from ._stats import fmt_size, ratio, summary
+from ._stats import ratio, summary
 
 __all__ = ["ScalingConfig", "run_scaling", "scaling_table"]
 
@@ -77,7 +78,7 @@ def _get_latency(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             us = [t * 1e6 for t in times]
             point = {"nbytes": n, "get_us": summary(us), "reps": reps}
             out.append(point)
-            log(f"  get()  {fmt_size(n):>8}: median {point['get_us']['median']:.0f} µs (min {min(us):.0f})")  # type: ignore[index]
+            log(f"  get()  {format_bytes(n):>8}: median {point['get_us']['median']:.0f} µs (min {min(us):.0f})")  # type: ignore[index]
     return out
 
 
@@ -110,7 +111,7 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
         }
         out.append(point)
         log(
-            f"  share() {fmt_size(n):>8}: {point['share_gbps']:.2f} GB/s; memcpy into fresh shm "
+            f"  share() {format_bytes(n):>8}: {point['share_gbps']:.2f} GB/s; memcpy into fresh shm "
             f"{point['memcpy_shm_gbps']:.2f} GB/s, pwrite into a fresh memfd {point['pwrite_shm_gbps']:.2f} GB/s"
         )
     return out
@@ -217,7 +218,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("get() in a worker (fresh handle, maps the segment):")
         for p in get:
             g = p["get_us"]
-            lines.append(f"  {fmt_size(p['nbytes']):>9}  {g['median']:8.0f} µs  (min {g['min']:.0f}, max {g['max']:.0f})")
+            lines.append(f"  {format_bytes(p['nbytes']):>9}  {g['median']:8.0f} µs  (min {g['min']:.0f}, max {g['max']:.0f})")
         if result.get("get_flatness") is not None:
             lines.append(f"  largest / smallest: {result['get_flatness']:.2f}x (target <= 1.5x)")
         lines.append("")
@@ -229,7 +230,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         )
         for p in share:
             lines.append(
-                f"  {fmt_size(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
+                f"  {format_bytes(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
                 f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
                 f" / pwrite {p['share_over_pwrite']:.2f}x"
             )

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from .._text import format_bytes
 from . import _methods
 from ._data import expected_sum, make_records
 from ._methods import FLOOR, METHODS, Method, RunContext
 from ._monitor import MemoryMonitor
-from ._stats import fmt_bytes, ratio, summary
+from ._stats import ratio, summary
 
 __all__ = ["SeedConfig", "run_seed"]
 
@@ -79,7 +80,13 @@ def _helpers() -> set[int]:
     pids = set()
     from multiprocessing import resource_tracker
 
-    pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+    # Stdlib (and loky) privates, read here and nowhere else: no public API
+    # names the pid of multiprocessing's resource tracker (ensure_running() and
+    # getfd() give none) or of the forkserver, and a run must not wait for
+    # helpers that live as long as the parent. getattr with a default: a
+    # Python that renames them makes a run wait for them, it does not crash.
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    pid = getattr(tracker, "_pid", None)
     if pid:
         pids.add(pid)
     forkserver = sys.modules.get("multiprocessing.forkserver")
@@ -173,7 +180,7 @@ def _describe_run(method: Method, rec: dict[str, Any]) -> str:
         f"teardown {rec['teardown_s']:.3f})"
     ]
     if rec["kind"] == "memory":
-        parts.append(f"peak {fmt_bytes(rec['peak_bytes'])}, tracemalloc {fmt_bytes(rec['tracemalloc_peak_bytes'])}")
+        parts.append(f"peak {format_bytes(rec['peak_bytes'])}, tracemalloc {format_bytes(rec['tracemalloc_peak_bytes'])}")
     parts.append("sums ok" if rec["sums_ok"] else f"SUMS WRONG {rec['sums']}")
     if rec["lingering"]:
         parts.append(f"lingering pids {rec['lingering']}")
@@ -221,8 +228,8 @@ def _median(stats: dict[str, float] | None) -> float | None:
     return None if stats is None else stats["median"]
 
 
-def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
-    """Run the experiment; return the JSON-able result (see BENCHMARKS.md for the fields)."""
+def _memory_repeat(cfg: SeedConfig) -> int:
+    """Check *cfg* (a ValueError names the bad option) and return the number of memory runs."""
     if not sys.platform.startswith("linux") or not hasattr(os, "memfd_create"):
         raise ValueError("nocopy bench measures memory through Linux's /proc and needs memfd: run it on Linux")
     if cfg.rows < 2:
@@ -241,13 +248,11 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             f"start method {cfg.start_method!r} does not exist here: choose from "
             f"{', '.join(multiprocessing.get_all_start_methods())}"
         )
-    if cfg.start_method == "forkserver":
-        # The same for every method: the server imports numpy (and the task
-        # module) once, so no worker pays those imports. nocopy's executor
-        # would ask for this itself, but the first method to start the server
-        # decides what it preloads.
-        multiprocessing.set_forkserver_preload(["__main__", "numpy", "nocopy", "nocopy._bench._tasks"])
-    chosen = select_methods(cfg.methods)
+    return memory_repeat
+
+
+def _available(chosen: list[Method], log: Log) -> tuple[list[Method], dict[str, str]]:
+    """The methods that can run here, and why each of the others cannot."""
     skipped: dict[str, str] = {}
     runnable: list[Method] = []
     for m in chosen:
@@ -257,34 +262,30 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
         else:
             skipped[m.name] = why
             log(f"skipping {m.name}: {why}")
+    return runnable, skipped
 
-    for path in _methods.remove_stale_arrow_files():
-        log(f"removed {path}, left behind by a benchmark that did not finish")
-    log(f"building {cfg.rows:,} rows ...")
-    t0 = time.perf_counter()
-    data = make_records(cfg.rows)
-    build_s = time.perf_counter() - t0
-    expected = expected_sum(data)
-    log(
-        f"data: {cfg.rows:,} rows, {fmt_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
-        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} timing and "
-        f"{memory_repeat} memory run(s) per method"
-    )
 
+def _schedule(runnable: list[Method], repeat: int, memory_repeat: int) -> list[tuple[Method, str, int]]:
+    """(method, "time" or "memory", round) in the order they run: rounds interleave the methods, Ray last."""
     late = [m for m in runnable if m.name == "ray"]
     early = [FLOOR, *(m for m in runnable if m.name != "ray")]
     schedule: list[tuple[Method, str, int]] = []
-    for r in range(max(cfg.repeat, memory_repeat)):
-        if r < cfg.repeat:
+    for r in range(max(repeat, memory_repeat)):
+        if r < repeat:
             schedule += [(m, "time", r) for m in early]
         if r < memory_repeat:
             schedule += [(m, "memory", r) for m in early]
-    for r in range(max(cfg.repeat, memory_repeat)):
-        kinds = [k for k, n in (("time", cfg.repeat), ("memory", memory_repeat)) if r < n]
+    for r in range(max(repeat, memory_repeat)):
+        kinds = [k for k, n in (("time", repeat), ("memory", memory_repeat)) if r < n]
         schedule += [(m, kind, r) for m in late for kind in kinds]
+    return schedule
 
-    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in (FLOOR, *runnable)}
-    started = time.perf_counter()
+
+def _run_schedule(
+    schedule: list[tuple[Method, str, int]], data: np.ndarray, cfg: SeedConfig, expected: float, log: Log
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Every run's record by method name, and the memory baseline before the first run."""
+    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m, _, _ in schedule}
     with tempfile.TemporaryDirectory(prefix="nocopy-bench-") as scratch, MemoryMonitor(cfg.interval) as monitor:
         baseline = monitor.sample().total
         width = len(str(len(schedule)))
@@ -293,8 +294,13 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             rec["repeat"] = r
             runs[method.name].append(rec)
             log(f"[{i:>{width}}/{len(schedule)}] {kind:<6} {method.name:<16} #{r + 1}  {_describe_run(method, rec)}")
-    elapsed = time.perf_counter() - started
+    return runs, baseline
 
+
+def _with_ratios(
+    runnable: list[Method], runs: dict[str, list[dict[str, Any]]], expected: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The floor's and each method's aggregate, with its ratios to the floor."""
     floor = _aggregate(FLOOR, runs[FLOOR.name], expected)
     results: dict[str, Any] = {}
     for m in (FLOOR, *runnable):
@@ -305,7 +311,41 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             "memory": ratio(_median(agg["memory"]["peak_bytes"]), _median(floor["memory"]["peak_bytes"])),
         }
         results[m.name] = agg
-    floor_rec = results.pop(FLOOR.name)
+    return results.pop(FLOOR.name), results
+
+
+def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """Run the experiment; return the JSON-able result (see BENCHMARKS.md for the fields)."""
+    memory_repeat = _memory_repeat(cfg)
+    if cfg.start_method == "forkserver":
+        import multiprocessing
+
+        # The same for every method: the server imports numpy (and the task
+        # module) once, so no worker pays those imports. nocopy's executor
+        # would ask for this itself, but the first method to start the server
+        # decides what it preloads.
+        multiprocessing.set_forkserver_preload(["__main__", "numpy", "nocopy", "nocopy._bench._tasks"])
+    chosen = select_methods(cfg.methods)
+    runnable, skipped = _available(chosen, log)
+
+    for path in _methods.remove_stale_arrow_files():
+        log(f"removed {path}, left behind by a benchmark that did not finish")
+    log(f"building {cfg.rows:,} rows ...")
+    t0 = time.perf_counter()
+    data = make_records(cfg.rows)
+    build_s = time.perf_counter() - t0
+    expected = expected_sum(data)
+    log(
+        f"data: {cfg.rows:,} rows, {format_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
+        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} timing and "
+        f"{memory_repeat} memory run(s) per method"
+    )
+
+    started = time.perf_counter()
+    runs, baseline = _run_schedule(_schedule(runnable, cfg.repeat, memory_repeat), data, cfg, expected, log)
+    elapsed = time.perf_counter() - started
+
+    floor_rec, results = _with_ratios(runnable, runs, expected)
     failed = {name: rec["errors"] for name, rec in results.items() if rec["errors"] or not rec["sums"]["ok"]}
     if floor_rec["errors"] or not floor_rec["sums"]["ok"]:
         failed["floor"] = floor_rec["errors"] or ["wrong sum"]

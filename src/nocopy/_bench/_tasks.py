@@ -18,11 +18,16 @@ from ._data import FIELD
 
 __all__ = [
     "arrive",
+    "frame_get",
+    "identity",
     "nansum_arrow_file",
     "nansum_fork_global",
+    "nansum_ray_nocopy",
     "nansum_records",
     "nansum_shared_handle",
     "nansum_stdlib",
+    "ray_frame_get",
+    "time_gets",
 ]
 
 # The fork method's data: set in the parent before the pool forks, inherited
@@ -116,3 +121,61 @@ def time_gets(blob: bytes, reps: int) -> list[float]:
 def identity(x: int) -> int:
     """The tiny task of the per-task overhead test."""
     return x
+
+
+def frame_get(method: str, payload: Any) -> dict[str, float]:
+    """``nocopy bench pandas``, in a fresh worker: seconds to have the DataFrame in hand, and a checksum.
+
+    *method* says what *payload* is: a ``nocopy.Shared`` ("nocopy"), an Arrow
+    IPC stream ("arrow") or a pickle ("pickle").
+    """
+    import pickle
+
+    t0 = time.perf_counter()
+    if method == "nocopy":
+        df = payload.get()
+    elif method == "arrow":
+        import pyarrow as pa
+
+        df = pa.ipc.open_stream(payload).read_all().to_pandas()
+    else:
+        df = pickle.loads(payload)
+    got = time.perf_counter() - t0
+    return {"get": got, "checksum": float(np.nansum(df["n0"].to_numpy())), "rows": len(df)}
+
+
+def _uss() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_full_info().uss)
+
+
+def ray_frame_get(ref: list[Any], use_nocopy: bool) -> dict[str, float]:
+    """``nocopy bench ray``, in a Ray task: get the frame, read its datetime and float values.
+
+    The ObjectRef comes inside a list so Ray does not resolve it before the
+    task runs (the get is what is timed).
+    """
+    import pandas  # noqa: F401 - imported before the clock starts: imports are start-up, not the get
+    import pyarrow
+    import ray
+
+    import nocopy.ray
+
+    before = _uss()
+    t0 = time.perf_counter()
+    df = nocopy.ray.get(ref[0]) if use_nocopy else ray.get(ref[0])
+    got = time.perf_counter() - t0
+    checksum = int(df["t"].to_numpy().view("i8").sum()) + float(df["x"].sum())
+    read = time.perf_counter() - t0 - got
+    # Arrow's allocator caches freed temporaries: give them back, they are not copies.
+    pyarrow.default_memory_pool().release_unused()
+    grown = float(_uss() - before)  # while df is alive: what this task owns because of it
+    return {"get_s": got, "read_s": read, "uss_growth": grown, "rows": len(df), "checksum": checksum}
+
+
+def nansum_ray_nocopy(ref: Any) -> float:
+    """The classic experiment's Ray task with ``nocopy.ray.get``."""
+    import nocopy.ray
+
+    return float(np.nansum(nocopy.ray.get(ref)[FIELD]))

@@ -4,11 +4,14 @@ Example::
 
     nocopy bench seed --quick --repeat 1 --json out.json --plot out.png
     nocopy bench scaling --max-size 256MB --json scaling.json
+    nocopy bench pandas --rows 200000 --json pandas.json
+    nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -48,9 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="nocopy bench",
-        description="Benchmarks: the classic experiment against every peer (seed), and nocopy's scaling.",
+        description="Benchmarks: the classic experiment against every peer (seed), nocopy's scaling, "
+        "DataFrames against Arrow IPC and pickle (pandas), nocopy.ray against plain Ray (ray).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling}")
+    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,ray}")
     sub.required = True
     names = [m.name for m in METHODS]
     seed = sub.add_parser(
@@ -95,6 +99,29 @@ def _parser() -> argparse.ArgumentParser:
     scaling.add_argument("--json", metavar="PATH")
     scaling.add_argument("--plot", metavar="PATH")
     scaling.add_argument("--quiet", action="store_true")
+
+    pandas = sub.add_parser(
+        "pandas",
+        help="share() and get() of a ~1 GB DataFrame against Arrow IPC and pickle",
+        description="share() of a DataFrame (10 numeric + 2 string columns) in this process and get() in a "
+        "fresh spawned worker, against pa.Table.from_pandas + an IPC stream and pickle protocol 5; one run.",
+    )
+    pandas.add_argument("--rows", type=_positive, default=8_500_000, help="rows (default 8,500,000: about 1 GB)")
+    pandas.add_argument("--json", metavar="PATH")
+    pandas.add_argument("--quiet", action="store_true")
+
+    ray = sub.add_parser(
+        "ray",
+        help="nocopy.ray against plain Ray: a DataFrame got inside a task, and the classic experiment",
+        description="Part 1: a DataFrame put with ray.put / nocopy.ray.put and got inside a task (time and the "
+        "task's memory growth). Part 2: the classic experiment's Ray method with ray and with nocopy.ray.",
+    )
+    ray.add_argument("--gb", type=float, default=1.0, help="frame size in GB of 1e9 bytes (default 1.0)")
+    ray.add_argument("--rows", type=_positive, default=10_000_000, help="classic experiment rows (default 10,000,000)")
+    ray.add_argument("--workers", type=_positive, default=2, help="Ray CPUs and classic tasks (default 2)")
+    ray.add_argument("--repeat", type=_positive, default=3, help="runs per method (default 3): medians")
+    ray.add_argument("--json", metavar="PATH")
+    ray.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -138,12 +165,39 @@ def _scaling(args: argparse.Namespace) -> int:
     return _run_and_report("scaling", args, lambda: run_scaling(cfg, _log(args.quiet)), scaling_table, plot_scaling)
 
 
+def _missing(command: str, modules: tuple[str, ...], extra: str) -> bool:
+    """Print which package *command* lacks (and how to get it); True if one is missing."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            print(f"nocopy bench {command} needs {module}: pip install 'nocopy[{extra}]'", file=sys.stderr)
+            return True
+    return False
+
+
+def _pandas(args: argparse.Namespace) -> int:
+    if _missing("pandas", ("pandas", "pyarrow"), "pandas"):
+        return 2
+    from ._pandas import PandasConfig, pandas_table, run_pandas
+
+    cfg = PandasConfig(rows=args.rows)
+    return _run_and_report("pandas", args, lambda: run_pandas(cfg, _log(args.quiet)), pandas_table)
+
+
+def _ray(args: argparse.Namespace) -> int:
+    if _missing("ray", ("ray", "pandas", "pyarrow"), "ray"):
+        return 2
+    from ._ray import RayConfig, ray_table, run_ray
+
+    cfg = RayConfig(gb=args.gb, rows=args.rows, workers=args.workers, repeat=args.repeat)
+    return _run_and_report("ray", args, lambda: run_ray(cfg, _log(args.quiet)), ray_table)
+
+
 def _run_and_report(
     command: str,
     args: argparse.Namespace,
     run: Callable[[], dict[str, Any]],
     table: Callable[[dict[str, Any]], str],
-    plot: Callable[[dict[str, Any], str], None],
+    plot: Callable[[dict[str, Any], str], None] | None = None,
 ) -> int:
     """Run an experiment; print its table, write JSON and PNG if asked; the exit code."""
     from ._report import write_json
@@ -157,7 +211,7 @@ def _run_and_report(
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
-    if args.plot:
+    if plot is not None and args.plot:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 1 if result.get("failed") else 0
@@ -171,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("nocopy bench needs psutil and matplotlib: pip install 'nocopy[bench]'", file=sys.stderr)
         return 2
-    if args.command == "seed":
-        return _seed(args)
-    return _scaling(args)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "seed": _seed, "scaling": _scaling, "pandas": _pandas, "ray": _ray,
+    }
+    return commands[args.command](args)

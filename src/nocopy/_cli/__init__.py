@@ -5,6 +5,7 @@ Example::
     $ nocopy doctor          # can this machine share memory, how much, what to fix
     $ nocopy ls --json       # this user's live segments
     $ nocopy gc --dry-run    # what crashed owners left behind
+    $ nocopy bench seed      # the classic experiment, every way of sharing the data
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nocopy",
         description="Zero-copy sharing of NumPy, pandas and Arrow data between processes: "
-        "inspect and clean shared memory, check this machine, run the benchmark.",
+        "inspect and clean shared memory, check this machine, run the benchmarks.",
     )
     parser.add_argument("--version", action="version", version=f"nocopy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser(
         "bench",
-        help="the classic experiment and its peers (table + JSON + PNG); `nocopy bench --help`",
+        help="every benchmark: the classic experiment against its peers, scaling, DataFrames, Ray; "
+        "`nocopy bench --help`",
         add_help=False,
     )
     _ls.add_parser(sub)
