@@ -34,7 +34,7 @@ demo: $(VENV)/.installed-demo
 	$(BIN)/nocopy bench seed --json bench-out/seed.json --plot bench-out/seed.png
 
 lint: $(VENV)/.installed-all
-	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples
 	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-all

@@ -569,25 +569,6 @@ def test_ctrl_c_stops_the_ray_tasks_of_the_call(procs: Any, tmp_path: Any) -> No
     assert p.wait(timeout=60) == 0
 
 
-@pytest.mark.slow
-def test_benchmark_script_smoke_run(tmp_path: Any) -> None:
-    import json
-    import subprocess
-
-    from conftest import ROOT
-
-    out_json = tmp_path / "bench.json"
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_ray.py"), "--gb", "0.01",
-         "--rows", "20000", "--repeat", "1", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=240, env=_env(RAY_ADDRESS=None),
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ratios plain/nocopy" in out.stdout and "ratio ray / ray+nocopy" in out.stdout
-    result = json.loads(out_json.read_text())
-    assert result["frame"]["nocopy"]["get_s"] > 0 and result["classic"]["rows"] == 20000
-
-
 TWO_NODES = """
 import json, os, sys
 import numpy as np, ray
