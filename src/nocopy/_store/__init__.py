@@ -170,6 +170,7 @@ def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
             # would link the /proc symlink itself and fail with EXDEV.
             os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
             visible = True
+            fd = _reopen_locked(fd, path)
     except BaseException:
         os.close(fd)
         if path is not None and visible:
@@ -213,6 +214,31 @@ def _create_locked(directory: str, path: str) -> tuple[int, bool]:
         raise
     _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
     return fd, True
+
+
+def _reopen_locked(fd: int, path: str) -> int:
+    """A descriptor of the same file opened by *path*, holding the owner's lock; closes *fd*.
+
+    The file was opened nameless, so /proc/<pid>/fd and maps lines of *fd*
+    show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks find a
+    segment by its name. The new descriptor takes its lock before the old
+    one lets go, so the file is never unlocked. On failure *fd* stays open.
+    """
+    try:
+        new = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        _note_fd_limit(exc)
+        raise
+    try:
+        a, b = os.fstat(fd), os.fstat(new)
+        if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
+            raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
+        _orphans.lock_owned(new)
+    except BaseException:
+        os.close(new)
+        raise
+    os.close(fd)
+    return new
 
 
 def invisible_until_locked(directory: str) -> bool:
