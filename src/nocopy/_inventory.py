@@ -157,7 +157,9 @@ def segments() -> list[Segment]:
     memfd segments are found through the processes that hold them; posix
     segments in ``$NOCOPY_SHM_DIR`` (default /dev/shm). A posix segment whose
     owner died is listed (``owner_alive=False``) until :func:`cleanup`
-    removes it.
+    removes it; one whose owner's lock is held counts as alive whatever pid
+    its name carries (an owner in another pid namespace, or a hard link to
+    a live segment).
 
     Example::
 

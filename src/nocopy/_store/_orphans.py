@@ -10,7 +10,10 @@ not mistaken for the owner) is gone, and no process holds the owner's lock on
 it. The lock is the second, independent proof: every owner keeps a shared
 ``flock`` on its segment for as long as it holds it, the kernel drops it when
 the owner dies however it dies, and it works across pid namespaces (containers
-sharing /dev/shm), where the pid in a name may mean another process.
+sharing /dev/shm), where the pid in a name may mean another process. For that
+the lock must be held from the moment the name exists: the store creates the
+file nameless and links it in once locked. A reclaim unlinks a file while
+holding its own exclusive lock on it.
 """
 
 from __future__ import annotations
