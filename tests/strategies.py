@@ -228,7 +228,9 @@ def mapping_range(arr: np.ndarray) -> tuple[int, int]:
     while isinstance(obj.base, np.ndarray):
         obj = obj.base
     bottom = obj.base.obj if isinstance(obj.base, memoryview) else obj.base
-    if not isinstance(bottom, mmap.mmap):
+    from nocopy._store._mapping import Mapping
+
+    if not isinstance(bottom, (mmap.mmap, Mapping)):
         raise AssertionError(f"array is not backed by a mapping (bottom of its base chain: {type(bottom)})")
     return obj.ctypes.data, obj.nbytes
 

@@ -157,7 +157,9 @@ def segments() -> list[Segment]:
     memfd segments are found through the processes that hold them; posix
     segments in ``$NOCOPY_SHM_DIR`` (default /dev/shm). A posix segment whose
     owner died is listed (``owner_alive=False``) until :func:`cleanup`
-    removes it.
+    removes it; one whose owner's lock is held counts as alive whatever pid
+    its name carries (an owner in another pid namespace, or a hard link to
+    a live segment).
 
     Example::
 
@@ -187,9 +189,11 @@ def segments() -> list[Segment]:
             )
         )
     for f in _orphans.scan(directory):
-        alive = f.owner_alive
+        # The lock as well as the pid: a live owner in another pid namespace,
+        # or a hard link to a live segment under a name with another pid, is alive.
+        alive = f.owner_alive or _orphans.held(f)
         holders = set(posix_holders.get(f.name, ()))
-        if alive:
+        if f.owner_alive:
             holders.add(f.pid)
         out.append(_posix_segment(f, now, alive, tuple(sorted(holders))))
     out.sort(key=lambda s: (-s.age, s.name))
@@ -219,7 +223,9 @@ def cleanup(dry_run: bool = False) -> list[Segment]:
     that still map a removed segment keep their view; its memory is freed
     when they let go. memfd segments need no cleanup: the kernel frees them
     with their last holder. With ``dry_run=True`` nothing is removed and the
-    result says what would be.
+    result says what would be. Each result's ``size`` is the bytes its
+    removal gives back: 0 for a name whose file lives on under another hard
+    link, so ``sum(s.size for s in cleanup())`` is what was freed.
 
     Example::
 

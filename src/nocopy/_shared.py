@@ -20,6 +20,7 @@ from ._codec._layout import Header
 from ._codec._numpy import dtype_to_json
 from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
 from ._store._capacity import _fmt
+from ._store._mapping import Mapping
 from ._store._names import NAME_RE
 from .errors import SegmentCorruptError, SegmentNotFoundError
 
@@ -28,9 +29,10 @@ __all__ = ["Shared", "attach", "empty", "share", "zeros"]
 T = TypeVar("T")
 
 # One read-only (or, for outputs, writable) mapping per segment per process,
-# alive while any handle or view still uses it. Private (copy-on-write)
-# mappings are never cached: each get(private=True) is its own copy.
-_mappings: weakref.WeakValueDictionary[tuple[str, bytes], np.ndarray] = weakref.WeakValueDictionary()
+# alive while any handle or view still uses it. Keyed by access too: a
+# writable mapping must never be handed to a read-only handle. Private
+# (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
+_mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], np.ndarray] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
 
 
@@ -196,7 +198,8 @@ class Shared(Generic[T]):
                 if self._owner is not None:
                     # New handles in this process must fail like anywhere else.
                     with _mappings_lock:
-                        _mappings.pop((self._locator.name, self._token), None)
+                        for writable in (False, True):
+                            _mappings.pop((self._locator.name, self._token, writable), None)
                     self._finalizer()
         except Exception:  # pragma: no cover - close must never raise
             pass
@@ -223,7 +226,7 @@ class Shared(Generic[T]):
         with self._lock:
             base = self._base
             if base is None:
-                key = (self._locator.name, self._token)
+                key = (self._locator.name, self._token, self._writable)
                 with _mappings_lock:
                     base = _mappings.get(key)
                 if base is None:
@@ -248,10 +251,11 @@ class Shared(Generic[T]):
                     f"segment {self._locator.name} is {actual} bytes, its handle says "
                     f"{self._size}: it was truncated. Fix: share the data again."
                 )
-            mm = mmap.mmap(fd, self._size, access=access)
+            # Not mmap.mmap, which keeps a duplicate descriptor per live mapping.
+            mapping = Mapping(fd, self._size, access)
         finally:
             os.close(fd)
-        return np.frombuffer(mm, dtype=np.uint8)
+        return np.asarray(mapping)
 
     def _header(self, base: np.ndarray) -> Header:
         return parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)

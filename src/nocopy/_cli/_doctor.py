@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._inventory import segments
-from .._store import _capacity, _fdserver, default_backend, shm_dir
+from .._store import _capacity, _fdserver, default_backend, invisible_until_locked, shm_dir
 from .._version import __version__
 from . import _fmt
 
@@ -179,6 +179,21 @@ def _probe_scm_rights(fd: int) -> tuple[bool, str]:
         return False, f"SCM_RIGHTS fd server failed: {exc}"
 
 
+def _isolation() -> dict[str, Any]:
+    """What another process of the same user can do to a segment, per store."""
+    directory = shm_dir()
+    return {
+        # Sealed F_SEAL_SHRINK|GROW (and WRITE for share()): nobody can resize
+        # it, so a reader can never be killed by SIGBUS through it.
+        "memfd": "sealed (no process can shrink or grow one, nor write into a share()d one)",
+        # A same-user process can open the file read-write (root: any mode) and
+        # ftruncate it; nocopy cannot seal a file on tmpfs.
+        "posix": "named files (any process of this user can truncate one, or chmod and write "
+        "it, and a truncated segment kills its readers with SIGBUS)",
+        "posix_named_after_lock": os.path.isdir(directory) and invisible_until_locked(directory),
+    }
+
+
 def _versions() -> dict[str, str | None]:
     # importlib.metadata, not import: importing ray takes seconds.
     out: dict[str, str | None] = {}
@@ -214,6 +229,7 @@ def collect() -> dict[str, Any]:
         "backend": _backend(),
         "memfd": _probe_memfd(),
         "shm": _shm_report(),
+        "isolation": _isolation(),
         "memory": {
             "mem_total": mem.total if mem else None,
             "mem_available": mem.available if mem else None,
@@ -296,6 +312,21 @@ def _warnings(r: dict[str, Any]) -> list[dict[str, str]]:
                 "run `nocopy gc` to reclaim orphaned segments, close unused Shared handles, or "
                 + _SHM_FIX,
             )
+    if posix_needed:
+        _warn(
+            out, "warning",
+            f"the posix backend is in use: posix segments are {r['isolation']['posix']}; memfd "
+            "segments are sealed and cannot be truncated",
+            "use backend='memfd' (unset NOCOPY_BACKEND) unless you need named segments",
+        )
+        if shm["exists"] and shm["writable"] and not r["isolation"]["posix_named_after_lock"]:
+            _warn(
+                out, "warning",
+                f"{shm['dir']} does not support O_TMPFILE (or /proc is missing): a new posix "
+                "segment is visible for a moment before its owner locks it, and `nocopy gc` run "
+                "in another pid namespace (a container sharing this directory) could remove it then",
+                "run `nocopy gc` only in the pid namespace of the processes that share, or use memfd",
+            )
     segs = r["segments"]
     if segs["posix_orphans"]:
         _warn(
@@ -354,6 +385,9 @@ def render(r: dict[str, Any]) -> str:
                        + ("" if s["writable"] else ", NOT writable"))
     else:
         row("shm dir", f"{s['dir']}: unusable ({s.get('error', 'missing')})")
+    iso = r["isolation"]
+    row("isolation", f"memfd segments are {iso['memfd']}")
+    row("", f"posix segments are {iso['posix']}: prefer memfd")
     g = r["segments"]
     row("segments", f"{g['count']} live nocopy segment(s) of this user, {_fmt.size(g['bytes'])}"
                     + (f"; {g['posix_orphans']} posix orphan(s), {_fmt.size(g['posix_orphan_bytes'])}"

@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Remove posix segments (in $NOCOPY_SHM_DIR or /dev/shm) whose owner process "
         "has exited (pid and start time checked, so a recycled pid does not count). Segments of "
         "live owners and files that are not this user's nocopy segments are never touched. "
-        "memfd segments need no gc: the kernel frees them with their last holder.",
+        "memfd segments need no gc: the kernel frees them with their last holder. Bytes count "
+        "what was freed: a name whose file has another hard link frees nothing.",
     )
     p.add_argument("--dry-run", action="store_true", help="only show what would be reclaimed")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -48,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to reclaim in {shm_dir()}: no posix segment of a dead owner")
         return 0
     for s in done:
-        print(f"{verb} {s.path} ({_fmt.size(s.size)}, owner pid {s.owner_pid} exited)")
+        # size 0: the name was one of several hard links; the data lives on under another.
+        freed = _fmt.size(s.size) if s.size else "0 B: another hard link keeps its data"
+        print(f"{verb} {s.path} ({freed}, owner pid {s.owner_pid} exited)")
     print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {_fmt.size(total)} ({total} bytes)")
     return 0

@@ -1,0 +1,72 @@
+"""Mappings of a segment that hold no file descriptor.
+
+CPython's ``mmap.mmap`` keeps a duplicate of the descriptor it maps for as
+long as it lives, so a reader holding views of many segments runs out of
+descriptors (``ulimit -n``, often 1024, in containers sometimes 64) although
+a mapping needs none once made. A :class:`Mapping` is made with the C
+library's ``mmap`` and the caller closes its descriptor at once; the pages
+are unmapped when the object is collected, that is when the last array or
+buffer built over it is gone (each holds a reference to it), never before.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from typing import Any
+
+__all__ = ["Mapping"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_mmap = _libc.mmap
+# off_t is a C long on every LP64 system and on 32-bit Linux (without
+# _FILE_OFFSET_BITS); the offset is always 0 here anyway.
+_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_mmap.restype = ctypes.c_void_p
+_munmap = _libc.munmap
+_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_munmap.restype = ctypes.c_int
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+# mmap module access modes -> (protection, flags), as mmap.mmap maps them.
+_MODES = {
+    mmap.ACCESS_READ: (mmap.PROT_READ, mmap.MAP_SHARED),
+    mmap.ACCESS_WRITE: (mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED),
+    mmap.ACCESS_COPY: (mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE),
+}
+
+
+class Mapping:
+    """*size* bytes of file *fd* mapped with *access* (an ``mmap.ACCESS_*`` mode).
+
+    The descriptor may be closed as soon as this returns. Exposes the
+    bytes through ``__array_interface__`` (read-only unless the mapping is
+    writable), so ``numpy.asarray(mapping)`` is a uint8 array whose base is
+    this object: it stays mapped while any view of it lives.
+    """
+
+    __slots__ = ("__weakref__", "address", "readonly", "size")
+
+    def __init__(self, fd: int, size: int, access: int) -> None:
+        prot, flags = _MODES[access]
+        if size <= 0:
+            raise ValueError(f"cannot map {size} bytes")
+        addr = _mmap(None, size, prot, flags, fd, 0)
+        if addr is None or addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.address: int = addr
+        self.size = size
+        self.readonly = access == mmap.ACCESS_READ
+
+    @property
+    def __array_interface__(self) -> dict[str, Any]:
+        return {"data": (self.address, self.readonly), "shape": (self.size,), "typestr": "|u1", "version": 3}
+
+    def __del__(self, _unmap: Any = _munmap) -> None:
+        # Bound as a default: at interpreter exit the module's globals may be gone.
+        address = getattr(self, "address", 0)
+        if address:
+            self.address = 0
+            _unmap(address, self.size)
