@@ -141,7 +141,7 @@ def _dec_nd(dec: Decoder, node: dict[str, Any]) -> Any:
         or not all(type(s) is int and s >= 0 for s in shape)
     ):
         raise dec.corrupt(f"bad shape {shape!r:.60}")
-    raw = dec.buffer(node["b"])
+    raw = dec.buffer(node["b"], owned=False)
     count = math.prod(shape)
     if count * dt.itemsize != raw.nbytes:
         raise dec.corrupt(

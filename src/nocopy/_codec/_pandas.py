@@ -36,8 +36,10 @@ scalars are kept as a JSON list, so their dtype and values come back exactly.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 import re
+import zoneinfo
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,9 +57,21 @@ _INSTALL = "pip install 'nocopy[pandas]'"
 # (JSON) and come back exactly; longer ones of strings go through Arrow.
 _INLINE_INDEX_MAX = 100_000
 _JSON_SCALARS = (str, int, float, bool, type(None))
-# Time zone names from a header: IANA keys (optionally "dateutil/"-prefixed), never paths.
-_TZ_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-/]{0,63}$")
 _UNITS = ("s", "ms", "us", "ns")
+# The dtype strings pd.masked and pd.period nodes may name: parsed by pandas'
+# extension registry, which would otherwise see any string a header holds.
+_MASKED_DTYPES = frozenset(
+    ["boolean", "Float32", "Float64"] + [f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)]
+)
+_PERIOD_DTYPE = re.compile(r"^period\[[A-Za-z0-9\-]{1,30}\]$")
+
+
+@functools.cache
+def _tz_names() -> frozenset[str]:
+    # A set, not a pattern: pandas resolves "dateutil/<name>" with
+    # dateutil.tz.gettz, which opens any absolute path (a FIFO there hangs
+    # get(), /proc/self/mem fails), so only tz database keys are accepted.
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
 def _pd() -> Any:
@@ -86,13 +100,13 @@ def _tz_to_json(tz: Any) -> Any:
 
 
 def _tz_from_json(dec: Decoder, spec: Any) -> Any:
-    if isinstance(spec, str) and _TZ_NAME.match(spec) and ".." not in spec:
+    if isinstance(spec, str) and spec.removeprefix("dateutil/") in _tz_names():
         return spec
     if isinstance(spec, dict) and type(spec.get("offset")) is int and abs(spec["offset"]) < 86400:
         if spec["offset"] == 0:
             return _dt.UTC
         return _dt.timezone(_dt.timedelta(seconds=spec["offset"]))
-    raise dec.corrupt(f"bad time zone {spec!r:.60}")
+    raise dec.corrupt(f"bad time zone {spec!r:.60} (not a name from the tz database)")
 
 
 # -- columns ---------------------------------------------------------------
@@ -253,7 +267,10 @@ def decode_values(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt(f"pandas has no {data.dtype} timedeltas")
         return TimedeltaArray._simple_new(data, dtype=data.dtype)
     if kind == "pd.masked":
-        dtype = pd.api.types.pandas_dtype(_str(dec, node, "dt"))
+        name = _str(dec, node, "dt")
+        if name not in _MASKED_DTYPES:
+            raise dec.corrupt(f"{name!r:.40} is not a nullable dtype")
+        dtype = pd.api.types.pandas_dtype(name)
         if not isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype):
             raise dec.corrupt(f"{dtype} is not a nullable dtype")
         data = _decode_nd(dec, node["v"])
@@ -268,9 +285,10 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         if type(ordered) is not bool:
             raise dec.corrupt("categorical without a boolean 'ordered'")
         dtype = pd.CategoricalDtype(cats, ordered=ordered)
-        # validate=True checks every code against the categories (a bad code
-        # would index out of bounds later).
-        return pd.Categorical.from_codes(codes, dtype=dtype, validate=True)
+        _check_codes(dec, codes, len(cats), "categorical")
+        cat = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+        _spend_unless_view(dec, cat.codes, codes, "categorical codes")
+        return cat
     if kind == "pd.str":
         na = node.get("na")
         if na not in ("nan", "NA"):
@@ -286,7 +304,10 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         ordinals = _decode_nd(dec, node["v"])
         if ordinals.dtype != np.int64:
             raise dec.corrupt("period ordinals are not int64")
-        dtype = pd.api.types.pandas_dtype(_str(dec, node, "dt"))
+        name = _str(dec, node, "dt")
+        if not _PERIOD_DTYPE.match(name):
+            raise dec.corrupt(f"{name!r:.40} is not a period dtype")
+        dtype = pd.api.types.pandas_dtype(name)
         if not isinstance(dtype, pd.PeriodDtype):
             raise dec.corrupt(f"{dtype} is not a period dtype")
         return pd.arrays.PeriodArray(ordinals, dtype=dtype, copy=False)
@@ -325,6 +346,20 @@ def _own_base(values: Any) -> Any:
     if hasattr(values, "_ndarray"):
         return type(values)._simple_new(_own_base(values._ndarray), dtype=values.dtype)
     return values
+
+
+def _check_codes(dec: Decoder, codes: np.ndarray, n: int, what: str) -> None:
+    # Before pandas sees them: it narrows codes to the smallest integer type
+    # for n first, so 300 for 5 labels would wrap to 44 and pass its checks.
+    if len(codes) and (int(codes.min()) < -1 or int(codes.max()) >= n):
+        raise dec.corrupt(f"{what} codes outside [-1, {n})")
+
+
+def _spend_unless_view(dec: Decoder, kept: np.ndarray, stored: np.ndarray, what: str) -> None:
+    # pandas narrows codes stored wider than it keeps them (a copy); the encoder
+    # stores pandas' own codes, so only a forged segment pays this, once per use.
+    if not np.may_share_memory(kept, stored):
+        dec.spend(kept.nbytes, what)
 
 
 def _str(dec: Decoder, node: dict[str, Any], key: str) -> str:
@@ -408,14 +443,16 @@ def decode_index(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt("bad MultiIndex")
         if not levels or len(levels) != len(codes) or len(codes) != len(names):
             raise dec.corrupt("MultiIndex levels, codes and names do not pair up")
-        # verify_integrity checks every code against its level.
-        return pd.MultiIndex(
-            levels=[decode_index(dec, lev) for lev in levels],
-            codes=[_decode_nd(dec, c, "i") for c in codes],
-            names=[dec.decode(n) for n in names],
-            verify_integrity=True,
-            copy=False,
+        levs = [decode_index(dec, lev) for lev in levels]
+        arrays = [_decode_nd(dec, c, "i") for c in codes]
+        for lev, arr in zip(levs, arrays, strict=True):
+            _check_codes(dec, arr, len(lev), "MultiIndex")
+        mi = pd.MultiIndex(
+            levels=levs, codes=arrays, names=[dec.decode(n) for n in names], verify_integrity=True, copy=False
         )
+        for kept, arr in zip(mi.codes, arrays, strict=True):
+            _spend_unless_view(dec, kept, arr, "MultiIndex codes")
+        return mi
     if kind == "pd.oidx":
         if "t" in node:
             raw = node["t"]
