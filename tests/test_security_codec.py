@@ -299,3 +299,40 @@ def _split(mem: np.ndarray) -> tuple[dict[str, Any], bytes]:
     """The parsed JSON header and the data area of a layout."""
     _, _, _, hlen, _, payload, off = PREFIX.unpack_from(mem, 0)
     return json.loads(mem[PREFIX.size : PREFIX.size + hlen].tobytes()), mem[off:payload].tobytes()
+
+
+# -- issue 10 prep: a bug in nocopy is not reported as a corrupt segment ----------------
+
+
+@pytest.mark.parametrize("tree", [
+    {"k": "py"},
+    {"k": "bytes"},
+    {"k": "list"},
+    {"k": "dict", "keys": []},
+    {"k": "nd", "b": 0, "sh": [8]},
+    {"k": "nd", "b": 0, "dt": {"names": ["a"], "offsets": [0], "itemsize": 8}, "sh": [1]},
+    {"k": "nd", "b": 0, "dt": {"names": ["a"], "formats": ["<f8"], "offsets": [0]}, "sh": [1]},
+    {"k": "nd", "b": 0, "dt": {"base": "<f8"}, "sh": [1]},
+    {"k": "pd.dt"},
+    {"k": "pd.cat", "codes": {"k": "nd", "b": 0, "dt": "|i1", "sh": [8]}, "ordered": False},
+    {"k": "pd.interval", "closed": "left"},
+    {"k": "pd.series", "index": {"k": "pd.range", "start": 0, "stop": 1, "step": 1},
+     "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}},
+    {"k": "pa.lstr", "chunks": [{"n": 0}]},
+    {"k": "pa.ipc", "what": "table"},
+])
+def test_a_node_missing_a_field_is_refused_as_corrupt(tree: dict[str, Any]) -> None:
+    with pytest.raises(SegmentCorruptError):
+        decode(forge({"tree": tree, "buffers": [[0, 8]]}, bytes(8)))
+
+
+@pytest.mark.parametrize("bug", [KeyError, IndexError, AttributeError])
+def test_a_bug_in_a_decoder_propagates_with_its_traceback(monkeypatch: pytest.MonkeyPatch, bug: type) -> None:
+    from nocopy._codec import _core
+
+    def broken(dec: Any, node: Any) -> Any:
+        raise bug("a bug, not a corrupt segment")
+
+    monkeypatch.setitem(_core._DECODERS, "test.broken", broken)
+    with pytest.raises(bug, match="a bug, not a corrupt segment"):
+        decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))

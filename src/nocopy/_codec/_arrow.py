@@ -170,8 +170,8 @@ def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("string chunk is not an object")
     n = _int(dec, node, "n")
-    offsets_raw = dec.buffer(node["o"])
-    data_raw = dec.buffer(node["d"])
+    offsets_raw = dec.buffer(node.get("o"))
+    data_raw = dec.buffer(node.get("d"))
     if offsets_raw.nbytes != 8 * (n + 1):
         raise dec.corrupt(f"{n} strings need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
     offsets = offsets_raw.view(np.int64)
@@ -180,7 +180,7 @@ def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
         raise dec.corrupt("string offsets are not monotonic within their data buffer")
     bufs = [None, pa.py_buffer(offsets_raw), pa.py_buffer(data_raw)]
     if node.get("v") is not None:
-        validity = dec.buffer(node["v"])
+        validity = dec.buffer(node.get("v"))
         if validity.nbytes < (n + 7) // 8:
             raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} strings")
         bufs[0] = pa.py_buffer(validity)
@@ -245,7 +245,7 @@ def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
     if nulls:
         where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
         if "nak" in node:
-            kinds = dec.buffer(node["nak"]).view(np.int8)
+            kinds = dec.buffer(node.get("nak")).view(np.int8)
             if kinds.size != nulls or kinds.min() < 0 or kinds.max() > 2:
                 raise dec.corrupt("null kinds do not match the nulls")
             out[where] = np.array(_missing_values(int(kinds.max())), dtype=object)[kinds]
@@ -394,7 +394,7 @@ def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
     what = node.get("what")
     if what not in _IPC_WHAT:
         raise dec.corrupt(f"unknown Arrow object {what!r:.40}")
-    raw = dec.buffer(node["b"])
+    raw = dec.buffer(node.get("b"))
     try:
         refusal = _ipc_refusal(pa, raw)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -448,7 +448,7 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 
 
 def _dec_buf(dec: Decoder, node: dict[str, Any]) -> Any:
-    return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node["b"]))
+    return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node.get("b")))
 
 
 def guard(fn: Any) -> Any:

@@ -304,7 +304,11 @@ class Decoder:
             raise
         except ImportError:
             raise
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
+        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+            # What NumPy, pandas and the checks here raise for values they refuse
+            # (a bad dtype string, an impossible shape, nesting too deep). A
+            # KeyError, IndexError or AttributeError is a bug in nocopy, not a
+            # corrupt segment: it propagates with its traceback.
             raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
 
     def _decode(self, node: Any) -> Any:
@@ -330,7 +334,7 @@ class Decoder:
                 "refuses to unpickle it (unpickling runs code). Fix: nocopy.attach(uri, "
                 "trusted=True) if you trust whoever created it."
             )
-        return pickle.loads(self.buffer(node["b"]).tobytes())  # only when trusted
+        return pickle.loads(self.buffer(node.get("b")).tobytes())  # only when trusted
 
 
 # Registration of the always-present codecs happens on import.

@@ -7,7 +7,9 @@
 
 JSON, not pickle: parsing a hostile header can fail but never run code, and
 every number in it is checked against the segment's real size before any view
-is built.
+is built. Buffers are laid out in order and disjoint (as the encoder writes
+them), and a header's JSON values are counted before it is parsed, so neither
+can make a reader spend far more memory or time than the segment's size.
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     kind = node.get("k")
     if kind == "pd.dt":
         DatetimeArray = _mod("pandas.core.arrays").DatetimeArray
-        data = _decode_nd(dec, node["v"], "M")
+        data = _decode_nd(dec, node.get("v"), "M")
         if np.datetime_data(data.dtype)[0] not in _UNITS:
             raise dec.corrupt(f"pandas has no {data.dtype} datetimes")
         if "tz" in node:
@@ -262,7 +262,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         return DatetimeArray._simple_new(data, dtype=data.dtype)
     if kind == "pd.td":
         TimedeltaArray = _mod("pandas.core.arrays").TimedeltaArray
-        data = _decode_nd(dec, node["v"], "m")
+        data = _decode_nd(dec, node.get("v"), "m")
         if np.datetime_data(data.dtype)[0] not in _UNITS:
             raise dec.corrupt(f"pandas has no {data.dtype} timedeltas")
         return TimedeltaArray._simple_new(data, dtype=data.dtype)
@@ -273,14 +273,14 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         dtype = pd.api.types.pandas_dtype(name)
         if not isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype):
             raise dec.corrupt(f"{dtype} is not a nullable dtype")
-        data = _decode_nd(dec, node["v"])
-        mask = _decode_nd(dec, node["m"])
+        data = _decode_nd(dec, node.get("v"))
+        mask = _decode_nd(dec, node.get("m"))
         if data.dtype != dtype.numpy_dtype or mask.dtype != np.bool_ or data.shape != mask.shape:
             raise dec.corrupt(f"nullable {dtype} column with data {data.dtype}{data.shape}, mask {mask.dtype}{mask.shape}")
         return dtype.construct_array_type()(data, mask, copy=False)
     if kind == "pd.cat":
-        codes = _decode_nd(dec, node["codes"], "i")
-        cats = decode_index(dec, node["cats"])
+        codes = _decode_nd(dec, node.get("codes"), "i")
+        cats = decode_index(dec, node.get("cats"))
         ordered = node.get("ordered")
         if type(ordered) is not bool:
             raise dec.corrupt("categorical without a boolean 'ordered'")
@@ -301,7 +301,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt("Arrow column is not a chunked array")
         return pd.arrays.ArrowExtensionArray(chunked)
     if kind == "pd.period":
-        ordinals = _decode_nd(dec, node["v"])
+        ordinals = _decode_nd(dec, node.get("v"))
         if ordinals.dtype != np.int64:
             raise dec.corrupt("period ordinals are not int64")
         name = _str(dec, node, "dt")
@@ -312,8 +312,8 @@ def decode_values(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt(f"{dtype} is not a period dtype")
         return pd.arrays.PeriodArray(ordinals, dtype=dtype, copy=False)
     if kind == "pd.interval":
-        left = decode_index(dec, node["left"])
-        right = decode_index(dec, node["right"])
+        left = decode_index(dec, node.get("left"))
+        right = decode_index(dec, node.get("right"))
         closed = node.get("closed")
         if closed not in ("left", "right", "both", "neither") or len(left) != len(right):
             raise dec.corrupt("bad interval column")
@@ -431,7 +431,7 @@ def decode_index(dec: Decoder, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("index node is not an object")
     kind = node.get("k")
-    name = dec.decode(node["name"]) if node.get("name") is not None else None
+    name = dec.decode(node.get("name")) if node.get("name") is not None else None
     if kind == "pd.range":
         start, stop, step = node.get("start"), node.get("stop"), node.get("step")
         if not all(type(v) is int for v in (start, stop, step)) or step == 0:
@@ -455,7 +455,7 @@ def decode_index(dec: Decoder, node: Any) -> Any:
         return mi
     if kind == "pd.oidx":
         if "t" in node:
-            raw = node["t"]
+            raw = node.get("t")
             items = [dec.decode(v) for v in raw] if isinstance(raw, list) else None
         else:
             items = node.get("v")
@@ -499,7 +499,7 @@ def _encode_meta(enc: Encoder, obj: Any, path: str, node: dict[str, Any]) -> Non
 
 def _apply_meta(dec: Decoder, obj: Any, node: dict[str, Any]) -> Any:
     if "attrs" in node:
-        attrs = dec.decode(node["attrs"])
+        attrs = dec.decode(node.get("attrs"))
         if not isinstance(attrs, dict):
             raise dec.corrupt("attrs is not a dict")
         obj.attrs = attrs
@@ -572,7 +572,7 @@ def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:
     values = decode_values(dec, node.get("v"))
     if len(values) != len(index):
         raise dec.corrupt(f"series has {len(values)} values, its index {len(index)}")
-    s = pd.Series(values, index=index, name=dec.decode(node["name"]), copy=False)
+    s = pd.Series(values, index=index, name=dec.decode(node.get("name")), copy=False)
     return _apply_meta(dec, s, node)
 
 
