@@ -336,3 +336,12 @@ def test_a_bug_in_a_decoder_propagates_with_its_traceback(monkeypatch: pytest.Mo
     monkeypatch.setitem(_core._DECODERS, "test.broken", broken)
     with pytest.raises(bug, match="a bug, not a corrupt segment"):
         decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))
+
+
+def test_share_refuses_a_tz_readers_would_refuse(tmp_path: Path) -> None:
+    import dateutil.tz
+
+    tz = dateutil.tz.tzfile(str(_tzif(tmp_path)))
+    for obj in (pd.Timestamp("2024-01-01", tz=tz), pd.Series(pd.date_range("2024-01-01", periods=2, tz=tz))):
+        with pytest.raises(UnsupportedTypeError, match="by tz database name"):
+            plan(obj)

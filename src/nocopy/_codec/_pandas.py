@@ -66,6 +66,9 @@ _MASKED_DTYPES = frozenset(
 _PERIOD_DTYPE = re.compile(r"^period\[[A-Za-z0-9\-]{1,30}\]$")
 
 
+_TZ_KINDS = " (nocopy stores time zones by tz database name, e.g. 'Europe/Paris', or as fixed offsets)"
+
+
 @functools.cache
 def _tz_names() -> frozenset[str]:
     # A set, not a pattern: pandas resolves "dateutil/<name>" with
@@ -91,16 +94,24 @@ def _mod(name: str) -> Any:
 
 
 def _tz_to_json(tz: Any) -> Any:
-    """A JSON form of a tz that rebuilds an equal DatetimeTZDtype, or None if unknown."""
+    """A JSON form of a tz that rebuilds an equal DatetimeTZDtype, or None if unknown.
+
+    None too for a tz readers would refuse (e.g. a dateutil tz read from a
+    file path): share() fails at once rather than every get().
+    """
     if isinstance(tz, _dt.timezone):
         offset = tz.utcoffset(None)
         return {"offset": int(offset.total_seconds())}
     name = _mod("pandas._libs.tslibs.timezones").get_timezone(tz)
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and _tz_accepted(name) else None
+
+
+def _tz_accepted(name: str) -> bool:
+    return name.removeprefix("dateutil/") in _tz_names()
 
 
 def _tz_from_json(dec: Decoder, spec: Any) -> Any:
-    if isinstance(spec, str) and spec.removeprefix("dateutil/") in _tz_names():
+    if isinstance(spec, str) and _tz_accepted(spec):
         return spec
     if isinstance(spec, dict) and type(spec.get("offset")) is int and abs(spec["offset"]) < 86400:
         if spec["offset"] == 0:
@@ -139,7 +150,7 @@ def encode_values(enc: Encoder, values: Any, path: str, label: str) -> Any:
         if values.tz is not None:
             tz = _tz_to_json(values.tz)
             if tz is None:
-                return enc.unsupported(values, path, f"{label} with time zone {values.tz!r}", dtype=dname)
+                return enc.unsupported(values, path, f"{label} with time zone {values.tz!r}{_TZ_KINDS}", dtype=dname)
             node["tz"] = tz
         enc.note(path, dname, "zero-copy", "tz kept as metadata" if values.tz is not None else "")
         return node
@@ -587,7 +598,7 @@ def _encode_scalar(enc: Encoder, obj: Any, path: str) -> Any:
         if obj.tz is not None:
             tz = _tz_to_json(obj.tz)
             if tz is None:
-                return enc.unsupported(obj, path, f"Timestamp with time zone {obj.tz!r}")
+                return enc.unsupported(obj, path, f"Timestamp with time zone {obj.tz!r}{_TZ_KINDS}")
             node["tz"] = tz
         return node
     if isinstance(obj, pd.Timedelta):
