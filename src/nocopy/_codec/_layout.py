@@ -41,8 +41,8 @@ MAX_HEADER = 64 << 20
 # JSON values a header may hold, counted (over-estimated) from its commas and
 # brackets before parsing: a parsed value costs up to ~60 bytes of Python
 # objects per 3 header bytes ("[],"), so the byte limit alone would let a
-# 64 MiB header cost gigabytes and tens of seconds. Two million is ~100 000
-# frame columns.
+# 64 MiB header cost gigabytes and tens of seconds. A frame column takes 9 to
+# 16 values: two million allows well over 100 000 columns.
 MAX_HEADER_ITEMS = 2_000_000
 FLAG_PICKLE = 1  # the tree holds pickled nodes (allow_pickle=True)
 
