@@ -170,8 +170,8 @@ def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("string chunk is not an object")
     n = _int(dec, node, "n")
-    offsets_raw = dec.buffer(node["o"])
-    data_raw = dec.buffer(node["d"])
+    offsets_raw = dec.buffer(node.get("o"))
+    data_raw = dec.buffer(node.get("d"))
     if offsets_raw.nbytes != 8 * (n + 1):
         raise dec.corrupt(f"{n} strings need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
     offsets = offsets_raw.view(np.int64)
@@ -180,7 +180,7 @@ def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
         raise dec.corrupt("string offsets are not monotonic within their data buffer")
     bufs = [None, pa.py_buffer(offsets_raw), pa.py_buffer(data_raw)]
     if node.get("v") is not None:
-        validity = dec.buffer(node["v"])
+        validity = dec.buffer(node.get("v"))
         if validity.nbytes < (n + 7) // 8:
             raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} strings")
         bufs[0] = pa.py_buffer(validity)
@@ -245,7 +245,7 @@ def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
     if nulls:
         where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
         if "nak" in node:
-            kinds = dec.buffer(node["nak"]).view(np.int8)
+            kinds = dec.buffer(node.get("nak")).view(np.int8)
             if kinds.size != nulls or kinds.min() < 0 or kinds.max() > 2:
                 raise dec.corrupt("null kinds do not match the nulls")
             out[where] = np.array(_missing_values(int(kinds.max())), dtype=object)[kinds]
@@ -332,12 +332,75 @@ def ipc_node(enc: Encoder, obj: Any, path: str) -> dict[str, Any]:
     return {"k": "pa.ipc", "what": what, "b": enc.add(write, size)}
 
 
+# Flatbuffer union tags of Arrow's Message.header (format/Message.fbs).
+_FB_DICTIONARY, _FB_RECORD_BATCH = 2, 3
+
+
+def _fb_int(buf: bytes, pos: int, size: int, *, signed: bool = False) -> int:
+    if not 0 <= pos <= len(buf) - size:
+        raise ValueError("flatbuffer offset out of range")
+    return int.from_bytes(buf[pos : pos + size], "little", signed=signed)
+
+
+def _fb_field(buf: bytes, table: int, field: int) -> int | None:
+    """The position of *field* of the flatbuffer table at *table*, or None if absent."""
+    vtable = table - _fb_int(buf, table, 4, signed=True)
+    if 4 + 2 * field + 2 > _fb_int(buf, vtable, 2):
+        return None
+    rel = _fb_int(buf, vtable + 4 + 2 * field, 2)
+    return table + rel if rel else None
+
+
+def _fb_table(buf: bytes, table: int, field: int) -> int | None:
+    pos = _fb_field(buf, table, field)
+    return None if pos is None else pos + _fb_int(buf, pos, 4)
+
+
+def _ipc_refusal(pa: Any, raw: np.ndarray) -> str:
+    """Why the IPC stream in *raw* cannot be read in place ("" if it can).
+
+    Read from the messages' metadata before Arrow builds anything: a
+    compressed body is inflated into fresh memory (a 130 KB zstd stream can
+    declare 4 GiB) and a dictionary delta is concatenated with every earlier
+    one (quadratic in the stream's size). The encoder writes neither, so they
+    can only come from a forged segment. (Big-endian data is byte-swapped into
+    a copy of at most the stream's size: slower, but bounded.)
+    """
+    reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(raw))
+    for message in reader:
+        meta = message.metadata.to_pybytes()
+        root = _fb_int(meta, 0, 4)
+        kind_pos = _fb_field(meta, root, 1)
+        kind = _fb_int(meta, kind_pos, 1) if kind_pos is not None else 0
+        header = _fb_table(meta, root, 2)
+        if header is None:
+            continue
+        if kind == _FB_DICTIONARY:
+            pos = _fb_field(meta, header, 2)  # isDelta
+            if pos is not None and _fb_int(meta, pos, 1):
+                return "it holds a dictionary delta (concatenated into new memory)"
+            header = _fb_table(meta, header, 1)  # its RecordBatch
+            if header is None:
+                continue
+        elif kind != _FB_RECORD_BATCH:
+            continue
+        if _fb_field(meta, header, 3) is not None:  # compression
+            return "its buffers are compressed (inflated into new memory, never zero-copy)"
+    return ""
+
+
 def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
     pa = pyarrow("reading shared Arrow data")
     what = node.get("what")
     if what not in _IPC_WHAT:
         raise dec.corrupt(f"unknown Arrow object {what!r:.40}")
-    raw = dec.buffer(node["b"])
+    raw = dec.buffer(node.get("b"))
+    try:
+        refusal = _ipc_refusal(pa, raw)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise dec.corrupt(f"invalid Arrow IPC stream ({exc})"[:300]) from None
+    if refusal:
+        raise dec.corrupt(f"Arrow IPC stream refused: {refusal}")
     try:
         reader = pa.ipc.open_stream(pa.py_buffer(raw))
         if what in ("array", "batch"):
@@ -385,7 +448,7 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 
 
 def _dec_buf(dec: Decoder, node: dict[str, Any]) -> Any:
-    return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node["b"]))
+    return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node.get("b")))
 
 
 def guard(fn: Any) -> Any:

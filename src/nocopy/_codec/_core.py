@@ -26,6 +26,11 @@ __all__ = ["UNWRITTEN", "Decoder", "Encoder", "Note", "register_decoder"]
 # A planned buffer left as the kernel gives it: fresh segment pages are zero.
 UNWRITTEN: Any = object()
 
+# Decoding may allocate at most this many times the segment's size for data
+# that could not stay a view (e.g. integer codes pandas narrows to its own
+# dtype). The encoder never writes such data, so honest segments spend nothing.
+SPEND_FACTOR = 2
+
 # Containers nested deeper than this are refused at share: decoding recurses
 # (about four frames a level), and a deeper tree would share fine but then
 # fail on every get() with a RecursionError.
@@ -249,20 +254,48 @@ class Decoder:
         self.header = header
         self.name = name
         self.trusted = trusted
+        # Buffers read by a node that copies, scans or owns them (anything but a
+        # plain array view): each at most once, and never also as an array
+        # view. The encoder only ever shares a buffer between array nodes (the
+        # same ndarray met twice), so a buffer copied many times -- get()
+        # allocating gigabytes from a small segment -- is always forged.
+        self._owned: set[int] = set()
+        self._viewed: set[int] = set()
+        self._spent = 0
 
     def corrupt(self, why: str) -> SegmentCorruptError:
         return SegmentCorruptError(
             f"segment {self.name} has a corrupt header: {why}. Fix: share the data again."
         )
 
-    def buffer(self, index: Any) -> np.ndarray:
-        """The uint8 view of buffer *index* (bounds already checked at parse)."""
+    def buffer(self, index: Any, *, owned: bool = True) -> np.ndarray:
+        """The uint8 view of buffer *index* (bounds already checked at parse).
+
+        ``owned=False`` only for plain array views, which may share a buffer;
+        any other reader owns its buffer (see ``_owned``).
+        """
         if type(index) is not int or not 0 <= index < len(self.header.buffers):
             raise self.corrupt(f"buffer index {index!r:.40} is out of range")
+        if index in self._owned or (owned and index in self._viewed):
+            raise self.corrupt(f"buffer {index} is referenced more than once")
+        (self._owned if owned else self._viewed).add(index)
         off, n = self.header.buffers[index]
         start = self.header.data_offset + off
         view: np.ndarray = self.base[start : start + n]
         return view
+
+    def spend(self, nbytes: int, what: str) -> None:
+        """Account for *nbytes* allocated by decoding (not a view of the segment).
+
+        Refuses the segment once the total exceeds ``SPEND_FACTOR`` times its size.
+        """
+        self._spent += nbytes
+        limit = SPEND_FACTOR * self.header.payload_size
+        if self._spent > limit:
+            raise self.corrupt(
+                f"decoding it would allocate more than {limit} bytes ({what}), "
+                f"{SPEND_FACTOR} times the segment's size"
+            )
 
     def decode(self, node: Any) -> Any:
         try:
@@ -271,7 +304,11 @@ class Decoder:
             raise
         except ImportError:
             raise
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as exc:
+        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+            # What NumPy, pandas and the checks here raise for values they refuse
+            # (a bad dtype string, an impossible shape, nesting too deep). A
+            # KeyError, IndexError or AttributeError is a bug in nocopy, not a
+            # corrupt segment: it propagates with its traceback.
             raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
 
     def _decode(self, node: Any) -> Any:
@@ -297,7 +334,7 @@ class Decoder:
                 "refuses to unpickle it (unpickling runs code). Fix: nocopy.attach(uri, "
                 "trusted=True) if you trust whoever created it."
             )
-        return pickle.loads(self.buffer(node["b"]).tobytes())  # only when trusted
+        return pickle.loads(self.buffer(node.get("b")).tobytes())  # only when trusted
 
 
 # Registration of the always-present codecs happens on import.

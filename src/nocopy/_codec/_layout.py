@@ -7,7 +7,9 @@
 
 JSON, not pickle: parsing a hostile header can fail but never run code, and
 every number in it is checked against the segment's real size before any view
-is built.
+is built. Buffers are laid out in order and disjoint (as the encoder writes
+them), and a header's JSON values are counted before it is parsed, so neither
+can make a reader spend far more memory or time than the segment's size.
 """
 
 from __future__ import annotations
@@ -16,15 +18,32 @@ import json
 import struct
 from typing import Any
 
-from ..errors import SegmentAccessError, SegmentCorruptError
+from ..errors import SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
 
-__all__ = ["ALIGN", "MAGIC", "PREFIX", "VERSION", "Header", "align", "pack_header", "parse_header"]
+__all__ = [
+    "ALIGN",
+    "MAGIC",
+    "MAX_HEADER",
+    "MAX_HEADER_ITEMS",
+    "PREFIX",
+    "VERSION",
+    "Header",
+    "align",
+    "pack_header",
+    "parse_header",
+]
 
 MAGIC = b"NOCOPY\x00\x01"
 VERSION = 1
 ALIGN = 64
 PREFIX = struct.Struct("<8sHHI16sQQ")
 MAX_HEADER = 64 << 20
+# JSON values a header may hold, counted (over-estimated) from its commas and
+# brackets before parsing: a parsed value costs up to ~60 bytes of Python
+# objects per 3 header bytes ("[],"), so the byte limit alone would let a
+# 64 MiB header cost gigabytes and tens of seconds. A frame column takes 9 to
+# 16 values: two million allows well over 100 000 columns.
+MAX_HEADER_ITEMS = 2_000_000
 FLAG_PICKLE = 1  # the tree holds pickled nodes (allow_pickle=True)
 
 
@@ -45,11 +64,24 @@ class Header:
         self.flags = flags
 
 
+def _items(body: bytes) -> int:
+    """An upper bound of the JSON values in *body* (separators inside strings count too)."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{") + 1
+
+
 def pack_header(
     tree: Any, buffers: list[tuple[int, int]], data_size: int, token: bytes, flags: int
 ) -> tuple[bytes, int, int]:
     """Return (prefix + header bytes, data_offset, payload_size)."""
     body = json.dumps({"tree": tree, "buffers": buffers}, separators=(",", ":")).encode()
+    # Refused here rather than on every get(): readers refuse such headers (see parse_header).
+    if len(body) > MAX_HEADER or _items(body) > MAX_HEADER_ITEMS:
+        raise UnsupportedTypeError(
+            f"cannot share this object: its description ({len(body)} bytes, up to {_items(body)} "
+            f"parts) exceeds nocopy's limits ({MAX_HEADER} bytes, {MAX_HEADER_ITEMS} parts), "
+            "set so that reading a hostile segment stays cheap. Fix: share fewer, larger "
+            "arrays (e.g. stack columns of one dtype into a 2-d array, or split the object)."
+        )
     data_offset = align(PREFIX.size + len(body))
     payload = data_offset + data_size
     prefix = PREFIX.pack(MAGIC, VERSION, flags, len(body), token, payload, data_offset)
@@ -88,14 +120,18 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
         raise _corrupt(name, f"header length {hlen} exceeds the segment")
     if data_offset != align(PREFIX.size + hlen) or data_offset > payload:
         raise _corrupt(name, f"data offset {data_offset} is inconsistent")
+    body = bytes(mem[PREFIX.size : PREFIX.size + hlen])
+    if _items(body) > MAX_HEADER_ITEMS:
+        raise _corrupt(name, f"header holds more than {MAX_HEADER_ITEMS} JSON values")
     try:
-        doc = json.loads(bytes(mem[PREFIX.size : PREFIX.size + hlen]))
+        doc = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise _corrupt(name, f"header is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(doc, dict) or "tree" not in doc or not isinstance(doc.get("buffers"), list):
         raise _corrupt(name, "header lacks its tree or buffer table")
     data_size = payload - data_offset
     buffers: list[tuple[int, int]] = []
+    end = 0
     for entry in doc["buffers"]:
         if (
             not isinstance(entry, list)
@@ -106,5 +142,10 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
         off, n = entry
         if off < 0 or n < 0 or off % ALIGN or off + n > data_size:
             raise _corrupt(name, f"buffer [{off}, {n}] lies outside the {data_size}-byte data area")
+        # The encoder lays buffers out in order, disjoint: overlapping entries
+        # would let one stored byte be decoded (and copied) many times.
+        if off < end:
+            raise _corrupt(name, f"buffer [{off}, {n}] overlaps or precedes the one before it")
+        end = off + n
         buffers.append((off, n))
     return Header(doc["tree"], buffers, data_offset, payload, flags)

@@ -43,19 +43,21 @@ def dtype_from_json(spec: Any) -> np.dtype[Any]:
     if isinstance(spec, str):
         dt = np.dtype(spec)
     elif isinstance(spec, dict) and "base" in spec:
-        shape = spec["shape"]
+        shape = spec.get("shape")
         if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):
             raise ValueError("bad subarray shape")
         dt = np.dtype((dtype_from_json(spec["base"]), tuple(shape)))
     elif isinstance(spec, dict):
-        names = spec["names"]
+        names, formats, offsets = spec.get("names"), spec.get("formats"), spec.get("offsets")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError("bad field names")
+        if not isinstance(formats, list) or not isinstance(offsets, list):
+            raise ValueError("bad field formats or offsets")
         d: dict[str, Any] = {
             "names": names,
-            "formats": [dtype_from_json(f) for f in spec["formats"]],
-            "offsets": [int(o) for o in spec["offsets"]],
-            "itemsize": int(spec["itemsize"]),
+            "formats": [dtype_from_json(f) for f in formats],
+            "offsets": [int(o) for o in offsets],
+            "itemsize": int(spec.get("itemsize", -1)),
         }
         if "titles" in spec:
             d["titles"] = spec["titles"]
@@ -133,15 +135,15 @@ def _encode_object_array(enc: Encoder, arr: np.ndarray, path: str) -> Any:
 
 
 def _dec_nd(dec: Decoder, node: dict[str, Any]) -> Any:
-    dt = dtype_from_json(node["dt"])
-    shape = node["sh"]
+    dt = dtype_from_json(node.get("dt"))
+    shape = node.get("sh")
     if (
         not isinstance(shape, list)
         or len(shape) > _MAX_NDIM
         or not all(type(s) is int and s >= 0 for s in shape)
     ):
         raise dec.corrupt(f"bad shape {shape!r:.60}")
-    raw = dec.buffer(node["b"])
+    raw = dec.buffer(node.get("b"), owned=False)
     count = math.prod(shape)
     if count * dt.itemsize != raw.nbytes:
         raise dec.corrupt(
@@ -168,4 +170,4 @@ def register() -> None:
     from ._core import register_decoder
 
     register_decoder("nd", _dec_nd)
-    register_decoder("dtype", lambda dec, node: dtype_from_json(node["dt"]))
+    register_decoder("dtype", lambda dec, node: dtype_from_json(node.get("dt")))

@@ -36,8 +36,10 @@ scalars are kept as a JSON list, so their dtype and values come back exactly.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 import re
+import zoneinfo
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -55,9 +57,24 @@ _INSTALL = "pip install 'nocopy[pandas]'"
 # (JSON) and come back exactly; longer ones of strings go through Arrow.
 _INLINE_INDEX_MAX = 100_000
 _JSON_SCALARS = (str, int, float, bool, type(None))
-# Time zone names from a header: IANA keys (optionally "dateutil/"-prefixed), never paths.
-_TZ_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-/]{0,63}$")
 _UNITS = ("s", "ms", "us", "ns")
+# The dtype strings pd.masked and pd.period nodes may name: parsed by pandas'
+# extension registry, which would otherwise see any string a header holds.
+_MASKED_DTYPES = frozenset(
+    ["boolean", "Float32", "Float64"] + [f"{s}Int{b}" for s in ("", "U") for b in (8, 16, 32, 64)]
+)
+_PERIOD_DTYPE = re.compile(r"^period\[[A-Za-z0-9\-]{1,30}\]$")
+
+
+_TZ_KINDS = " (nocopy stores time zones by tz database name, e.g. 'Europe/Paris', or as fixed offsets)"
+
+
+@functools.cache
+def _tz_names() -> frozenset[str]:
+    # A set, not a pattern: pandas resolves "dateutil/<name>" with
+    # dateutil.tz.gettz, which opens any absolute path (a FIFO there hangs
+    # get(), /proc/self/mem fails), so only tz database keys are accepted.
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
 def _pd() -> Any:
@@ -77,22 +94,30 @@ def _mod(name: str) -> Any:
 
 
 def _tz_to_json(tz: Any) -> Any:
-    """A JSON form of a tz that rebuilds an equal DatetimeTZDtype, or None if unknown."""
+    """A JSON form of a tz that rebuilds an equal DatetimeTZDtype, or None if unknown.
+
+    None too for a tz readers would refuse (e.g. a dateutil tz read from a
+    file path): share() fails at once rather than every get().
+    """
     if isinstance(tz, _dt.timezone):
         offset = tz.utcoffset(None)
         return {"offset": int(offset.total_seconds())}
     name = _mod("pandas._libs.tslibs.timezones").get_timezone(tz)
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and _tz_accepted(name) else None
+
+
+def _tz_accepted(name: str) -> bool:
+    return name.removeprefix("dateutil/") in _tz_names()
 
 
 def _tz_from_json(dec: Decoder, spec: Any) -> Any:
-    if isinstance(spec, str) and _TZ_NAME.match(spec) and ".." not in spec:
+    if isinstance(spec, str) and _tz_accepted(spec):
         return spec
     if isinstance(spec, dict) and type(spec.get("offset")) is int and abs(spec["offset"]) < 86400:
         if spec["offset"] == 0:
             return _dt.UTC
         return _dt.timezone(_dt.timedelta(seconds=spec["offset"]))
-    raise dec.corrupt(f"bad time zone {spec!r:.60}")
+    raise dec.corrupt(f"bad time zone {spec!r:.60} (not a name from the tz database)")
 
 
 # -- columns ---------------------------------------------------------------
@@ -125,7 +150,7 @@ def encode_values(enc: Encoder, values: Any, path: str, label: str) -> Any:
         if values.tz is not None:
             tz = _tz_to_json(values.tz)
             if tz is None:
-                return enc.unsupported(values, path, f"{label} with time zone {values.tz!r}", dtype=dname)
+                return enc.unsupported(values, path, f"{label} with time zone {values.tz!r}{_TZ_KINDS}", dtype=dname)
             node["tz"] = tz
         enc.note(path, dname, "zero-copy", "tz kept as metadata" if values.tz is not None else "")
         return node
@@ -238,7 +263,7 @@ def decode_values(dec: Decoder, node: Any) -> Any:
     kind = node.get("k")
     if kind == "pd.dt":
         DatetimeArray = _mod("pandas.core.arrays").DatetimeArray
-        data = _decode_nd(dec, node["v"], "M")
+        data = _decode_nd(dec, node.get("v"), "M")
         if np.datetime_data(data.dtype)[0] not in _UNITS:
             raise dec.corrupt(f"pandas has no {data.dtype} datetimes")
         if "tz" in node:
@@ -248,29 +273,33 @@ def decode_values(dec: Decoder, node: Any) -> Any:
         return DatetimeArray._simple_new(data, dtype=data.dtype)
     if kind == "pd.td":
         TimedeltaArray = _mod("pandas.core.arrays").TimedeltaArray
-        data = _decode_nd(dec, node["v"], "m")
+        data = _decode_nd(dec, node.get("v"), "m")
         if np.datetime_data(data.dtype)[0] not in _UNITS:
             raise dec.corrupt(f"pandas has no {data.dtype} timedeltas")
         return TimedeltaArray._simple_new(data, dtype=data.dtype)
     if kind == "pd.masked":
-        dtype = pd.api.types.pandas_dtype(_str(dec, node, "dt"))
+        name = _str(dec, node, "dt")
+        if name not in _MASKED_DTYPES:
+            raise dec.corrupt(f"{name!r:.40} is not a nullable dtype")
+        dtype = pd.api.types.pandas_dtype(name)
         if not isinstance(dtype, pd.core.dtypes.dtypes.BaseMaskedDtype):
             raise dec.corrupt(f"{dtype} is not a nullable dtype")
-        data = _decode_nd(dec, node["v"])
-        mask = _decode_nd(dec, node["m"])
+        data = _decode_nd(dec, node.get("v"))
+        mask = _decode_nd(dec, node.get("m"))
         if data.dtype != dtype.numpy_dtype or mask.dtype != np.bool_ or data.shape != mask.shape:
             raise dec.corrupt(f"nullable {dtype} column with data {data.dtype}{data.shape}, mask {mask.dtype}{mask.shape}")
         return dtype.construct_array_type()(data, mask, copy=False)
     if kind == "pd.cat":
-        codes = _decode_nd(dec, node["codes"], "i")
-        cats = decode_index(dec, node["cats"])
+        codes = _decode_nd(dec, node.get("codes"), "i")
+        cats = decode_index(dec, node.get("cats"))
         ordered = node.get("ordered")
         if type(ordered) is not bool:
             raise dec.corrupt("categorical without a boolean 'ordered'")
         dtype = pd.CategoricalDtype(cats, ordered=ordered)
-        # validate=True checks every code against the categories (a bad code
-        # would index out of bounds later).
-        return pd.Categorical.from_codes(codes, dtype=dtype, validate=True)
+        _check_codes(dec, codes, len(cats), "categorical")
+        cat = pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
+        _spend_unless_view(dec, cat.codes, codes, "categorical codes")
+        return cat
     if kind == "pd.str":
         na = node.get("na")
         if na not in ("nan", "NA"):
@@ -283,16 +312,19 @@ def decode_values(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt("Arrow column is not a chunked array")
         return pd.arrays.ArrowExtensionArray(chunked)
     if kind == "pd.period":
-        ordinals = _decode_nd(dec, node["v"])
+        ordinals = _decode_nd(dec, node.get("v"))
         if ordinals.dtype != np.int64:
             raise dec.corrupt("period ordinals are not int64")
-        dtype = pd.api.types.pandas_dtype(_str(dec, node, "dt"))
+        name = _str(dec, node, "dt")
+        if not _PERIOD_DTYPE.match(name):
+            raise dec.corrupt(f"{name!r:.40} is not a period dtype")
+        dtype = pd.api.types.pandas_dtype(name)
         if not isinstance(dtype, pd.PeriodDtype):
             raise dec.corrupt(f"{dtype} is not a period dtype")
         return pd.arrays.PeriodArray(ordinals, dtype=dtype, copy=False)
     if kind == "pd.interval":
-        left = decode_index(dec, node["left"])
-        right = decode_index(dec, node["right"])
+        left = decode_index(dec, node.get("left"))
+        right = decode_index(dec, node.get("right"))
         closed = node.get("closed")
         if closed not in ("left", "right", "both", "neither") or len(left) != len(right):
             raise dec.corrupt("bad interval column")
@@ -325,6 +357,20 @@ def _own_base(values: Any) -> Any:
     if hasattr(values, "_ndarray"):
         return type(values)._simple_new(_own_base(values._ndarray), dtype=values.dtype)
     return values
+
+
+def _check_codes(dec: Decoder, codes: np.ndarray, n: int, what: str) -> None:
+    # Before pandas sees them: it narrows codes to the smallest integer type
+    # for n first, so 300 for 5 labels would wrap to 44 and pass its checks.
+    if len(codes) and (int(codes.min()) < -1 or int(codes.max()) >= n):
+        raise dec.corrupt(f"{what} codes outside [-1, {n})")
+
+
+def _spend_unless_view(dec: Decoder, kept: np.ndarray, stored: np.ndarray, what: str) -> None:
+    # pandas narrows codes stored wider than it keeps them (a copy); the encoder
+    # stores pandas' own codes, so only a forged segment pays this, once per use.
+    if not np.may_share_memory(kept, stored):
+        dec.spend(kept.nbytes, what)
 
 
 def _str(dec: Decoder, node: dict[str, Any], key: str) -> str:
@@ -396,7 +442,7 @@ def decode_index(dec: Decoder, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("index node is not an object")
     kind = node.get("k")
-    name = dec.decode(node["name"]) if node.get("name") is not None else None
+    name = dec.decode(node.get("name")) if node.get("name") is not None else None
     if kind == "pd.range":
         start, stop, step = node.get("start"), node.get("stop"), node.get("step")
         if not all(type(v) is int for v in (start, stop, step)) or step == 0:
@@ -408,17 +454,19 @@ def decode_index(dec: Decoder, node: Any) -> Any:
             raise dec.corrupt("bad MultiIndex")
         if not levels or len(levels) != len(codes) or len(codes) != len(names):
             raise dec.corrupt("MultiIndex levels, codes and names do not pair up")
-        # verify_integrity checks every code against its level.
-        return pd.MultiIndex(
-            levels=[decode_index(dec, lev) for lev in levels],
-            codes=[_decode_nd(dec, c, "i") for c in codes],
-            names=[dec.decode(n) for n in names],
-            verify_integrity=True,
-            copy=False,
+        levs = [decode_index(dec, lev) for lev in levels]
+        arrays = [_decode_nd(dec, c, "i") for c in codes]
+        for lev, arr in zip(levs, arrays, strict=True):
+            _check_codes(dec, arr, len(lev), "MultiIndex")
+        mi = pd.MultiIndex(
+            levels=levs, codes=arrays, names=[dec.decode(n) for n in names], verify_integrity=True, copy=False
         )
+        for kept, arr in zip(mi.codes, arrays, strict=True):
+            _spend_unless_view(dec, kept, arr, "MultiIndex codes")
+        return mi
     if kind == "pd.oidx":
         if "t" in node:
-            raw = node["t"]
+            raw = node.get("t")
             items = [dec.decode(v) for v in raw] if isinstance(raw, list) else None
         else:
             items = node.get("v")
@@ -462,7 +510,7 @@ def _encode_meta(enc: Encoder, obj: Any, path: str, node: dict[str, Any]) -> Non
 
 def _apply_meta(dec: Decoder, obj: Any, node: dict[str, Any]) -> Any:
     if "attrs" in node:
-        attrs = dec.decode(node["attrs"])
+        attrs = dec.decode(node.get("attrs"))
         if not isinstance(attrs, dict):
             raise dec.corrupt("attrs is not a dict")
         obj.attrs = attrs
@@ -535,7 +583,7 @@ def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:
     values = decode_values(dec, node.get("v"))
     if len(values) != len(index):
         raise dec.corrupt(f"series has {len(values)} values, its index {len(index)}")
-    s = pd.Series(values, index=index, name=dec.decode(node["name"]), copy=False)
+    s = pd.Series(values, index=index, name=dec.decode(node.get("name")), copy=False)
     return _apply_meta(dec, s, node)
 
 
@@ -550,7 +598,7 @@ def _encode_scalar(enc: Encoder, obj: Any, path: str) -> Any:
         if obj.tz is not None:
             tz = _tz_to_json(obj.tz)
             if tz is None:
-                return enc.unsupported(obj, path, f"Timestamp with time zone {obj.tz!r}")
+                return enc.unsupported(obj, path, f"Timestamp with time zone {obj.tz!r}{_TZ_KINDS}")
             node["tz"] = tz
         return node
     if isinstance(obj, pd.Timedelta):

@@ -27,6 +27,8 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 
 
 def _dec_py(dec: Decoder, node: dict[str, Any]) -> Any:
+    if "v" not in node:
+        raise dec.corrupt("inline value without its value")
     v = node["v"]
     if v is not None and type(v) not in _SCALARS:
         raise dec.corrupt("inline value is not a scalar")
@@ -34,11 +36,11 @@ def _dec_py(dec: Decoder, node: dict[str, Any]) -> Any:
 
 
 def _dec_bytes(dec: Decoder, node: dict[str, Any]) -> bytes:
-    return dec.buffer(node["b"]).tobytes()
+    return dec.buffer(node.get("b")).tobytes()
 
 
 def _dec_seq(dec: Decoder, node: dict[str, Any]) -> Any:
-    items = node["items"]
+    items = node.get("items")
     if not isinstance(items, list):
         raise dec.corrupt("container items are not a list")
     out = [dec.decode(v) for v in items]
@@ -46,7 +48,7 @@ def _dec_seq(dec: Decoder, node: dict[str, Any]) -> Any:
 
 
 def _dec_dict(dec: Decoder, node: dict[str, Any]) -> dict[Any, Any]:
-    keys, vals = node["keys"], node["vals"]
+    keys, vals = node.get("keys"), node.get("vals")
     if not isinstance(keys, list) or not isinstance(vals, list) or len(keys) != len(vals):
         raise dec.corrupt("dict keys and values do not pair up")
     return {dec.decode(k): dec.decode(v) for k, v in zip(keys, vals, strict=True)}

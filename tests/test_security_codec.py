@@ -1,0 +1,347 @@
+"""A hostile segment's header cannot make get() allocate far beyond the segment's size,
+nor make the reader open files: every such header is refused with SegmentCorruptError.
+
+Segments are forged here from scratch (any header, any data), as a same-user
+attacker can write them; decode_buffer runs the same decoder as attach().get().
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from nocopy._codec._buffer import decode_buffer, plan
+from nocopy._codec._layout import MAGIC, MAX_HEADER_ITEMS, PREFIX, VERSION, align
+from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
+
+MiB = 1 << 20
+
+
+def forge(header: dict[str, Any] | bytes, data: bytes = b"") -> np.ndarray:
+    """A layout holding *header* (JSON, or raw bytes) and *data* as its data area."""
+    body = header if isinstance(header, bytes) else json.dumps(header).encode()
+    off = align(PREFIX.size + len(body))
+    mem = np.zeros(off + len(data), dtype=np.uint8)
+    prefix = PREFIX.pack(MAGIC, VERSION, 0, len(body), b"t" * 16, len(mem), off)
+    mem[: PREFIX.size] = np.frombuffer(prefix, dtype=np.uint8)
+    mem[PREFIX.size : PREFIX.size + len(body)] = np.frombuffer(body, dtype=np.uint8)
+    mem[off:] = np.frombuffer(data, dtype=np.uint8)
+    return mem
+
+
+def decode(mem: np.ndarray) -> Any:
+    return decode_buffer(mem, trusted=False)
+
+
+def peak_while(fn: Any) -> tuple[Any, int]:
+    """(fn()'s result or exception, peak traced bytes allocated meanwhile)."""
+    tracemalloc.start()
+    try:
+        try:
+            out: Any = fn()
+        except Exception as exc:  # returned for the caller to check
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def ipc_stream(table: pa.Table, **options: Any) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as w:
+        w.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+# -- item 5: allocation bounded by the segment's size ----------------------------------
+
+
+def test_a_buffer_copied_by_many_nodes_is_refused_before_the_copies_add_up() -> None:
+    # r9a: 100 "bytes" nodes over one 1 MiB buffer made get() allocate 100 MiB.
+    mem = forge({"tree": {"k": "list", "items": [{"k": "bytes", "b": 0}] * 100}, "buffers": [[0, MiB]]}, b"A" * MiB)
+    out, peak = peak_while(lambda: decode(mem))
+    assert isinstance(out, SegmentCorruptError), out
+    assert "buffer 0 is referenced more than once" in str(out)
+    assert peak < 4 * mem.nbytes, f"{peak} bytes allocated decoding a {mem.nbytes}-byte segment"
+
+
+def test_object_strings_sharing_their_buffers_are_refused() -> None:
+    # An object ndarray of str is rebuilt as Python str objects: sharing its
+    # Arrow buffers between many nodes would materialise them again each time.
+    mem, _ = _planted(np.array(["x" * 1000] * 100, dtype=object))
+    doc, data = _split(mem)
+    node = doc["tree"]
+    assert node["k"] == "pa.objstr"
+    doc["tree"] = {"k": "list", "items": [node] * 50}
+    out, peak = peak_while(lambda: decode(forge(doc, data)))
+    assert isinstance(out, SegmentCorruptError), out
+    assert "referenced more than once" in str(out)
+    assert peak < 4 * len(data) + MiB
+
+
+def test_an_array_view_and_a_copying_node_cannot_share_a_buffer() -> None:
+    doc = {"tree": {"k": "list", "items": [
+        {"k": "nd", "b": 0, "dt": "|u1", "sh": [64]}, {"k": "bytes", "b": 0},
+    ]}, "buffers": [[0, 64]]}
+    with pytest.raises(SegmentCorruptError, match="referenced more than once"):
+        decode(forge(doc, b"x" * 64))
+    doc["tree"]["items"].reverse()  # type: ignore[index]
+    with pytest.raises(SegmentCorruptError, match="referenced more than once"):
+        decode(forge(doc, b"x" * 64))
+
+
+def test_the_same_array_shared_twice_still_comes_back_as_two_views() -> None:
+    # The encoder stores an array met twice once (as pickle would): array views may share.
+    a = np.arange(1000)
+    p = plan([a, a, {"k": a}])
+    mem = np.zeros(p.size, dtype=np.uint8)
+    p.write_into(mem)
+    x, y, d = decode(mem)
+    assert np.shares_memory(x, y) and np.shares_memory(x, d["k"]) and np.shares_memory(x, mem)
+    np.testing.assert_array_equal(y, a)
+
+
+def test_overlapping_buffer_table_entries_are_refused() -> None:
+    tree = {"k": "list", "items": [{"k": "bytes", "b": 0}, {"k": "bytes", "b": 1}]}
+    for table in ([[0, 128], [64, 64]], [[0, 128], [0, 128]], [[64, 64], [0, 64]]):
+        with pytest.raises(SegmentCorruptError, match="overlaps or precedes"):
+            decode(forge({"tree": tree, "buffers": table}, b"y" * 128))
+    assert decode(forge({"tree": tree, "buffers": [[0, 64], [64, 64]]}, b"y" * 128)) == [b"y" * 64] * 2
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+def test_a_compressed_arrow_stream_is_refused_before_it_is_inflated(codec: str) -> None:
+    # r9b: a 134 KB zstd stream declared 4 GiB of zeros; here 32 MiB in a few KB.
+    stream = ipc_stream(pa.table({"v": np.zeros(32 * MiB, np.int8)}), compression=codec)
+    assert len(stream) < MiB
+    mem = forge({"tree": {"k": "pa.ipc", "what": "table", "b": 0}, "buffers": [[0, len(stream)]]}, stream)
+    before = pa.total_allocated_bytes()
+    with pytest.raises(SegmentCorruptError, match="compressed"):
+        decode(mem)
+    assert pa.total_allocated_bytes() == before
+
+
+def test_an_arrow_stream_with_dictionary_deltas_is_refused() -> None:
+    # Each delta is concatenated with all the earlier ones: quadratic in the stream's size.
+    t1 = pa.table({"s": pa.DictionaryArray.from_arrays(pa.array([0, 1]), pa.array(["a", "b"]))})
+    t2 = pa.table({"s": pa.DictionaryArray.from_arrays(pa.array([2]), pa.array(["a", "b", "c"]))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t1.schema, options=pa.ipc.IpcWriteOptions(emit_dictionary_deltas=True)) as w:
+        w.write_table(t1)
+        w.write_table(t2)
+    stream = sink.getvalue().to_pybytes()
+    mem = forge({"tree": {"k": "pa.ipc", "what": "table", "b": 0}, "buffers": [[0, len(stream)]]}, stream)
+    with pytest.raises(SegmentCorruptError, match="dictionary delta"):
+        decode(mem)
+
+
+def test_arrow_data_the_encoder_writes_still_decodes_in_place() -> None:
+    t1 = pa.table({"s": pa.array(["a", "b"] * 50).dictionary_encode(), "v": np.arange(100)})
+    t2 = pa.table({"s": pa.array(["c", "d"]).dictionary_encode(), "v": np.arange(2)})
+    table = pa.concat_tables([t1, t2])  # two chunks, two dictionaries: a replacement, not a delta
+    mem = _planted(table)[0]
+    out = decode(mem)
+    assert out.equals(table)
+    assert np.shares_memory(np.asarray(out.column("v").chunk(0)), mem)
+
+
+def test_a_header_of_millions_of_tiny_values_is_refused_before_parsing() -> None:
+    # r9c: a 64 MiB header of "[]," took ~20 s and ~1.8 GB to parse.
+    n = MAX_HEADER_ITEMS
+    body = b'{"tree":{"k":"py","v":null},"buffers":[],"x":[' + b"[]," * n + b"[]]}"
+    out, peak = peak_while(lambda: decode(forge(body)))
+    assert isinstance(out, SegmentCorruptError), out
+    assert f"more than {MAX_HEADER_ITEMS} JSON values" in str(out)
+    assert peak < 4 * len(body)
+
+
+def test_share_refuses_an_object_whose_header_readers_would_refuse() -> None:
+    with pytest.raises(UnsupportedTypeError, match="exceeds nocopy's limits"):
+        plan(list(range(MAX_HEADER_ITEMS // 2)))
+    assert decode(_planted(list(range(1000)))[0]) == list(range(1000))
+
+
+def test_codes_pandas_would_narrow_cannot_be_decoded_into_many_copies() -> None:
+    # Wide codes shared by many MultiIndexes: pandas narrows each to int8 (a copy apiece).
+    n = 1 << 18
+    level = {"k": "pd.range", "start": 0, "stop": 1, "step": 1}
+    mi = {"k": "pd.mi", "levels": [level], "codes": [{"k": "nd", "b": 0, "dt": "<i8", "sh": [n]}],
+          "names": [{"k": "py", "v": None}]}
+    few = forge({"tree": {"k": "list", "items": [mi] * 4}, "buffers": [[0, 8 * n]]}, bytes(8 * n))
+    assert [len(x) for x in decode(few)] == [n] * 4
+    many = forge({"tree": {"k": "list", "items": [mi] * 40}, "buffers": [[0, 8 * n]]}, bytes(8 * n))
+    out, peak = peak_while(lambda: decode(many))
+    assert isinstance(out, SegmentCorruptError), out
+    assert "would allocate more than" in str(out)
+    assert peak < 4 * many.nbytes
+
+
+# -- item 6: header strings never reach files ------------------------------------------
+
+
+def _tzif(tmp_path: Path) -> Path:
+    import tzdata
+
+    src = Path(tzdata.__file__).parent / "zoneinfo" / "Europe" / "London"
+    dst = tmp_path / "London"
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def _tz_nodes(tz: str) -> list[dict[str, Any]]:
+    """Every header node that turns a tz string into a time zone, with buffers [8 bytes]."""
+    ts = {"k": "pd.ts", "v": 0, "unit": "s", "tz": tz}
+    column = {"k": "pd.dt", "v": {"k": "nd", "b": 0, "dt": "<M8[ns]", "sh": [1]}, "tz": tz}
+    masked = {"k": "pd.masked", "dt": f"datetime64[ns, {tz}]",
+              "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}, "m": {"k": "nd", "b": 0, "dt": "|b1", "sh": [8]}}
+    period = {"k": "pd.period", "dt": f"datetime64[ns, {tz}]", "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}}
+    return [ts, column, masked, period]
+
+
+@pytest.mark.parametrize("which", ["pd.ts", "pd.dt"])
+def test_a_header_cannot_make_the_reader_load_a_tz_file_by_path(tmp_path: Path, which: str) -> None:
+    # r10: "dateutil/<path>" was handed to dateutil.tz.gettz, which loads any file
+    # (here a valid tz file: the forged timestamp decoded with it).
+    node = next(n for n in _tz_nodes(f"dateutil/{_tzif(tmp_path)}") if n["k"] == which)
+    with pytest.raises(SegmentCorruptError, match="not a name from the tz database"):
+        decode(forge({"tree": node, "buffers": [[0, 8]]}, bytes(8)))
+
+
+def test_a_tz_naming_a_fifo_or_proc_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "tz"
+    os.mkfifo(fifo)
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_security_codec import forge, decode, _tz_nodes
+        from nocopy.errors import SegmentCorruptError
+        for tz in ("dateutil/{fifo}", "dateutil//proc/self/mem", "dateutil/../../../../proc/self/mem"):
+            for node in _tz_nodes(tz):
+                try:
+                    decode(forge({{"tree": node, "buffers": [[0, 8]]}}, bytes(8)))
+                except SegmentCorruptError:
+                    continue
+                sys.exit(f"{{node['k']}} {{tz}} was not refused")
+        print("ok")
+    """)
+    # The timeout only turns a hang (the reader blocked opening the FIFO) into a failure.
+    try:
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("get() blocked opening a FIFO named by a segment's time zone")
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+5", "dateutil/Europe/London"])
+def test_tz_database_names_still_round_trip(tz: str) -> None:
+    s = pd.Series(pd.date_range("2024-03-30", periods=3, freq="D", tz=tz))
+    out = decode(_planted(s)[0])
+    pd.testing.assert_series_equal(out, s)
+    ts = pd.Timestamp("2024-06-01 12:00", tz=tz)
+    assert decode(_planted(ts)[0]) == ts
+
+
+def test_nullable_and_period_dtypes_the_encoder_writes_still_round_trip() -> None:
+    df = pd.DataFrame({
+        **{d: pd.array([1, None, 3], dtype=d) for d in ("Int8", "UInt64", "Float32")},
+        "boolean": pd.array([True, None, False], dtype="boolean"),
+        "p": pd.period_range("2024-01", periods=3, freq="M"),
+        "w": pd.period_range("2024-01-01", periods=3, freq="W-SUN"),
+        "q": pd.period_range("2024Q1", periods=3, freq="Q-DEC"),
+    })
+    pd.testing.assert_frame_equal(decode(_planted(df)[0]), df)
+
+
+# -- minor: categorical and MultiIndex codes -------------------------------------------
+
+
+def test_multiindex_codes_out_of_range_are_refused_not_wrapped() -> None:
+    # 256 narrowed to int8 by pandas wraps to 0, a valid code: checked before pandas sees it.
+    for code in (256, 5, -2, 300):
+        mi = {"k": "pd.mi", "levels": [{"k": "pd.range", "start": 0, "stop": 5, "step": 1}],
+              "codes": [{"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}], "names": [{"k": "py", "v": None}]}
+        data = np.array([code], np.int64).tobytes()
+        with pytest.raises(SegmentCorruptError, match=r"MultiIndex codes outside \[-1, 5\)"):
+            decode(forge({"tree": mi, "buffers": [[0, 8]]}, data))
+
+
+def test_categorical_codes_out_of_range_are_refused() -> None:
+    cats = {"k": "pd.oidx", "v": ["a", "b"], "name": None}
+    for code in (256, 2, -2):
+        node = {"k": "pd.cat", "codes": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}, "cats": cats, "ordered": False}
+        with pytest.raises(SegmentCorruptError, match=r"categorical codes outside \[-1, 2\)"):
+            decode(forge({"tree": node, "buffers": [[0, 8]]}, np.array([code], np.int64).tobytes()))
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _planted(obj: Any) -> tuple[np.ndarray, Any]:
+    p = plan(obj)
+    mem = np.zeros(p.size, dtype=np.uint8)
+    p.write_into(mem)
+    return mem, p
+
+
+def _split(mem: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """The parsed JSON header and the data area of a layout."""
+    _, _, _, hlen, _, payload, off = PREFIX.unpack_from(mem, 0)
+    return json.loads(mem[PREFIX.size : PREFIX.size + hlen].tobytes()), mem[off:payload].tobytes()
+
+
+# -- issue 10 prep: a bug in nocopy is not reported as a corrupt segment ----------------
+
+
+@pytest.mark.parametrize("tree", [
+    {"k": "py"},
+    {"k": "bytes"},
+    {"k": "list"},
+    {"k": "dict", "keys": []},
+    {"k": "nd", "b": 0, "sh": [8]},
+    {"k": "nd", "b": 0, "dt": {"names": ["a"], "offsets": [0], "itemsize": 8}, "sh": [1]},
+    {"k": "nd", "b": 0, "dt": {"names": ["a"], "formats": ["<f8"], "offsets": [0]}, "sh": [1]},
+    {"k": "nd", "b": 0, "dt": {"base": "<f8"}, "sh": [1]},
+    {"k": "pd.dt"},
+    {"k": "pd.cat", "codes": {"k": "nd", "b": 0, "dt": "|i1", "sh": [8]}, "ordered": False},
+    {"k": "pd.interval", "closed": "left"},
+    {"k": "pd.series", "index": {"k": "pd.range", "start": 0, "stop": 1, "step": 1},
+     "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}},
+    {"k": "pa.lstr", "chunks": [{"n": 0}]},
+    {"k": "pa.ipc", "what": "table"},
+])
+def test_a_node_missing_a_field_is_refused_as_corrupt(tree: dict[str, Any]) -> None:
+    with pytest.raises(SegmentCorruptError):
+        decode(forge({"tree": tree, "buffers": [[0, 8]]}, bytes(8)))
+
+
+@pytest.mark.parametrize("bug", [KeyError, IndexError, AttributeError])
+def test_a_bug_in_a_decoder_propagates_with_its_traceback(monkeypatch: pytest.MonkeyPatch, bug: type) -> None:
+    from nocopy._codec import _core
+
+    def broken(dec: Any, node: Any) -> Any:
+        raise bug("a bug, not a corrupt segment")
+
+    monkeypatch.setitem(_core._DECODERS, "test.broken", broken)
+    with pytest.raises(bug, match="a bug, not a corrupt segment"):
+        decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))
+
+
+def test_share_refuses_a_tz_readers_would_refuse(tmp_path: Path) -> None:
+    import dateutil.tz
+
+    tz = dateutil.tz.tzfile(str(_tzif(tmp_path)))
+    for obj in (pd.Timestamp("2024-01-01", tz=tz), pd.Series(pd.date_range("2024-01-01", periods=2, tz=tz))):
+        with pytest.raises(UnsupportedTypeError, match="by tz database name"):
+            plan(obj)
