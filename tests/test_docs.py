@@ -195,7 +195,7 @@ def ray_sandbox() -> Iterator[tuple[Path, list[int]]]:
                 proc.kill()
             except psutil.Error:
                 pass
-        gone, alive = psutil.wait_procs(victims, timeout=30)
+        _, alive = psutil.wait_procs(victims, timeout=30)
         shutil.rmtree(temp, ignore_errors=True)
         assert alive == [], f"Ray processes survived SIGKILL: {alive}"
 
