@@ -134,7 +134,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _isolation_flags(head: bool, temp_dir: Path) -> str:
     """What a second Ray on a shared machine needs: loopback, own ports, own temp dir."""
-    ports = iter(_free_ports(6))
+    ports = iter(_free_ports(5))
     flags = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
              f"--dashboard-agent-listen-port={next(ports)}",
              f"--dashboard-agent-grpc-port={next(ports)}",
@@ -142,7 +142,7 @@ def _isolation_flags(head: bool, temp_dir: Path) -> str:
              f"--runtime-env-agent-port={next(ports)}"]
     if head:
         flags += ["--include-dashboard=false", f"--dashboard-port={next(ports)}",
-                  f"--ray-client-server-port={next(ports)}", f"--temp-dir={temp_dir}"]
+                  f"--temp-dir={temp_dir}"]
     return " ".join(flags)
 
 
