@@ -1,0 +1,187 @@
+"""Polars DataFrames and Series: each column an Arrow IPC stream, Polars again on get().
+
+A column is exported with Polars' newest Arrow compatibility level, so strings
+and binaries travel as Arrow ``string_view``/``binary_view`` -- Polars' own
+layout -- and the export moves no data. It is written as a one-column Arrow
+IPC stream (the ``pa.ipc`` node of :mod:`._arrow`, so the stream is read over
+the segment and validated the same way). The field's metadata carries what
+Arrow cannot say (Categorical vs Enum and its categories); Arrow's own type
+carries time zones, units, decimals and nesting. On get() ``pl.from_arrow``
+imports every buffer without copying, measured for polars 2.1 + pyarrow 26:
+
+=====================================  =======================================
+Polars type                            on get()
+=====================================  =======================================
+ints, floats (16/32/64), bool          zero-copy
+Date, Datetime (any unit, any tz),     zero-copy
+Duration, Time
+String, Binary (views)                 zero-copy (views + data buffers)
+Decimal                                zero-copy (Arrow decimal128)
+List, Array, Struct, Map, Null         zero-copy (children as above)
+Categorical, Enum (also nested)        converted: Polars re-maps the codes into
+                                       this process's categories (one code per
+                                       row copied, per get); the category
+                                       strings are small
+Int128, UInt128, Object, extensions    UnsupportedTypeError naming the column
+                                       (Polars cannot export them to Arrow, or
+                                       Object would export raw pointers);
+                                       pickled with ``allow_pickle=True``
+=====================================  =======================================
+
+Chunks, column order, names and the schema round-trip. Polars never writes into
+a foreign (imported) buffer: its in-place operations copy first, so a shared
+frame cannot be changed through Polars; the buffers lie in a read-only
+mapping anyway (or a copy-on-write one with ``get(private=True)``).
+
+polars and pyarrow are imported lazily: ``import nocopy`` imports neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UnsupportedTypeError
+from . import _arrow
+
+if TYPE_CHECKING:
+    from ._core import Decoder, Encoder
+
+__all__ = ["encode"]
+
+_INSTALL = "pip install 'nocopy[polars]'"
+
+
+def _imports(why: str) -> tuple[Any, Any]:
+    """(polars, pyarrow), or an ImportError that names the extra to install."""
+    try:
+        import polars as pl
+        import pyarrow as pa
+    except ImportError as exc:
+        raise ImportError(f"{why} needs polars and pyarrow ({exc.name} is not installed). Fix: {_INSTALL}") from exc
+    return pl, pa
+
+
+def _dtypes(pl: Any, dtype: Any) -> Iterator[Any]:
+    """*dtype* and every dtype nested inside it."""
+    yield dtype
+    if isinstance(dtype, pl.List | pl.Array):
+        yield from _dtypes(pl, dtype.inner)
+    elif isinstance(dtype, pl.Struct):
+        for field in dtype.fields:
+            yield from _dtypes(pl, field.dtype)
+    elif isinstance(dtype, pl.Map):
+        yield from _dtypes(pl, dtype.key)
+        yield from _dtypes(pl, dtype.value)
+
+
+def _refused(pl: Any, dtype: Any) -> str:
+    """Why a column of *dtype* cannot be shared, or "" if it can."""
+    for inner in _dtypes(pl, dtype):
+        if isinstance(inner, pl.Object):
+            return "it holds Python objects"
+        if isinstance(inner, pl.Int128 | pl.UInt128):
+            return f"Polars cannot export {inner} to Arrow"
+        if isinstance(inner, pl.BaseExtension):
+            return "Polars extension types are not shared"
+    return ""
+
+
+def _remapped(pl: Any, dtype: Any) -> bool:
+    return any(isinstance(d, pl.Categorical | pl.Enum) for d in _dtypes(pl, dtype))
+
+
+def _encode_column(enc: Encoder, pl: Any, pa: Any, s: Any, path: str) -> Any:
+    dname = str(s.dtype)
+    label = f"column {s.name!r} of type {dname}"
+    why = _refused(pl, s.dtype)
+    if why:
+        return enc.unsupported(s, path, f"{label} ({why})", dtype=dname)
+    try:
+        table = s.to_frame().to_arrow(compat_level=pl.CompatLevel.newest())
+    except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        return enc.unsupported(s, path, f"{label} (Polars cannot export it to Arrow: {exc})", dtype=dname)
+    if _remapped(pl, s.dtype):
+        enc.note(
+            path, dname, "converted",
+            "Arrow IPC stream in the segment; every get() re-maps the categorical codes into "
+            "that process's categories (one code per row copied, the strings stay shared)",
+        )
+    else:
+        enc.note(path, dname, "zero-copy", "Arrow IPC stream in the segment")
+    return {"k": "pl.col", "t": _arrow.ipc_node(enc, table, path)}
+
+
+def _lazy(enc: Encoder, obj: Any, path: str) -> Any:
+    what = "a polars LazyFrame (a query plan, not data)"
+    if enc.explaining:
+        enc.note(path, "LazyFrame", "unsupported", f"{what}: collect() it first")
+        return {"k": "py", "v": None}
+    raise UnsupportedTypeError(
+        f"cannot share {what} at {path or '<root>'}. Fix: share lf.collect(), the DataFrame it computes."
+    )
+
+
+def encode(enc: Encoder, obj: Any, path: str) -> Any:
+    """Plan a polars object (the dispatch target of Encoder.encode)."""
+    pl, pa = _imports("sharing polars data")
+    if isinstance(obj, pl.DataFrame):
+        if obj.width == 0:
+            enc.note(path, "DataFrame", "zero-copy", "no columns")
+        cols = [_encode_column(enc, pl, pa, s, f"{path}[{s.name!r}]") for s in obj.iter_columns()]
+        return {"k": "pl.df", "cols": cols, "rows": obj.height}
+    if isinstance(obj, pl.Series):
+        return {"k": "pl.series", "v": _encode_column(enc, pl, pa, obj, path)}
+    if isinstance(obj, pl.LazyFrame):
+        return _lazy(enc, obj, path)
+    return enc.unsupported(obj, path, f"polars object of type {type(obj).__qualname__}")
+
+
+def _decode_column(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
+    if not isinstance(node, dict):
+        raise dec.corrupt("polars column node is not an object")
+    if node.get("k") != "pl.col":
+        out = dec.decode(node)  # a pickled column (allow_pickle=True)
+        if not isinstance(out, pl.Series):
+            raise dec.corrupt("a polars column does not decode to a Series")
+        return out
+    sub = node.get("t")
+    if not isinstance(sub, dict) or sub.get("k") != "pa.ipc" or sub.get("what") != "table":
+        raise dec.corrupt("polars column without its Arrow table")
+    table = dec.decode(sub)
+    if table.num_columns != 1:
+        raise dec.corrupt(f"a polars column's Arrow table has {table.num_columns} columns")
+    # Polars' own errors (and its Rust panics) on Arrow data that passed
+    # Arrow's validation: a corrupt segment, reported like every other.
+    try:
+        return pl.from_arrow(table, rechunk=False).to_series()
+    except (pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException) as exc:
+        raise dec.corrupt(f"polars cannot import the column ({type(exc).__name__}: {exc})"[:300]) from None
+
+
+def _decode_frame(dec: Decoder, node: dict[str, Any]) -> Any:
+    pl, pa = _imports("reading shared polars data")
+    cols, rows = node.get("cols"), node.get("rows")
+    if not isinstance(cols, list) or type(rows) is not int:
+        raise dec.corrupt("polars frame without its columns")
+    series = [_decode_column(dec, pl, pa, c) for c in cols]
+    names = [s.name for s in series]
+    if len(set(names)) != len(names) or any(len(s) != rows for s in series):
+        raise dec.corrupt("the polars frame's columns have duplicate names or unequal lengths")
+    # Building a frame from Series takes their chunks as they are: no copy, no rechunk.
+    return pl.DataFrame(series) if series else pl.DataFrame(height=rows)
+
+
+def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:
+    pl, pa = _imports("reading shared polars data")
+    return _decode_column(dec, pl, pa, node.get("v"))
+
+
+def _register() -> None:
+    from ._core import register_decoder
+
+    register_decoder("pl.df", _arrow.guard(_decode_frame))
+    register_decoder("pl.series", _arrow.guard(_decode_series))
+
+
+_register()
