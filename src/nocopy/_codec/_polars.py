@@ -16,8 +16,13 @@ ints, floats (16/32/64), bool          zero-copy
 Date, Datetime (any unit, any tz),     zero-copy
 Duration, Time
 String, Binary (views)                 zero-copy (views + data buffers)
-Decimal                                zero-copy (Arrow decimal128)
-List, Array, Struct, Map, Null         zero-copy (children as above)
+List, Array, Struct, Null              zero-copy (children as above)
+Decimal (also nested)                  converted: Polars copies 128-bit values
+                                       that are not 16-byte aligned, and an IPC
+                                       stream aligns its buffers to 8 bytes only
+Struct with nulls                      converted: Polars re-derives the fields'
+                                       null bitmaps (one bit per row)
+Map                                    converted: offsets widened to 64 bits
 Categorical, Enum (also nested)        converted: Polars re-maps the codes into
                                        this process's categories (one code per
                                        row copied, per get); the category
@@ -87,8 +92,23 @@ def _refused(pl: Any, dtype: Any) -> str:
     return ""
 
 
-def _remapped(pl: Any, dtype: Any) -> bool:
-    return any(isinstance(d, pl.Categorical | pl.Enum) for d in _dtypes(pl, dtype))
+def _copied_on_get(pl: Any, s: Any) -> list[str]:
+    """What Polars copies when it imports column *s* (measured: polars 2.1), or [] if nothing."""
+    dtype = s.dtype
+    found = set(type(d) for d in _dtypes(pl, dtype))
+    why = []
+    if found & {pl.Categorical, pl.Enum}:
+        why.append("re-maps the categorical codes into that process's categories (one code per row)")
+    if pl.Map in found:
+        why.append("widens the map offsets to 64 bits (one offset per row)")
+    if pl.Decimal in found:
+        # Polars needs its 128-bit decimals 16-byte aligned; an Arrow IPC stream
+        # aligns buffers to 8 bytes only, so whether they are depends on the
+        # layout of the stream (names, null bitmaps before them...).
+        why.append("copies the decimal values unless they happen to lie 16-byte aligned (IPC aligns to 8)")
+    if isinstance(dtype, pl.Struct) and s.null_count():
+        why.append("re-derives the fields' null bitmaps from the struct's nulls (one bit per row)")
+    return why
 
 
 def _encode_column(enc: Encoder, pl: Any, pa: Any, s: Any, path: str) -> Any:
@@ -101,12 +121,9 @@ def _encode_column(enc: Encoder, pl: Any, pa: Any, s: Any, path: str) -> Any:
         table = s.to_frame().to_arrow(compat_level=pl.CompatLevel.newest())
     except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
         return enc.unsupported(s, path, f"{label} (Polars cannot export it to Arrow: {exc})", dtype=dname)
-    if _remapped(pl, s.dtype):
-        enc.note(
-            path, dname, "converted",
-            "Arrow IPC stream in the segment; every get() re-maps the categorical codes into "
-            "that process's categories (one code per row copied, the strings stay shared)",
-        )
+    copied = _copied_on_get(pl, s)
+    if copied:
+        enc.note(path, dname, "converted", "Arrow IPC stream in the segment; every get() " + "; ".join(copied))
     else:
         enc.note(path, dname, "zero-copy", "Arrow IPC stream in the segment")
     return {"k": "pl.col", "t": _arrow.ipc_node(enc, table, path)}
