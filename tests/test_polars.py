@@ -137,29 +137,30 @@ def test_sliced_frame_round_trips() -> None:
         _same(ref.get(), df)
 
 
-def _chunks(obj: Any) -> list[int]:
-    if isinstance(obj, pl.Series):
-        return [obj.n_chunks()]
-    return [s.n_chunks() for s in obj.iter_columns()]
+def _chunks(obj: Any) -> list[int | None]:
+    """Chunks per column; None for an all-null column (Polars' import merges those)."""
+    columns = [obj] if isinstance(obj, pl.Series) else list(obj.iter_columns())
+    return [None if s.null_count() == len(s) else s.n_chunks() for s in columns]
 
 
-def _sent(objs: list[Any]) -> list[tuple[nocopy.Shared[Any], bytes, list[int]]]:
+def _sent(objs: list[Any], chunks: bool = True) -> list[tuple[nocopy.Shared[Any], bytes, list[int | None] | None]]:
     """Handles for a worker, with each object pickled and its chunks (pickling rechunks)."""
     out = []
     for o in objs:
-        chunks = _chunks(o)  # first: pickling a frame rechunks it in place
-        out.append((nocopy.share(o), pickle.dumps(o), chunks))
+        layout = _chunks(o) if chunks else None  # first: pickling a frame rechunks it in place
+        out.append((nocopy.share(o), pickle.dumps(o), layout))
     return out
 
 
-def _worker_compare(items: list[tuple[nocopy.Shared[Any], bytes, list[int]]]) -> list[str | None]:
+def _worker_compare(items: list[tuple[nocopy.Shared[Any], bytes, list[int | None] | None]]) -> list[str | None]:
     import traceback
 
     out: list[str | None] = []
     for ref, expected, chunks in items:
         try:
             got = ref.get()
-            assert _chunks(got) == chunks, (_chunks(got), chunks)
+            if chunks is not None:
+                assert _chunks(got) == chunks, (_chunks(got), chunks)
             _same(got, pickle.loads(expected), chunks=False)
             out.append(None)
         except Exception:
@@ -238,19 +239,11 @@ def test_every_buffer_is_read_in_place_and_explain_names_the_rest() -> None:
     assert all(n.status == "zero-copy" for n in report if n.path not in {f"[{c!r}]" for c in CONVERTED})
 
 
-def _worker_uss(ref: nocopy.Shared[Any], copy: bool) -> dict[str, Any]:
-    """In a worker: get(), read every page and every row through Polars, report USS growth."""
-    import psutil
+def _read_all(df: Any) -> tuple[int, int, int, float]:
+    """Every row of a :func:`_big` frame read through Polars, a slab at a time.
 
-    proc = psutil.Process()
-    uss0 = proc.memory_full_info().uss
-    df = ref.get()
-    if copy:  # the control: a real copy of the frame
-        df = pickle.loads(pickle.dumps(df))
-    base = ref._shared_base()
-    report: dict[str, Any] = {"checksum": int(base.sum(dtype=np.uint64))}
-    # Every row through Polars, a slab at a time: freed whole-column temporaries
-    # kept by the allocator must not pass for a copy.
+    (Freed whole-column temporaries kept by the allocator must not pass for a copy.)
+    """
     step = 1 << 16
     lengths = dates = items = 0
     for i in range(0, df.height, step):
@@ -259,7 +252,24 @@ def _worker_uss(ref: nocopy.Shared[Any], copy: bool) -> dict[str, Any]:
         dates += int(part["when"].dt.hour().cast(pl.Int64).sum())
         items += int(part["tags"].list.len().sum())
         items += int(part["cat"].to_physical().len())
-    report["sums"] = (lengths, dates, items, float(df["x"].sum()))
+    return lengths, dates, items, float(df["x"].sum())
+
+
+def _worker_uss(ref: nocopy.Shared[Any], copy: bool) -> dict[str, Any]:
+    """In a worker: get(), read every page and every row through Polars, report USS growth."""
+    import psutil
+
+    proc = psutil.Process()
+    # Polars' first work in a process sets up thread pools and allocator arenas:
+    # warm them up on a small frame of the same schema, so only the data counts.
+    _read_all(_big(1 << 14))
+    uss0 = proc.memory_full_info().uss
+    df = ref.get()
+    if copy:  # the control: a real copy of the frame
+        df = pickle.loads(pickle.dumps(df))
+    base = ref._shared_base()
+    report: dict[str, Any] = {"checksum": int(base.sum(dtype=np.uint64))}
+    report["sums"] = _read_all(df)
     report["uss_growth"] = proc.memory_full_info().uss - uss0
     report["schema"] = str(df.schema)
     del df
@@ -268,7 +278,7 @@ def _worker_uss(ref: nocopy.Shared[Any], copy: bool) -> dict[str, Any]:
 
 def _big(n: int) -> Any:
     rng = np.random.default_rng(3)
-    words = np.array([f"word-{i}-" + "x" * (i % 40) for i in range(1000)])
+    words = np.array([f"word-{i}-" + "x" * (i % 80) for i in range(1000)])
     return pl.DataFrame({
         "x": rng.random(n),
         "s": words[rng.integers(0, 1000, n)],
@@ -282,12 +292,7 @@ def _big(n: int) -> Any:
 def test_2m_rows_spawned_worker_uss_grows_under_10_percent_and_a_copy_is_seen(spawn_pool: Any) -> None:
     n = 2_000_000
     df = _big(n)
-    expected = (
-        int(df["s"].str.len_bytes().sum()),
-        int(df["when"].dt.hour().cast(pl.Int64).sum()),
-        int(df["tags"].list.len().sum()) + n,
-        float(df["x"].sum()),
-    )
+    expected = _read_all(df)
     with nocopy.share(df) as ref:
         mine = ref._shared_base()
         checksum = int(mine.sum(dtype=np.uint64))  # map and touch every page here first
@@ -298,7 +303,7 @@ def test_2m_rows_spawned_worker_uss_grows_under_10_percent_and_a_copy_is_seen(sp
         assert report["sums"][:3] == expected[:3] and report["sums"][3] == pytest.approx(expected[3])
         assert report["schema"] == str(df.schema)
         assert report["uss_growth"] < 0.10 * ref.nbytes, (report["uss_growth"], ref.nbytes)
-        assert control["uss_growth"] > 0.5 * ref.nbytes, (control["uss_growth"], ref.nbytes)
+        assert control["uss_growth"] > 0.9 * ref.nbytes, (control["uss_growth"], ref.nbytes)
 
 
 # -- refusals, pickling, explain ------------------------------------------
@@ -473,16 +478,18 @@ def test_polars_family_sizes_rows_and_zero_copy_slices() -> None:
 
 # -- hypothesis -------------------------------------------------------------------
 
-_UNSHAREABLE = [pl.Object, pl.Int128, pl.UInt128]
+_UNSHAREABLE = [pl.Object, pl.Int128, pl.UInt128, pl.Extension]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dataframes(max_cols=6, max_size=20, excluded_dtypes=_UNSHAREABLE, allow_chunks=True))
 def test_hypothesis_frames_round_trip(df: Any) -> None:
+    # Chunks are compared in the matrix tests only: Polars' own Arrow import
+    # merges some tiny chunks (seen: two equal 1-row chunks), shared or not.
     with nocopy.share(df) as ref:
-        _same(ref.get(), df)
+        _same(ref.get(), df, chunks=False)
     mem, _ = planted(df)
-    _same(decode_buffer(mem, trusted=False), df)
+    _same(decode_buffer(mem, trusted=False), df, chunks=False)
 
 
 def test_hypothesis_frames_round_trip_through_a_spawned_worker(spawn_pool: Any) -> None:
@@ -495,7 +502,7 @@ def test_hypothesis_frames_round_trip_through_a_spawned_worker(spawn_pool: Any) 
         return len(frames) >= 40
 
     find(dataframes(max_cols=5, max_size=15, excluded_dtypes=_UNSHAREABLE), keep, settings=settings(max_examples=200, database=None))
-    items = _sent(frames)
+    items = _sent(frames, chunks=False)  # (see test_hypothesis_frames_round_trip)
     try:
         results = spawn_pool.apply(_worker_compare, (items,))
     finally:
