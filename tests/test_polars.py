@@ -29,9 +29,9 @@ from strategies import buffer_in, planted  # noqa: E402
 NEWEST = pl.CompatLevel.newest()
 # Columns Polars partly copies on import (explain() calls them converted): categorical
 # codes re-mapped, decimals with nulls, a struct's nulls pushed into its fields, map offsets.
-CONVERTED = {"cat", "enum", "list_cat", "struct_enum", "dec", "dec_full", "struct", "map"}
-# Decimals are copied only when the IPC stream leaves them off a 16-byte boundary.
-MAYBE_COPIED = {"dec", "dec_full"}
+CONVERTED = {"cat", "enum", "list_cat", "struct_enum", "list_dec", "struct", "map"}
+# Nested decimals are copied only when the IPC stream leaves them off a 16-byte boundary.
+MAYBE_COPIED = {"list_dec"}
 
 
 def _chunked(s: Any, parts: int = 3) -> Any:
@@ -68,7 +68,8 @@ def _matrix(n: int = 40) -> Any:
         pl.Series("cat", nulls(cats), dtype=pl.Categorical),
         pl.Series("enum", cats, dtype=pl.Enum([f"c{k}" for k in range(5)])),
         pl.Series("dec", nulls([decimal.Decimal(i) / 100 for i in r]), dtype=pl.Decimal(12, 2)),
-        pl.Series("dec_full", [decimal.Decimal(i) / 100 for i in r], dtype=pl.Decimal(38, 2)),
+        _chunked(pl.Series("dec_full", [decimal.Decimal(i) / 100 for i in r], dtype=pl.Decimal(38, 2))),
+        pl.Series("list_dec", [[decimal.Decimal(i)] for i in r], dtype=pl.List(pl.Decimal(10, 0))),
         pl.Series("null", [None] * n, dtype=pl.Null),
         pl.Series("list", nulls([list(range(i % 4 + 1)) for i in r]), dtype=pl.List(pl.Int32)),
         pl.Series("list_str", [[f"item {i} of a long list"] * (i % 3 + 1) for i in r], dtype=pl.List(pl.String)),
@@ -183,26 +184,22 @@ def test_matrix_round_trips_through_a_spawned_worker(spawn_pool: Any) -> None:
 # -- zero-copy ------------------------------------------------------------
 
 
-def _column_slots(mem: np.ndarray, header: Any) -> dict[str, np.ndarray]:
-    """The writable IPC-stream bytes of each column of a planted frame, by column name."""
-    slots = {}
+def _column_buffers(mem: np.ndarray, header: Any) -> dict[str, list[np.ndarray]]:
+    """The writable bytes of every Arrow buffer of each column of a planted frame, by name."""
+    out: dict[str, list[np.ndarray]] = {}
     for col in header.tree["cols"]:
+        if col["k"] == "pl.dec":  # raw decimal128 buffers
+            out[col["name"]] = [buffer_in(mem, header, part[key]) for part in col["chunks"] for key in ("v", "d") if key in part]
+            continue
         slot = buffer_in(mem, header, col["t"]["b"])
         table = pa.ipc.open_stream(pa.py_buffer(slot)).read_all()
-        slots[table.column_names[0]] = slot
-    return slots
-
-
-def _arrow_buffers(slot: np.ndarray) -> list[tuple[int, int]]:
-    """(offset in *slot*, size) of every buffer of the one column of an IPC stream."""
-    table = pa.ipc.open_stream(pa.py_buffer(slot)).read_all()
-    lo = slot.ctypes.data
-    out = []
-    for chunk in table.column(0).chunks:
-        for b in chunk.buffers():
-            if b is not None and b.size:
-                assert lo <= b.address and b.address + b.size <= lo + slot.nbytes
-                out.append((b.address - lo, b.size))
+        lo, regions = slot.ctypes.data, []
+        for chunk in table.column(0).chunks:
+            for b in chunk.buffers():
+                if b is not None and b.size:
+                    assert lo <= b.address and b.address + b.size <= lo + slot.nbytes
+                    regions.append(slot[b.address - lo : b.address - lo + b.size])
+        out[table.column_names[0]] = regions
     return out
 
 
@@ -216,17 +213,17 @@ def test_every_buffer_is_read_in_place_and_explain_names_the_rest() -> None:
     df = _matrix()
     mem, header = planted(df)
     got = decode_buffer(mem, trusted=True)
-    slots = _column_slots(mem, header)
-    assert list(slots) == df.columns
+    columns = _column_buffers(mem, header)
+    assert list(columns) == df.columns
     kept: dict[str, list[bool]] = {}
-    for name, slot in slots.items():
+    for name, regions in columns.items():
         before = repr(got[name].to_list())  # repr: NaN equals itself
         changed = []
-        for off, size in _arrow_buffers(slot):
-            saved = slot[off : off + size].copy()
-            slot[off : off + size] = 0
+        for region in regions:
+            saved = region.copy()
+            region[:] = 0
             changed.append(repr(got[name].to_list()) != before)
-            slot[off : off + size] = saved
+            region[:] = saved
         assert repr(got[name].to_list()) == before
         kept[name] = changed
     assert kept["null"] == []  # a Null column has no buffers at all
@@ -510,3 +507,14 @@ def test_hypothesis_frames_round_trip_through_a_spawned_worker(spawn_pool: Any) 
             ref.close()
     assert results == [None] * len(frames), [r for r in results if r][:3]
 
+
+
+def test_decimal_digits_beyond_the_precision_are_segment_corrupt() -> None:
+    s = pl.Series("d", [decimal.Decimal("1.25"), None], dtype=pl.Decimal(5, 2))
+    mem, header = planted(s)
+    (part,) = header.tree["v"]["chunks"]
+    values = buffer_in(mem, header, part["d"])
+    values[:16] = np.frombuffer((10**30).to_bytes(16, "little", signed=True), dtype=np.uint8)
+    assert_series_equal(decode_buffer(mem, trusted=True).head(0), s.head(0))
+    with pytest.raises(SegmentCorruptError, match="polars"):
+        decode_buffer(mem, trusted=False)

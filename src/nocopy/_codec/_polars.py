@@ -17,7 +17,9 @@ Date, Datetime (any unit, any tz),     zero-copy
 Duration, Time
 String, Binary (views)                 zero-copy (views + data buffers)
 List, Array, Struct, Null              zero-copy (children as above)
-Decimal (also nested)                  converted: Polars copies 128-bit values
+Decimal                                zero-copy: stored as raw decimal128
+                                       buffers, 64-byte aligned (not IPC)
+Decimal nested in List/Array/Struct    converted: Polars copies 128-bit values
                                        that are not 16-byte aligned, and an IPC
                                        stream aligns its buffers to 8 bytes only
 Struct with nulls                      converted: Polars re-derives the fields'
@@ -43,8 +45,10 @@ polars and pyarrow are imported lazily: ``import nocopy`` imports neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..errors import UnsupportedTypeError
 from . import _arrow
@@ -101,11 +105,12 @@ def _copied_on_get(pl: Any, s: Any) -> list[str]:
         why.append("re-maps the categorical codes into that process's categories (one code per row)")
     if pl.Map in found:
         why.append("widens the map offsets to 64 bits (one offset per row)")
-    if pl.Decimal in found:
+    if pl.Decimal in found and not isinstance(dtype, pl.Decimal):
         # Polars needs its 128-bit decimals 16-byte aligned; an Arrow IPC stream
         # aligns buffers to 8 bytes only, so whether they are depends on the
-        # layout of the stream (names, null bitmaps before them...).
-        why.append("copies the decimal values unless they happen to lie 16-byte aligned (IPC aligns to 8)")
+        # layout of the stream (names, null bitmaps before them...). A top-level
+        # Decimal column gets buffers of its own instead (see _encode_decimal).
+        why.append("copies nested decimal values unless they happen to lie 16-byte aligned (IPC aligns to 8)")
     if isinstance(dtype, pl.Struct) and s.null_count():
         why.append("re-derives the fields' null bitmaps from the struct's nulls (one bit per row)")
     return why
@@ -121,12 +126,69 @@ def _encode_column(enc: Encoder, pl: Any, pa: Any, s: Any, path: str) -> Any:
         table = s.to_frame().to_arrow(compat_level=pl.CompatLevel.newest())
     except (pa.ArrowException, pl.exceptions.PolarsError) as exc:
         return enc.unsupported(s, path, f"{label} (Polars cannot export it to Arrow: {exc})", dtype=dname)
+    if isinstance(s.dtype, pl.Decimal):
+        enc.note(path, dname, "zero-copy", "128-bit values and null bitmap in buffers of their own")
+        return _encode_decimal(enc, table)
     copied = _copied_on_get(pl, s)
     if copied:
         enc.note(path, dname, "converted", "Arrow IPC stream in the segment; every get() " + "; ".join(copied))
     else:
         enc.note(path, dname, "zero-copy", "Arrow IPC stream in the segment")
     return {"k": "pl.col", "t": _arrow.ipc_node(enc, table, path)}
+
+
+def _encode_decimal(enc: Encoder, table: Any) -> dict[str, Any]:
+    """A Decimal column as raw decimal128 buffers per chunk, each 64-byte aligned in the segment."""
+    field = table.schema.field(0)
+    node: dict[str, Any] = {
+        "k": "pl.dec", "name": field.name, "p": field.type.precision, "s": field.type.scale, "chunks": [],
+    }
+    if enc.explaining:
+        return node
+    for chunk in table.column(0).chunks:
+        n = len(chunk)
+        data = chunk.buffers()[1]
+        values = (
+            np.frombuffer(data, dtype=np.uint8, count=16 * n, offset=16 * chunk.offset)
+            if n else np.empty(0, dtype=np.uint8)
+        )
+        part: dict[str, Any] = {"n": n, "d": enc.add(values, values.nbytes)}
+        if chunk.null_count:
+            # Re-packed from bit 0: a sliced chunk's bitmap may start mid-byte.
+            bits = np.packbits(chunk.is_valid().to_numpy(zero_copy_only=False), bitorder="little")
+            part["v"] = enc.add(bits, bits.nbytes)
+        node["chunks"].append(part)
+    return node
+
+
+def _decode_decimal(dec: Decoder, pl: Any, pa: Any, node: dict[str, Any]) -> Any:
+    name, precision, scale, chunks = node.get("name"), node.get("p"), node.get("s"), node.get("chunks")
+    if (
+        not isinstance(name, str) or not isinstance(chunks, list)
+        or type(precision) is not int or type(scale) is not int or not 0 <= scale <= precision <= 38
+    ):
+        raise dec.corrupt("bad polars decimal column")
+    dtype = pa.decimal128(precision, scale)
+    arrays = []
+    for part in chunks:
+        n = part.get("n") if isinstance(part, dict) else None
+        if type(n) is not int or n < 0:
+            raise dec.corrupt("bad decimal chunk")
+        values = dec.buffer(part["d"])
+        if values.nbytes != 16 * n:
+            raise dec.corrupt(f"{n} decimals need {16 * n} bytes, found {values.nbytes}")
+        bufs = [None, pa.py_buffer(values)]
+        if "v" in part:
+            validity = dec.buffer(part["v"])
+            if validity.nbytes < (n + 7) // 8:
+                raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} decimals")
+            bufs[0] = pa.py_buffer(validity)
+        arr = pa.Array.from_buffers(dtype, n, bufs, null_count=-1)
+        if not dec.trusted:
+            arr.validate(full=True)  # digits beyond the precision
+        arrays.append(arr)
+    table = pa.table([pa.chunked_array(arrays, type=dtype)], names=[name])
+    return pl.from_arrow(table, rechunk=False).to_series()
 
 
 def _lazy(enc: Encoder, obj: Any, path: str) -> Any:
@@ -157,7 +219,10 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 def _decode_column(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("polars column node is not an object")
-    if node.get("k") != "pl.col":
+    kind = node.get("k")
+    if kind == "pl.dec":
+        return _import(dec, pl, pa, lambda: _decode_decimal(dec, pl, pa, node))
+    if kind != "pl.col":
         out = dec.decode(node)  # a pickled column (allow_pickle=True)
         if not isinstance(out, pl.Series):
             raise dec.corrupt("a polars column does not decode to a Series")
@@ -168,10 +233,14 @@ def _decode_column(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     table = dec.decode(sub)
     if table.num_columns != 1:
         raise dec.corrupt(f"a polars column's Arrow table has {table.num_columns} columns")
-    # Polars' own errors (and its Rust panics) on Arrow data that passed
-    # Arrow's validation: a corrupt segment, reported like every other.
+    return _import(dec, pl, pa, lambda: pl.from_arrow(table, rechunk=False).to_series())
+
+
+def _import(dec: Decoder, pl: Any, pa: Any, make: Callable[[], Any]) -> Any:
+    """make(), with Polars' own errors (and its Rust panics) on Arrow data that
+    passed Arrow's validation reported as a corrupt segment, like every other."""
     try:
-        return pl.from_arrow(table, rechunk=False).to_series()
+        return make()
     except (pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException) as exc:
         raise dec.corrupt(f"polars cannot import the column ({type(exc).__name__}: {exc})"[:300]) from None
 
