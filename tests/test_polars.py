@@ -518,3 +518,12 @@ def test_decimal_digits_beyond_the_precision_are_segment_corrupt() -> None:
     assert_series_equal(decode_buffer(mem, trusted=True).head(0), s.head(0))
     with pytest.raises(SegmentCorruptError, match="polars"):
         decode_buffer(mem, trusted=False)
+
+
+def test_extension_columns_are_refused_naming_the_column() -> None:
+    ext = pl.Extension(name="nocopy.test_ext", storage=pl.Int64, metadata="m")
+    s = pl.Series("e", [1, 2]).ext.to(ext)
+    with pytest.raises(UnsupportedTypeError, match=re.escape("column 'e' of type Extension('nocopy.test_ext'")):
+        nocopy.share(pl.DataFrame([pl.Series("ok", [1, 2]), s]))
+    with nocopy.share(s, allow_pickle=True) as ref:
+        assert_series_equal(ref.get(), s)
