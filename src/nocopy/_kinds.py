@@ -1,4 +1,4 @@
-"""The one place that knows data families: NumPy, pandas, Arrow (and what comes next).
+"""The one place that knows data families: NumPy, pandas, Arrow, Polars (and what comes next).
 
 Everything above the codec asks this module about a data object instead of
 re-detecting it: how big it is (is it worth sharing?), how many rows it has and
@@ -188,8 +188,31 @@ class ArrowFamily(Family):
         return obj.slice(start, stop - start)
 
 
+class PolarsFamily(Family):
+    name = codec = "polars"
+    module = "polars"
+    # A LazyFrame is a query plan, not data: it has neither bytes nor rows here.
+    _DATA = ("DataFrame", "Series")
+
+    @classmethod
+    def nbytes(cls, obj: Any) -> int | None:
+        if type(obj).__name__ not in cls._DATA:
+            return None
+        return int(obj.estimated_size())
+
+    @classmethod
+    def rows(cls, obj: Any) -> int | None:
+        return len(obj) if type(obj).__name__ in cls._DATA else None
+
+    @classmethod
+    def take_rows(cls, obj: Any, start: int, stop: int) -> Any:
+        return obj.slice(start, stop - start)
+
+
 #: Every family nocopy knows, by the top-level module of their types.
-FAMILIES: dict[str, type[Family]] = {f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily)}
+FAMILIES: dict[str, type[Family]] = {
+    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily)
+}
 
 
 def family_of(obj: Any) -> type[Family] | None:
@@ -219,13 +242,13 @@ def row_count(obj: Any) -> int:
     if rows is None:
         raise UnsupportedTypeError(
             f"parallel_map cannot split a {type(obj).__qualname__} into row chunks. Fix: pass a "
-            "NumPy array, a pandas DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
+            "NumPy array, a pandas or Polars DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
         )
     return rows
 
 
 def take_rows(obj: Any, start: int, stop: int) -> Any:
-    """Rows start:stop of an ndarray, DataFrame, Series or Arrow table/array, without copying.
+    """Rows start:stop of an ndarray, DataFrame, Series (pandas or Polars) or Arrow table/array, without copying.
 
     Example::
 

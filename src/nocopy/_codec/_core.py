@@ -41,7 +41,11 @@ DecodeFn = Callable[["Decoder", dict[str, Any]], Any]
 
 _DECODERS: dict[str, DecodeFn] = {}
 # Lazily imported codec modules, by the prefix of their node kinds.
-_LAZY_DECODERS = {"pd.": "nocopy._codec._pandas", "pa.": "nocopy._codec._arrow"}
+_LAZY_DECODERS = {
+    "pd.": "nocopy._codec._pandas",
+    "pa.": "nocopy._codec._arrow",
+    "pl.": "nocopy._codec._polars",
+}
 
 
 def register_decoder(kind: str, fn: DecodeFn) -> None:
@@ -123,6 +127,10 @@ class Encoder:
             from . import _arrow
 
             return _arrow.encode(self, obj, path)
+        if module.startswith("polars"):
+            from . import _polars
+
+            return _polars.encode(self, obj, path)
         return self.unsupported(obj, path, f"objects of type {type(obj).__qualname__}")
 
     def unsupported(self, obj: Any, path: str, what: str, *, dtype: str = "") -> Any:
