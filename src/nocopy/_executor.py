@@ -264,9 +264,11 @@ class _Inbox(UnixServer):
         with self._lock:
             if tag not in self._tags:
                 return b"N", None
-            if key in self._fds:
-                return self.BAD, None  # keys are random: a repeat is not from our worker
+            # A repeat is our worker again after losing the reply: keep the newer descriptor.
+            old = self._fds.pop(key, None)
             self._fds[key] = (fds.pop(), tag)
+        if old is not None:
+            os.close(old[0])
         return b"K", None
 
     def claim(self, key: str) -> int | None:
@@ -427,7 +429,16 @@ def _caller() -> tuple[int, int]:
 
 
 def _caller_gone(pid: int, start: int) -> bool:
-    return process_start_time(pid) != start
+    now = process_start_time(pid)
+    if now is not None:
+        return bool(start) and now != start
+    try:  # /proc hidden (hidepid): only existence can be told
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _watch_caller(pid: int, start: int) -> None:
@@ -449,10 +460,11 @@ def _watch_caller(pid: int, start: int) -> None:
     if _caller_gone(pid, start):
         os._exit(1)
     if pidfd >= 0:
-        while True:
-            with contextlib.suppress(InterruptedError):
-                if select.select([pidfd], [], [])[0]:
-                    os._exit(1)
+        poller = select.poll()  # not select(): a forked worker's fd numbers may pass FD_SETSIZE
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+        os._exit(1)
     while not _caller_gone(pid, start):
         time.sleep(1.0)
     os._exit(1)

@@ -242,7 +242,8 @@ def request(address: str, line: bytes, fd: int | None, timeout: float) -> tuple[
     The listener must be of this uid and be the pid the address names, or
     ForeignListenerError is raised before anything is sent. A full backlog
     (another process flooding connect) or a server out of descriptors
-    (``BUSY``) is waited out with backoff until *timeout*; then TimeoutError.
+    (``BUSY``) or a connection dropped unanswered is retried with backoff
+    until *timeout*; then TimeoutError.
     Any other OSError (no listener: ECONNREFUSED) is raised as it is.
     """
     deadline = time.monotonic() + timeout
@@ -266,7 +267,9 @@ def request(address: str, line: bytes, fd: int | None, timeout: float) -> tuple[
                 reply, fds = _exchange(sock, line, fd, deadline)
         finally:
             sock.close()
-        if reply != BUSY:
+        # No reply at all: dropped unanswered (deadline, or the oldest of too many
+        # connections): asking again is safe, a request is idempotent.
+        if reply not in (BUSY, b""):
             return reply, fds
         for extra in fds:
             os.close(extra)
