@@ -30,9 +30,10 @@ import io
 import itertools
 import os
 import pickle
+import re
 import secrets
+import select
 import signal
-import socket
 import threading
 import time
 import warnings
@@ -50,8 +51,8 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 import numpy as np
 
 from ._shared import Shared, share, zeros
-from ._store import Locator, OwnedSegment, shm_dir
-from ._store._names import memfd_link
+from ._store import Locator, OwnedSegment, _unixserver, shm_dir
+from ._store._names import memfd_link, process_start_time
 from ._store._perprocess import PerProcess
 from ._store._unixserver import UnixServer
 from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
@@ -228,30 +229,47 @@ class _ShareCache:
 # ---------------------------------------------------------------------------
 # results: worker -> parent, handed over before the task returns
 # ---------------------------------------------------------------------------
+# "<executor tag> <result key>" with one descriptor: fixed format, checked before use.
+_HANDOVER = re.compile(rb"^([0-9a-f]{16}) ([0-9a-f]{32})$")
+_HAND_OVER_TIMEOUT = 60.0
+
+
 class _Inbox(UnixServer):
-    """Receives result segments' descriptors from workers (SCM_RIGHTS), one per process."""
+    """Receives result segments' descriptors from workers (SCM_RIGHTS), one per process.
+
+    Only results for the tags of this process's live executors are taken (a
+    descriptor sent with any other tag is closed at once), so nothing but a
+    worker of ours can make the inbox hold a descriptor; an executor's
+    unclaimed results are closed when it releases its resources.
+    """
 
     REFUSED = b"N"
-    TIMEOUT = 10.0
 
     def __init__(self) -> None:
         self._fds: dict[str, tuple[int, str]] = {}
+        self._tags: set[str] = set()
         super().__init__("nocopy-res")
 
-    def answer(self, conn: socket.socket) -> None:
-        msg, fds, _flags, _addr = socket.recv_fds(conn, 512, 1)
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            conn.sendall(b"N")
-            return
-        tag, _, key = msg.decode("ascii").strip().partition(" ")
+    def open_tag(self, tag: str) -> str:
+        """Take results for executor *tag* from now until ``drop(tag)``; the address to send them to."""
         with self._lock:
+            self._tags.add(tag)
+        return self.address
+
+    def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
+        match = _HANDOVER.match(line)
+        if match is None or len(fds) != 1:
+            return self.BAD, None
+        tag, key = match.group(1).decode("ascii"), match.group(2).decode("ascii")
+        with self._lock:
+            if tag not in self._tags:
+                return b"N", None
+            # A repeat is our worker again after losing the reply: keep the newer descriptor.
             old = self._fds.pop(key, None)
-            self._fds[key] = (fds[0], tag)
+            self._fds[key] = (fds.pop(), tag)
         if old is not None:
             os.close(old[0])
-        conn.sendall(b"K")
+        return b"K", None
 
     def claim(self, key: str) -> int | None:
         with self._lock:
@@ -259,8 +277,9 @@ class _Inbox(UnixServer):
         return None if entry is None else entry[0]
 
     def drop(self, tag: str) -> None:
-        """Close the descriptors of results an executor will never claim (its workers died)."""
+        """Stop taking results for *tag*; close those it will never claim (its workers died)."""
         with self._lock:
+            self._tags.discard(tag)
             keys = [k for k, (_, t) in self._fds.items() if t == tag]
             fds = [self._fds.pop(k)[0] for k in keys]
         for fd in fds:
@@ -273,6 +292,7 @@ class _Inbox(UnixServer):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._fds.clear()
+        self._tags.clear()
 
 
 _inbox: PerProcess[_Inbox] = PerProcess(_Inbox)
@@ -283,20 +303,25 @@ def _get_inbox() -> _Inbox:
 
 
 def _hand_over(address: str, tag: str, key: str, fd: int) -> None:
-    """Worker side: give the parent its own descriptor of a result segment; wait until it has it."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    """Worker side: give the parent its own descriptor of a result segment; wait until it has it.
+
+    The listener must be the parent itself (its uid and the pid in the
+    address): when the parent has died, anyone may have bound its address.
+    """
     try:
-        sock.settimeout(60)
-        sock.connect("\0" + address)
-        socket.send_fds(sock, [f"{tag} {key}\n".encode("ascii")], [fd])
-        ack = sock.recv(1)
+        ack, fds = _unixserver.request(address, f"{tag} {key}".encode("ascii"), fd, _HAND_OVER_TIMEOUT)
+    except _unixserver.ForeignListenerError as exc:
+        raise SegmentNotFoundError(
+            f"refused to hand a result back: the parent's socket is held by pid {exc.pid} of uid "
+            f"{exc.uid}, not by the parent. The parent has exited; nothing was sent."
+        ) from None
     except OSError as exc:
         raise SegmentNotFoundError(
             f"cannot hand a result back to the parent process ({exc}): it has exited or "
             "stopped listening. Fix: keep the executor open until its futures are done."
         ) from None
-    finally:
-        sock.close()
+    for extra in fds:
+        os.close(extra)
     if ack != b"K":
         raise SegmentNotFoundError(f"the parent refused a result segment ({ack!r})")
 
@@ -397,13 +422,64 @@ _warm_lock = threading.Lock()
 _reaper: threading.Thread | None = None
 
 
+def _caller() -> tuple[int, int]:
+    """(pid, start time) of this process: identifies it for good, even once its pid is reused."""
+    pid = os.getpid()
+    return pid, process_start_time(pid) or 0
+
+
+def _caller_gone(pid: int, start: int) -> bool:
+    now = process_start_time(pid)
+    if now is not None:
+        return bool(start) and now != start
+    try:  # /proc hidden (hidepid): only existence can be told
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _watch_caller(pid: int, start: int) -> None:
+    """Worker: exit as soon as the caller is gone.
+
+    Nobody can use an orphan's work, and its next hand-over would go to
+    whoever binds the caller's vanished socket name. A pidfd makes this a
+    thread blocked in poll; without one (old kernel, seccomp) it polls the
+    caller's start time each second. getppid() would not do: a forkserver's
+    workers are not the caller's children.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (OSError, AttributeError):
+        pidfd = -1
+    # Opened by pid: make sure it is still our caller and not a process that got its pid since.
+    if _caller_gone(pid, start):
+        os._exit(1)
+    if pidfd >= 0:
+        poller = select.poll()  # not select(): a forked worker's fd numbers may pass FD_SETSIZE
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+        os._exit(1)
+    while not _caller_gone(pid, start):
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _worker_init(
-    table: Shared[np.ndarray], initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+    table: Shared[np.ndarray], initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+    caller: tuple[int, int] | None = None,
 ) -> None:
     global _table, _table_handle, _reaper
     # Ctrl-C goes to the whole foreground process group: the caller handles it
     # (cancels, stops the workers); workers must not die mid-queue-operation.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if caller is not None:
+        threading.Thread(target=_watch_caller, args=caller, name="nocopy-caller-watch", daemon=True).start()
     _table_handle = table
     _table = table.get()
     with _warm_lock:
@@ -744,7 +820,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
                 max_workers,
                 mp_context,
                 _worker_init,
-                (self._task_table, initializer, tuple(initargs)),
+                (self._task_table, initializer, tuple(initargs), _caller()),
                 max_tasks_per_child=max_tasks_per_child,
             )
         except BaseException:
@@ -783,7 +859,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         fn2 = self._prepare(fn, 0, found) if type(fn) is functools.partial else fn
         call = _Call(
             fn2, args2, kwargs2, next(self._task_ids), self._share_threshold,
-            _get_inbox().address, self._tag, found[0], name,
+            _get_inbox().open_tag(self._tag), self._tag, found[0], name,
         )
         future = _TaskFuture(self, call, label)
         try:

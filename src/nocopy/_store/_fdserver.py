@@ -3,27 +3,34 @@
 Opening /proc/<pid>/fd/<n> is the fast path (~4 us) but needs ptrace read
 access, which hardened kernels and some container profiles refuse even to the
 same user. Then the owner's fd server passes the descriptor over an abstract
-UNIX socket, after checking the peer's uid with SO_PEERCRED.
+UNIX socket. Each end checks the other with SO_PEERCRED: the server answers
+only its own uid, the client asks only a listener of its uid and of the pid
+the address names (an abstract name left by a dead owner may be re-bound by
+anyone).
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import secrets
-import socket
 
 from ..errors import SegmentAccessError, SegmentNotFoundError
+from . import _unixserver
 from ._perprocess import PerProcess
 from ._unixserver import UnixServer
 
 __all__ = ["FdServer", "request_fd", "server"]
 
-_MAX_REQUEST = 4096
+# A request is one line "<name> <token>": fixed format, checked before use (no parser to attack).
+_REQUEST = re.compile(rb"^([A-Za-z0-9_.-]{1,128}) ([A-Za-z0-9]{1,128})$")
+_TIMEOUT = 5.0
 
 
 class FdServer(UnixServer):
     """Hands this process's memfds to same-user processes that know name and token."""
+
+    MAX_FDS = 0
 
     def __init__(self) -> None:
         self._fds: dict[str, tuple[int, str]] = {}
@@ -37,29 +44,16 @@ class FdServer(UnixServer):
         with self._lock:
             self._fds.pop(name, None)
 
-    def answer(self, conn: socket.socket) -> None:
-        data = b""
-        while not data.endswith(b"\n") and len(data) < _MAX_REQUEST:
-            chunk = conn.recv(_MAX_REQUEST)
-            if not chunk:
-                return
-            data += chunk
-        try:
-            req = json.loads(data)
-            name, token = str(req["name"]), str(req["token"])
-        except (ValueError, KeyError, TypeError):
-            conn.sendall(b"C")
-            return
+    def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
+        match = _REQUEST.match(line)
+        if match is None or fds:
+            return self.BAD, None
+        name, token = match.group(1).decode("ascii"), match.group(2).decode("ascii")
         with self._lock:
             entry = self._fds.get(name)
-            dup = os.dup(entry[0]) if entry is not None and secrets.compare_digest(entry[1], token) else -1
-        if dup < 0:
-            conn.sendall(b"N")
-            return
-        try:
-            socket.send_fds(conn, [b"K"], [dup])
-        finally:
-            os.close(dup)
+            if entry is None or not secrets.compare_digest(entry[1], token):
+                return b"N", None
+            return b"K", os.dup(entry[0])
 
 
 _server: PerProcess[FdServer] = PerProcess(FdServer)
@@ -72,38 +66,32 @@ def server() -> FdServer:
 
 def request_fd(address: str, name: str, token: str) -> int:
     """Ask the owner's fd server for the memfd *name*; returns a new fd."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    line = f"{name} {token}".encode("ascii", "replace")
+    if _REQUEST.match(line) is None:
+        raise SegmentNotFoundError(f"segment {name!r}: not a segment name and token nocopy makes")
     try:
-        sock.settimeout(5)
-        try:
-            sock.connect("\0" + address)
-        except OSError as exc:
-            raise SegmentNotFoundError(
-                f"segment {name}: its owner cannot be reached ({exc.strerror}); the owner "
-                "process has exited or closed it. Fix: keep the owner's Shared open while "
-                "other processes attach."
-            ) from None
-        try:
-            sock.sendall(json.dumps({"name": name, "token": token}).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # a refusing server answers and closes before reading: its answer is queued
-        msg, fds, _flags, _addr = socket.recv_fds(sock, 16, 1)
-    except TimeoutError:
-        raise SegmentNotFoundError(f"segment {name}: its owner did not answer within 5 s") from None
-    except OSError as exc:
-        raise SegmentNotFoundError(
-            f"segment {name}: the owner's fd server failed ({exc.strerror}). Fix: keep the "
+        msg, fds = _unixserver.request(address, line, None, _TIMEOUT)
+    except _unixserver.ForeignListenerError as exc:
+        raise SegmentAccessError(
+            f"segment {name}: its owner's socket is now held by pid {exc.pid} of uid {exc.uid}, "
+            "not by the owner; nothing was asked of it. The owner has exited. Fix: keep the "
             "owner's Shared open while other processes attach."
         ) from None
-    finally:
-        sock.close()
+    except TimeoutError:
+        raise SegmentNotFoundError(f"segment {name}: its owner did not answer within {_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise SegmentNotFoundError(
+            f"segment {name}: its owner cannot be reached ({exc.strerror or exc}); the owner "
+            "process has exited or closed it. Fix: keep the owner's Shared open while "
+            "other processes attach."
+        ) from None
     if msg == b"K" and fds:
         for extra in fds[1:]:
             os.close(extra)
         return fds[0]
     for fd in fds:
         os.close(fd)
-    if msg == b"A":
+    if msg == FdServer.REFUSED:
         raise SegmentAccessError(
             f"segment {name} belongs to another user (uid check by its owner refused uid "
             f"{os.geteuid()}). Fix: attach from a process running as the owner's user."
