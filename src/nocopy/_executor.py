@@ -54,7 +54,13 @@ from ._store import Locator, OwnedSegment, shm_dir
 from ._store._names import memfd_link
 from ._store._perprocess import PerProcess
 from ._store._unixserver import UnixServer
-from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
+from .errors import (
+    NocopyError,
+    SegmentNotFoundError,
+    TaskUnpicklingError,
+    UnsupportedTypeError,
+    WorkerCrashedError,
+)
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor"]
 
@@ -500,12 +506,17 @@ class _WorkerCall:
         try:
             try:
                 fn, args, kwargs = pickle.loads(self.payload)
-            except BaseException as exc:
+            except Exception as exc:
                 exc.add_note(
                     f"nocopy: while unpickling the arguments of task #{self.task_id} "
                     f"({self.name}) in worker pid {os.getpid()}"
                 )
                 raise
+            except BaseException as exc:
+                # Sent back as it is, a SystemExit would end the caller's program.
+                raise _unpickling_stopped(
+                    exc, f"the arguments of task #{self.task_id} ({self.name})", f"worker pid {os.getpid()}"
+                ) from None
             if self.has_handles:
                 if type(fn) is functools.partial:
                     fn = _unwrap(fn, 0)
@@ -526,6 +537,17 @@ class _WorkerCall:
         finally:
             if table is not None:
                 table[row, 2] = _FINISHED
+
+
+def _unpickling_stopped(exc: BaseException, what: str, where: str) -> TaskUnpicklingError:
+    return TaskUnpicklingError(
+        f"{exc!r} was raised while unpickling {what} in {where}; it fails that task only and is "
+        f"reported as this error, so that it cannot stop the caller's program. Fix: find why "
+        f"unpickling that object raises {type(exc).__name__} (its __reduce__ or __setstate__), "
+        "or pass it in a form that unpickles.",
+        task=what,
+        raised=type(exc).__name__,
+    )
 
 
 def _rebuild_worker_call(*args: Any) -> _WorkerCall:
@@ -658,9 +680,15 @@ class _TaskFuture(Future[Any]):
             reply = inner.result()
             try:
                 value = pickle.loads(reply.data) if type(reply) is _Reply else reply
-            except BaseException as err:
+            except Exception as err:
                 err.add_note(f"nocopy: while unpickling the result of {self.label()} in the caller")
                 self.set_exception(err)
+                return
+            except BaseException as err:
+                # result() would raise it in the caller: a SystemExit would end its program.
+                wrapped = _unpickling_stopped(err, f"the result of {self.label()}", "the caller")
+                wrapped.__cause__ = err
+                self.set_exception(wrapped)
                 return
             self.set_result(value)
         except BaseException as err:  # pragma: no cover - a callback must never leave it pending
