@@ -24,8 +24,10 @@ How a task travels (parent -> worker -> parent):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import inspect
 import io
 import itertools
 import os
@@ -38,10 +40,15 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool, _ExecutorManagerThread, _threads_wakeups
+from concurrent.futures.process import (
+    BrokenProcessPool,
+    _ExecutorManagerThread,
+    _process_chunk,
+    _threads_wakeups,
+)
 from multiprocessing.connection import wait as _wait_sentinels
 from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
@@ -74,6 +81,9 @@ _RING = 4096
 _STARTED, _FINISHED = 1, 2
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 _MAX_DEPTH = 4
+# Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
+_STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
+_STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
 
 
 # ---------------------------------------------------------------------------
@@ -977,6 +987,102 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             return value
         found[0] = True
         return _AutoArg(shared, _converted_columns(value))
+
+    # -- Python 3.14's API on every Python ----------------------------------
+    def map(
+        self, fn: Callable[..., R], *iterables: Any, timeout: float | None = None, chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """Like the stdlib's ``map``, with Python 3.14's ``buffersize`` on every Python.
+
+        ``buffersize=N`` (an int >= 1) reads the iterables lazily and keeps at
+        most N tasks (chunks of ``chunksize`` items) submitted and not yet
+        yielded, so an endless or huge input never piles up as pending tasks.
+
+        Example::
+
+            >>> it = ex.map(np.sum, frames_from_disk(), buffersize=4)   # doctest: +SKIP
+            >>> next(it)                                                 # doctest: +SKIP
+        """
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
+            raise ValueError(f"buffersize must be None or an int >= 1, not {buffersize!r}")
+        if buffersize is None:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        if _STDLIB_HAS_BUFFERSIZE:
+            std: Any = super()
+            return cast(Iterator[R], std.map(fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize))
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        items = zip(*iterables, strict=False)
+        chunks = iter(lambda: tuple(itertools.islice(items, chunksize)), ())
+        call = functools.partial(_process_chunk, fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The first tasks go in now, as with the stdlib's map: before the first next().
+        in_flight = collections.deque(self.submit(call, chunk) for chunk in itertools.islice(chunks, buffersize))
+        return self._buffered(in_flight, chunks, call, deadline)
+
+    def _buffered(
+        self, in_flight: collections.deque[Future[Any]], chunks: Iterator[tuple[Any, ...]],
+        call: Callable[..., Any], deadline: float | None,
+    ) -> Iterator[Any]:
+        # Holds the executor (self), unlike 3.14's map: an executor collected
+        # mid-way would otherwise end the results early without a word.
+        try:
+            while in_flight:
+                oldest = in_flight.popleft()
+                try:
+                    results = oldest.result(None if deadline is None else deadline - time.monotonic())
+                finally:
+                    del oldest
+                # Only now the next task: at most buffersize are ever in flight.
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    in_flight.append(self.submit(call, chunk))
+                yield from results
+                del results
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+    if not _STDLIB_HAS_TERMINATE_WORKERS:
+
+        def terminate_workers(self) -> None:
+            """Python 3.14's: shut down without waiting and send SIGTERM to every worker still alive.
+
+            Pending tasks are cancelled; running ones fail with
+            :class:`~nocopy.errors.WorkerCrashedError` naming the signal. The pool
+            is broken afterwards; its segments are freed once its manager thread
+            has reaped the workers.
+
+            Example::
+
+                >>> ex.terminate_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=False)
+
+        def kill_workers(self) -> None:
+            """Python 3.14's: like :meth:`terminate_workers`, with SIGKILL.
+
+            Example::
+
+                >>> ex.kill_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=True)
+
+    def _signal_workers(self, *, kill: bool) -> None:
+        # shutdown() drops the executor's process dict: take it first. Not
+        # waiting: a worker that ignores the signal must not hang the caller.
+        processes = list((self._processes or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError, ValueError):  # it ended meanwhile
+                if p.is_alive():
+                    if kill:
+                        p.kill()
+                    else:
+                        p.terminate()
 
     # -- the manager thread ---------------------------------------------
     def _start_executor_manager_thread(self) -> None:
