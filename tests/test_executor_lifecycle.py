@@ -183,3 +183,17 @@ def test_shutdown_without_wait_frees_the_segments_once_the_work_is_done(backend:
     # Freed by the manager thread on its way out: the executor object and the
     # argument are both still alive here, and nobody calls shutdown() again.
     assert made_here(backend) - segments == set()
+
+
+def test_shutdown_after_shutdown_without_wait_does_not_free_what_starting_workers_need() -> None:
+    # The stdlib's second shutdown() has no thread left to wait for: it returns
+    # while spawned workers are still starting; they must still find the task table.
+    threads = set(threading.enumerate())
+    shm_dir = Path(os.environ.get("NOCOPY_SHM_DIR", "/dev/shm"))
+    segments = made_here(shm_dir)
+    with nocopy.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
+        futures = [ex.submit(square, x) for x in range(4)]
+        ex.shutdown(wait=False)
+    assert [f.result() for f in futures] == [0, 1, 4, 9]
+    join_new_manager_threads(threads)
+    assert made_here(shm_dir) - segments == set()

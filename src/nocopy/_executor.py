@@ -742,6 +742,8 @@ class _PoolResources:
         # crash reports still need to know which processes there were.
         self.procs: MutableMapping[int, Any] = {}
         self.aborting = False
+        # Once a manager thread has started, it alone frees these, on its way out.
+        self.managed = False
         self._table_view: np.ndarray | None = None
         self._crash: tuple[list[tuple[int, int | None]], dict[int, int]] | None = None
         self._crash_lock = threading.Lock()
@@ -815,6 +817,10 @@ class _PoolResources:
             if self._released:
                 return
             self._released = True
+        if reclaim:
+            self.crash_info()  # while the table and the processes are here: later reports reuse it
+        # Futures hold this object long after: not the workers' Process objects (and their fds).
+        self.procs = {}
         self.cache.clear(close=True)
         self._table_view = None
         self.task_table.close()
@@ -1094,6 +1100,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             if not std._safe_to_dynamically_spawn_children:  # fork: workers before any thread
                 std._launch_processes()
             thread = _ManagerThread(self, self._resources)
+            self._resources.managed = True
             std._executor_manager_thread = thread
             thread.start()
             _threads_wakeups[thread] = self._executor_manager_thread_wakeup
@@ -1107,14 +1114,15 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             >>> ex.shutdown()       # doctest: +SKIP
         """
         broken = bool(self._broken)
-        started = self._executor_manager_thread is not None
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        if wait or not started:
-            self._resources.release(reclaim=broken)
-        else:
-            # Tasks still queued need the segments: the manager thread frees
-            # them when it exits. Meanwhile each shared argument is freed as
-            # soon as the last task using it is done.
+        if not self._resources.managed:
+            self._resources.release(reclaim=broken)  # no task ever: nobody else will
+        elif not wait:
+            # The manager thread frees the segments when it exits, after the
+            # tasks still queued (with wait=True it has exited by now, unless
+            # an earlier shutdown(wait=False) let it go on: then it still
+            # frees them, and this does not wait, as the stdlib does not).
+            # Meanwhile each shared argument goes with the last task using it.
             self._resources.cache.clear(close=False)
 
     def _abort(self) -> None:
