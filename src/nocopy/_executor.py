@@ -20,6 +20,10 @@ How a task travels (parent -> worker -> parent):
 * Each task writes (task id, pid, state) into a small shared table, so when a
   worker dies the caller's :class:`~nocopy.errors.WorkerCrashedError` names
   the exit code or signal *and* the task it was running.
+* The table and the shared arguments belong to the pool's manager thread, not
+  to the executor object: like the stdlib's, an executor collected with work
+  pending (no ``with``, no ``shutdown()``) finishes that work, and the thread
+  frees the segments when it exits.
 """
 
 from __future__ import annotations
