@@ -1101,7 +1101,8 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         # _ThreadWakeup; it holds the thread.
         std: Any = self
         if std._executor_manager_thread is None:
-            if not std._safe_to_dynamically_spawn_children:  # fork: workers before any thread
+            # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
+            if not getattr(std, "_safe_to_dynamically_spawn_children", True):
                 std._launch_processes()
             thread = _ManagerThread(self, self._resources)
             self._resources.managed = True
