@@ -16,6 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# CPython's vendored test module runs under unittest, in a subprocess started by
+# test_stdlib_conformance.py (see cpython/README.md): not collected by pytest.
+collect_ignore = ["cpython"]
+
 
 class Procs:
     """Processes a test started; every one is reaped at teardown, by pid."""

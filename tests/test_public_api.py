@@ -93,6 +93,9 @@ def test_error_tree() -> None:
     from concurrent.futures.process import BrokenProcessPool
 
     assert issubclass(e.WorkerCrashedError, (e.NocopyError, BrokenProcessPool))
+    import pickle
+
+    assert issubclass(e.TaskUnpicklingError, (e.NocopyError, pickle.UnpicklingError))
 
 
 def test_import_does_not_pull_optional_dependencies() -> None:

@@ -20,12 +20,18 @@ How a task travels (parent -> worker -> parent):
 * Each task writes (task id, pid, state) into a small shared table, so when a
   worker dies the caller's :class:`~nocopy.errors.WorkerCrashedError` names
   the exit code or signal *and* the task it was running.
+* The table and the shared arguments belong to the pool's manager thread, not
+  to the executor object: like the stdlib's, an executor collected with work
+  pending (no ``with``, no ``shutdown()``) finishes that work, and the thread
+  frees the segments when it exits.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import inspect
 import io
 import itertools
 import os
@@ -39,10 +45,15 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import (
+    BrokenProcessPool,
+    _ExecutorManagerThread,
+    _process_chunk,
+    _threads_wakeups,
+)
 from multiprocessing.connection import wait as _wait_sentinels
 from multiprocessing.context import BaseContext
 from multiprocessing.reduction import ForkingPickler
@@ -55,7 +66,13 @@ from ._store import Locator, OwnedSegment, _unixserver, shm_dir
 from ._store._names import memfd_link, process_start_time
 from ._store._perprocess import PerProcess
 from ._store._unixserver import UnixServer
-from .errors import NocopyError, SegmentNotFoundError, UnsupportedTypeError, WorkerCrashedError
+from .errors import (
+    NocopyError,
+    SegmentNotFoundError,
+    TaskUnpicklingError,
+    UnsupportedTypeError,
+    WorkerCrashedError,
+)
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor"]
 
@@ -69,6 +86,9 @@ _RING = 4096
 _STARTED, _FINISHED = 1, 2
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 _MAX_DEPTH = 4
+# Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
+_STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
+_STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
 
 
 # ---------------------------------------------------------------------------
@@ -576,12 +596,17 @@ class _WorkerCall:
         try:
             try:
                 fn, args, kwargs = pickle.loads(self.payload)
-            except BaseException as exc:
+            except Exception as exc:
                 exc.add_note(
                     f"nocopy: while unpickling the arguments of task #{self.task_id} "
                     f"({self.name}) in worker pid {os.getpid()}"
                 )
                 raise
+            except BaseException as exc:
+                # Sent back as it is, a SystemExit would end the caller's program.
+                raise _unpickling_stopped(
+                    exc, f"the arguments of task #{self.task_id} ({self.name})", f"worker pid {os.getpid()}"
+                ) from None
             if self.has_handles:
                 if type(fn) is functools.partial:
                     fn = _unwrap(fn, 0)
@@ -602,6 +627,17 @@ class _WorkerCall:
         finally:
             if table is not None:
                 table[row, 2] = _FINISHED
+
+
+def _unpickling_stopped(exc: BaseException, what: str, where: str) -> TaskUnpicklingError:
+    return TaskUnpicklingError(
+        f"{exc!r} was raised while unpickling {what} in {where}; it fails that task only and is "
+        f"reported as this error, so that it cannot stop the caller's program. Fix: find why "
+        f"unpickling that object raises {type(exc).__name__} (its __reduce__ or __setstate__), "
+        "or pass it in a form that unpickles.",
+        task=what,
+        raised=type(exc).__name__,
+    )
 
 
 def _rebuild_worker_call(*args: Any) -> _WorkerCall:
@@ -689,9 +725,11 @@ def _describe_exit(pid: int, code: int | None) -> str:
 class _TaskFuture(Future[Any]):
     """The future the caller gets: mirrors the stdlib's, with results opened and crashes named."""
 
-    def __init__(self, executor: ProcessPoolExecutor, call: _Call, label: str | None) -> None:
+    def __init__(self, pool: _PoolResources, call: _Call, label: str | None) -> None:
         super().__init__()
-        self._executor_ref = weakref.ref(executor)
+        # The pool's resources, not the executor: a future outlives a collected
+        # executor and must still name the worker that died under its task.
+        self._pool = pool
         self._call: _Call | None = call
         self._task_id = call.task_id
         self._label = label
@@ -732,9 +770,15 @@ class _TaskFuture(Future[Any]):
             reply = inner.result()
             try:
                 value = pickle.loads(reply.data) if type(reply) is _Reply else reply
-            except BaseException as err:
+            except Exception as err:
                 err.add_note(f"nocopy: while unpickling the result of {self.label()} in the caller")
                 self.set_exception(err)
+                return
+            except BaseException as err:
+                # result() would raise it in the caller: a SystemExit would end its program.
+                wrapped = _unpickling_stopped(err, f"the result of {self.label()}", "the caller")
+                wrapped.__cause__ = err
+                self.set_exception(wrapped)
                 return
             self.set_result(value)
         except BaseException as err:  # pragma: no cover - a callback must never leave it pending
@@ -746,17 +790,151 @@ class _TaskFuture(Future[Any]):
     def _translate(self, exc: BaseException) -> BaseException:
         if not isinstance(exc, BrokenProcessPool) or isinstance(exc, WorkerCrashedError):
             return exc
-        executor = self._executor_ref()
-        if executor is None:
-            return exc
-        if executor._aborting:
+        if self._pool.aborting:
             err: BaseException = CancelledError(
                 f"{self.label()} was stopped: the caller was interrupted and stopped the workers"
             )
         else:
-            err = executor._crash_error(self._task_id, self.label())
+            err = self._pool.crash_error(self._task_id, self.label())
         err.__cause__ = exc.__cause__ or exc
         return err
+
+
+class _PoolResources:
+    """What an executor's workers, manager thread and futures need, for as long as they need it.
+
+    The standard library lets an executor be collected with work pending (no
+    ``with``, no ``shutdown()``): its manager thread holds only a weak reference
+    to the executor, finishes the pending work, stops the workers and exits.
+    Workers started meanwhile open the task table, and queued tasks map their
+    shared arguments, so those segments cannot belong to the executor object.
+    They belong here: the manager thread (and every future, to name crashes)
+    holds this, and it is freed when that thread exits -- or when
+    ``shutdown(wait=True)`` has waited for it, or at once if no task was ever
+    submitted.
+    """
+
+    def __init__(self) -> None:
+        self.tag = secrets.token_hex(8)
+        self.cache = _ShareCache()
+        self.task_table: Shared[np.ndarray] = zeros((_RING, 3), "i8")
+        # The executor's pid -> process dict, which the stdlib drops at shutdown:
+        # crash reports still need to know which processes there were.
+        self.procs: MutableMapping[int, Any] = {}
+        self.aborting = False
+        # Once a manager thread has started, it alone frees these, on its way out.
+        self.managed = False
+        self._table_view: np.ndarray | None = None
+        self._crash: tuple[list[tuple[int, int | None]], dict[int, int]] | None = None
+        self._crash_lock = threading.Lock()
+        # The manager thread, shutdown() and an abort may all release at once.
+        self._release_lock = threading.Lock()
+        self._released = False
+
+    def table(self) -> np.ndarray | None:
+        """The crash-attribution table as the workers write it, or None once it is freed."""
+        if self._table_view is None:
+            with contextlib.suppress(NocopyError, OSError):
+                self._table_view = self.task_table.get()
+        return self._table_view
+
+    def crash_info(self) -> tuple[list[tuple[int, int | None]], dict[int, int]]:
+        """(dead workers as (pid, exit code), task id -> pid that was running it)."""
+        with self._crash_lock:
+            if self._crash is not None:
+                return self._crash
+            dead: list[tuple[int, int | None]] = []
+            for pid, proc in list(self.procs.items()):
+                code = proc.exitcode
+                if code is None and _wait_sentinels([proc.sentinel], 0):
+                    proc.join(2.0)  # its pipe closed a moment before it became reapable
+                    code = proc.exitcode
+                if code is not None:
+                    dead.append((pid, code))
+            running: dict[int, int] = {}
+            table = self.table()
+            if table is not None and dead:
+                for pid, _ in dead:
+                    rows = table[(table[:, 1] == pid) & (table[:, 2] == _STARTED)]
+                    if len(rows):
+                        running[int(rows[:, 0].max())] = pid
+            self._crash = (dead, running)
+            return self._crash
+
+    def crash_error(self, task_id: int | None, label: str | None) -> WorkerCrashedError:
+        """The error for task *task_id* (None: for the pool) of a pool whose worker died."""
+        dead, running = self.crash_info()
+        exitcode = dead[0][1] if dead else None
+        if not dead:
+            what = "a worker process terminated abruptly"
+        else:
+            what = "; ".join(_describe_exit(pid, code) for pid, code in dead)
+        culprit = [tid for tid, pid in running.items()]
+        crashed_task: str | None = None
+        if task_id is not None and task_id in running:
+            pid = running[task_id]
+            exitcode = dict(dead).get(pid, exitcode)
+            crashed_task = label
+            msg = f"{_describe_exit(pid, exitcode)} while running {label}"
+        elif task_id is not None:
+            where = (
+                f" (it was running task{'s' if len(culprit) > 1 else ''} "
+                f"#{', #'.join(map(str, sorted(culprit)))})" if culprit else ""
+            )
+            msg = f"{label} was lost: {what}{where}, which broke the pool"
+            crashed_task = None
+        else:
+            msg = f"the pool is broken: {what}"
+        msg += (
+            ". The data and the caller are fine; this executor cannot run tasks any more. "
+            "Fix: start a new executor (and find out why the worker died)."
+        )
+        return WorkerCrashedError(msg, exitcode=exitcode, task=crashed_task)
+
+    def release(self, *, reclaim: bool) -> None:
+        """Free the segments; idempotent. *reclaim*: a worker died, sweep posix orphans too."""
+        with self._release_lock:
+            if self._released:
+                return
+            self._released = True
+        if reclaim:
+            self.crash_info()  # while the table and the processes are here: later reports reuse it
+        # Futures hold this object long after: not the workers' Process objects (and their fds).
+        self.procs = {}
+        self.cache.clear(close=True)
+        self._table_view = None
+        self.task_table.close()
+        inbox = _inbox.peek()
+        if inbox is not None:
+            inbox.drop(self.tag)
+        if reclaim:
+            _reclaim_posix()
+
+
+class _ManagerThread(_ExecutorManagerThread):
+    """The stdlib's executor manager thread, also keeping the pool's resources until it exits.
+
+    It holds the executor only weakly and outlives it while work is pending,
+    exactly as the stdlib's does; the segments that work needs live as long as
+    this thread, not as long as the executor object.
+    """
+
+    def __init__(self, executor: ProcessPoolExecutor, resources: _PoolResources) -> None:
+        super().__init__(executor)
+        self.resources = resources
+        self.broke = False
+
+    def terminate_broken(self, cause: Any) -> None:
+        self.broke = True
+        super().terminate_broken(cause)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # Every future is settled by now (results are claimed in its done
+            # callbacks, which run in this thread) and every worker is joined.
+            self.resources.release(reclaim=self.broke)
 
 
 class ProcessPoolExecutor(_StdProcessPoolExecutor):
@@ -805,29 +983,21 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
-        self._cache = _ShareCache()
-        self._tag = secrets.token_hex(8)
         self._task_ids = itertools.count(1)
-        self._aborting = False
-        self._crash: tuple[list[tuple[int, int | None]], dict[int, int]] | None = None
-        self._crash_lock = threading.Lock()
-        self._resources_released = False
-        self._task_table: Shared[np.ndarray] = zeros((_RING, 3), "i8")
-        self._table_view: np.ndarray | None = None
+        self._resources = _PoolResources()
         _preload_in_forkserver(mp_context)
         try:
             super().__init__(
                 max_workers,
                 mp_context,
                 _worker_init,
-                (self._task_table, initializer, tuple(initargs), _caller()),
+                (self._resources.task_table, initializer, tuple(initargs), _caller()),
                 max_tasks_per_child=max_tasks_per_child,
             )
         except BaseException:
-            self._task_table.close()
+            self._resources.release(reclaim=False)
             raise
-        # The stdlib drops its reference to this dict at shutdown; crash
-        # reports still need to know which processes there were.
+        self._resources.procs = self._processes
         self._procs: MutableMapping[int, Any] = self._processes
 
     @property
@@ -851,7 +1021,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         name: str | None = None,
     ) -> Future[Any]:
         if self._broken:
-            raise self._crash_error(None, None)
+            raise self._resources.crash_error(None, None)
         found = [False]
         args2 = self._prepare(args, 0, found) if args else args
         kwargs2 = self._prepare(kwargs, 0, found) if kwargs else kwargs
@@ -859,13 +1029,13 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         fn2 = self._prepare(fn, 0, found) if type(fn) is functools.partial else fn
         call = _Call(
             fn2, args2, kwargs2, next(self._task_ids), self._share_threshold,
-            _get_inbox().open_tag(self._tag), self._tag, found[0], name,
+            _get_inbox().open_tag(self._resources.tag), self._resources.tag, found[0], name,
         )
-        future = _TaskFuture(self, call, label)
+        future = _TaskFuture(self._resources, call, label)
         try:
             inner: Future[Any] = super().submit(cast(Callable[[], Any], call))
         except BrokenProcessPool:
-            raise self._crash_error(None, None) from None
+            raise self._resources.crash_error(None, None) from None
         future._attach(inner)
         return future
 
@@ -893,75 +1063,128 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             if func is value.func and pargs is value.args and pkw is value.keywords:
                 return value
             return functools.partial(func, *pargs, **pkw)
-        known, shared = self._cache.cached(value)
+        known, shared = self._resources.cache.cached(value)
         if not known:
             nbytes = _data_nbytes(value)
             if nbytes is None or nbytes < self._share_threshold:
                 return value
-            shared = self._cache.lookup(value)
+            shared = self._resources.cache.lookup(value)
         if shared is None:
             return value
         found[0] = True
         return _AutoArg(shared, _converted_columns(value))
 
-    # -- crashes --------------------------------------------------------
-    def _crash_info(self) -> tuple[list[tuple[int, int | None]], dict[int, int]]:
-        """(dead workers as (pid, exit code), task id -> pid that was running it)."""
-        with self._crash_lock:
-            if self._crash is not None:
-                return self._crash
-            dead: list[tuple[int, int | None]] = []
-            for pid, proc in list(self._procs.items()):
-                code = proc.exitcode
-                if code is None and _wait_sentinels([proc.sentinel], 0):
-                    proc.join(2.0)  # its pipe closed a moment before it became reapable
-                    code = proc.exitcode
-                if code is not None:
-                    dead.append((pid, code))
-            running: dict[int, int] = {}
-            table = self._table()
-            if table is not None and dead:
-                for pid, _ in dead:
-                    rows = table[(table[:, 1] == pid) & (table[:, 2] == _STARTED)]
-                    if len(rows):
-                        running[int(rows[:, 0].max())] = pid
-            self._crash = (dead, running)
-            return self._crash
+    # -- Python 3.14's API on every Python ----------------------------------
+    def map(
+        self, fn: Callable[..., R], *iterables: Any, timeout: float | None = None, chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """Like the stdlib's ``map``, with Python 3.14's ``buffersize`` on every Python.
 
-    def _table(self) -> np.ndarray | None:
-        if self._table_view is None:
-            with contextlib.suppress(NocopyError, OSError):
-                self._table_view = self._task_table.get()
-        return self._table_view
+        ``buffersize=N`` (an int >= 1) reads the iterables lazily and keeps at
+        most N tasks (chunks of ``chunksize`` items) submitted and not yet
+        yielded, so an endless or huge input never piles up as pending tasks.
 
-    def _crash_error(self, task_id: int | None, label: str | None) -> WorkerCrashedError:
-        dead, running = self._crash_info()
-        exitcode = dead[0][1] if dead else None
-        if not dead:
-            what = "a worker process terminated abruptly"
-        else:
-            what = "; ".join(_describe_exit(pid, code) for pid, code in dead)
-        culprit = [tid for tid, pid in running.items()]
-        crashed_task: str | None = None
-        if task_id is not None and task_id in running:
-            pid = running[task_id]
-            exitcode = dict(dead).get(pid, exitcode)
-            crashed_task = label
-            msg = f"{_describe_exit(pid, exitcode)} while running {label}"
-        elif task_id is not None:
-            where = (
-                f" (it was running task{'s' if len(culprit) > 1 else ''} "
-                f"#{', #'.join(map(str, sorted(culprit)))})" if culprit else ""
-            )
-            msg = f"{label} was lost: {what}{where}, which broke the pool"
-            crashed_task = None
-        else:
-            msg = f"the pool is broken: {what}"
-        msg += (
-            ". The data and the caller are fine; this executor cannot run tasks any more. "
-            "Fix: start a new executor (and find out why the worker died)."
-        )
-        return WorkerCrashedError(msg, exitcode=exitcode, task=crashed_task)
+        Example::
+
+            >>> it = ex.map(np.sum, frames_from_disk(), buffersize=4)   # doctest: +SKIP
+            >>> next(it)                                                 # doctest: +SKIP
+        """
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
+            raise ValueError(f"buffersize must be None or an int >= 1, not {buffersize!r}")
+        if buffersize is None:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        if _STDLIB_HAS_BUFFERSIZE:
+            std: Any = super()
+            return cast(Iterator[R], std.map(fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize))
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        items = zip(*iterables, strict=False)
+        chunks = iter(lambda: tuple(itertools.islice(items, chunksize)), ())
+        call = functools.partial(_process_chunk, fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The first tasks go in now, as with the stdlib's map: before the first next().
+        in_flight = collections.deque(self.submit(call, chunk) for chunk in itertools.islice(chunks, buffersize))
+        return self._buffered(in_flight, chunks, call, deadline)
+
+    def _buffered(
+        self, in_flight: collections.deque[Future[Any]], chunks: Iterator[tuple[Any, ...]],
+        call: Callable[..., Any], deadline: float | None,
+    ) -> Iterator[Any]:
+        # Holds the executor (self), unlike 3.14's map: an executor collected
+        # mid-way would otherwise end the results early without a word.
+        try:
+            while in_flight:
+                oldest = in_flight.popleft()
+                try:
+                    results = oldest.result(None if deadline is None else deadline - time.monotonic())
+                finally:
+                    del oldest
+                # Only now the next task: at most buffersize are ever in flight.
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    in_flight.append(self.submit(call, chunk))
+                yield from results
+                del results
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+    if not _STDLIB_HAS_TERMINATE_WORKERS:
+
+        def terminate_workers(self) -> None:
+            """Python 3.14's: shut down without waiting and send SIGTERM to every worker still alive.
+
+            Pending tasks are cancelled; running ones fail with
+            :class:`~nocopy.errors.WorkerCrashedError` naming the signal. The pool
+            is broken afterwards; its segments are freed once its manager thread
+            has reaped the workers.
+
+            Example::
+
+                >>> ex.terminate_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=False)
+
+        def kill_workers(self) -> None:
+            """Python 3.14's: like :meth:`terminate_workers`, with SIGKILL.
+
+            Example::
+
+                >>> ex.kill_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=True)
+
+    def _signal_workers(self, *, kill: bool) -> None:
+        # shutdown() drops the executor's process dict: take it first. Not
+        # waiting: a worker that ignores the signal must not hang the caller.
+        processes = list((self._processes or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError, ValueError):  # it ended meanwhile
+                if p.is_alive():
+                    if kill:
+                        p.kill()
+                    else:
+                        p.terminate()
+
+    # -- the manager thread ---------------------------------------------
+    def _start_executor_manager_thread(self) -> None:
+        # The stdlib's, starting a manager thread that also owns this pool's
+        # resources (see _PoolResources). typeshed types the attribute as a
+        # _ThreadWakeup; it holds the thread.
+        std: Any = self
+        if std._executor_manager_thread is None:
+            # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
+            if not getattr(std, "_safe_to_dynamically_spawn_children", True):
+                std._launch_processes()
+            thread = _ManagerThread(self, self._resources)
+            self._resources.managed = True
+            std._executor_manager_thread = thread
+            thread.start()
+            _threads_wakeups[thread] = self._executor_manager_thread_wakeup
 
     # -- shutting down --------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -973,29 +1196,19 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         """
         broken = bool(self._broken)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        if wait:
-            self._release_resources(reclaim=broken)
-        else:
-            # Tasks still queued need the segments: let go of the cache only;
-            # each segment is freed when the last task using it is done.
-            self._cache.clear(close=False)
-
-    def _release_resources(self, *, reclaim: bool) -> None:
-        if self._resources_released:
-            return
-        self._resources_released = True
-        self._cache.clear(close=True)
-        self._table_view = None
-        self._task_table.close()
-        inbox = _inbox.peek()
-        if inbox is not None:
-            inbox.drop(self._tag)
-        if reclaim:
-            _reclaim_posix()
+        if not self._resources.managed:
+            self._resources.release(reclaim=broken)  # no task ever: nobody else will
+        elif not wait:
+            # The manager thread frees the segments when it exits, after the
+            # tasks still queued (with wait=True it has exited by now, unless
+            # an earlier shutdown(wait=False) let it go on: then it still
+            # frees them, and this does not wait, as the stdlib does not).
+            # Meanwhile each shared argument goes with the last task using it.
+            self._resources.cache.clear(close=False)
 
     def _abort(self) -> None:
         """Stop at once (Ctrl-C): cancel pending tasks, stop the workers, free everything."""
-        self._aborting = True
+        self._resources.aborting = True
         procs = list(self._procs.values())
         manager: Any = getattr(self, "_executor_manager_thread", None)
         with contextlib.suppress(Exception):
@@ -1011,7 +1224,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
                     p.join(5)
         if manager is not None:
             manager.join(10)
-        self._release_resources(reclaim=True)
+        self._resources.release(reclaim=True)
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):

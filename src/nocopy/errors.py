@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
+from pickle import UnpicklingError
 from typing import Any
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "SegmentAccessError",
     "SegmentCorruptError",
     "SegmentNotFoundError",
+    "TaskUnpicklingError",
     "UnsupportedTypeError",
     "WorkerCrashedError",
 ]
@@ -145,3 +147,36 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
         super().__init__(message)
         self.exitcode = exitcode
         self.task = task
+
+
+class TaskUnpicklingError(NocopyError, UnpicklingError):
+    """Unpickling an executor task's argument (in the worker) or result (in the caller) raised
+    ``SystemExit``, ``KeyboardInterrupt`` or another exception that is not an ``Exception``.
+
+    nocopy's executor unpickles each task's data inside that task, so a failure
+    fails that task only (the standard library's pool would break). An
+    ordinary exception comes out of ``future.result()`` as it is, with a note
+    naming the task; one that would end or interrupt the caller's program is
+    reported as this error instead. The original is named in the message (and
+    chained as ``__cause__`` when raised in the caller).
+
+    Attributes: ``task`` (which task and which data, e.g. ``the arguments of
+    task #3 (mod.fn)``), ``raised`` (the original exception's type name).
+
+    Example::
+
+        >>> import pickle
+        >>> issubclass(nocopy.errors.TaskUnpicklingError, pickle.UnpicklingError)
+        True
+        >>> fut = ex.submit(fn, ExitsWhenUnpickled())  # doctest: +SKIP
+        >>> fut.result()  # doctest: +SKIP
+        TaskUnpicklingError: SystemExit(3) was raised while unpickling the arguments of task #1 (fn) ...
+    """
+
+    task: str | None
+    raised: str | None
+
+    def __init__(self, message: str, *, task: str | None = None, raised: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+        self.raised = raised
