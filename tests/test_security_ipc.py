@@ -344,7 +344,7 @@ def test_the_inbox_keeps_no_descriptor_from_a_bad_message(data: bytes, nfds: int
 def test_the_inbox_forgets_a_released_executors_tag() -> None:
     with nocopy.ProcessPoolExecutor(1) as ex:
         assert ex.submit(_big, 1).result()[0] == 1
-        tag = ex._tag
+        tag = ex._resources.tag
     inbox = _executor._get_inbox()
     name = secrets.token_hex(16)
     fd = _memfd(name)
@@ -374,7 +374,7 @@ with socket.socket(socket.AF_UNIX) as s:
     with nocopy.ProcessPoolExecutor(1) as ex:
         assert ex.submit(_big, 1).result()[0] == 1  # its tag is live
         name = secrets.token_hex(16)
-        p = procs.python(code, inbox.address, name, f"{ex._tag} {secrets.token_hex(16)}")
+        p = procs.python(code, inbox.address, name, f"{ex._resources.tag} {secrets.token_hex(16)}")
         out, err = p.communicate(timeout=60)
         assert out.decode().strip() == "N", err.decode()
         assert _eventually(lambda: _fds_named(name) == 0)
