@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from nocopy._codec._buffer import decode_buffer, plan
+from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import MAGIC, MAX_HEADER_ITEMS, PREFIX, VERSION, align
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
 
@@ -328,12 +328,12 @@ def test_a_node_missing_a_field_is_refused_as_corrupt(tree: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("bug", [KeyError, IndexError, AttributeError])
 def test_a_bug_in_a_decoder_propagates_with_its_traceback(monkeypatch: pytest.MonkeyPatch, bug: type) -> None:
-    from nocopy._codec import _core
+    from nocopy._codec import _registry
 
     def broken(dec: Any, node: Any) -> Any:
         raise bug("a bug, not a corrupt segment")
 
-    monkeypatch.setitem(_core._DECODERS, "test.broken", broken)
+    monkeypatch.setitem(_registry._DECODERS, "test.broken", broken)
     with pytest.raises(bug, match="a bug, not a corrupt segment"):
         decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))
 

@@ -6,8 +6,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, overload
 
-from ._codec import Encoder, Note
+from ._codec import Note, explain_notes
 from ._shared import Shared
+from ._text import render_table
 
 __all__ = ["Explanation", "explain"]
 
@@ -69,20 +70,9 @@ class Explanation:
     def __str__(self) -> str:
         header = ("path", "dtype", "status", "detail")
         rows = [(n.path, n.dtype, n.status, n.detail) for n in self._notes]
-        widths = [
-            min(max([len(header[i])] + [len(r[i]) for r in rows]), 40 if i < 2 else 12)
-            for i in range(3)
-        ]
-
-        def fmt(row: tuple[str, ...]) -> str:
-            cells = [_clip(row[i], widths[i]).ljust(widths[i]) for i in range(3)]
-            return "  ".join([*cells, row[3]]).rstrip()
-
-        lines = [fmt(header), "  ".join("-" * w for w in widths) + "  ------"]
-        lines += [fmt(r) for r in rows]
         counts = ", ".join(f"{k}: {v}" for k, v in self.summary().items())
-        lines.append(f"({len(rows)} parts; {counts or 'nothing to share'})")
-        return "\n".join(lines)
+        table = render_table(header, rows, rule=True, max_width=[40, 40, 12])
+        return f"{table}\n({len(rows)} parts; {counts or 'nothing to share'})"
 
     def __repr__(self) -> str:
         return str(self)
@@ -101,10 +91,6 @@ class Explanation:
         )
 
 
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
     """Report, per column/field, how :func:`nocopy.share` would store *obj*.
 
@@ -120,7 +106,7 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
         >>> df = pd.DataFrame({"x": [1.0, 2.0], "s": pd.Series(["a", "b"], dtype=object)})
         >>> print(nocopy.explain(df))  # doctest: +NORMALIZE_WHITESPACE
         path      dtype         status     detail
-        --------  ------------  ---------  ------
+        --------  ------------  ---------  ---------------------------------------------------------------------------------------------------------------
         .index    RangeIndex    zero-copy  metadata only
         .columns  str           zero-copy  Arrow large_string buffers
         ['x']     float64       zero-copy
@@ -132,6 +118,4 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
             Note("<root>", f"Shared ({obj.kind})", "zero-copy",
                  "already in shared memory: share() returns the handle as it is")
         ])
-    enc = Encoder(explain=True, allow_pickle=allow_pickle)
-    enc.encode(obj)
-    return Explanation(enc.notes)
+    return Explanation(explain_notes(obj, allow_pickle=allow_pickle))

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._core import Decoder, Encoder
+    from ._registry import DecodeFn, Decoder, Encoder
 
-__all__ = ["dtype_from_json", "dtype_to_json", "encode", "encode_array", "register"]
+__all__ = ["DECODERS", "array_node", "dtype_from_json", "dtype_to_json", "encode", "encode_array"]
 
 _MAX_NDIM = 64
 
@@ -77,19 +77,20 @@ def _describe(dt: np.dtype[Any]) -> str:
     ) + "]"
 
 
+def array_node(buffer: int, dt: np.dtype[Any], shape: tuple[int, ...], *, fortran: bool) -> dict[str, Any]:
+    """The tree node of an array of *dt* and *shape* stored in planned buffer *buffer*."""
+    node: dict[str, Any] = {"k": "nd", "b": buffer, "dt": dtype_to_json(dt), "sh": list(shape)}
+    if fortran:
+        node["o"] = "F"
+    return node
+
+
 def encode_array(enc: Encoder, arr: np.ndarray, path: str, *, note: bool = True) -> dict[str, Any]:
     """Plan an ndarray (any fixed-width dtype, any layout) as one buffer."""
     if arr.dtype.hasobject:
         raise AssertionError("object arrays are handled by the caller")
     fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
-    node: dict[str, Any] = {
-        "k": "nd",
-        "b": enc.add(arr, arr.nbytes),
-        "dt": dtype_to_json(arr.dtype),
-        "sh": list(arr.shape),
-    }
-    if fortran:
-        node["o"] = "F"
+    node = array_node(enc.add(arr, arr.nbytes), arr.dtype, arr.shape, fortran=fortran)
     if isinstance(arr, np.recarray):
         node["cls"] = "recarray"
     if note:
@@ -166,8 +167,8 @@ def _dec_nd(dec: Decoder, node: dict[str, Any]) -> Any:
     return arr
 
 
-def register() -> None:
-    from ._core import register_decoder
+def _dec_dtype(dec: Decoder, node: dict[str, Any]) -> np.dtype[Any]:
+    return dtype_from_json(node.get("dt"))
 
-    register_decoder("nd", _dec_nd)
-    register_decoder("dtype", lambda dec, node: dtype_from_json(node.get("dt")))
+
+DECODERS: dict[str, DecodeFn] = {"nd": _dec_nd, "dtype": _dec_dtype}
