@@ -40,34 +40,51 @@ def dtype_to_json(dt: np.dtype[Any]) -> Any:
 
 
 def dtype_from_json(spec: Any) -> np.dtype[Any]:
-    if isinstance(spec, str):
-        dt = np.dtype(spec)
-    elif isinstance(spec, dict) and "base" in spec:
+    """The dtype :func:`dtype_to_json` gave *spec* for; ValueError if NumPy cannot make one of it."""
+    if isinstance(spec, dict) and "base" in spec:
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):
             raise ValueError("bad subarray shape")
-        dt = np.dtype((dtype_from_json(spec["base"]), tuple(shape)))
+        dt = _dtype((dtype_from_json(spec["base"]), tuple(shape)))
     elif isinstance(spec, dict):
-        names, formats, offsets = spec.get("names"), spec.get("formats"), spec.get("offsets")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("bad field names")
-        if not isinstance(formats, list) or not isinstance(offsets, list):
-            raise ValueError("bad field formats or offsets")
-        d: dict[str, Any] = {
-            "names": names,
-            "formats": [dtype_from_json(f) for f in formats],
-            "offsets": [int(o) for o in offsets],
-            "itemsize": int(spec.get("itemsize", -1)),
-        }
-        if "titles" in spec:
-            d["titles"] = spec["titles"]
-        as_any: Any = d
-        dt = np.dtype(as_any, align=bool(spec.get("aligned", False)))
+        dt = _dtype(_fields_from_json(spec), align=bool(spec.get("aligned", False)))
+    elif isinstance(spec, str):
+        dt = _dtype(spec)
     else:
         raise ValueError(f"bad dtype spec {spec!r:.40}")
     if dt.hasobject:
         # Object pointers read from shared bytes would be wild pointers.
         raise ValueError("object dtype in header")
+    return dt
+
+
+def _fields_from_json(spec: dict[str, Any]) -> Any:
+    names, formats, offsets = spec.get("names"), spec.get("formats"), spec.get("offsets")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("bad field names")
+    if not isinstance(formats, list) or not isinstance(offsets, list) or not all(type(o) is int for o in offsets):
+        raise ValueError("bad field formats or offsets")
+    itemsize = spec.get("itemsize", -1)
+    if type(itemsize) is not int:
+        raise ValueError("bad itemsize")
+    d: dict[str, Any] = {
+        "names": names,
+        "formats": [dtype_from_json(f) for f in formats],
+        "offsets": offsets,
+        "itemsize": itemsize,
+    }
+    if "titles" in spec:
+        d["titles"] = spec["titles"]
+    return d
+
+
+def _dtype(spec: Any, *, align: bool = False) -> np.dtype[Any]:
+    # NumPy refuses a string or a fields dict it cannot read with a TypeError
+    # (raised in C, so as if by this line): a bad value, not a bug.
+    try:
+        dt: np.dtype[Any] = np.dtype(spec, align=align)
+    except TypeError as exc:
+        raise ValueError(f"NumPy makes no dtype of it ({exc})"[:200]) from None
     return dt
 
 

@@ -16,6 +16,7 @@ family (``Family.codec``), eagerly or on first use.
 from __future__ import annotations
 
 import importlib
+import os
 import pickle
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,6 +99,23 @@ def _decoder(kind: str) -> DecodeFn | None:
             if kind.startswith(prefix):
                 _load(module)
     return _DECODERS.get(kind)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _raised_in_nocopy(exc: BaseException) -> bool:
+    """True if the innermost Python frame of *exc*'s traceback is nocopy's code.
+
+    A TypeError from a C function (``int(None)``, ``hash([])``) counts as raised
+    where nocopy called it: a header value nocopy failed to check.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE)
 
 
 @dataclass(frozen=True)
@@ -260,12 +278,27 @@ class Decoder:
             raise
         except ImportError:
             raise
-        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        except (ValueError, RecursionError, OverflowError) as exc:
             # What NumPy, pandas and the checks here raise for values they refuse
             # (a bad dtype string, an impossible shape, nesting too deep). A
             # KeyError, IndexError or AttributeError is a bug in nocopy, not a
             # corrupt segment: it propagates with its traceback.
             raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+        except TypeError as exc:
+            # pandas refuses some forged values with a TypeError (an interval of
+            # strings...): corrupt. Raised by nocopy's own code, it is a bug (the
+            # header values nocopy reads are checked before use): it propagates.
+            if _raised_in_nocopy(exc):
+                raise
+            raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+
+    def hashable(self, value: Any, what: str) -> Any:
+        """*value* if it can be a label or a dict key (pandas and dicts need a hash), else corrupt."""
+        try:
+            hash(value)
+        except TypeError:
+            raise self.corrupt(f"{what} of type {type(value).__name__} is not hashable") from None
+        return value
 
     def _decode(self, node: Any) -> Any:
         if not isinstance(node, dict):

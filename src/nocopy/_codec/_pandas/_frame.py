@@ -95,7 +95,7 @@ def _dec_series(dec: Decoder, node: dict[str, Any]) -> Any:
     values = _columns.decode_values(dec, node.get("v"))
     if len(values) != len(index):
         raise dec.corrupt(f"series has {len(values)} values, its index {len(index)}")
-    s = _compat.pandas().Series(values, index=index, name=dec.decode(node.get("name")), copy=False)
+    s = _compat.pandas().Series(values, index=index, name=dec.hashable(dec.decode(node.get("name")), "series name"), copy=False)
     return _apply_meta(dec, s, node)
 
 

@@ -80,13 +80,13 @@ def decode_index(dec: Decoder, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("index node is not an object")
     kind = node.get("k")
-    if kind not in DECODERS:
+    if not isinstance(kind, str) or kind not in DECODERS:
         raise dec.corrupt(f"unknown index kind {kind!r:.30}")
     return dec.decode(node)
 
 
 def _name(dec: Decoder, node: dict[str, Any]) -> Any:
-    return dec.decode(node.get("name")) if node.get("name") is not None else None
+    return dec.hashable(dec.decode(node.get("name")), "index name") if node.get("name") is not None else None
 
 
 def _dec_range(dec: Decoder, node: dict[str, Any]) -> Any:
@@ -108,7 +108,7 @@ def _dec_multi(dec: Decoder, node: dict[str, Any]) -> Any:
     for lev, arr in zip(levs, arrays, strict=True):
         _columns.check_codes(dec, arr, len(lev), "MultiIndex")
     mi = _compat.pandas().MultiIndex(
-        levels=levs, codes=arrays, names=[dec.decode(n) for n in names], verify_integrity=True, copy=False
+        levels=levs, codes=arrays, names=[dec.hashable(dec.decode(n), "level name") for n in names], verify_integrity=True, copy=False
     )
     for kept, arr in zip(mi.codes, arrays, strict=True):
         _columns.spend_unless_view(dec, kept, arr, "MultiIndex codes")
