@@ -68,10 +68,13 @@ class Explanation:
         return {status: counts[status] for status in _STATUS_ORDER if counts[status]}
 
     def __str__(self) -> str:
-        header = ("path", "dtype", "status", "detail")
-        rows = [(n.path, n.dtype, n.status, n.detail) for n in self._notes]
+        rows = [(n.path, n.dtype, n.status) for n in self._notes]
+        lines = render_table(("path", "dtype", "status"), rows, rule=True, max_width=[40, 40, 12]).splitlines()
+        # The detail runs on uncut after the table (a rule as wide as the longest one would fill the screen).
+        width = len(lines[1])
+        details = ["detail", "------", *(n.detail for n in self._notes)]
+        table = "\n".join(f"{line.ljust(width)}  {detail}".rstrip() for line, detail in zip(lines, details, strict=True))
         counts = ", ".join(f"{k}: {v}" for k, v in self.summary().items())
-        table = render_table(header, rows, rule=True, max_width=[40, 40, 12])
         return f"{table}\n({len(rows)} parts; {counts or 'nothing to share'})"
 
     def __repr__(self) -> str:
@@ -106,7 +109,7 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
         >>> df = pd.DataFrame({"x": [1.0, 2.0], "s": pd.Series(["a", "b"], dtype=object)})
         >>> print(nocopy.explain(df))  # doctest: +NORMALIZE_WHITESPACE
         path      dtype         status     detail
-        --------  ------------  ---------  ---------------------------------------------------------------------------------------------------------------
+        --------  ------------  ---------  ------
         .index    RangeIndex    zero-copy  metadata only
         .columns  str           zero-copy  Arrow large_string buffers
         ['x']     float64       zero-copy
