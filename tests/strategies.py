@@ -237,7 +237,7 @@ def mapping_range(arr: np.ndarray) -> tuple[int, int]:
 
 def planted(obj: Any) -> tuple[np.ndarray, Any]:
     """*obj* encoded into a plain uint8 buffer, and its parsed header: a layout to corrupt."""
-    from nocopy._codec._buffer import plan
+    from nocopy._codec import plan
     from nocopy._codec._layout import parse_header
 
     p = plan(obj)

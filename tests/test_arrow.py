@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 import nocopy
-from nocopy._codec._buffer import decode_buffer
+from nocopy._codec import decode_buffer
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
 from strategies import arrow_arrays, buffer_in, buffers_of, outside, planted, worker_roundtrip_many
 
@@ -240,7 +240,7 @@ def test_random_corruption_of_an_arrow_table_never_crashes() -> None:
         import numpy as np, pyarrow as pa
         from test_arrow import _table
         from strategies import planted
-        from nocopy._codec._buffer import decode_buffer
+        from nocopy._codec import decode_buffer
         from nocopy.errors import SegmentCorruptError
         clean, header = planted(_table())
         rng = random.Random(2)

@@ -17,7 +17,7 @@ HEADERS = r'''
 import copy, json, pickle, random, sys
 import numpy as np
 import nocopy
-from nocopy._codec._buffer import decode_buffer, plan
+from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import PREFIX
 from nocopy.errors import NocopyError
 

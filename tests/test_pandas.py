@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import nocopy
 from conftest import run_python
-from nocopy._codec._buffer import decode_buffer
+from nocopy._codec import decode_buffer
 from nocopy.errors import SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
 from strategies import (
     buffer_in,
@@ -497,7 +497,7 @@ def test_random_corruption_never_crashes(trusted: bool) -> None:
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import numpy as np, pandas as pd, pyarrow as pa
         from strategies import planted
-        from nocopy._codec._buffer import decode_buffer
+        from nocopy._codec import decode_buffer
         from nocopy._codec._layout import PREFIX
         from nocopy.errors import SegmentCorruptError
         df = pd.DataFrame({{

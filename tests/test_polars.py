@@ -21,7 +21,7 @@ from polars.testing.parametric import dataframes  # noqa: E402
 
 import nocopy  # noqa: E402
 from conftest import run_python  # noqa: E402
-from nocopy._codec._buffer import decode_buffer  # noqa: E402
+from nocopy._codec import decode_buffer  # noqa: E402
 from nocopy._kinds import data_nbytes, family_of, row_count, take_rows  # noqa: E402
 from nocopy.errors import SegmentAccessError, SegmentCorruptError, UnsupportedTypeError  # noqa: E402
 from strategies import buffer_in, planted  # noqa: E402

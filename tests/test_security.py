@@ -19,7 +19,7 @@ import pytest
 
 import nocopy
 from conftest import needs_root
-from nocopy._codec._buffer import decode_buffer, plan
+from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import PREFIX
 from nocopy._store import _fdserver
 from nocopy.errors import NocopyError, SegmentAccessError, SegmentCorruptError

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from nocopy._codec._buffer import decode_buffer, plan
+from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import MAGIC, MAX_HEADER_ITEMS, PREFIX, VERSION, align
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
 
@@ -328,12 +328,12 @@ def test_a_node_missing_a_field_is_refused_as_corrupt(tree: dict[str, Any]) -> N
 
 @pytest.mark.parametrize("bug", [KeyError, IndexError, AttributeError])
 def test_a_bug_in_a_decoder_propagates_with_its_traceback(monkeypatch: pytest.MonkeyPatch, bug: type) -> None:
-    from nocopy._codec import _core
+    from nocopy._codec import _registry
 
     def broken(dec: Any, node: Any) -> Any:
         raise bug("a bug, not a corrupt segment")
 
-    monkeypatch.setitem(_core._DECODERS, "test.broken", broken)
+    monkeypatch.setitem(_registry._DECODERS, "test.broken", broken)
     with pytest.raises(bug, match="a bug, not a corrupt segment"):
         decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))
 
@@ -345,3 +345,29 @@ def test_share_refuses_a_tz_readers_would_refuse(tmp_path: Path) -> None:
     for obj in (pd.Timestamp("2024-01-01", tz=tz), pd.Series(pd.date_range("2024-01-01", periods=2, tz=tz))):
         with pytest.raises(UnsupportedTypeError, match="by tz database name"):
             plan(obj)
+
+
+def test_a_type_error_raised_by_nocopy_code_propagates_with_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._codec import _numpy, _registry
+
+    # A decoder called with the wrong arguments: a bug in nocopy, raised where nocopy calls it.
+    monkeypatch.setitem(_registry._DECODERS, "test.broken", _numpy.dtype_to_json)
+    with pytest.raises(TypeError, match="positional argument"):
+        decode(forge({"tree": {"k": "list", "items": [{"k": "test.broken"}]}, "buffers": []}))
+
+
+@pytest.mark.parametrize("tree", [
+    {"k": "dtype", "dt": "|S99999999999"},  # NumPy: TypeError, "not understood"
+    {"k": "dtype", "dt": {"names": ["a"], "formats": ["<i8"], "offsets": [None]}},
+    {"k": "dtype", "dt": {"names": ["a"], "formats": ["<i8"], "offsets": [0], "itemsize": [8]}},
+    {"k": "dict", "keys": [{"k": "list", "items": []}], "vals": [{"k": "py", "v": 1}]},
+    {"k": "pd.series", "name": {"k": "list", "items": []}, "index": {"k": "pd.range", "start": 0, "stop": 0, "step": 1, "name": None},
+     "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [0]}},
+    {"k": "pd.idx", "name": {"k": "dict", "keys": [], "vals": []}, "v": {"k": "nd", "b": 0, "dt": "<i8", "sh": [0]}},
+    {"k": "pd.interval", "closed": "left",  # pandas refuses an interval of strings with a TypeError
+     "left": {"k": "pd.oidx", "v": ["a"], "name": None}, "right": {"k": "pd.oidx", "v": ["b"], "name": None}},
+    {"k": "pd.df", "index": {"k": ["not", "a", "kind"]}, "columns": {"k": "pd.oidx", "v": [], "name": None}, "cols": []},
+])
+def test_a_header_value_of_the_wrong_type_is_refused_as_corrupt(tree: dict[str, Any]) -> None:
+    with pytest.raises(SegmentCorruptError):
+        decode(forge({"tree": tree, "buffers": [[0, 0]]}))

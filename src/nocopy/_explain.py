@@ -6,8 +6,9 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, overload
 
-from ._codec import Encoder, Note
+from ._codec import Note, explain_notes
 from ._shared import Shared
+from ._text import render_table
 
 __all__ = ["Explanation", "explain"]
 
@@ -67,22 +68,14 @@ class Explanation:
         return {status: counts[status] for status in _STATUS_ORDER if counts[status]}
 
     def __str__(self) -> str:
-        header = ("path", "dtype", "status", "detail")
-        rows = [(n.path, n.dtype, n.status, n.detail) for n in self._notes]
-        widths = [
-            min(max([len(header[i])] + [len(r[i]) for r in rows]), 40 if i < 2 else 12)
-            for i in range(3)
-        ]
-
-        def fmt(row: tuple[str, ...]) -> str:
-            cells = [_clip(row[i], widths[i]).ljust(widths[i]) for i in range(3)]
-            return "  ".join([*cells, row[3]]).rstrip()
-
-        lines = [fmt(header), "  ".join("-" * w for w in widths) + "  ------"]
-        lines += [fmt(r) for r in rows]
+        rows = [(n.path, n.dtype, n.status) for n in self._notes]
+        lines = render_table(("path", "dtype", "status"), rows, rule=True, max_width=[40, 40, 12]).splitlines()
+        # The detail runs on uncut after the table (a rule as wide as the longest one would fill the screen).
+        width = len(lines[1])
+        details = ["detail", "------", *(n.detail for n in self._notes)]
+        table = "\n".join(f"{line.ljust(width)}  {detail}".rstrip() for line, detail in zip(lines, details, strict=True))
         counts = ", ".join(f"{k}: {v}" for k, v in self.summary().items())
-        lines.append(f"({len(rows)} parts; {counts or 'nothing to share'})")
-        return "\n".join(lines)
+        return f"{table}\n({len(rows)} parts; {counts or 'nothing to share'})"
 
     def __repr__(self) -> str:
         return str(self)
@@ -99,10 +92,6 @@ class Explanation:
             "<table><thead><tr><th>path</th><th>dtype</th><th>status</th><th>detail</th>"
             f"</tr></thead><tbody>{cells}</tbody></table>"
         )
-
-
-def _clip(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
@@ -132,6 +121,4 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
             Note("<root>", f"Shared ({obj.kind})", "zero-copy",
                  "already in shared memory: share() returns the handle as it is")
         ])
-    enc = Encoder(explain=True, allow_pickle=allow_pickle)
-    enc.encode(obj)
-    return Explanation(enc.notes)
+    return Explanation(explain_notes(obj, allow_pickle=allow_pickle))

@@ -13,11 +13,10 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ._codec import Decoder, Encoder, parse_header
-from ._codec._buffer import Plan, plan
-from ._codec._core import UNWRITTEN
-from ._codec._layout import Header
-from ._codec._numpy import dtype_to_json
+from ._codec import Header, Plan, plan
+from ._codec import read_header as parse_header
+from ._codec._numpy import dtype_to_json  # redesign: goes once _writable_array uses plan_output
+from ._codec._registry import UNWRITTEN, Decoder, Encoder  # redesign: idem, and decode() in _decode
 from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
 from ._store._capacity import _fmt
 from ._store._mapping import Mapping

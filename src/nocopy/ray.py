@@ -58,8 +58,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
         "nocopy.ray needs Ray, which is not installed. Fix: pip install 'nocopy[ray]'"
     ) from _exc
 
-from ._codec._buffer import Plan, decode_buffer, plan
-from ._codec._layout import MAGIC
+from ._codec import MAGIC, Plan, decode_buffer, plan
 from ._map import MapBackend, take_rows
 from ._shared import Shared, _kind_of
 from .errors import SegmentCorruptError, WorkerCrashedError

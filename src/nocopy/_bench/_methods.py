@@ -36,7 +36,7 @@ import numpy as np
 # The codec's own buffer-to-fd writer, so the floor copies the way share() does.
 # The bench's one reach-in to another layer's internals: switch to the codec's
 # public function when it has one.
-from .._codec._core import _pwrite_all
+from .._codec import write_at
 from . import _tasks
 from ._data import FIELD
 
@@ -163,7 +163,7 @@ def run_floor(ctx: RunContext) -> list[float]:
         with ctx.phase("work"):
             t0 = time.perf_counter()
             os.ftruncate(fd, n)
-            _pwrite_all(fd, raw.data, 0)  # the same copy share() makes
+            write_at(fd, raw.data, 0)  # the same copy share() makes
             t1 = time.perf_counter()
             total = float(np.nansum(data[FIELD]))
             ctx.extra["memcpy_shm_s"] = t1 - t0
@@ -189,7 +189,7 @@ def time_pwrite_copy(raw: np.ndarray) -> float:
     fd = os.memfd_create("nocopy-bench-pwrite", os.MFD_CLOEXEC)
     try:
         os.ftruncate(fd, raw.nbytes)
-        _pwrite_all(fd, raw.data, 0)
+        write_at(fd, raw.data, 0)
         return time.perf_counter() - t0
     finally:
         os.close(fd)

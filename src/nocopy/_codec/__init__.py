@@ -1,6 +1,88 @@
-"""Codec: objects to (header, buffers) and back, knowing nothing of stores or processes."""
+"""Codec: objects to (header, buffers) and back, knowing nothing of stores or processes.
 
-from ._core import Decoder, Encoder, Note
-from ._layout import FLAG_PICKLE, pack_header, parse_header
+This facade is the only part of the codec other layers import. The codec
+modules behind it are wired here, and only here: each exports
+``encode(enc, obj, path)`` and ``DECODERS`` (node kind -> decoder) and is
+registered under its family's ``codec`` name (see ``_kinds``). pandas and
+Arrow are registered lazily: ``import nocopy`` imports neither.
 
-__all__ = ["FLAG_PICKLE", "Decoder", "Encoder", "Note", "pack_header", "parse_header"]
+Example::
+
+    >>> import numpy as np
+    >>> p = plan(np.arange(3))
+    >>> mem = np.zeros(p.size, dtype=np.uint8)
+    >>> p.write_into(mem)
+    >>> decode_buffer(mem, trusted=True)
+    array([0, 1, 2])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import SegmentCorruptError
+from . import _numpy, _python, _registry
+from ._layout import MAGIC, PREFIX, Header, parse_header
+from ._plan import Plan, plan, plan_output, write_at
+from ._registry import Decoder, Encoder, Note
+
+__all__ = [
+    "MAGIC",
+    "Header",
+    "Note",
+    "Plan",
+    "decode",
+    "decode_buffer",
+    "explain_notes",
+    "plan",
+    "plan_output",
+    "read_header",
+    "write_at",
+]
+
+_registry.register(_registry.PYTHON, _python)
+_registry.register("numpy", _numpy)
+_registry.register_lazy("pandas", "nocopy._codec._pandas", prefix="pd.")
+_registry.register_lazy("arrow", "nocopy._codec._arrow", prefix="pa.")
+_registry.register_lazy("polars", "nocopy._codec._polars", prefix="pl.")
+
+
+def read_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Header:
+    """Validate and parse the header at the start of a mapping of *size* bytes.
+
+    SegmentCorruptError if anything in it is inconsistent, SegmentAccessError
+    if *token* is not the segment's.
+    """
+    return parse_header(mem, name=name, token=token, size=size)
+
+
+def decode(base: np.ndarray, header: Header, *, name: str, trusted: bool) -> Any:
+    """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
+
+    Pickled parts are refused (SegmentAccessError) unless *trusted*.
+    """
+    return Decoder(base, header, name=name, trusted=trusted).decode(header.tree)
+
+
+def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> Any:
+    """Rebuild the object from *mem* (uint8, holding a whole layout) without copying.
+
+    Every returned array is a view of *mem* (so keeps it alive).
+    """
+    if mem.dtype != np.uint8 or mem.ndim != 1:
+        raise ValueError("decode_buffer needs a 1-d uint8 array")
+    if mem.nbytes < PREFIX.size:
+        raise SegmentCorruptError(f"{name}: {mem.nbytes} bytes is too small for a nocopy layout")
+    # The buffer carries its own token: here it checks consistency, not access.
+    token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
+    header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
+    return decode(mem[: header.payload_size], header, name=name, trusted=trusted)
+
+
+def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:
+    """What share() would do with each part of *obj* (nothing is copied or pickled)."""
+    enc = Encoder(explain=True, allow_pickle=allow_pickle)
+    enc.encode(obj)
+    return enc.notes

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._core import Decoder, Encoder
+    from ._registry import DecodeFn, Decoder, Encoder
 
 __all__ = [
+    "DECODERS",
     "decode_large_strings",
     "encode",
     "encode_large_strings",
@@ -451,7 +452,7 @@ def _dec_buf(dec: Decoder, node: dict[str, Any]) -> Any:
     return pyarrow("reading shared Arrow data").py_buffer(dec.buffer(node.get("b")))
 
 
-def guard(fn: Any) -> Any:
+def guard(fn: DecodeFn) -> DecodeFn:
     """*fn* with Arrow's own errors (e.g. invalid UTF-8 met while pandas checks
     categories) reported as a corrupt segment, like every other decoding error."""
 
@@ -467,13 +468,9 @@ def guard(fn: Any) -> Any:
     return run
 
 
-def _register() -> None:
-    from ._core import register_decoder
-
-    register_decoder("pa.ipc", guard(decode_ipc))
-    register_decoder("pa.lstr", guard(decode_large_strings))
-    register_decoder("pa.objstr", guard(_dec_objstr))
-    register_decoder("pa.buf", _dec_buf)
-
-
-_register()
+DECODERS: dict[str, DecodeFn] = {
+    "pa.ipc": guard(decode_ipc),
+    "pa.lstr": guard(decode_large_strings),
+    "pa.objstr": guard(_dec_objstr),
+    "pa.buf": _dec_buf,
+}

@@ -14,6 +14,7 @@ can make a reader spend far more memory or time than the segment's size.
 
 from __future__ import annotations
 
+import hmac
 import json
 import struct
 from typing import Any
@@ -97,6 +98,22 @@ def _corrupt(name: str, why: str) -> SegmentCorruptError:
 
 def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Header:
     """Validate and parse the header at the start of a mapping of *size* bytes."""
+    flags, hlen, payload, data_offset = _check_prefix(mem, name=name, token=token, size=size)
+    body = bytes(mem[PREFIX.size : PREFIX.size + hlen])
+    if _items(body) > MAX_HEADER_ITEMS:
+        raise _corrupt(name, f"header holds more than {MAX_HEADER_ITEMS} JSON values")
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise _corrupt(name, f"header is not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(doc, dict) or "tree" not in doc or not isinstance(doc.get("buffers"), list):
+        raise _corrupt(name, "header lacks its tree or buffer table")
+    buffers = _buffer_table(doc["buffers"], name=name, data_size=payload - data_offset)
+    return Header(doc["tree"], buffers, data_offset, payload, flags)
+
+
+def _check_prefix(mem: memoryview, *, name: str, token: bytes, size: int) -> tuple[int, int, int, int]:
+    """(flags, header length, payload size, data offset) of a prefix checked against *size*."""
     if len(mem) < PREFIX.size or size < PREFIX.size:
         raise _corrupt(name, f"{len(mem)} bytes is smaller than the {PREFIX.size}-byte prefix")
     magic, version, flags, hlen, seg_token, payload, data_offset = PREFIX.unpack_from(mem, 0)
@@ -107,8 +124,6 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
             f"segment {name} has layout version {version}; this nocopy reads version {VERSION}. "
             "Fix: use the same nocopy version in every process."
         )
-    import hmac
-
     if not hmac.compare_digest(bytes(seg_token), token):
         raise SegmentAccessError(
             f"segment {name}: the handle's token does not match the segment's. The handle is "
@@ -120,19 +135,13 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
         raise _corrupt(name, f"header length {hlen} exceeds the segment")
     if data_offset != align(PREFIX.size + hlen) or data_offset > payload:
         raise _corrupt(name, f"data offset {data_offset} is inconsistent")
-    body = bytes(mem[PREFIX.size : PREFIX.size + hlen])
-    if _items(body) > MAX_HEADER_ITEMS:
-        raise _corrupt(name, f"header holds more than {MAX_HEADER_ITEMS} JSON values")
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise _corrupt(name, f"header is not valid JSON ({exc.__class__.__name__})") from None
-    if not isinstance(doc, dict) or "tree" not in doc or not isinstance(doc.get("buffers"), list):
-        raise _corrupt(name, "header lacks its tree or buffer table")
-    data_size = payload - data_offset
+    return flags, hlen, payload, data_offset
+
+
+def _buffer_table(entries: list[Any], *, name: str, data_size: int) -> list[tuple[int, int]]:
     buffers: list[tuple[int, int]] = []
     end = 0
-    for entry in doc["buffers"]:
+    for entry in entries:
         if (
             not isinstance(entry, list)
             or len(entry) != 2
@@ -148,4 +157,4 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
             raise _corrupt(name, f"buffer [{off}, {n}] overlaps or precedes the one before it")
         end = off + n
         buffers.append((off, n))
-    return Header(doc["tree"], buffers, data_offset, payload, flags)
+    return buffers

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from ._core import Decoder, Encoder
+    from ._registry import DecodeFn, Decoder, Encoder
 
-__all__ = ["dtype_from_json", "dtype_to_json", "encode", "encode_array", "register"]
+__all__ = ["DECODERS", "array_node", "dtype_from_json", "dtype_to_json", "encode", "encode_array"]
 
 _MAX_NDIM = 64
 
@@ -40,34 +40,51 @@ def dtype_to_json(dt: np.dtype[Any]) -> Any:
 
 
 def dtype_from_json(spec: Any) -> np.dtype[Any]:
-    if isinstance(spec, str):
-        dt = np.dtype(spec)
-    elif isinstance(spec, dict) and "base" in spec:
+    """The dtype :func:`dtype_to_json` gave *spec* for; ValueError if NumPy cannot make one of it."""
+    if isinstance(spec, dict) and "base" in spec:
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):
             raise ValueError("bad subarray shape")
-        dt = np.dtype((dtype_from_json(spec["base"]), tuple(shape)))
+        dt = _dtype((dtype_from_json(spec["base"]), tuple(shape)))
     elif isinstance(spec, dict):
-        names, formats, offsets = spec.get("names"), spec.get("formats"), spec.get("offsets")
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError("bad field names")
-        if not isinstance(formats, list) or not isinstance(offsets, list):
-            raise ValueError("bad field formats or offsets")
-        d: dict[str, Any] = {
-            "names": names,
-            "formats": [dtype_from_json(f) for f in formats],
-            "offsets": [int(o) for o in offsets],
-            "itemsize": int(spec.get("itemsize", -1)),
-        }
-        if "titles" in spec:
-            d["titles"] = spec["titles"]
-        as_any: Any = d
-        dt = np.dtype(as_any, align=bool(spec.get("aligned", False)))
+        dt = _dtype(_fields_from_json(spec), align=bool(spec.get("aligned", False)))
+    elif isinstance(spec, str):
+        dt = _dtype(spec)
     else:
         raise ValueError(f"bad dtype spec {spec!r:.40}")
     if dt.hasobject:
         # Object pointers read from shared bytes would be wild pointers.
         raise ValueError("object dtype in header")
+    return dt
+
+
+def _fields_from_json(spec: dict[str, Any]) -> Any:
+    names, formats, offsets = spec.get("names"), spec.get("formats"), spec.get("offsets")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("bad field names")
+    if not isinstance(formats, list) or not isinstance(offsets, list) or not all(type(o) is int for o in offsets):
+        raise ValueError("bad field formats or offsets")
+    itemsize = spec.get("itemsize", -1)
+    if type(itemsize) is not int:
+        raise ValueError("bad itemsize")
+    d: dict[str, Any] = {
+        "names": names,
+        "formats": [dtype_from_json(f) for f in formats],
+        "offsets": offsets,
+        "itemsize": itemsize,
+    }
+    if "titles" in spec:
+        d["titles"] = spec["titles"]
+    return d
+
+
+def _dtype(spec: Any, *, align: bool = False) -> np.dtype[Any]:
+    # NumPy refuses a string or a fields dict it cannot read with a TypeError
+    # (raised in C, so as if by this line): a bad value, not a bug.
+    try:
+        dt: np.dtype[Any] = np.dtype(spec, align=align)
+    except TypeError as exc:
+        raise ValueError(f"NumPy makes no dtype of it ({exc})"[:200]) from None
     return dt
 
 
@@ -77,19 +94,20 @@ def _describe(dt: np.dtype[Any]) -> str:
     ) + "]"
 
 
+def array_node(buffer: int, dt: np.dtype[Any], shape: tuple[int, ...], *, fortran: bool) -> dict[str, Any]:
+    """The tree node of an array of *dt* and *shape* stored in planned buffer *buffer*."""
+    node: dict[str, Any] = {"k": "nd", "b": buffer, "dt": dtype_to_json(dt), "sh": list(shape)}
+    if fortran:
+        node["o"] = "F"
+    return node
+
+
 def encode_array(enc: Encoder, arr: np.ndarray, path: str, *, note: bool = True) -> dict[str, Any]:
     """Plan an ndarray (any fixed-width dtype, any layout) as one buffer."""
     if arr.dtype.hasobject:
         raise AssertionError("object arrays are handled by the caller")
     fortran = arr.ndim > 1 and arr.flags.f_contiguous and not arr.flags.c_contiguous
-    node: dict[str, Any] = {
-        "k": "nd",
-        "b": enc.add(arr, arr.nbytes),
-        "dt": dtype_to_json(arr.dtype),
-        "sh": list(arr.shape),
-    }
-    if fortran:
-        node["o"] = "F"
+    node = array_node(enc.add(arr, arr.nbytes), arr.dtype, arr.shape, fortran=fortran)
     if isinstance(arr, np.recarray):
         node["cls"] = "recarray"
     if note:
@@ -166,8 +184,8 @@ def _dec_nd(dec: Decoder, node: dict[str, Any]) -> Any:
     return arr
 
 
-def register() -> None:
-    from ._core import register_decoder
+def _dec_dtype(dec: Decoder, node: dict[str, Any]) -> np.dtype[Any]:
+    return dtype_from_json(node.get("dt"))
 
-    register_decoder("nd", _dec_nd)
-    register_decoder("dtype", lambda dec, node: dtype_from_json(node.get("dt")))
+
+DECODERS: dict[str, DecodeFn] = {"nd": _dec_nd, "dtype": _dec_dtype}

@@ -54,9 +54,9 @@ from ..errors import UnsupportedTypeError
 from . import _arrow
 
 if TYPE_CHECKING:
-    from ._core import Decoder, Encoder
+    from ._registry import DecodeFn, Decoder, Encoder
 
-__all__ = ["encode"]
+__all__ = ["DECODERS", "encode"]
 
 _INSTALL = "pip install 'nocopy[polars]'"
 
@@ -263,11 +263,7 @@ def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:
     return _decode_column(dec, pl, pa, node.get("v"))
 
 
-def _register() -> None:
-    from ._core import register_decoder
-
-    register_decoder("pl.df", _arrow.guard(_decode_frame))
-    register_decoder("pl.series", _arrow.guard(_decode_series))
-
-
-_register()
+DECODERS: dict[str, DecodeFn] = {
+    "pl.df": _arrow.guard(_decode_frame),
+    "pl.series": _arrow.guard(_decode_series),
+}

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._core import Decoder, Encoder
+    from ._registry import DecodeFn, Decoder, Encoder
+
+__all__ = ["DECODERS", "encode"]
 
 _SCALARS = (type(None), bool, int, float, str)
 
@@ -39,27 +41,37 @@ def _dec_bytes(dec: Decoder, node: dict[str, Any]) -> bytes:
     return dec.buffer(node.get("b")).tobytes()
 
 
-def _dec_seq(dec: Decoder, node: dict[str, Any]) -> Any:
+def _items(dec: Decoder, node: dict[str, Any]) -> list[Any]:
     items = node.get("items")
     if not isinstance(items, list):
         raise dec.corrupt("container items are not a list")
-    out = [dec.decode(v) for v in items]
-    return out if node["k"] == "list" else tuple(out)
+    return [dec.decode(v) for v in items]
+
+
+def _dec_list(dec: Decoder, node: dict[str, Any]) -> list[Any]:
+    return _items(dec, node)
+
+
+def _dec_tuple(dec: Decoder, node: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(_items(dec, node))
 
 
 def _dec_dict(dec: Decoder, node: dict[str, Any]) -> dict[Any, Any]:
     keys, vals = node.get("keys"), node.get("vals")
     if not isinstance(keys, list) or not isinstance(vals, list) or len(keys) != len(vals):
         raise dec.corrupt("dict keys and values do not pair up")
-    return {dec.decode(k): dec.decode(v) for k, v in zip(keys, vals, strict=True)}
+    return {dec.hashable(dec.decode(k), "dict key"): dec.decode(v) for k, v in zip(keys, vals, strict=True)}
 
 
-def register() -> None:
-    from ._core import register_decoder
+def _dec_pickle(dec: Decoder, node: dict[str, Any]) -> Any:
+    return dec.unpickle(node)
 
-    register_decoder("py", _dec_py)
-    register_decoder("bytes", _dec_bytes)
-    register_decoder("list", _dec_seq)
-    register_decoder("tuple", _dec_seq)
-    register_decoder("dict", _dec_dict)
-    register_decoder("pickle", lambda dec, node: dec.unpickle(node))
+
+DECODERS: dict[str, DecodeFn] = {
+    "py": _dec_py,
+    "bytes": _dec_bytes,
+    "list": _dec_list,
+    "tuple": _dec_tuple,
+    "dict": _dec_dict,
+    "pickle": _dec_pickle,
+}

@@ -1,10 +1,16 @@
-"""Object <-> (tree, buffers): the encoder plans, the decoder builds views.
+"""The codec's core: the Encoder that plans, the Decoder that builds views, and the tables
+that route an object to its codec module and a tree node to its decoder.
 
 Encoding is two passes: ``Encoder.encode`` walks the object and records which
 buffers to copy and a JSON-able tree that says how to rebuild it (no bytes
-move); ``Encoder.write`` then copies each buffer once into the segment. So the
-exact size is known before the segment is allocated, and ``explain()`` can
-describe a share without doing it.
+move); the Plan (``_plan.py``) then copies each buffer once into the segment.
+So the exact size is known before the segment is allocated, and ``explain()``
+can describe a share without doing it.
+
+This module imports no codec module. A codec module exports ``encode(enc, obj,
+path)`` and ``DECODERS`` (node kind -> decoder, one function per kind); the
+package's ``__init__`` registers each one, by the name ``_kinds`` gives its
+family (``Family.codec``), eagerly or on first use.
 """
 
 from __future__ import annotations
@@ -12,16 +18,28 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from .._kinds import family_of
 from ..errors import NocopyError, SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
-from ._layout import ALIGN, Header, align
+from ._layout import Header, align
 
-__all__ = ["UNWRITTEN", "Decoder", "Encoder", "Note", "register_decoder"]
+__all__ = [
+    "PYTHON",
+    "UNWRITTEN",
+    "DecodeFn",
+    "Decoder",
+    "EncodeFn",
+    "Encoder",
+    "Note",
+    "register",
+    "register_lazy",
+]
 
 # A planned buffer left as the kernel gives it: fresh segment pages are zero.
 UNWRITTEN: Any = object()
@@ -36,20 +54,68 @@ SPEND_FACTOR = 2
 # fail on every get() with a RecursionError.
 MAX_DEPTH = 100
 
+#: The codec of objects no family claims (plain Python values and containers).
+PYTHON = "python"
+
 EncodeFn = Callable[["Encoder", Any, str], Any]
 DecodeFn = Callable[["Decoder", dict[str, Any]], Any]
 
+_ENCODERS: dict[str, EncodeFn] = {}
 _DECODERS: dict[str, DecodeFn] = {}
-# Lazily imported codec modules, by the prefix of their node kinds.
-_LAZY_DECODERS = {
-    "pd.": "nocopy._codec._pandas",
-    "pa.": "nocopy._codec._arrow",
-    "pl.": "nocopy._codec._polars",
-}
+# Codecs imported on first use (so importing nocopy imports neither pandas nor
+# pyarrow): module name by codec name, and by the prefix of their node kinds.
+_LAZY_BY_CODEC: dict[str, str] = {}
+_LAZY_BY_PREFIX: dict[str, str] = {}
 
 
-def register_decoder(kind: str, fn: DecodeFn) -> None:
-    _DECODERS[kind] = fn
+def register(codec: str, module: ModuleType) -> None:
+    """Route objects of codec *codec* to ``module.encode`` and its node kinds to ``module.DECODERS``."""
+    _ENCODERS[codec] = module.encode
+    decoders: Mapping[str, DecodeFn] = module.DECODERS
+    _DECODERS.update(decoders)
+
+
+def register_lazy(codec: str, module: str, prefix: str) -> None:
+    """Like :func:`register`, importing *module* only when an object of *codec*, or a
+    node whose kind starts with *prefix*, is met."""
+    _LAZY_BY_CODEC[codec] = module
+    _LAZY_BY_PREFIX[prefix] = module
+
+
+def _load(module: str) -> None:
+    codec = next(c for c, m in _LAZY_BY_CODEC.items() if m == module)
+    register(codec, importlib.import_module(module))
+
+
+def _encoder(codec: str) -> EncodeFn | None:
+    if codec not in _ENCODERS and codec in _LAZY_BY_CODEC:
+        _load(_LAZY_BY_CODEC[codec])
+    return _ENCODERS.get(codec)
+
+
+def _decoder(kind: str) -> DecodeFn | None:
+    if kind not in _DECODERS:
+        for prefix, module in _LAZY_BY_PREFIX.items():
+            if kind.startswith(prefix):
+                _load(module)
+    return _DECODERS.get(kind)
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _raised_in_nocopy(exc: BaseException) -> bool:
+    """True if the innermost Python frame of *exc*'s traceback is nocopy's code.
+
+    A TypeError from a C function (``int(None)``, ``hash([])``) counts as raised
+    where nocopy called it: a header value nocopy failed to check.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_PACKAGE)
 
 
 @dataclass(frozen=True)
@@ -78,12 +144,12 @@ class Encoder:
         # is stored once, as pickle would. ``sources`` keeps them alive, so ids are not reused.
         self._planned: dict[tuple[int, int], int] = {}
 
-    # -- planning -----------------------------------------------------
     def add(self, src: Any, nbytes: int) -> int:
         """Reserve an aligned slot for *src*; return its index.
 
-        *src* is an ndarray, a bytes-like object, or a callable ``src(dst)``
-        that writes exactly *nbytes* into ``dst`` (a uint8 view of the slot).
+        *src* is an ndarray, a bytes-like object, a callable ``src(dst)``
+        that writes exactly *nbytes* into ``dst`` (a uint8 view of the slot),
+        or ``UNWRITTEN`` (left zero).
         """
         if isinstance(src, np.ndarray):
             known = self._planned.get((id(src), nbytes))
@@ -96,6 +162,11 @@ class Encoder:
         if isinstance(src, np.ndarray):
             self._planned[(id(src), nbytes)] = len(self.table) - 1
         return len(self.table) - 1
+
+    def release(self) -> None:
+        """Drop the planned sources once written (they may be large)."""
+        self.sources.clear()
+        self._planned.clear()
 
     def note(self, path: str, dtype: str, status: str, detail: str = "") -> None:
         self.notes.append(Note(path or "<root>", dtype, status, detail))
@@ -110,28 +181,13 @@ class Encoder:
             self._depth -= 1
 
     def _encode(self, obj: Any, path: str) -> Any:
-        from . import _numpy, _python
-
-        node = _python.encode(self, obj, path)
-        if node is not None:
-            return node
-        node = _numpy.encode(self, obj, path)
-        if node is not None:
-            return node
-        module = type(obj).__module__ or ""
-        if module.startswith("pandas"):
-            from . import _pandas
-
-            return _pandas.encode(self, obj, path)
-        if module.startswith("pyarrow"):
-            from . import _arrow
-
-            return _arrow.encode(self, obj, path)
-        if module.startswith("polars"):
-            from . import _polars
-
-            return _polars.encode(self, obj, path)
-        return self.unsupported(obj, path, f"objects of type {type(obj).__qualname__}")
+        family = family_of(obj)
+        codec = PYTHON if family is None else family.codec
+        encode = _encoder(codec)
+        node = None if encode is None else encode(self, obj, path)
+        if node is None:
+            return self.unsupported(obj, path, f"objects of type {type(obj).__qualname__}")
+        return node
 
     def unsupported(self, obj: Any, path: str, what: str, *, dtype: str = "") -> Any:
         where = f" at {path}" if path else ""
@@ -162,96 +218,6 @@ class Encoder:
         self.pickled = True
         self.note(path, dtype, "pickled", detail)
         return {"k": "pickle", "b": self.add(data, len(data))}
-
-    # -- writing ------------------------------------------------------
-    def write(self, mem: np.ndarray, data_offset: int) -> None:
-        """Copy every planned buffer into *mem* (the whole segment, as uint8)."""
-        for (off, n), src in zip(self.table, self.sources, strict=True):
-            if n == 0 or src is UNWRITTEN:
-                continue
-            start = data_offset + off
-            dst = mem[start : start + n]
-            if isinstance(src, np.ndarray):
-                _copy_array(dst, src)
-            elif callable(src):
-                src(dst)  # a writer that fills its slot in place (Arrow IPC streams)
-            else:
-                dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
-        self.sources.clear()
-        self._planned.clear()
-
-    def write_to_fd(self, fd: int, data_offset: int) -> None:
-        """Copy every planned buffer into file *fd* with pwrite.
-
-        Writing through the file instead of a fresh mapping skips one page
-        fault per 4 KiB page in this process: about 2x faster for large data.
-        """
-        for (off, n), src in zip(self.table, self.sources, strict=True):
-            if n == 0 or src is UNWRITTEN:
-                continue
-            start = data_offset + off
-            if isinstance(src, np.ndarray):
-                for pos, chunk in _contiguous_chunks(np.asarray(src)):
-                    _pwrite_all(fd, chunk, start + pos)
-            elif callable(src):
-                _write_through_mapping(fd, start, n, src)
-            else:
-                _pwrite_all(fd, memoryview(src).cast("B"), start)
-        self.sources.clear()
-        self._planned.clear()
-
-
-_CHUNK = 64 << 20
-
-
-def _contiguous_chunks(src: np.ndarray) -> Any:
-    """Yield (byte offset, uint8 memoryview) pieces of *src* in C order."""
-    if src.flags.f_contiguous and not src.flags.c_contiguous:
-        src = src.T
-    if src.flags.c_contiguous:
-        yield 0, src.reshape(-1).view(np.uint8).data
-        return
-    # Non-contiguous: make it contiguous a slab at a time (bounded extra memory).
-    rows = max(1, _CHUNK // max(1, src[0].nbytes)) if src.ndim else 1
-    row_bytes = src[0].nbytes if src.ndim else src.nbytes
-    for i in range(0, len(src), rows):
-        slab = np.ascontiguousarray(src[i : i + rows])
-        yield i * row_bytes, slab.reshape(-1).view(np.uint8).data
-
-
-def _write_through_mapping(fd: int, start: int, n: int, writer: Callable[[np.ndarray], None]) -> None:
-    """Let *writer* fill bytes [start, start+n) of *fd* through a mapping of just those pages."""
-    import mmap
-
-    base = start - start % mmap.ALLOCATIONGRANULARITY
-    mm = mmap.mmap(fd, start + n - base, offset=base)
-    view = np.frombuffer(mm, dtype=np.uint8)
-    try:
-        writer(view[start - base :])
-    finally:
-        del view  # the mapping can only close once no array exports it
-        try:
-            mm.close()
-        except BufferError:  # pragma: no cover - a writer kept a view; unmapped when collected
-            pass
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done, total = 0, len(data)
-    while done < total:
-        done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
-
-
-def _copy_array(dst: np.ndarray, src: np.ndarray) -> None:
-    src = np.asarray(src)
-    if src.flags.f_contiguous and not src.flags.c_contiguous:
-        src = src.T
-    if src.flags.c_contiguous:
-        # Raw bytes: numpy copies structured dtypes field by field, ~3x slower.
-        dst[:] = src.reshape(-1).view(np.uint8)
-    else:
-        typed = dst.view(src.dtype).reshape(src.shape)
-        np.copyto(typed, src, casting="no")
 
 
 class Decoder:
@@ -312,12 +278,27 @@ class Decoder:
             raise
         except ImportError:
             raise
-        except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        except (ValueError, RecursionError, OverflowError) as exc:
             # What NumPy, pandas and the checks here raise for values they refuse
             # (a bad dtype string, an impossible shape, nesting too deep). A
             # KeyError, IndexError or AttributeError is a bug in nocopy, not a
             # corrupt segment: it propagates with its traceback.
             raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+        except TypeError as exc:
+            # pandas refuses some forged values with a TypeError (an interval of
+            # strings...): corrupt. Raised by nocopy's own code, it is a bug (the
+            # header values nocopy reads are checked before use): it propagates.
+            if _raised_in_nocopy(exc):
+                raise
+            raise self.corrupt(f"{type(exc).__name__}: {exc}"[:300]) from None
+
+    def hashable(self, value: Any, what: str) -> Any:
+        """*value* if it can be a label or a dict key (pandas and dicts need a hash), else corrupt."""
+        try:
+            hash(value)
+        except TypeError:
+            raise self.corrupt(f"{what} of type {type(value).__name__} is not hashable") from None
+        return value
 
     def _decode(self, node: Any) -> Any:
         if not isinstance(node, dict):
@@ -325,12 +306,7 @@ class Decoder:
         kind = node.get("k")
         if not isinstance(kind, str):
             raise self.corrupt("tree node without a kind")
-        fn = _DECODERS.get(kind)
-        if fn is None:
-            for prefix, module in _LAZY_DECODERS.items():
-                if kind.startswith(prefix):
-                    importlib.import_module(module)
-                    fn = _DECODERS.get(kind)
+        fn = _decoder(kind)
         if fn is None:
             raise self.corrupt(f"unknown node kind {kind!r:.40}")
         return fn(self, node)
@@ -343,12 +319,3 @@ class Decoder:
                 "trusted=True) if you trust whoever created it."
             )
         return pickle.loads(self.buffer(node.get("b")).tobytes())  # only when trusted
-
-
-# Registration of the always-present codecs happens on import.
-from . import _numpy, _python  # noqa: E402
-
-_python.register()
-_numpy.register()
-
-_ = ALIGN

@@ -1,0 +1,156 @@
+"""A planned encoding and its writing: the header, then each buffer copied once.
+
+``plan(obj)`` walks the object (no bytes move) and knows the exact size
+before anything is allocated; ``Plan.write_to_fd`` then copies each buffer
+into the segment's file with pwrite, or ``Plan.write_into`` into a buffer (the
+Ray integration). ``plan_output`` plans an empty writable array: no buffer to
+copy, the segment's fresh pages are its zeros.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import UnsupportedTypeError
+from ._layout import FLAG_PICKLE, pack_header
+from ._numpy import array_node
+from ._registry import UNWRITTEN, Encoder
+
+__all__ = ["Plan", "plan", "plan_output", "write_at"]
+
+_CHUNK = 64 << 20
+
+
+class Plan:
+    """An object planned for encoding: its exact ``size`` and ``token``, then
+    ``write_into(mem)`` or ``write_to_fd(fd)`` (what share() does into a segment)."""
+
+    def __init__(self, enc: Encoder, tree: Any) -> None:
+        self._enc = enc
+        self.token = secrets.token_bytes(16)
+        flags = FLAG_PICKLE if enc.pickled else 0
+        self._head, self._data_offset, self.size = pack_header(tree, enc.table, enc.data_size, self.token, flags)
+        self.nbytes = sum(n for _, n in enc.table)
+        self.pickled = enc.pickled
+
+    def _pieces(self) -> Iterator[tuple[int, int, Any]]:
+        for (off, n), src in zip(self._enc.table, self._enc.sources, strict=True):
+            if n and src is not UNWRITTEN:
+                yield self._data_offset + off, n, src
+
+    def write_into(self, mem: np.ndarray) -> None:
+        """Write header and buffers into *mem*, a writable uint8 array of at least ``size`` bytes."""
+        if mem.dtype != np.uint8 or mem.ndim != 1 or mem.nbytes < self.size:
+            raise ValueError(f"need a 1-d uint8 buffer of at least {self.size} bytes")
+        mem[: len(self._head)] = np.frombuffer(self._head, dtype=np.uint8)
+        for start, n, src in self._pieces():
+            dst = mem[start : start + n]
+            if isinstance(src, np.ndarray):
+                _copy_array(dst, src)
+            elif callable(src):
+                src(dst)  # a writer that fills its slot in place (Arrow IPC streams)
+            else:
+                dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
+        self._enc.release()
+
+    def write_to_fd(self, fd: int) -> None:
+        """Write header and buffers into file *fd* (at least ``size`` bytes long) with pwrite.
+
+        Writing through the file instead of a fresh mapping skips one page
+        fault per 4 KiB page in this process: about 2x faster for large data.
+        """
+        os.pwrite(fd, self._head, 0)
+        for start, n, src in self._pieces():
+            if isinstance(src, np.ndarray):
+                for pos, chunk in _contiguous_chunks(np.asarray(src)):
+                    write_at(fd, chunk, start + pos)
+            elif callable(src):
+                _write_through_mapping(fd, start, n, src)
+            else:
+                write_at(fd, memoryview(src).cast("B"), start)
+        self._enc.release()
+
+
+def plan(obj: Any, *, allow_pickle: bool = False) -> Plan:
+    """Plan sharing *obj*: UnsupportedTypeError now for anything it cannot store."""
+    enc = Encoder(allow_pickle=allow_pickle)
+    tree = enc.encode(obj)
+    return Plan(enc, tree)
+
+
+def plan_output(shape: tuple[int, ...], dtype: Any, *, order: str = "C") -> Plan:
+    """Plan an array of *shape* and *dtype*, all zeros, for a writable segment.
+
+    *shape* is already a tuple of non-negative ints. A subarray dtype adds its
+    shape, as NumPy does (``zeros(2, ("f8", (3,)))`` has shape (2, 3)).
+    """
+    dt = np.dtype(dtype)
+    if dt.subdtype is not None:
+        dt, sub = dt.subdtype
+        shape += tuple(sub)
+    if dt.hasobject:
+        raise UnsupportedTypeError(
+            f"cannot make a shared output of dtype {dt}: Python objects cannot live in shared "
+            "memory. Fix: use a fixed-width dtype (e.g. 'U20', 'f8')."
+        )
+    if order not in ("C", "F"):
+        raise ValueError(f"order must be 'C' or 'F', not {order!r}")
+    enc = Encoder()
+    nbytes = int(np.prod(shape, dtype=object)) * dt.itemsize
+    node = array_node(enc.add(UNWRITTEN, nbytes), dt, shape, fortran=order == "F" and len(shape) > 1)
+    return Plan(enc, node)
+
+
+def write_at(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of *data* into file *fd* at *offset* (pwrite in pieces of at most 1 GiB)."""
+    done, total = 0, len(data)
+    while done < total:
+        done += os.pwrite(fd, data[done : done + (1 << 30)], offset + done)
+
+
+def _contiguous_chunks(src: np.ndarray) -> Iterator[tuple[int, memoryview]]:
+    """Yield (byte offset, uint8 memoryview) pieces of *src* in C order."""
+    if src.flags.f_contiguous and not src.flags.c_contiguous:
+        src = src.T
+    if src.flags.c_contiguous:
+        yield 0, src.reshape(-1).view(np.uint8).data
+        return
+    # Non-contiguous: make it contiguous a slab at a time (bounded extra memory).
+    rows = max(1, _CHUNK // max(1, src[0].nbytes)) if src.ndim else 1
+    row_bytes = src[0].nbytes if src.ndim else src.nbytes
+    for i in range(0, len(src), rows):
+        slab = np.ascontiguousarray(src[i : i + rows])
+        yield i * row_bytes, slab.reshape(-1).view(np.uint8).data
+
+
+def _write_through_mapping(fd: int, start: int, n: int, writer: Callable[[np.ndarray], None]) -> None:
+    """Let *writer* fill bytes [start, start+n) of *fd* through a mapping of just those pages."""
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    mm = mmap.mmap(fd, start + n - base, offset=base)
+    view = np.frombuffer(mm, dtype=np.uint8)
+    try:
+        writer(view[start - base :])
+    finally:
+        del view  # the mapping can only close once no array exports it
+        try:
+            mm.close()
+        except BufferError:  # pragma: no cover - a writer kept a view; unmapped when collected
+            pass
+
+
+def _copy_array(dst: np.ndarray, src: np.ndarray) -> None:
+    src = np.asarray(src)
+    if src.flags.f_contiguous and not src.flags.c_contiguous:
+        src = src.T
+    if src.flags.c_contiguous:
+        # Raw bytes: numpy copies structured dtypes field by field, ~3x slower.
+        dst[:] = src.reshape(-1).view(np.uint8)
+    else:
+        typed = dst.view(src.dtype).reshape(src.shape)
+        np.copyto(typed, src, casting="no")
