@@ -95,6 +95,11 @@ def test_error_tree() -> None:
     assert issubclass(e.WorkerCrashedError, (e.NocopyError, BrokenProcessPool))
 
 
+def test_use_after_close_error_is_caught_as_not_found_and_as_value_error() -> None:
+    e = nocopy.errors
+    assert issubclass(e.SegmentClosedError, (e.SegmentNotFoundError, ValueError))
+
+
 def test_import_does_not_pull_optional_dependencies() -> None:
     code = (
         "import sys, nocopy, nocopy.errors; "
