@@ -17,10 +17,18 @@ from ._codec._buffer import Plan, plan
 from ._codec._core import UNWRITTEN
 from ._codec._layout import Header
 from ._codec._numpy import dtype_to_json
-from ._store import Locator, OwnedSegment, default_backend, get_store, open_segment
+from ._store import (
+    Described,
+    Locator,
+    Mapping,
+    OwnedSegment,
+    default_backend,
+    format_uri,
+    get_store,
+    open_segment,
+    parse_uri,
+)
 from ._store import is_alive as _segment_exists
-from ._store._mapping import Mapping
-from ._store._uri import Described, format_uri, parse_uri
 from ._text import format_bytes
 from .errors import SegmentClosedError, SegmentCorruptError, SegmentNotFoundError
 

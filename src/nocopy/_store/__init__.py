@@ -14,26 +14,32 @@ from __future__ import annotations
 import os
 
 from ..errors import SegmentNotFoundError
+from ._mapping import Mapping
 from ._memfd import MemfdStore
 from ._posix import PosixStore, invisible_until_locked, shm_dir
 from ._segment import Advice, Checkup, Found, Locator, OwnedSegment, Store
+from ._uri import Described, format_uri, parse_uri
 
 __all__ = [
     "BACKENDS",
     "Advice",
     "Checkup",
+    "Described",
     "Found",
     "Locator",
+    "Mapping",
     "OwnedSegment",
     "Store",
     "check_backend",
     "create_segment",
     "default_backend",
+    "format_uri",
     "get_store",
     "invisible_until_locked",
     "is_alive",
     "leaves_orphans",
     "open_segment",
+    "parse_uri",
     "shm_dir",
     "stores",
     "stores_known",
