@@ -16,7 +16,7 @@ import os
 from ..errors import SegmentNotFoundError
 from ._mapping import Mapping
 from ._memfd import MemfdStore
-from ._posix import PosixStore, invisible_until_locked, shm_dir
+from ._posix import PosixStore, shm_dir
 from ._segment import Advice, Checkup, Found, Locator, OwnedSegment, Store
 from ._uri import Described, format_uri, parse_uri
 
@@ -31,11 +31,9 @@ __all__ = [
     "OwnedSegment",
     "Store",
     "check_backend",
-    "create_segment",
     "default_backend",
     "format_uri",
     "get_store",
-    "invisible_until_locked",
     "is_alive",
     "leaves_orphans",
     "open_segment",
@@ -87,15 +85,6 @@ def leaves_orphans(name: str) -> bool:
     """Whether segments of store *name* outlive a dead owner until reclaimed (``nocopy gc``)."""
     store = _STORES.get(name)
     return store is not None and store.leaves_orphans
-
-
-def create_segment(size: int, *, backend: str, what: str) -> OwnedSegment:
-    """Create a segment of *size* bytes with its pages reserved.
-
-    Raises InsufficientMemoryError (before writing anything, leaving nothing
-    behind) when the room is not there.
-    """
-    return get_store(backend).create(size, what=what)
 
 
 def open_segment(loc: Locator, *, writable: bool, token: str) -> int:

@@ -29,9 +29,6 @@ from ._segment import (
 
 __all__ = ["MemfdStore"]
 
-_SEALS_READ_ONLY = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-# Shared outputs stay writable but may never shrink (a shrink is SIGBUS for readers).
-_SEALS_WRITABLE = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 class MemfdStore:
@@ -62,7 +59,12 @@ class MemfdStore:
         return OwnedSegment(loc, fd, size, None)
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
-        fcntl.fcntl(seg.fd, fcntl.F_ADD_SEALS, _SEALS_WRITABLE if writable else _SEALS_READ_ONLY)
+        # Shared outputs stay writable but may never shrink (a shrink is SIGBUS for readers).
+        # (The F_SEAL_* names exist only on Linux: read here, not at import.)
+        seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        if not writable:
+            seals |= fcntl.F_SEAL_WRITE
+        fcntl.fcntl(seg.fd, fcntl.F_ADD_SEALS, seals)
         if seg.locator.sock:
             _fdserver.server().register(seg.locator.name, seg.fd, token)
 
