@@ -30,11 +30,12 @@ OWNER = """
 import json, os, subprocess, sys, time
 import numpy as np, nocopy
 from nocopy import _store
+from nocopy._store import _posix
 backend, nworkers, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 if os.environ.get("NOCOPY_TEST_NO_AUTO_RECLAIM"):
     # The test measures `nocopy gc`, so this owner must not reclaim the
     # previous iterations' orphans itself (test_first_posix_segment_reclaims checks that).
-    _store._gc_done.add(_store.shm_dir())
+    _posix._gc_done.add(_store.shm_dir())
 ref = nocopy.share(np.full(size // 8, 7.0), backend=backend)
 workers = [
     subprocess.Popen([sys.executable, "-c", sys.argv[4], ref.uri], stdout=subprocess.PIPE)

@@ -171,6 +171,21 @@ def test_close_keeps_existing_views_valid_and_is_idempotent() -> None:
         nocopy.attach(ref.uri)
 
 
+def test_use_after_close_is_one_error_for_every_path() -> None:
+    from nocopy._shared import map_now
+    from nocopy.errors import SegmentClosedError
+
+    ref = nocopy.share(np.arange(10))
+    clone = pickle.loads(pickle.dumps(ref))
+    clone.get()  # a handle that has mapped the segment before it is closed
+    for handle in (ref, clone):
+        handle.close()
+        assert handle.closed
+        for use in (handle.get, lambda h=handle: h.get(private=True), lambda h=handle: map_now(h)):
+            with pytest.raises(SegmentClosedError, match=r"is closed.*Fix"):
+                use()
+
+
 def test_pickled_handle_is_small() -> None:
     with nocopy.share(np.zeros(10_000_000)) as ref:
         data = pickle.dumps(ref)

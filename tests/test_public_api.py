@@ -98,6 +98,12 @@ def test_error_tree() -> None:
     assert issubclass(e.TaskUnpicklingError, (e.NocopyError, pickle.UnpicklingError))
 
 
+def test_use_after_close_error_is_caught_as_not_found_and_as_value_error() -> None:
+    e = nocopy.errors
+    assert issubclass(e.SegmentClosedError, e.SegmentNotFoundError)
+    assert issubclass(e.SegmentClosedError, ValueError)
+
+
 def test_import_does_not_pull_optional_dependencies() -> None:
     code = (
         "import sys, nocopy, nocopy.errors; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -125,3 +126,25 @@ def test_running_out_of_file_descriptors_names_the_fix(backend: str) -> None:
     assert out.returncode == 0, out.stderr
     assert "NOTE nocopy:" in out.stdout and "ulimit -n" in out.stdout and "close()" in out.stdout
     assert "OK 3" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_the_pool_surface_works_on_every_store(backend: str) -> None:
+    """owner_fd / adopt / is_alive / map_now: what the pool may use of a handle, on each store."""
+    from nocopy._shared import adopt, is_alive, map_now, owner_fd
+
+    ref = nocopy.share(np.arange(1000), backend=backend)
+    clone = pickle.loads(pickle.dumps(ref))
+    assert is_alive(ref) and is_alive(clone)
+    map_now(clone)
+    adopted = adopt(os.dup(owner_fd(ref)), ref.uri)
+    assert adopted.is_owner and owner_fd(adopted) != owner_fd(ref)
+    ref.close()
+    assert not is_alive(clone)  # its owner let go: gone, whatever other descriptors remain
+    with pytest.raises(nocopy.errors.SegmentNotFoundError):
+        owner_fd(ref)
+    # The adopted descriptor keeps the data, as the mapping map_now made keeps the clone's.
+    assert adopted.get(private=True).sum() == clone.get().sum() == 499500
+    adopted.close()
+    with pytest.raises(nocopy.errors.SegmentNotFoundError):
+        owner_fd(adopted)

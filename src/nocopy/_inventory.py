@@ -1,21 +1,18 @@
 """What shared memory nocopy holds on this machine, and reclaiming what crashed owners left.
 
-memfd segments have no name in any directory: they are found through the
-processes that hold them (``/proc/<pid>/fd`` links and ``/proc/<pid>/maps``
-lines read ``/memfd:nocopy-... (deleted)``), and the kernel frees them when
-the last holder goes, so there is never anything to clean. posix segments are
-files in the shm directory (``$NOCOPY_SHM_DIR`` or /dev/shm); one whose owner
-died stays until :func:`cleanup` (or the next process that creates a posix
-segment) removes it.
+Each store finds its own segments (memfd: through the processes that hold
+them, freed by the kernel with their last holder, so never anything to clean;
+posix: files in the shm directory, a dead owner's left until :func:`cleanup`
+or the next process that creates a posix segment removes it). This module
+only asks every store and reports.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
-from ._store import _names, _orphans, shm_dir
+from ._store import Found, stores
 
 __all__ = ["Segment", "cleanup", "segments"]
 
@@ -64,93 +61,6 @@ class Segment:
         }
 
 
-class _Found:
-    __slots__ = ("created", "holders", "size")
-
-    def __init__(self) -> None:
-        self.size = -1
-        self.created = float("inf")
-        self.holders: set[int] = set()
-
-    def saw(self, pid: int, st: os.stat_result | None) -> None:
-        self.holders.add(pid)
-        if st is not None:
-            self.size = max(self.size, st.st_size)
-            self.created = min(self.created, st.st_atime, st.st_mtime, st.st_ctime)
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return []
-
-
-def _stat_or_none(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except OSError:
-        return None
-
-
-def _scan_processes(posix_dir: str) -> tuple[dict[str, _Found], dict[str, set[int]]]:
-    """memfd segments of this user held by any process, and who maps which posix file."""
-    uid = os.geteuid()
-    memfd: dict[str, _Found] = {}
-    posix_holders: dict[str, set[int]] = {}
-    posix_prefix = os.path.join(posix_dir, "nocopy-")
-    for pid in _pids():
-        base = f"/proc/{pid}"
-        try:
-            fds = os.listdir(f"{base}/fd")
-        except OSError:
-            fds = []  # gone, a zombie, or another user's process
-        for fd in fds:
-            try:
-                link = os.readlink(f"{base}/fd/{fd}")
-            except OSError:
-                continue
-            m = _names.MEMFD_LINK_RE.match(link)
-            if m is None:
-                continue
-            st = _stat_or_none(f"{base}/fd/{fd}")
-            if st is None or st.st_uid != uid:
-                continue
-            memfd.setdefault(m.group(1), _Found()).saw(pid, st)
-        try:
-            with open(f"{base}/maps", encoding="utf-8", errors="replace") as f:
-                maps = f.read()
-        except OSError:
-            continue
-        if "nocopy-" not in maps:
-            continue
-        for line in maps.splitlines():
-            parts = line.split(maxsplit=5)
-            if len(parts) < 6:
-                continue
-            path = parts[5]
-            m = _names.MEMFD_LINK_RE.match(path)
-            if m is not None:
-                name = m.group(1)
-                found = memfd.get(name)
-                if found is not None and found.size >= 0:
-                    found.holders.add(pid)
-                    continue
-                # Only mapped (its owner is gone): size and uid from the mapping's file.
-                st = _stat_or_none(f"{base}/map_files/{parts[0]}")
-                if st is not None and st.st_uid != uid:
-                    continue
-                found = memfd.setdefault(name, _Found())
-                found.saw(pid, st)
-                if st is None:
-                    start, _, end = parts[0].partition("-")
-                    found.size = max(found.size, int(end, 16) - int(start, 16))
-            elif path.startswith(posix_prefix):
-                name = os.path.basename(path.removesuffix(" (deleted)"))
-                posix_holders.setdefault(name, set()).add(pid)
-    return memfd, posix_holders
-
-
 def segments() -> list[Segment]:
     """Every live nocopy segment of this user on this machine, oldest first.
 
@@ -170,46 +80,21 @@ def segments() -> list[Segment]:
         >>> ref.close()
     """
     now = time.time()
-    directory = shm_dir()
-    memfd, posix_holders = _scan_processes(directory)
-    out: list[Segment] = []
-    for name, found in memfd.items():
-        parsed = _names.parse_name(name)
-        if parsed is None:  # pragma: no cover - the regex already matched
-            continue
-        out.append(
-            Segment(
-                name=name,
-                backend="memfd",
-                size=max(found.size, 0),
-                owner_pid=parsed.pid,
-                owner_alive=_names.pid_alive(parsed.pid, parsed.start),
-                age=max(0.0, now - found.created) if found.created != float("inf") else 0.0,
-                holders=tuple(sorted(found.holders)),
-            )
-        )
-    for f in _orphans.scan(directory):
-        # The lock as well as the pid: a live owner in another pid namespace,
-        # or a hard link to a live segment under a name with another pid, is alive.
-        alive = f.owner_alive or _orphans.held(f)
-        holders = set(posix_holders.get(f.name, ()))
-        if f.owner_alive:
-            holders.add(f.pid)
-        out.append(_posix_segment(f, now, alive, tuple(sorted(holders))))
+    out = [_segment(f, now) for store in stores() for f in store.find()]
     out.sort(key=lambda s: (-s.age, s.name))
     return out
 
 
-def _posix_segment(f: _orphans.PosixFile, now: float, alive: bool, holders: tuple[int, ...]) -> Segment:
+def _segment(f: Found, now: float) -> Segment:
     return Segment(
         name=f.name,
-        backend="posix",
+        backend=f.store,
         size=f.size,
-        owner_pid=f.pid,
-        owner_alive=alive,
-        age=max(0.0, now - f.created),
+        owner_pid=f.owner_pid,
+        owner_alive=f.owner_alive,
+        age=max(0.0, now - f.created) if f.created != float("inf") else 0.0,
         path=f.path,
-        holders=holders,
+        holders=f.holders,
     )
 
 
@@ -236,4 +121,4 @@ def cleanup(dry_run: bool = False) -> list[Segment]:
         80000128
     """
     now = time.time()
-    return [_posix_segment(f, now, False, ()) for f in _orphans.reclaim(shm_dir(), dry_run=dry_run)]
+    return [_segment(f, now) for store in stores() for f in store.reclaim(dry_run=dry_run)]

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import enum
 import mmap
 import operator
 import os
-import re
 import threading
 import weakref
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl
 
 import numpy as np
 
-from ._codec import Header, Plan, plan
-from ._codec import read_header as parse_header
-from ._codec._numpy import dtype_to_json  # redesign: goes once _writable_array uses plan_output
-from ._codec._registry import UNWRITTEN, Decoder, Encoder  # redesign: idem, and decode() in _decode
-from ._store import Locator, OwnedSegment, create_segment, default_backend, open_segment
-from ._store._capacity import _fmt
-from ._store._mapping import Mapping
-from ._store._names import NAME_RE
-from .errors import SegmentCorruptError, SegmentNotFoundError
+from ._codec import Header, Plan, decode, plan, plan_output, read_header
+from ._store import (
+    Described,
+    Locator,
+    Mapping,
+    OwnedSegment,
+    default_backend,
+    format_uri,
+    get_store,
+    open_segment,
+    parse_uri,
+)
+from ._store import is_alive as _segment_exists
+from ._text import format_bytes
+from .errors import SegmentClosedError, SegmentCorruptError, SegmentNotFoundError
 
 __all__ = ["Shared", "attach", "empty", "share", "zeros"]
 
@@ -33,6 +38,13 @@ T = TypeVar("T")
 # (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
 _mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], np.ndarray] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
+
+
+class _State(enum.Enum):
+    """A handle's life: OPEN until close() (in any thread), then CLOSED for good."""
+
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 class Shared(Generic[T]):
@@ -73,8 +85,9 @@ class Shared(Generic[T]):
         self._pickled = pickled
         self._trusted = trusted
         self._owner = owner
+        # The mapping this handle keeps (None until the first get()); dropped by close().
         self._base: np.ndarray | None = None
-        self._closed = False
+        self._state = _State.OPEN
         self._lock = threading.Lock()
         if owner is not None:
             self._finalizer = weakref.finalize(self, owner.release)
@@ -116,7 +129,8 @@ class Shared(Generic[T]):
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Whether :meth:`close` was called on this handle."""
+        return self._state is _State.CLOSED
 
     @property
     def writable(self) -> bool:
@@ -126,18 +140,17 @@ class Shared(Generic[T]):
     @property
     def uri(self) -> str:
         """A ``nocopy://`` string for :func:`attach` in an unrelated process of the same user."""
-        loc = self._locator
-        query = (
-            f"pid={loc.pid}&fd={loc.fd}&sock={loc.sock}&token={self._token.hex()}"
-            f"&size={self._size}&nbytes={self._nbytes}&kind={self._kind}"
-            f"&w={int(self._writable)}&p={int(self._pickled)}"
+        return format_uri(
+            Described(
+                self._locator, token=self._token, size=self._size, nbytes=self._nbytes,
+                kind=self._kind, writable=self._writable, pickled=self._pickled,
+            )
         )
-        return f"nocopy://{loc.store}/{loc.name}?{query}"
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else ""
+        state = " closed" if self.closed else ""
         return (
-            f"<nocopy.Shared {self._kind} {_fmt(self._nbytes)} {self._locator.store} "
+            f"<nocopy.Shared {self._kind} {format_bytes(self._nbytes)} {self._locator.store} "
             f"{self._locator.name}{state}>"
         )
 
@@ -157,18 +170,11 @@ class Shared(Generic[T]):
             >>> float(ref.get()[0])
             0.0
         """
-        if self._closed and self._base is None:
-            raise SegmentNotFoundError(
-                f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
-            )
         if private:
             # Under the lock: a close() in another thread must not free the
             # owner's descriptor between the check and the mapping.
             with self._lock:
-                if self._closed:
-                    raise SegmentNotFoundError(
-                        f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
-                    )
+                self._check_open()
                 base = self._map(mmap.ACCESS_COPY)
         else:
             base = self._shared_base()
@@ -192,7 +198,7 @@ class Shared(Generic[T]):
         """
         try:
             with self._lock:
-                self._closed = True
+                self._state = _State.CLOSED
                 self._base = None
                 if self._owner is not None:
                     # New handles in this process must fail like anywhere else.
@@ -221,8 +227,16 @@ class Shared(Generic[T]):
         )
 
     # -- internals ---------------------------------------------------
+    def _check_open(self) -> None:
+        """The one use-after-close error (callers hold the lock)."""
+        if self._state is _State.CLOSED:
+            raise SegmentClosedError(
+                f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
+            )
+
     def _shared_base(self) -> np.ndarray:
         with self._lock:
+            self._check_open()
             base = self._base
             if base is None:
                 key = (self._locator.name, self._token, self._writable)
@@ -232,14 +246,13 @@ class Shared(Generic[T]):
                     base = self._map(mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ)
                     with _mappings_lock:
                         _mappings[key] = base
-                if not self._closed:
-                    self._base = base
+                self._base = base
             return base
 
     def _map(self, access: int) -> np.ndarray:
         writable_fd = access == mmap.ACCESS_WRITE
         owner = self._owner
-        if owner is not None and not owner.released and owner.owner_pid == os.getpid():
+        if owner is not None and owner.held():
             fd = os.dup(owner.fd)
         else:
             fd = open_segment(self._locator, writable=writable_fd, token=self._token.hex())
@@ -257,12 +270,12 @@ class Shared(Generic[T]):
         return np.asarray(mapping)
 
     def _header(self, base: np.ndarray) -> Header:
-        return parse_header(base.data, name=self._locator.name, token=self._token, size=self._size)
+        return read_header(base.data, name=self._locator.name, token=self._token, size=self._size)
 
     def _decode(self, base: np.ndarray) -> Any:
         # Pickled nodes are refused by the decoder itself unless trusted.
         header = self._header(base)
-        return Decoder(base, header, name=self._locator.name, trusted=self._trusted).decode(header.tree)
+        return decode(base, header, name=self._locator.name, trusted=self._trusted)
 
 
 def _rebuild(
@@ -280,13 +293,11 @@ def _kind_of(obj: Any) -> str:
 
 
 def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
-    seg = create_segment(plan.size, backend=backend or default_backend(), what=f"a {kind} of {_fmt(plan.nbytes)}")
+    store = get_store(backend or default_backend())
+    seg = store.create(plan.size, what=f"a {kind} of {format_bytes(plan.nbytes)}")
     try:
         plan.write_to_fd(seg.fd)
-        if writable:
-            seg.keep_writable(plan.token.hex())
-        else:
-            seg.make_read_only(plan.token.hex())
+        store.seal(seg, plan.token.hex(), writable=writable)
     except BaseException:
         seg.release()
         raise
@@ -357,76 +368,15 @@ def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) 
         raise TypeError(f"shape must be an int or a sequence of ints, not {shape!r:.60}") from None
     if any(s < 0 for s in shape_t):
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
-    dt = np.dtype(dtype)
-    if dt.subdtype is not None:  # as numpy does: zeros(2, ("f8", (3,))) has shape (2, 3)
-        dt, sub = dt.subdtype
-        shape_t += tuple(sub)
-    if dt.hasobject:
-        from .errors import UnsupportedTypeError
-
-        raise UnsupportedTypeError(
-            f"cannot make a shared output of dtype {dt}: Python objects cannot live in shared "
-            "memory. Fix: use a fixed-width dtype (e.g. 'U20', 'f8')."
-        )
-    if order not in ("C", "F"):
-        raise ValueError(f"order must be 'C' or 'F', not {order!r}")
-    enc = Encoder()
-    nbytes = int(np.prod(shape_t, dtype=object)) * dt.itemsize
-    node: dict[str, Any] = {"k": "nd", "b": enc.add(UNWRITTEN, nbytes), "dt": dtype_to_json(dt), "sh": list(shape_t)}
-    if order == "F" and len(shape_t) > 1:
-        node["o"] = "F"
-    return _new_segment(Plan(enc, node), kind="ndarray", backend=backend, writable=True)
+    # The codec checks the dtype and order and plans the node (nobody else builds nodes).
+    return _new_segment(plan_output(shape_t, dtype, order=order), kind="ndarray", backend=backend, writable=True)
 
 
-_URI_RE = re.compile(r"^nocopy://(memfd|posix)/([A-Za-z0-9-]{1,100})\?([A-Za-z0-9=&_.-]{0,600})$")
-_QUERY_RE = {
-    "pid": re.compile(r"^[0-9]{1,10}$"),
-    "fd": re.compile(r"^(-1|[0-9]{1,10})$"),
-    "sock": re.compile(r"^(nocopy-fds-[0-9]{1,10}-[0-9a-f]{32})?$"),
-    "token": re.compile(r"^[0-9a-f]{32}$"),
-    "size": re.compile(r"^[0-9]{1,19}$"),
-    "nbytes": re.compile(r"^[0-9]{1,19}$"),
-    "kind": re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
-    "w": re.compile(r"^[01]$"),
-    "p": re.compile(r"^[01]$"),
-}
-
-
-def _bad_uri(uri: object, why: str) -> SegmentCorruptError:
-    return SegmentCorruptError(
-        f"malformed nocopy URI {str(uri)[:120]!r}: {why}. Fix: pass the exact Shared.uri string "
-        "of a live segment (nocopy://<memfd|posix>/<name>?pid=...&token=...)."
-    )
-
-
-def parse_uri(uri: str) -> Shared[Any]:
-    if not isinstance(uri, str):
-        raise _bad_uri(uri, f"expected str, got {type(uri).__name__}")
-    m = _URI_RE.fullmatch(uri)  # fullmatch: "$" alone accepts a trailing newline
-    if m is None:
-        raise _bad_uri(uri, "it does not have the form nocopy://<store>/<name>?<query>")
-    store, name, query = m.groups()
-    if not NAME_RE.fullmatch(name):
-        raise _bad_uri(uri, f"{name!r} is not a nocopy segment name")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=len(_QUERY_RE))
-    except ValueError as exc:
-        raise _bad_uri(uri, f"bad query ({exc})") from None
-    params = dict(pairs)
-    if len(params) != len(pairs) or set(params) != set(_QUERY_RE):
-        raise _bad_uri(uri, f"expected exactly the fields {', '.join(_QUERY_RE)}")
-    for key, rx in _QUERY_RE.items():
-        if not rx.fullmatch(params[key]):
-            raise _bad_uri(uri, f"bad value for {key}")
-    if store == "memfd" and int(params["fd"]) < 0:
-        raise _bad_uri(uri, "a memfd segment needs its owner's fd")
-    if int(params["size"]) < 48:
-        raise _bad_uri(uri, "size is smaller than a header")
-    loc = Locator(store, name, int(params["pid"]), int(params["fd"]), params["sock"])
+def _from_uri(uri: str, *, trusted: bool) -> Shared[Any]:
+    d = parse_uri(uri)
     return Shared(
-        loc, token=bytes.fromhex(params["token"]), size=int(params["size"]),
-        nbytes=int(params["nbytes"]), kind=params["kind"], writable=params["w"] == "1",
-        pickled=params["p"] == "1", trusted=False,
+        d.locator, token=d.token, size=d.size, nbytes=d.nbytes, kind=d.kind,
+        writable=d.writable, pickled=d.pickled, trusted=trusted,
     )
 
 
@@ -444,8 +394,7 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
         >>> nocopy.attach(ref.uri).get().tolist()   # from any process of this user
         [0, 1, 2]
     """
-    handle = parse_uri(uri)
-    handle._trusted = trusted  # noqa: SLF001 - same module
+    handle = _from_uri(uri, trusted=trusted)
     handle._header(handle._shared_base())  # noqa: SLF001 - fail here, not at the first get()
     return handle
 
@@ -458,7 +407,7 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
 def owner_fd(handle: Shared[Any]) -> int:
     """The descriptor of a segment this process owns (to pass to another process by SCM_RIGHTS)."""
     owner = handle._owner  # noqa: SLF001 - same module
-    if owner is None or owner.released or owner.owner_pid != os.getpid():
+    if owner is None or not owner.held():
         raise SegmentNotFoundError(f"{handle!r} is not an open segment owned by this process")
     return owner.fd
 
@@ -468,28 +417,18 @@ def adopt(fd: int, uri: str) -> Shared[Any]:
 
     Closing the handle closes *fd*; a posix segment's name stays its creator's to remove.
     """
-    described = parse_uri(uri)
-    loc = described._locator  # noqa: SLF001 - same module
-    seg = OwnedSegment(Locator(loc.store, loc.name, os.getpid(), fd, ""), fd, described.size, None)
+    d = parse_uri(uri)
+    loc = d.locator
+    seg = OwnedSegment(Locator(loc.store, loc.name, os.getpid(), fd, ""), fd, d.size, None)
     return Shared(
-        seg.locator, token=described._token, size=described.size, nbytes=described.nbytes,  # noqa: SLF001
-        kind=described.kind, writable=described.writable, trusted=True, owner=seg,
+        seg.locator, token=d.token, size=d.size, nbytes=d.nbytes,
+        kind=d.kind, writable=d.writable, pickled=d.pickled, trusted=True, owner=seg,
     )
 
 
 def is_alive(handle: Shared[Any]) -> bool:
     """Whether the segment still exists (its owner has not closed it or exited)."""
-    loc = handle._locator  # noqa: SLF001 - same module
-    if loc.store == "memfd":
-        from ._store._names import memfd_link
-
-        try:
-            return os.readlink(f"/proc/{loc.pid}/fd/{loc.fd}") == memfd_link(loc.name)
-        except OSError:
-            return False
-    from ._store import shm_dir
-
-    return os.path.exists(os.path.join(shm_dir(), loc.name))
+    return _segment_exists(handle._locator)  # noqa: SLF001 - same module
 
 
 def map_now(handle: Shared[Any]) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "InsufficientMemoryError",
     "NocopyError",
     "SegmentAccessError",
+    "SegmentClosedError",
     "SegmentCorruptError",
     "SegmentNotFoundError",
     "TaskUnpicklingError",
@@ -103,6 +104,23 @@ class SegmentNotFoundError(NocopyError, FileNotFoundError):
         >>> ref = nocopy.share(np.arange(3)); uri = ref.uri; ref.close()
         >>> nocopy.attach(uri)  # doctest: +SKIP
         SegmentNotFoundError: ...
+    """
+
+
+class SegmentClosedError(SegmentNotFoundError, ValueError):
+    """The handle was closed in this process, then used (get(), parallel_map, a pool task).
+
+    A :class:`SegmentNotFoundError` (the segment is gone for this handle) and,
+    as for I/O on a closed file, a ``ValueError``.
+
+    Example::
+
+        >>> ref = nocopy.share(np.arange(3)); ref.close()
+        >>> try:
+        ...     ref.get()
+        ... except nocopy.errors.SegmentClosedError as exc:
+        ...     print(type(exc).__name__)
+        SegmentClosedError
     """
 
 

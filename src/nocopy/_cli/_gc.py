@@ -7,7 +7,7 @@ import json
 
 from .._inventory import cleanup
 from .._store import shm_dir
-from . import _fmt
+from .._text import format_bytes
 
 __all__ = ["add_parser", "run"]
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for s in done:
         # size 0: the name was one of several hard links; the data lives on under another.
-        freed = _fmt.size(s.size) if s.size else "0 B: another hard link keeps its data"
+        freed = format_bytes(s.size) if s.size else "0 B: another hard link keeps its data"
         print(f"{verb} {s.path} ({freed}, owner pid {s.owner_pid} exited)")
-    print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {_fmt.size(total)} ({total} bytes)")
+    print(f"{verb} {len(done)} segment{'s' * (len(done) != 1)}, {format_bytes(total)} ({total} bytes)")
     return 0

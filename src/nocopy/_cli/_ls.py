@@ -6,8 +6,8 @@ import argparse
 import json
 
 from .._inventory import Segment, segments
-from .._store import shm_dir
-from . import _fmt
+from .._store import leaves_orphans, shm_dir
+from .._text import format_age, format_bytes, render_table
 
 __all__ = ["add_parser", "run"]
 
@@ -30,25 +30,25 @@ def render(segs: list[Segment]) -> str:
     rows = [
         [
             s.backend,
-            _fmt.size(s.size),
+            format_bytes(s.size),
             str(s.owner_pid),
             "alive" if s.owner_alive else "dead",
-            _fmt.age(s.age),
+            format_age(s.age),
             ",".join(map(str, s.holders)) or "-",
             s.name,
         ]
         for s in segs
     ]
-    out = [_fmt.table(["BACKEND", "SIZE", "OWNER", "STATE", "AGE", "HELD BY", "NAME"], rows, right={1, 2, 4})]
+    out = [render_table(["BACKEND", "SIZE", "OWNER", "STATE", "AGE", "HELD BY", "NAME"], rows, right={1, 2, 4})]
     total = sum(s.size for s in segs)
-    out.append(f"{len(segs)} segment{'s' * (len(segs) != 1)}, {_fmt.size(total)}")
-    orphans = [s for s in segs if s.backend == "posix" and not s.owner_alive]
+    out.append(f"{len(segs)} segment{'s' * (len(segs) != 1)}, {format_bytes(total)}")
+    orphans = [s for s in segs if leaves_orphans(s.backend) and not s.owner_alive]
     if orphans:
         out.append(
             f"{len(orphans)} posix segment{'s' * (len(orphans) != 1)} of dead owners "
-            f"({_fmt.size(sum(s.size for s in orphans))}): `nocopy gc` reclaims them"
+            f"({format_bytes(sum(s.size for s in orphans))}): `nocopy gc` reclaims them"
         )
-    held = [s for s in segs if s.backend == "memfd" and not s.owner_alive]
+    held = [s for s in segs if not leaves_orphans(s.backend) and not s.owner_alive]
     if held:
         out.append(
             f"{len(held)} memfd segment{'s' * (len(held) != 1)} of dead owners stay only while "

@@ -7,13 +7,25 @@ a cgroup overrun, so the cgroup and MemAvailable are read before allocating.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._text import format_bytes
 from ..errors import InsufficientMemoryError
 
-__all__ = ["Limit", "cgroup_memory", "check_room", "mem_available", "raise_no_room", "tmpfs_room"]
+__all__ = [
+    "Cgroup",
+    "Limit",
+    "cgroup_memory",
+    "check_room",
+    "mem_available",
+    "memory_cgroups",
+    "raise_no_room",
+    "reserve",
+    "tmpfs_room",
+]
 
 _FIX_TMPFS = (
     "free space in {path} (nocopy gc reclaims orphaned segments), use backend='memfd' "
@@ -85,6 +97,44 @@ def _stat_value(path: Path, key: str) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Cgroup:
+    """One memory cgroup of this process: version, directory, limit (None: none) and usage."""
+
+    version: int
+    path: Path
+    limit: int | None
+    usage: int | None
+
+
+def _root(version: int) -> Path:
+    if version == 1:
+        return _CGROUP_FS / "memory"
+    if not (_CGROUP_FS / "cgroup.controllers").exists():
+        return _CGROUP_FS / "unified"
+    return _CGROUP_FS
+
+
+# (limit, usage, inactive page cache in memory.stat) file names per cgroup version.
+_FILES = {
+    1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+    2: ("memory.max", "memory.current", "inactive_file"),
+}
+_LIMIT_NAME = {1: "cgroup v1 memory.limit_in_bytes", 2: "cgroup v2 memory.max"}
+
+
+def memory_cgroups() -> list[Cgroup]:
+    """This process's own memory cgroup(s), v1 and v2 (not their ancestors), as ``nocopy doctor`` shows them."""
+    out = []
+    for version, rel in _cgroup_paths():
+        d = _root(version).joinpath(*[p for p in rel.split("/") if p])
+        limit_file, usage_file, _ = _FILES[version]
+        if not (d / usage_file).exists():
+            continue  # e.g. the v2 hierarchy of a v1 machine: no memory controller there
+        out.append(Cgroup(version, d, _read_int(d / limit_file), _read_int(d / usage_file)))
+    return out
+
+
 def cgroup_memory() -> Limit | None:
     """The tightest memory cgroup limit on this process (v1 or v2), or None.
 
@@ -93,32 +143,21 @@ def cgroup_memory() -> Limit | None:
     """
     best: Limit | None = None
     for version, rel in _cgroup_paths():
-        root = _CGROUP_FS if version == 2 else _CGROUP_FS / "memory"
-        if version == 2 and not (root / "cgroup.controllers").exists():
-            root = _CGROUP_FS / "unified"
         rel_parts = [p for p in rel.split("/") if p]
+        limit_file, usage_file, inactive_key = _FILES[version]
         # Walk from our cgroup up to the root: any ancestor's limit applies.
         for depth in range(len(rel_parts), -1, -1):
-            d = root.joinpath(*rel_parts[:depth])
+            d = _root(version).joinpath(*rel_parts[:depth])
             # The limit first: usage and memory.stat (large, slow to read)
             # only matter where there is one.
-            if version == 2:
-                limit = _read_int(d / "memory.max")
-                if limit is None:
-                    continue
-                usage = _read_int(d / "memory.current")
-                inactive = _stat_value(d / "memory.stat", "inactive_file")
-                name = f"cgroup v2 memory.max ({d})"
-            else:
-                limit = _read_int(d / "memory.limit_in_bytes")
-                if limit is None:
-                    continue
-                usage = _read_int(d / "memory.usage_in_bytes")
-                inactive = _stat_value(d / "memory.stat", "total_inactive_file")
-                name = f"cgroup v1 memory.limit_in_bytes ({d})"
+            limit = _read_int(d / limit_file)
+            if limit is None:
+                continue
+            usage = _read_int(d / usage_file)
+            inactive = _stat_value(d / "memory.stat", inactive_key)
             avail = max(0, limit - max(0, (usage or 0) - inactive))
             if best is None or avail < best.available:
-                best = Limit(name, limit, avail)
+                best = Limit(f"{_LIMIT_NAME[version]} ({d})", limit, avail)
     return best
 
 
@@ -148,9 +187,9 @@ def tmpfs_room(path: str) -> Limit:
 def raise_no_room(what: str, requested: int, limit: Limit, *, shm_dir: str | None = None) -> None:
     fix = _FIX_TMPFS.format(path=shm_dir) if limit.name.startswith("tmpfs") else _FIX_MEMORY
     raise InsufficientMemoryError(
-        f"cannot allocate {_fmt(requested)} of shared memory for {what}: "
-        f"only {_fmt(limit.available)} available under {limit.name} "
-        f"(total {_fmt(limit.total)}). Fix: {fix}.",
+        f"cannot allocate {format_bytes(requested)} of shared memory for {what}: "
+        f"only {format_bytes(limit.available)} available under {limit.name} "
+        f"(total {format_bytes(limit.total)}). Fix: {fix}.",
         requested=requested,
         available=limit.available,
         limit=limit.name,
@@ -181,10 +220,18 @@ def check_room(what: str, requested: int, *, shm_dir: str | None = None) -> None
             raise_no_room(what, requested, lim, shm_dir=shm_dir)
 
 
-def _fmt(n: int) -> str:
-    x = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(x) < 1024 or unit == "TiB":
-            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
-        x /= 1024
-    raise AssertionError("unreachable")
+def reserve(fd: int, size: int, what: str, *, shm_dir: str | None) -> None:
+    """Size *fd* to *size* bytes and reserve its pages: a full tmpfs is an error now, not SIGBUS later.
+
+    *shm_dir* is the tmpfs holding the file (None for memfd).
+    """
+    os.ftruncate(fd, size)
+    if not size:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+            raise
+        lim = tmpfs_room(shm_dir) if shm_dir is not None else Limit("memfd (kernel refused fallocate)", 0, 0)
+        raise_no_room(what, size, lim, shm_dir=shm_dir)

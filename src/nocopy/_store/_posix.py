@@ -1,0 +1,375 @@
+"""The posix store: named segment files in the shm directory ($NOCOPY_SHM_DIR, else /dev/shm).
+
+The default off Linux. Names carry the owner's pid and start time, and every
+owner holds a lock on its file, so a crashed owner's segments are found and
+reclaimed (see _orphans).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as _stat
+from pathlib import Path
+from typing import Any
+
+from .._text import format_bytes
+from ..errors import SegmentAccessError, SegmentNotFoundError
+from . import _capacity, _names, _orphans, _procs
+from ._segment import (
+    Advice,
+    Checkup,
+    Found,
+    Locator,
+    OwnedSegment,
+    check_opened,
+    note_fd_limit,
+    open_flags,
+    read_only_error,
+)
+
+__all__ = ["PosixStore", "invisible_until_locked", "shm_dir"]
+
+
+def shm_dir() -> str:
+    """Directory of posix segments: $NOCOPY_SHM_DIR, else /dev/shm."""
+    return os.environ.get("NOCOPY_SHM_DIR", "/dev/shm")
+
+
+class PosixStore:
+    """Segments that are files in :func:`shm_dir`, made 0400 once written (0600 for outputs)."""
+
+    name = "posix"
+
+    def available(self) -> str | None:
+        return None
+
+    def create(self, size: int, *, what: str) -> OwnedSegment:
+        directory = shm_dir()
+        if not os.path.isdir(directory):
+            raise SegmentNotFoundError(
+                f"cannot make a posix segment: the shm directory {directory} ($NOCOPY_SHM_DIR, "
+                "default /dev/shm) does not exist or is not a directory. Fix: point "
+                "NOCOPY_SHM_DIR at a tmpfs directory, or use backend='memfd'."
+            )
+        _gc_once(directory)
+        _capacity.check_room(what, size, shm_dir=directory)
+        name = _names.make_name()
+        path = os.path.join(directory, name)
+        fd, visible = _create_locked(directory, path)
+        try:
+            _capacity.reserve(fd, size, what, shm_dir=directory)
+            if not visible:
+                # Sized and reserved while nobody can see it: the name appears with
+                # the owner's lock already held, so no reclaim (in any pid
+                # namespace) can ever find it unlocked.
+                # Never overwrites (EEXIST). A src_dir_fd (ignored for an absolute
+                # path) makes CPython call linkat(AT_SYMLINK_FOLLOW): plain link()
+                # would link the /proc symlink itself and fail with EXDEV.
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+                visible = True
+                fd = _reopen_locked(fd, path)
+        except BaseException:
+            os.close(fd)
+            if visible:
+                os.unlink(path)
+            raise
+        return OwnedSegment(Locator(self.name, name, os.getpid()), fd, size, path)
+
+    def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
+        # A file on tmpfs cannot be sealed: read-only is its mode, which open() checks.
+        if not writable:
+            os.fchmod(seg.fd, 0o400)
+
+    def open(self, loc: Locator, *, writable: bool, token: str) -> int:
+        try:
+            fd = _open(loc, open_flags(writable))
+        except OSError as exc:
+            note_fd_limit(exc, attaching=True)
+            raise
+        try:
+            st = check_opened(loc, fd)
+            # Root opens a 0400 file read-write all the same, so the mode is checked here.
+            if writable and not st.st_mode & _stat.S_IWUSR:
+                raise read_only_error(loc)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def is_alive(self, loc: Locator) -> bool:
+        return os.path.exists(os.path.join(shm_dir(), loc.name))
+
+    def find(self) -> list[Found]:
+        directory = shm_dir()
+        files = _orphans.scan(directory)
+        holders: dict[str, set[int]] = {}
+        if files:
+            prefix = os.path.join(directory, "nocopy-")
+            for pid in _procs.pids():
+                for _, path, _ in _procs.mapped(pid, prefix):
+                    if path.startswith(prefix):
+                        holders.setdefault(os.path.basename(path.removesuffix(" (deleted)")), set()).add(pid)
+        out = []
+        for f in files:
+            # The lock as well as the pid: a live owner in another pid namespace,
+            # or a hard link to a live segment under a name with another pid, is alive.
+            alive = f.owner_alive or _orphans.held(f)
+            pids = holders.get(f.name, set()) | ({f.pid} if f.owner_alive else set())
+            out.append(_found(f, alive, tuple(sorted(pids))))
+        return out
+
+    def reclaim(self, *, dry_run: bool = False) -> list[Found]:
+        return [_found(f, False, ()) for f in _orphans.reclaim(shm_dir(), dry_run=dry_run)]
+
+    @property
+    def leaves_orphans(self) -> bool:
+        return True
+
+    def checkup(self) -> Checkup:
+        directory = shm_dir()
+        isolation = {
+            # A same-user process can open the file read-write (root: any mode) and
+            # ftruncate it; nocopy cannot seal a file on tmpfs.
+            "posix": "named files (any process of this user can truncate one, or chmod and write "
+            "it, and a truncated segment kills its readers with SIGBUS)",
+            "posix_named_after_lock": os.path.isdir(directory) and invisible_until_locked(directory),
+        }
+        return Checkup("shm", _shm_report(directory), isolation)
+
+    def advice(self, report: dict[str, Any], *, in_use: bool) -> list[Advice]:
+        shm = report["shm"]
+        if not shm["exists"] or not shm["writable"]:
+            out = [Advice(
+                "error" if in_use else "warning",
+                f"the shm directory {shm['dir']} is missing or not writable: posix segments cannot be made",
+                "mount a tmpfs there (`mount -t tmpfs tmpfs /dev/shm`), or point NOCOPY_SHM_DIR at a "
+                "writable tmpfs directory",
+            )]
+        else:
+            out = _room_advice(shm, in_use=in_use)
+        if in_use:
+            out += _in_use_advice(shm, report["isolation"])
+        return out
+
+
+DOCKER_DEFAULT_SHM = 64 << 20
+_SHM_FIX = (
+    "give it more room: `docker run --shm-size=8g ...` (docker compose: `shm_size: 8gb`); on "
+    "Kubernetes mount an `emptyDir: {medium: Memory, sizeLimit: 8Gi}` volume at /dev/shm; "
+    "or use backend='memfd' (Linux default), which the /dev/shm size does not bound"
+)
+
+
+def _mount_of(path: str) -> dict[str, Any]:
+    """The mount holding *path*: mount point, filesystem type, options."""
+    real = os.path.realpath(path)
+    best: dict[str, Any] = {"mount": None, "fstype": None, "options": None}
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return best
+    best_len = -1
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best_len:  # later mounts shadow earlier ones
+            best_len = len(point)
+            best = {"mount": point, "fstype": parts[2], "options": parts[3]}
+    return best
+
+
+def _shm_report(directory: str) -> dict[str, Any]:
+    rep: dict[str, Any] = {"dir": directory, "exists": os.path.isdir(directory)}
+    rep.update(_mount_of(directory))
+    try:
+        room = _capacity.tmpfs_room(directory)
+        rep["size"], rep["free"] = room.total, room.available
+    except OSError as exc:
+        rep["size"] = rep["free"] = None
+        rep["error"] = exc.strerror
+    rep["writable"] = os.access(directory, os.W_OK | os.X_OK)
+    return rep
+
+
+def _room_advice(shm: dict[str, Any], *, in_use: bool) -> list[Advice]:
+    out = []
+    if shm["fstype"] not in (None, "tmpfs"):
+        out.append(Advice(
+            "warning",
+            f"{shm['dir']} is on {shm['fstype']}, not tmpfs: posix segments would live on disk",
+            "point NOCOPY_SHM_DIR at a tmpfs (normally /dev/shm)",
+        ))
+    size, free = shm.get("size"), shm.get("free")
+    if size is not None and size <= DOCKER_DEFAULT_SHM * 1.05:
+        out.append(Advice(
+            "warning" if in_use else "info",
+            f"{shm['dir']} is only {format_bytes(size)} (Docker's default is 64 MiB): posix "
+            "segments (and other libraries' shared memory) larger than that fail with "
+            "InsufficientMemoryError",
+            _SHM_FIX,
+        ))
+    elif size is not None and free is not None and size and free < min(size * 0.1, 1 << 30):
+        out.append(Advice(
+            "warning",
+            f"{shm['dir']} is nearly full: {format_bytes(free)} free of {format_bytes(size)}",
+            "run `nocopy gc` to reclaim orphaned segments, close unused Shared handles, or " + _SHM_FIX,
+        ))
+    return out
+
+
+def _in_use_advice(shm: dict[str, Any], isolation: dict[str, Any]) -> list[Advice]:
+    out = [Advice(
+        "warning",
+        f"the posix backend is in use: posix segments are {isolation['posix']}; memfd "
+        "segments are sealed and cannot be truncated",
+        "use backend='memfd' (unset NOCOPY_BACKEND) unless you need named segments",
+    )]
+    if shm["exists"] and shm["writable"] and not isolation["posix_named_after_lock"]:
+        out.append(Advice(
+            "warning",
+            f"{shm['dir']} does not support O_TMPFILE (or /proc is missing): a new posix "
+            "segment is visible for a moment before its owner locks it, and `nocopy gc` run "
+            "in another pid namespace (a container sharing this directory) could remove it then",
+            "run `nocopy gc` only in the pid namespace of the processes that share, or use memfd",
+        ))
+    return out
+
+
+def _found(f: _orphans.PosixFile, alive: bool, holders: tuple[int, ...]) -> Found:
+    return Found(
+        name=f.name, store="posix", size=f.size, owner_pid=f.pid, owner_alive=alive,
+        created=f.created, path=f.path, holders=holders,
+    )
+
+
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
+_no_tmpfile: set[str] = set()
+
+
+def _create_locked(directory: str, path: str) -> tuple[int, bool]:
+    """A new segment file for *path*, holding the owner's lock; and whether *path* names it yet.
+
+    Where the kernel allows it (Linux: O_TMPFILE and /proc/self/fd), the file
+    starts with no name and create() links it at *path* only after
+    locking it: between an O_CREAT|O_EXCL and the flock, a reclaim in another
+    pid namespace (a container sharing /dev/shm), where the pid in the name
+    means nothing, would see an unlocked file of a "dead" owner and unlink it.
+    Elsewhere there are no pid namespaces, and the pid and start time in the
+    name protect the file in that window.
+    """
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile and directory not in _no_tmpfile and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.open(directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            note_fd_limit(exc)
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            _no_tmpfile.add(directory)  # this filesystem cannot: do not ask again
+        else:
+            _orphans.lock_owned(fd)
+            return fd, False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        note_fd_limit(exc)
+        raise
+    _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
+    return fd, True
+
+
+def _reopen_locked(fd: int, path: str) -> int:
+    """A descriptor of the same file opened by *path*, holding the owner's lock; closes *fd*.
+
+    The file was opened nameless, so /proc/<pid>/fd and maps lines of *fd*
+    show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks find a
+    segment by its name. The new descriptor takes its lock before the old
+    one lets go, so the file is never unlocked. On failure *fd* stays open.
+    """
+    try:
+        new = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError as exc:
+        note_fd_limit(exc)
+        raise
+    try:
+        a, b = os.fstat(fd), os.fstat(new)
+        if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
+            raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
+        _orphans.lock_owned(new)
+    except BaseException:
+        os.close(new)
+        raise
+    os.close(fd)
+    return new
+
+
+def invisible_until_locked(directory: str) -> bool:
+    """Whether new posix segments in *directory* get their name only once locked (see _create_locked)."""
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if not tmpfile or directory in _no_tmpfile or not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        os.close(os.open(directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600))
+    except OSError:
+        return False
+    return True
+
+
+_gc_done: set[str] = set()
+
+
+def _gc_once(directory: str) -> None:
+    """Reclaim posix orphans of dead owners the first time this process creates one there."""
+    if directory in _gc_done:
+        return
+    _gc_done.add(directory)
+    _orphans.reclaim(directory)
+
+
+def _open(loc: Locator, flags: int) -> int:
+    path = os.path.join(shm_dir(), loc.name)
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise SegmentNotFoundError(
+            f"segment {loc.name} does not exist in {shm_dir()}: its owner (pid {loc.pid}) "
+            "closed it or exited. Fix: keep the owner's Shared open while other processes attach."
+        ) from None
+    except PermissionError:
+        if flags & os.O_RDWR:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and st.st_uid == os.geteuid() and not st.st_mode & _stat.S_IWUSR:
+                raise read_only_error(loc) from None
+        raise SegmentAccessError(
+            f"segment {path} is not accessible to uid {os.geteuid()}: segments are private "
+            "to their owner's user (mode 0600). Fix: attach as the owner's user."
+        ) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.ENODEV, errno.EISDIR, errno.EOPNOTSUPP):
+            raise
+        # ELOOP: a symlink (O_NOFOLLOW); ENXIO/ENODEV/EOPNOTSUPP: a socket or a device.
+        raise SegmentNotFoundError(
+            f"segment {loc.name}: {path} is not a nocopy segment ({_what_is(path)}): the name "
+            "was taken by something else. Fix: use the uri of a live Shared."
+        ) from None
+
+
+def _what_is(path: str) -> str:
+    try:
+        mode = os.stat(path, follow_symlinks=False).st_mode
+    except OSError as exc:
+        return exc.strerror or "unreadable"
+    for test, what in (
+        (_stat.S_ISLNK, "a symbolic link"), (_stat.S_ISSOCK, "a socket"), (_stat.S_ISFIFO, "a FIFO"),
+        (_stat.S_ISDIR, "a directory"), (_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"

@@ -1,0 +1,226 @@
+"""What every store shares: the Store protocol, a segment's locator, an owned segment, a found one.
+
+A store is one way of keeping a segment's bytes (memfd, posix; later file).
+Everything outside ``_store/`` goes through :class:`Store` (via the facade's
+``get_store``), so nothing else branches on a store's name or knows where a
+store keeps its segments.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as _stat
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import SegmentAccessError, SegmentNotFoundError
+from . import _fdserver
+
+__all__ = [
+    "Advice",
+    "Checkup",
+    "Found",
+    "Locator",
+    "OwnedSegment",
+    "Store",
+    "check_opened",
+    "note_fd_limit",
+    "open_flags",
+    "read_only_error",
+]
+
+
+@dataclass(frozen=True)
+class Locator:
+    """How another process finds a segment. Small and picklable."""
+
+    store: str
+    name: str
+    pid: int
+    fd: int = -1  # memfd: the owner's descriptor number
+    sock: str = ""  # memfd: the owner's fd-server address (SCM_RIGHTS fallback)
+
+
+class OwnedSegment:
+    """A segment this process holds a descriptor of. Releasing it is idempotent and fork-safe.
+
+    *path* is the name to remove on release (the creator of a posix segment),
+    None when closing the descriptor is all there is to do.
+    """
+
+    def __init__(self, locator: Locator, fd: int, size: int, path: str | None) -> None:
+        self.locator = locator
+        self.fd = fd
+        self.size = size
+        self.path = path
+        self.owner_pid = os.getpid()
+        self.released = False
+
+    def held(self) -> bool:
+        """Whether this process still holds the descriptor (not released, not a forked copy)."""
+        return not self.released and self.owner_pid == os.getpid()
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.locator.sock and os.getpid() == self.owner_pid:
+            _fdserver.server().unregister(self.locator.name)
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+        # A process that inherited this object through fork never unlinks
+        # the parent's segment.
+        if self.path is not None and os.getpid() == self.owner_pid:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class Found:
+    """One segment of this user as a store finds it on the machine (for ``ls`` and ``gc``).
+
+    *created* is the oldest inode timestamp seen (never later than creation),
+    inf when unknown; *holders* the pids holding it open or mapped; *path*
+    its file, empty when it has none.
+    """
+
+    name: str
+    store: str
+    size: int
+    owner_pid: int
+    owner_alive: bool
+    created: float
+    path: str = ""
+    holders: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Checkup:
+    """What a store found about this machine, for ``nocopy doctor``.
+
+    *key* names the report's section for *report*; *isolation* says what
+    another process of the same user can do to a segment of this store.
+    """
+
+    key: str
+    report: dict[str, Any]
+    isolation: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One finding of ``nocopy doctor``: level (error, warning, info), what is wrong, the fix."""
+
+    level: str
+    message: str
+    fix: str
+
+
+class Store(Protocol):
+    """Where a segment's bytes live. Knows nothing of numpy or pandas: it hands out bytes."""
+
+    @property
+    def name(self) -> str:
+        """The store's name, as in ``share(backend=...)`` and in URIs."""
+        ...
+
+    def available(self) -> str | None:
+        """None when this store works on this platform, else why not (and the fix)."""
+        ...
+
+    def create(self, size: int, *, what: str) -> OwnedSegment:
+        """A new segment of *size* bytes, pages reserved; InsufficientMemoryError if no room."""
+        ...
+
+    def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
+        """After the data is written: forbid writes (unless *writable*) and any resize; publish."""
+        ...
+
+    def open(self, loc: Locator, *, writable: bool, token: str) -> int:
+        """A new descriptor of the segment *loc* names, checked (regular file, this user, grant)."""
+        ...
+
+    def is_alive(self, loc: Locator) -> bool:
+        """Whether the segment still exists (its owner has not closed it or exited)."""
+        ...
+
+    def find(self) -> list[Found]:
+        """Every segment of this user in this store on this machine (owners alive or not)."""
+        ...
+
+    def reclaim(self, *, dry_run: bool = False) -> list[Found]:
+        """Remove the segments of dead owners; what was (or would be) removed, size = bytes freed."""
+        ...
+
+    @property
+    def leaves_orphans(self) -> bool:
+        """Whether a dead owner's segments stay until :meth:`reclaim` (else the kernel frees them)."""
+        ...
+
+    def checkup(self) -> Checkup:
+        """Probe whether this store works here and how well (``nocopy doctor``)."""
+        ...
+
+    def advice(self, report: dict[str, Any], *, in_use: bool) -> list[Advice]:
+        """The problems the doctor's *report* shows for this store; *in_use*: it is the default."""
+        ...
+
+
+def note_fd_limit(exc: OSError, *, attaching: bool = False) -> None:
+    """Add the fix to an EMFILE/ENFILE: which descriptors nocopy holds, and how to get more."""
+    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        return
+    if any(note.startswith("nocopy:") for note in getattr(exc, "__notes__", ())):
+        return
+    if attaching:
+        exc.add_note(
+            "nocopy: attaching a segment needs one file descriptor for a moment (views and "
+            "mappings hold none afterwards), and this process has used up its limit. In a "
+            "process that shares, every live segment it owns holds one. Fix: close files, "
+            "sockets and Shared handles you no longer need, or raise the limit (`ulimit -n`, "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, ...))."
+        )
+    else:
+        exc.add_note(
+            "nocopy: every live segment holds one file descriptor in the process that "
+            "shared it. Fix: close() the handles you no longer need, share fewer, larger "
+            "objects (e.g. one dict of arrays), or raise the limit (`ulimit -n`, "
+            "resource.setrlimit(resource.RLIMIT_NOFILE, ...))."
+        )
+
+
+def check_opened(loc: Locator, fd: int) -> os.stat_result:
+    """Refuse a descriptor that is not a regular file of this user (the name was reused)."""
+    st = os.fstat(fd)
+    if not _stat.S_ISREG(st.st_mode):
+        raise SegmentNotFoundError(
+            f"segment {loc.name} is not a nocopy segment (not a regular file): the name "
+            "was reused by something else. Fix: use the uri of a live Shared."
+        )
+    if st.st_uid != os.geteuid():
+        raise SegmentAccessError(
+            f"segment {loc.name} belongs to uid {st.st_uid}, not to this process's uid "
+            f"{os.geteuid()}: nocopy refuses another user's segment. Fix: attach as uid {st.st_uid}."
+        )
+    return st
+
+
+def read_only_error(loc: Locator) -> SegmentAccessError:
+    return SegmentAccessError(
+        f"segment {loc.name} is read-only: its owner (pid {loc.pid}) shared it with share(), "
+        "which never grants writes, but this handle asks for a writable mapping (w=1 in its "
+        "URI): the URI or handle was altered. Only outputs made by nocopy.empty()/zeros() are "
+        "writable. Fix: use the exact Shared.uri, or get(private=True) for a private writable copy."
+    )
+
+
+# O_NONBLOCK/O_NOCTTY: a hostile name or fd number pointing at a FIFO or a
+# terminal must fail the checks, not block or become our tty.
+def open_flags(writable: bool) -> int:
+    """Flags for opening another process's segment."""
+    return (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
