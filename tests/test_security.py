@@ -21,7 +21,7 @@ import nocopy
 from conftest import needs_root
 from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import PREFIX
-from nocopy._store import _fdserver
+from nocopy._ipc import _fdserver
 from nocopy.errors import NocopyError, SegmentAccessError, SegmentCorruptError
 
 
@@ -85,7 +85,7 @@ def test_names_and_tokens_carry_128_random_bits(shm: Path) -> None:
 AS_NOBODY = """
 import hmac, json, os, sys  # hmac: imported lazily by the header check; /root is closed to uid 65534
 import nocopy
-from nocopy._store import _fdserver
+from nocopy._ipc import _fdserver
 from nocopy.errors import NocopyError
 cases = json.loads(sys.argv[1])
 # Imported as root; from here on this process is uid 65534 with no groups.

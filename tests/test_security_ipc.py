@@ -24,7 +24,7 @@ import pytest
 import nocopy
 from conftest import Procs, needs_root, run_python
 from nocopy import _executor
-from nocopy._store import _fdserver
+from nocopy._ipc import _fdserver
 from nocopy.errors import SegmentAccessError, SegmentNotFoundError
 
 # A listener squatting a nocopy address: reports what a client gave it (as JSON on stdout).
@@ -383,7 +383,7 @@ with socket.socket(socket.AF_UNIX) as s:
 EMFILE = """
 import os, resource, socket, sys, threading, time
 import numpy as np, nocopy
-from nocopy._store import _fdserver
+from nocopy._ipc import _fdserver
 ref = nocopy.share(np.arange(10), backend="memfd")
 address = ref._locator.sock
 legit = f"{ref.name} {ref._token.hex()}\\n".encode()

@@ -61,11 +61,12 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import numpy as np
 
+from ._ipc import _unixserver
+from ._ipc._perprocess import PerProcess
+from ._ipc._unixserver import UnixServer
 from ._shared import Shared, share, zeros
-from ._store import Locator, OwnedSegment, _unixserver, shm_dir
+from ._store import Locator, OwnedSegment, shm_dir
 from ._store._names import memfd_link, process_start_time
-from ._store._perprocess import PerProcess
-from ._store._unixserver import UnixServer
 from .errors import (
     NocopyError,
     SegmentNotFoundError,

@@ -13,8 +13,9 @@ import subprocess
 import sys
 from typing import Any
 
+from .._ipc import _fdserver
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _fdserver, _names, _procs
+from . import _capacity, _names, _procs
 from ._segment import (
     Advice,
     Checkup,

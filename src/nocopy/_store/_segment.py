@@ -14,8 +14,8 @@ import stat as _stat
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._ipc import _fdserver
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _fdserver
 
 __all__ = [
     "Advice",
