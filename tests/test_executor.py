@@ -172,6 +172,20 @@ def test_non_shareable_data_is_pickled_as_with_the_stdlib() -> None:
         assert ex.submit(len, objects).result() == 200_000
 
 
+def test_no_room_to_share_warns_once_at_the_callers_submit_and_pickles(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._pool import _cache
+
+    def no_room(value: object) -> None:
+        raise MemoryError("no room left")
+
+    monkeypatch.setattr(_cache, "share", no_room)
+    with nocopy.ProcessPoolExecutor(1) as ex, pytest.warns(RuntimeWarning, match="no room to share") as record:
+        first = ex.submit(total, np.ones(MiB))
+        second = ex.submit(total, np.ones(MiB))
+        assert (first.result(), second.result()) == (MiB, MiB)  # pickled instead
+    assert [w.filename for w in record] == [__file__]  # once, pointing at the caller's submit()
+
+
 # -- results ------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_big_results_come_back_through_shared_memory(method: str) -> None:
