@@ -427,6 +427,20 @@ def test_data_bound_in_a_partial_is_shared_too() -> None:
     assert len({g[1] for g in got}) == 1 and got[0][1] is not None
 
 
+def make_bound(n: int) -> Any:
+    import functools
+
+    return functools.partial(np.add, np.arange(n, dtype="f8"))
+
+
+def test_data_bound_in_a_returned_partial_comes_back_shared_too() -> None:
+    # One walk for arguments and results: a result holds big data in the same places an argument may.
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        bound = ex.submit(make_bound, 500_000).result()
+    assert segment_of(bound.args[0]) is not None
+    np.testing.assert_array_equal(bound(1.0), np.arange(500_000, dtype="f8") + 1.0)
+
+
 def test_forkserver_preloads_numpy_and_nocopy_keeping_the_users_list() -> None:
     code = """
 import multiprocessing as mp, numpy as np
