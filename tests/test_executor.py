@@ -172,6 +172,20 @@ def test_non_shareable_data_is_pickled_as_with_the_stdlib() -> None:
         assert ex.submit(len, objects).result() == 200_000
 
 
+def test_no_room_to_share_warns_once_at_the_callers_submit_and_pickles(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._pool import _cache
+
+    def no_room(value: object) -> None:
+        raise MemoryError("no room left")
+
+    monkeypatch.setattr(_cache, "share", no_room)
+    with nocopy.ProcessPoolExecutor(1) as ex, pytest.warns(RuntimeWarning, match="no room to share") as record:
+        first = ex.submit(total, np.ones(MiB))
+        second = ex.submit(total, np.ones(MiB))
+        assert (first.result(), second.result()) == (MiB, MiB)  # pickled instead
+    assert [w.filename for w in record] == [__file__]  # once, pointing at the caller's submit()
+
+
 # -- results ------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_big_results_come_back_through_shared_memory(method: str) -> None:
@@ -411,6 +425,20 @@ def test_data_bound_in_a_partial_is_shared_too() -> None:
         got = list(ex.map(functools.partial(scaled_sum, arr), [1.0, 2.0, 3.0], chunksize=2))
     assert [g[0] for g in got] == [arr.size * 1.0, arr.size * 2.0, arr.size * 3.0]
     assert len({g[1] for g in got}) == 1 and got[0][1] is not None
+
+
+def make_bound(n: int) -> Any:
+    import functools
+
+    return functools.partial(np.add, np.arange(n, dtype="f8"))
+
+
+def test_data_bound_in_a_returned_partial_comes_back_shared_too() -> None:
+    # One walk for arguments and results: a result holds big data in the same places an argument may.
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        bound = ex.submit(make_bound, 500_000).result()
+    assert segment_of(bound.args[0]) is not None
+    np.testing.assert_array_equal(bound(1.0), np.arange(500_000, dtype="f8") + 1.0)
 
 
 def test_forkserver_preloads_numpy_and_nocopy_keeping_the_users_list() -> None:

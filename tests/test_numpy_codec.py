@@ -181,7 +181,13 @@ def test_use_after_close_is_one_error_for_every_path() -> None:
     for handle in (ref, clone):
         handle.close()
         assert handle.closed
-        for use in (handle.get, lambda h=handle: h.get(private=True), lambda h=handle: map_now(h)):
+        uses = (
+            handle.get,
+            lambda h=handle: h.get(private=True),
+            lambda h=handle: map_now(h),
+            lambda h=handle: nocopy.parallel_map(len, h, chunks=2, backend="threads"),
+        )
+        for use in uses:
             with pytest.raises(SegmentClosedError, match=r"is closed.*Fix"):
                 use()
 

@@ -20,7 +20,7 @@ from polars.testing import assert_frame_equal, assert_series_equal  # noqa: E402
 from polars.testing.parametric import dataframes  # noqa: E402
 
 import nocopy  # noqa: E402
-from conftest import run_python  # noqa: E402
+from conftest import run_python, segment_of  # noqa: E402
 from nocopy._codec import decode_buffer  # noqa: E402
 from nocopy._kinds import data_nbytes, family_of, row_count, take_rows  # noqa: E402
 from nocopy.errors import SegmentAccessError, SegmentCorruptError, UnsupportedTypeError  # noqa: E402
@@ -301,6 +301,60 @@ def test_2m_rows_spawned_worker_uss_grows_under_10_percent_and_a_copy_is_seen(sp
         assert report["schema"] == str(df.schema)
         assert report["uss_growth"] < 0.10 * ref.nbytes, (report["uss_growth"], ref.nbytes)
         assert control["uss_growth"] > 0.9 * ref.nbytes, (control["uss_growth"], ref.nbytes)
+
+
+# -- the pool and parallel_map -----------------------------------------------------
+
+
+def _where_x(df: Any) -> tuple[str | None, int, float]:
+    """In a worker: the segment holding column x's values (None: not in one), rows, sum."""
+    x = df["x"].to_numpy(allow_copy=False)
+    return segment_of(x), len(df), float(x.sum())
+
+
+def _frame(n: int) -> Any:
+    return pl.DataFrame({"x": np.arange(n, dtype="f8"), "s": [f"v{i % 100}" for i in range(n)]})
+
+
+def test_a_big_polars_frame_argument_is_shared_once_by_the_executor() -> None:
+    df = _frame(300_000)
+    with nocopy.ProcessPoolExecutor(1, share_threshold=100_000) as ex:
+        where, rows, total = ex.submit(_where_x, df).result()
+        again = ex.submit(_where_x, df).result()[0]
+    assert where is not None  # the worker's column was a view of a nocopy segment
+    assert (rows, total) == (300_000, float(np.arange(300_000).sum()))
+    assert again == where  # the same segment: shared once per executor, not per task
+
+
+def test_a_big_polars_frame_result_comes_back_through_shared_memory() -> None:
+    with nocopy.ProcessPoolExecutor(1, share_threshold=100_000) as ex:
+        back = ex.submit(_frame, 300_000).result()
+    assert segment_of(back["x"].to_numpy(allow_copy=False)) is not None
+    assert_frame_equal(back, _frame(300_000))
+
+
+def _chunk_of(df: Any) -> tuple[int, float, str | None, int]:
+    x = df["x"].to_numpy(allow_copy=False)
+    return len(df), float(x.sum()), segment_of(x), x.ctypes.data
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_parallel_map_chunks_a_polars_frame_zero_copy(backend: str) -> None:
+    df = _frame(1000)
+    got = nocopy.parallel_map(_chunk_of, df, chunks=4, workers=2, backend=backend)
+    assert [(n, s) for n, s, _, _ in got] == [(250, float(np.arange(i * 250, (i + 1) * 250).sum())) for i in range(4)]
+    segments = {where for _, _, where, _ in got}
+    if backend == "processes":
+        assert len(segments) == 1 and None not in segments  # every chunk reads the one shared copy
+    else:
+        base = df["x"].to_numpy(allow_copy=False).ctypes.data
+        assert [addr for *_, addr in got] == [base + i * 250 * 8 for i in range(4)]  # the caller's own buffer
+
+
+@pytest.mark.parametrize("backend", ["processes", "threads"])
+def test_parallel_map_chunks_a_polars_series(backend: str) -> None:
+    s = pl.Series("x", np.arange(100, dtype="i8"))
+    assert nocopy.parallel_map(len, s, chunks=3, workers=2, backend=backend) == [33, 33, 34]
 
 
 # -- refusals, pickling, explain ------------------------------------------

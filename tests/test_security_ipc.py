@@ -23,8 +23,8 @@ import pytest
 
 import nocopy
 from conftest import Procs, needs_root, run_python
-from nocopy import _executor
 from nocopy._ipc import _fdserver
+from nocopy._pool import _results
 from nocopy.errors import SegmentAccessError, SegmentNotFoundError
 
 # A listener squatting a nocopy address: reports what a client gave it (as JSON on stdout).
@@ -121,7 +121,7 @@ def test_a_worker_hands_no_result_to_a_listener_of_another_user(procs: Procs) ->
     fd = _memfd(tag)
     try:
         with pytest.raises(SegmentNotFoundError, match="uid 65534"):
-            _executor._hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
+            _results.hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
     finally:
         os.close(fd)
     report = _squatter_report(squatter)
@@ -136,7 +136,7 @@ def test_a_worker_hands_no_result_to_another_process_holding_the_callers_name(pr
     fd = _memfd(tag)
     try:
         with pytest.raises(SegmentNotFoundError, match=f"pid {squatter.pid} of uid {os.getuid()}"):
-            _executor._hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
+            _results.hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
     finally:
         os.close(fd)
     assert _squatter_report(squatter) == {"bytes": "", "fds": 0}
@@ -229,7 +229,7 @@ def _big(i: int) -> np.ndarray:
 def test_a_connect_flood_from_another_user_loses_no_result(shared: nocopy.Shared[np.ndarray]) -> None:
     with nocopy.ProcessPoolExecutor(2) as ex:
         assert ex.submit(_big, 0).result()[0] == 0
-        addresses = [_executor._get_inbox().address, shared._locator.sock]
+        addresses = [_results.get_inbox().address, shared._locator.sock]
         flooders: list[int] = []
         try:
             for _ in range(8):
@@ -301,7 +301,7 @@ def test_idle_connections_stall_neither_server(shared: nocopy.Shared[np.ndarray]
     # More than the servers keep at once: the oldest idle ones are dropped for new ones.
     idle = []
     try:
-        for address in (shared._locator.sock, _executor._get_inbox().address):
+        for address in (shared._locator.sock, _results.get_inbox().address):
             for _ in range(150):
                 s = socket.socket(socket.AF_UNIX)
                 s.connect("\0" + address)
@@ -326,7 +326,7 @@ INBOX_GARBAGE = [
 
 @pytest.mark.parametrize(("data", "nfds"), INBOX_GARBAGE, ids=["binary", "unknown-tag", "two-fds", "no-fd", "long-line", "no-newline"])
 def test_the_inbox_keeps_no_descriptor_from_a_bad_message(data: bytes, nfds: int) -> None:
-    inbox = _executor._get_inbox()
+    inbox = _results.get_inbox()
     tag = secrets.token_hex(16)
     fds = [_memfd(tag) for _ in range(nfds)]
     try:
@@ -345,7 +345,7 @@ def test_the_inbox_forgets_a_released_executors_tag() -> None:
     with nocopy.ProcessPoolExecutor(1) as ex:
         assert ex.submit(_big, 1).result()[0] == 1
         tag = ex._resources.tag
-    inbox = _executor._get_inbox()
+    inbox = _results.get_inbox()
     name = secrets.token_hex(16)
     fd = _memfd(name)
     try:
@@ -358,7 +358,7 @@ def test_the_inbox_forgets_a_released_executors_tag() -> None:
 @needs_root
 @pytest.mark.root
 def test_the_inbox_refuses_another_user(procs: Procs) -> None:
-    inbox = _executor._get_inbox()
+    inbox = _results.get_inbox()
     code = """
 import os, socket, sys
 os.setgid(65534); os.setuid(65534)

@@ -10,10 +10,10 @@ Example::
 """
 
 from . import errors
-from ._executor import ProcessPoolExecutor
 from ._explain import explain
 from ._inventory import cleanup, segments
 from ._map import parallel_map
+from ._pool import ProcessPoolExecutor
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 

@@ -36,8 +36,9 @@ Backends are constructed as ``cls(workers=int, executor=Executor | None)``
 :func:`register_backend` ("name" -> class), or lazily by module path in
 ``_LAZY_BACKENDS`` (``"ray": ("nocopy.ray", "RayMapBackend")``): the module is
 imported the first time the backend is asked for, and must define that class.
-:func:`take_rows` (rows start:stop of an ndarray, DataFrame, Series or Arrow
-table, zero-copy) is the helper every backend's worker side uses.
+:func:`take_rows` (rows start:stop of an ndarray, a pandas or Polars DataFrame
+or Series, or an Arrow table, zero-copy; from ``nocopy._kinds``) is the helper
+every backend's worker side uses.
 
 Example::
 
@@ -60,9 +61,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._executor import ProcessPoolExecutor, _fn_name
+from ._kinds import row_count, take_rows
+from ._pool import ProcessPoolExecutor, fn_name, submit_labelled, usable
+from ._pool import abort as abort_pool
 from ._shared import Shared, share
-from .errors import UnsupportedTypeError
+from .errors import SegmentClosedError
 
 __all__ = ["MapBackend", "parallel_map", "register_backend", "take_rows"]
 
@@ -146,51 +149,8 @@ def _backend_class(name: str) -> type[MapBackend]:
 
 
 # ---------------------------------------------------------------------------
-# rows
+# rows (row_count and take_rows come from _kinds: every family that has rows splits)
 # ---------------------------------------------------------------------------
-def _row_count(data: Any) -> int:
-    """Rows of a supported object; UnsupportedTypeError for anything else."""
-    if isinstance(data, np.ndarray):
-        if data.ndim == 0:
-            raise UnsupportedTypeError(
-                "parallel_map needs rows to split, and a 0-d array has none. Fix: pass an "
-                "array with at least one dimension (chunks are taken along the first)."
-            )
-        return int(data.shape[0])
-    t = type(data)
-    module = t.__module__ or ""
-    if module.startswith("pandas") and t.__name__ in ("DataFrame", "Series"):
-        return len(data)
-    if module.startswith("pyarrow"):
-        if t.__name__ in ("Table", "RecordBatch"):
-            return int(data.num_rows)
-        if t.__name__ == "ChunkedArray" or t.__name__.endswith("Array"):
-            return len(data)
-    raise UnsupportedTypeError(
-        f"parallel_map cannot split a {t.__qualname__} into row chunks. Fix: pass a NumPy "
-        "array, a pandas DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
-    )
-
-
-def take_rows(data: Any, start: int, stop: int) -> Any:
-    """Rows start:stop of an ndarray, DataFrame, Series or Arrow table/array, without copying.
-
-    Example::
-
-        >>> take_rows(np.arange(10), 2, 5)
-        array([2, 3, 4])
-    """
-    if isinstance(data, np.ndarray):
-        return data[start:stop]
-    module = type(data).__module__ or ""
-    if module.startswith("pandas"):
-        return data.iloc[start:stop]
-    if module.startswith("pyarrow"):
-        return data.slice(start, stop - start)
-    _row_count(data)  # raises the clear error
-    raise AssertionError("unreachable")
-
-
 def _spans(n: int, chunks: int) -> list[tuple[int, int]]:
     k = max(1, min(chunks, n))
     bounds = [i * n // k for i in range(k + 1)]
@@ -216,7 +176,7 @@ def _warm_process_pool(workers: int) -> ProcessPoolExecutor:
     key = (workers, ctx.get_start_method())
     with _pools_lock:
         pool = _process_pools.get(key)
-        if pool is None or pool._broken or pool._shutdown_thread:
+        if pool is None or not usable(pool):
             if pool is not None:
                 # Its workers are dead or stopping: waiting is short, and frees its segments now.
                 pool.shutdown(wait=True)
@@ -289,9 +249,9 @@ class ProcessBackend(MapBackend):
     def submit(self, fn: Any, source: Any, index: int, start: int, stop: int) -> Future[Any]:
         pool = self._pool
         if isinstance(pool, ProcessPoolExecutor):
-            return pool._submit(
-                f"chunk {index} (rows {start}:{stop})", _run_chunk, (fn, source, start, stop), {},
-                name=f"parallel_map({_fn_name(fn)})",
+            return submit_labelled(
+                pool, f"chunk {index} (rows {start}:{stop})", f"parallel_map({fn_name(fn)})",
+                _run_chunk, fn, source, start, stop,
             )
         return pool.submit(_run_chunk, fn, source, start, stop)
 
@@ -304,7 +264,7 @@ class ProcessBackend(MapBackend):
         pool = self._pool
         if self._own_pool and isinstance(pool, ProcessPoolExecutor):
             _forget_process_pool(pool)
-            pool._abort()
+            abort_pool(pool)
 
 
 @register_backend
@@ -313,7 +273,7 @@ class ThreadBackend(MapBackend):
 
     NumPy chunks are read-only views of the caller's array; pandas chunks are
     copy-on-write slices (a write copies, never reaching the caller's frame);
-    Arrow data is immutable.
+    Arrow data is immutable, and a write to a Polars chunk copies (Polars is copy-on-write).
     """
 
     name = "threads"
@@ -368,8 +328,8 @@ def parallel_map(
 ) -> list[Any]:
     """Run ``fn`` on row chunks of *data* in parallel; return the results in chunk order.
 
-    *data* is a NumPy array (chunks along the first axis), a pandas DataFrame
-    or Series, an Arrow table, or a :class:`~nocopy.Shared` of one. ``fn``
+    *data* is a NumPy array (chunks along the first axis), a pandas or Polars
+    DataFrame or Series, an Arrow table, or a :class:`~nocopy.Shared` of one. ``fn``
     gets zero-copy, read-only row chunks: with ``backend="processes"`` (the
     default) the data is shared once per call (not at all if it is already a
     ``Shared``) and every worker reads the same pages; ``"threads"`` slices
@@ -401,6 +361,25 @@ def parallel_map(
     """
     if not callable(fn):
         raise TypeError(f"parallel_map needs a callable fn, not {type(fn).__name__}")
+    cls = _chosen_backend(backend, executor)
+    if workers is None:
+        # The stdlib's executors keep their size only there (no public accessor).
+        workers = getattr(executor, "_max_workers", None) or _default_workers()
+    _check_positive("workers", workers)
+    if chunks is None:
+        chunks = 4 * workers
+    _check_positive("chunks", chunks)
+    spans = _spans(_rows_of(data), chunks)
+    runner = cls(workers=workers, executor=executor)
+    bar = _progress_bar(len(spans)) if progress else None
+    try:
+        return _run(runner, fn, data, spans, bar)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _chosen_backend(backend: str | type[MapBackend], executor: Executor | None) -> type[MapBackend]:
     if isinstance(backend, type) and issubclass(backend, MapBackend):
         cls: type[MapBackend] = backend
     else:
@@ -409,25 +388,24 @@ def parallel_map(
         raise TypeError(f"executor must be a concurrent.futures.Executor, not {type(executor).__name__}")
     if executor is not None and cls is ProcessBackend and isinstance(executor, ThreadPoolExecutor):
         cls = ThreadBackend
-    if workers is None:
-        workers = getattr(executor, "_max_workers", None) or _default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive integer, not {workers!r}")
-    if chunks is None:
-        chunks = 4 * workers
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise ValueError(f"chunks must be a positive integer, not {chunks!r}")
+    return cls
 
+
+def _check_positive(what: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}")
+
+
+def _rows_of(data: Any) -> int:
     if isinstance(data, Shared):
         if data.closed:
-            raise ValueError(f"{data!r} is closed. Fix: pass an open Shared (or the data itself).")
-        n = _row_count(data.get())
-    else:
-        n = _row_count(data)
-    spans = _spans(n, chunks)
+            raise SegmentClosedError(f"{data!r} is closed. Fix: pass an open Shared (or the data itself).")
+        return row_count(data.get())
+    return row_count(data)
 
-    runner = cls(workers=workers, executor=executor)
-    bar = _progress_bar(len(spans)) if progress else None
+
+def _run(runner: MapBackend, fn: Callable[[Any], Any], data: Any, spans: list[tuple[int, int]], bar: Any) -> list[Any]:
+    """Prepare, submit every chunk, collect in order; cancel (and abort on Ctrl-C) on failure."""
     futures: list[Future[Any]] = []
     source: Any = None
     prepared = False
@@ -446,8 +424,6 @@ def parallel_map(
     finally:
         if prepared:
             runner.release(source)
-        if bar is not None:
-            bar.close()
 
 
 def _collect(futures: Sequence[Future[Any]], bar: Any) -> list[Any]:

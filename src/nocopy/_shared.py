@@ -395,7 +395,7 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
         [0, 1, 2]
     """
     handle = _from_uri(uri, trusted=trusted)
-    handle._header(handle._shared_base())  # noqa: SLF001 - fail here, not at the first get()
+    handle._header(handle._shared_base())  # noqa: SLF001 - same module; fail here, not at the first get()
     return handle
 
 

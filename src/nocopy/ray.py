@@ -59,8 +59,9 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from ._codec import MAGIC, Plan, decode_buffer, plan
-from ._map import MapBackend, take_rows
-from ._shared import Shared, _kind_of
+from ._kinds import kind_name, take_rows
+from ._map import MapBackend
+from ._shared import Shared
 from .errors import SegmentCorruptError, WorkerCrashedError
 
 __all__ = ["RayMapBackend", "Ref", "connect_or_start", "get", "put"]
@@ -188,7 +189,7 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
     with _temporary_layout(p) as mem:
         object_ref = ray.put(mem)
         del mem  # so the temporary can be unmapped on leaving the block
-    return Ref(object_ref, _kind_of(obj), p.nbytes, p.size, p.pickled)
+    return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import os
 import re
 import secrets
 
+from .._process import pid_alive, process_start_time
+
 __all__ = ["MEMFD_LINK_RE", "NAME_RE", "ParsedName", "make_name", "memfd_link", "parse_name", "pid_alive", "process_start_time"]
 
 PREFIX = "nocopy"
@@ -20,25 +22,6 @@ MEMFD_LINK_RE = re.compile(rf"^/memfd:({_NAME}) \(deleted\)$")
 def memfd_link(name: str) -> str:
     """The /proc link text of memfd segment *name*."""
     return f"/memfd:{name} (deleted)"
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of *pid* in clock ticks since boot, or None if it is gone.
-
-    With the pid it identifies a process for good: a recycled pid has a later
-    start time.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses.
-    rest = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
 
 
 @functools.cache
@@ -64,12 +47,3 @@ def parse_name(name: str) -> ParsedName | None:
     if m is None:
         return None
     return ParsedName(int(m.group(1)), int(m.group(2)))
-
-
-def pid_alive(pid: int, start: int) -> bool:
-    """Whether the process that had *pid* and *start* time still runs."""
-    now = process_start_time(pid)
-    if now is None:
-        return False
-    # start == 0 means "unknown" (no /proc when it was made): trust the pid.
-    return start == 0 or now == start

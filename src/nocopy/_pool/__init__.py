@@ -1,0 +1,37 @@
+"""The pool: a drop-in ``concurrent.futures.ProcessPoolExecutor`` that shares big arguments and results.
+
+How a task travels (caller -> worker -> caller), module by module:
+
+* ``_executor``: ``submit`` walks the arguments (``_walk``: top level and
+  inside list/tuple/dict/partial). Every NumPy, pandas, Arrow or Polars object
+  of at least ``share_threshold`` bytes is shared once per executor
+  (``_cache``: by identity while the object lives) and replaced by a small
+  marker holding its :class:`~nocopy.Shared` handle.
+* ``_task``: the callable and the marked arguments are pickled as one payload;
+  the worker unpickles it inside the task, so an argument that fails to
+  unpickle fails that task only, and turns every marker into a private
+  copy-on-write view (``Shared.get(private=True)``): the task may mutate it
+  like a pickled copy, the caller never sees it.
+* ``_results``: big results are shared by the worker, whose descriptor is
+  handed to the caller over a UNIX socket (SCM_RIGHTS) *before* the task
+  returns, so a worker that dies afterwards loses nothing.
+* ``_crash``: each task writes (task id, pid, state) into a small shared
+  table, so when a worker dies the caller's
+  :class:`~nocopy.errors.WorkerCrashedError` names the exit code or signal
+  *and* the task (``_future`` builds the caller's future around this).
+* ``_worker``: what runs in each worker besides tasks (SIGINT ignored, exit
+  when the caller is gone, warm mappings of explicit ``Shared`` arguments).
+* ``_resources``: the table and the shared arguments belong to the pool's
+  manager thread, not to the executor object: like the stdlib's, an executor
+  collected with work pending finishes that work, and the thread frees the
+  segments when it exits.
+
+Besides the executor, the layer offers :func:`submit_labelled`, :func:`abort`
+and :func:`usable` (what ``parallel_map`` needs beyond the stdlib's methods)
+and :func:`fn_name`.
+"""
+
+from ._executor import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, submit_labelled, usable
+from ._task import fn_name
+
+__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "fn_name", "submit_labelled", "usable"]

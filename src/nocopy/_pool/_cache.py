@@ -1,0 +1,84 @@
+"""The share cache: one segment per argument object per executor, while the object lives."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+import weakref
+from typing import Any
+
+from .._shared import Shared, share
+from ..errors import UnsupportedTypeError
+
+__all__ = ["ShareCache"]
+
+
+class ShareCache:
+    """Per-executor: data object (by identity, while it lives) -> its Shared, or None if unshareable."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, Shared[Any] | None]] = {}
+        # Reentrant: a garbage collection during share() may run _forget here.
+        self._lock = threading.RLock()
+        self._warned = False
+
+    def cached(self, value: Any) -> tuple[bool, Shared[Any] | None]:
+        """(known?, its Shared or None): a repeat argument skips even measuring its size."""
+        with self._lock:
+            entry = self._entries.get(id(value))
+        if entry is not None:
+            ref, shared = entry
+            held = ref() if isinstance(ref, weakref.ref) else ref
+            if held is value:
+                return True, shared
+        return False, None
+
+    def lookup(self, value: Any) -> Shared[Any] | None:
+        """The Shared of *value*, sharing it on first sight (None: it travels pickled)."""
+        key = id(value)
+        with self._lock:
+            known, shared = self.cached(value)
+            if known:
+                return shared
+            shared = self._share(value)
+            try:
+                ref = weakref.ref(value, functools.partial(self._forget, key))
+            except TypeError:
+                ref = value  # not weak-referenceable: keep it (and its id) until shutdown
+            self._entries[key] = (ref, shared)
+            return shared
+
+    def _share(self, value: Any) -> Shared[Any] | None:
+        try:
+            return share(value)
+        except (UnsupportedTypeError, ImportError):
+            return None  # not zero-copy shareable: it travels pickled, as with the stdlib
+        except MemoryError as exc:
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
+                    f"argument, it is pickled instead ({exc})",
+                    RuntimeWarning,
+                    stacklevel=9,  # the caller's submit() of a top-level argument
+                )
+            return None
+
+    def _forget(self, key: int, ref: Any) -> None:
+        # The object died: drop the cache's hold. Tasks still in flight keep
+        # their own reference to the Shared, so its segment lives until they end.
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is ref:
+                del self._entries[key]
+
+    def clear(self, *, close: bool) -> None:
+        """Forget every entry; *close*: free their segments too (else the tasks using them do)."""
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        if close:
+            for _, shared in entries:
+                if shared is not None:
+                    shared.close()

@@ -1,0 +1,383 @@
+"""The executor: the standard library's ``ProcessPoolExecutor`` with nocopy's task path.
+
+It keeps the stdlib's queues, workers and manager thread, and changes what a
+task is (``_task``: arguments pickled in the task, big data shared by
+``_walk``), what its future is (``_future``: replies opened, crashes named by
+``_crash``) and who owns the pool's segments (``_resources``, held by the
+manager thread).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import inspect
+import itertools
+import time
+from collections.abc import Callable, Iterator, MutableMapping
+from concurrent.futures import Future
+from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
+from concurrent.futures.process import (
+    BrokenProcessPool,
+    _ExecutorManagerThread,
+    _process_chunk,
+    _threads_wakeups,
+)
+from multiprocessing.context import BaseContext
+from typing import Any, Literal, ParamSpec, TypeVar, cast
+
+from . import _walk
+from ._future import TaskFuture
+from ._resources import PoolResources
+from ._results import get_inbox
+from ._task import Call
+from ._worker import caller, worker_init
+
+__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "submit_labelled", "usable"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_SHARE_THRESHOLD = 1 << 20
+# Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
+_STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
+_STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
+
+
+def _preload_in_forkserver(ctx: BaseContext | None) -> None:
+    """Have a forkserver that is not running yet import numpy and nocopy once.
+
+    Every worker it forks then starts with both imported: starting 4 workers
+    takes tens of milliseconds instead of a second (each would import them).
+    The user's own preload list (``__main__`` by default) is kept.
+    """
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    method = (ctx or multiprocessing.get_context()).get_start_method()
+    server = getattr(forkserver, "_forkserver", None)
+    if method != "forkserver" or server is None or getattr(server, "_forkserver_pid", 1) is not None:
+        return
+    preload = list(getattr(server, "_preload_modules", ["__main__"]))
+    missing = [m for m in ("numpy", "nocopy") if m not in preload]
+    if missing:
+        forkserver.set_forkserver_preload(preload + missing)
+
+
+class _ManagerThread(_ExecutorManagerThread):
+    """The stdlib's executor manager thread, also keeping the pool's resources until it exits.
+
+    It holds the executor only weakly and outlives it while work is pending,
+    exactly as the stdlib's does; the segments that work needs live as long as
+    this thread, not as long as the executor object.
+    """
+
+    def __init__(self, executor: ProcessPoolExecutor, resources: PoolResources) -> None:
+        super().__init__(executor)
+        self.resources = resources
+        self.broke = False
+
+    def terminate_broken(self, cause: Any) -> None:
+        self.broke = True
+        super().terminate_broken(cause)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            # Every future is settled by now (results are claimed in its done
+            # callbacks, which run in this thread) and every worker is joined.
+            self.resources.release(reclaim=self.broke)
+
+
+class ProcessPoolExecutor(_StdProcessPoolExecutor):
+    """``concurrent.futures.ProcessPoolExecutor`` that hands big data over shared memory.
+
+    Same constructor and behaviour as the standard library's, plus
+    ``share_threshold`` (bytes, default 1 MiB): NumPy arrays, pandas, Arrow and
+    Polars objects at least that big -- passed directly or inside a list,
+    tuple, dict or ``functools.partial`` -- are copied into shared memory once per executor (cached by
+    identity while the object lives) and every task gets a private
+    copy-on-write view: it may read and even modify its argument exactly as
+    if it had been pickled, and the caller's object never changes. Results
+    that big come back through shared memory too. ``nocopy.Shared`` arguments
+    arrive as they are (call ``.get()`` in the task).
+
+    An argument is taken as it is at its first ``submit``: modifying the same
+    object in place afterwards is not seen by later tasks (pass a new object,
+    or share it yourself and pass the ``Shared``).
+
+    A worker that dies raises :class:`~nocopy.errors.WorkerCrashedError` (a
+    ``BrokenProcessPool``) naming the exit code or signal and the task.
+    Ctrl-C inside ``with`` stops the workers at once and frees every segment.
+    Workers ignore SIGINT: the caller handles it.
+
+    Example::
+
+        >>> import numpy as np, nocopy
+        >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
+        >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
+        ...     list(ex.map(np.sum, [big] * 4))
+        [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context: BaseContext | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        share_threshold: int = DEFAULT_SHARE_THRESHOLD,
+    ) -> None:
+        if isinstance(share_threshold, bool) or not isinstance(share_threshold, int) or share_threshold < 0:
+            raise ValueError(f"share_threshold must be a number of bytes >= 0, not {share_threshold!r}")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._share_threshold = share_threshold
+        self._task_ids = itertools.count(1)
+        self._resources = PoolResources()
+        _preload_in_forkserver(mp_context)
+        try:
+            super().__init__(
+                max_workers,
+                mp_context,
+                worker_init,
+                (self._resources.tasks.shared, initializer, tuple(initargs), caller()),
+                max_tasks_per_child=max_tasks_per_child,
+            )
+        except BaseException:
+            self._resources.release(reclaim=False)
+            raise
+        self._resources.tasks.procs = self._processes
+        self._procs: MutableMapping[int, Any] = self._processes
+
+    @property
+    def share_threshold(self) -> int:
+        """Arguments and results of at least this many bytes go through shared memory."""
+        return self._share_threshold
+
+    # -- submitting -----------------------------------------------------
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Like the stdlib's ``submit``; big data arguments are shared once, not pickled.
+
+        Example::
+
+            >>> fut = ex.submit(np.sum, big)     # doctest: +SKIP
+            >>> fut.result()                     # doctest: +SKIP
+        """
+        return self._submit(None, fn, args, kwargs)
+
+    def _submit(
+        self, label: str | None, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+        name: str | None = None,
+    ) -> Future[Any]:
+        if self._broken:
+            raise self._resources.tasks.crash_error(None, None)
+        resources = self._resources
+        sharer = _walk.ArgumentSharer(resources.cache, self._share_threshold)
+        args2 = _walk.walk(args, sharer) if args else args
+        kwargs2 = _walk.walk(kwargs, sharer) if kwargs else kwargs
+        # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
+        fn2 = _walk.walk(fn, sharer) if type(fn) is functools.partial else fn
+        call = Call(
+            fn2, args2, kwargs2, next(self._task_ids), self._share_threshold,
+            get_inbox().open_tag(resources.tag), resources.tag, sharer.found, name,
+        )
+        future = TaskFuture(resources, call, label)
+        try:
+            inner: Future[Any] = super().submit(cast(Callable[[], Any], call))
+        except BrokenProcessPool:
+            raise resources.tasks.crash_error(None, None) from None
+        future.attach(inner)
+        return future
+
+    # -- Python 3.14's API on every Python ----------------------------------
+    def map(
+        self, fn: Callable[..., R], *iterables: Any, timeout: float | None = None, chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """Like the stdlib's ``map``, with Python 3.14's ``buffersize`` on every Python.
+
+        ``buffersize=N`` (an int >= 1) reads the iterables lazily and keeps at
+        most N tasks (chunks of ``chunksize`` items) submitted and not yet
+        yielded, so an endless or huge input never piles up as pending tasks.
+
+        Example::
+
+            >>> it = ex.map(np.sum, frames_from_disk(), buffersize=4)   # doctest: +SKIP
+            >>> next(it)                                                 # doctest: +SKIP
+        """
+        if buffersize is not None and (
+            isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
+        ):
+            raise ValueError(f"buffersize must be None or an int >= 1, not {buffersize!r}")
+        if buffersize is None:
+            return super().map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+        if _STDLIB_HAS_BUFFERSIZE:
+            std: Any = super()
+            return cast(Iterator[R], std.map(fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize))
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        items = zip(*iterables, strict=False)
+        chunks = iter(lambda: tuple(itertools.islice(items, chunksize)), ())
+        call = functools.partial(_process_chunk, fn)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The first tasks go in now, as with the stdlib's map: before the first next().
+        in_flight = collections.deque(self.submit(call, chunk) for chunk in itertools.islice(chunks, buffersize))
+        return self._buffered(in_flight, chunks, call, deadline)
+
+    def _buffered(
+        self, in_flight: collections.deque[Future[Any]], chunks: Iterator[tuple[Any, ...]],
+        call: Callable[..., Any], deadline: float | None,
+    ) -> Iterator[Any]:
+        # Holds the executor (self), unlike 3.14's map: an executor collected
+        # mid-way would otherwise end the results early without a word.
+        try:
+            while in_flight:
+                oldest = in_flight.popleft()
+                try:
+                    results = oldest.result(None if deadline is None else deadline - time.monotonic())
+                finally:
+                    del oldest
+                # Only now the next task: at most buffersize are ever in flight.
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    in_flight.append(self.submit(call, chunk))
+                yield from results
+                del results
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+    if not _STDLIB_HAS_TERMINATE_WORKERS:
+
+        def terminate_workers(self) -> None:
+            """Python 3.14's: shut down without waiting and send SIGTERM to every worker still alive.
+
+            Pending tasks are cancelled; running ones fail with
+            :class:`~nocopy.errors.WorkerCrashedError` naming the signal. The pool
+            is broken afterwards; its segments are freed once its manager thread
+            has reaped the workers.
+
+            Example::
+
+                >>> ex.terminate_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=False)
+
+        def kill_workers(self) -> None:
+            """Python 3.14's: like :meth:`terminate_workers`, with SIGKILL.
+
+            Example::
+
+                >>> ex.kill_workers()   # doctest: +SKIP
+            """
+            self._signal_workers(kill=True)
+
+    def _signal_workers(self, *, kill: bool) -> None:
+        # shutdown() drops the executor's process dict: take it first. Not
+        # waiting: a worker that ignores the signal must not hang the caller.
+        processes = list((self._processes or {}).values())
+        self.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            with contextlib.suppress(ProcessLookupError, ValueError):  # it ended meanwhile
+                if p.is_alive():
+                    if kill:
+                        p.kill()
+                    else:
+                        p.terminate()
+
+    # -- the manager thread ---------------------------------------------
+    def _start_executor_manager_thread(self) -> None:
+        # The stdlib's, starting a manager thread that also owns this pool's
+        # resources (see PoolResources). typeshed types the attribute as a
+        # _ThreadWakeup; it holds the thread.
+        if cast(object, self._executor_manager_thread) is None:
+            # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
+            if not getattr(self, "_safe_to_dynamically_spawn_children", True):
+                self._launch_processes()  # type: ignore[attr-defined]
+            thread = _ManagerThread(self, self._resources)
+            self._resources.managed = True
+            self._executor_manager_thread = thread  # type: ignore[assignment]
+            thread.start()
+            _threads_wakeups[thread] = self._executor_manager_thread_wakeup
+
+    # -- shutting down --------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Like the stdlib's; also frees the segments of the shared arguments.
+
+        Example::
+
+            >>> ex.shutdown()       # doctest: +SKIP
+        """
+        broken = bool(self._broken)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+        if not self._resources.managed:
+            self._resources.release(reclaim=broken)  # no task ever: nobody else will
+        elif not wait:
+            # The manager thread frees the segments when it exits, after the
+            # tasks still queued (with wait=True it has exited by now, unless
+            # an earlier shutdown(wait=False) let it go on: then it still
+            # frees them, and this does not wait, as the stdlib does not).
+            # Meanwhile each shared argument goes with the last task using it.
+            self._resources.cache.clear(close=False)
+
+    def _usable(self) -> bool:
+        return not self._broken and not self._shutdown_thread
+
+    def _abort(self) -> None:
+        """Stop at once (Ctrl-C): cancel pending tasks, stop the workers, free everything."""
+        self._resources.aborting = True
+        procs = list(self._procs.values())
+        manager: Any = getattr(self, "_executor_manager_thread", None)
+        with contextlib.suppress(Exception):
+            super().shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.join(5)
+                if p.is_alive():
+                    p.kill()
+                    p.join(5)
+        if manager is not None:
+            manager.join(10)
+        self._resources.release(reclaim=True)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> Literal[False]:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self._abort()
+            return False
+        try:
+            self.shutdown(wait=True)
+        except KeyboardInterrupt:
+            self._abort()
+            raise
+        return False
+
+
+# -- the pool's layer API: what parallel_map needs beyond the stdlib's methods ----------------
+def submit_labelled(
+    executor: ProcessPoolExecutor, label: str, name: str, fn: Callable[..., Any], *args: Any
+) -> Future[Any]:
+    """``executor.submit(fn, *args)``, the task named *label* in errors and *name* in pickling notes.
+
+    Example::
+
+        >>> submit_labelled(ex, "chunk 3 (rows 30:40)", "parallel_map(f)", f, rows)  # doctest: +SKIP
+    """
+    return executor._submit(label, fn, args, {}, name=name)  # noqa: SLF001 - same module
+
+
+def abort(executor: ProcessPoolExecutor) -> None:
+    """Stop *executor* at once (the caller was interrupted): cancel, stop the workers, free everything."""
+    executor._abort()  # noqa: SLF001 - same module
+
+
+def usable(executor: ProcessPoolExecutor) -> bool:
+    """Whether *executor* still takes tasks (not broken by a dead worker, not shut down)."""
+    return executor._usable()  # noqa: SLF001 - same module

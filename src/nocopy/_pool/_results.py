@@ -1,0 +1,192 @@
+"""Results, worker -> caller: each big result segment is handed over before the task returns.
+
+The worker shares a big result leaf and sends its descriptor, with the
+handle's URI, to the caller's :class:`Inbox` over a UNIX socket
+(SCM_RIGHTS), and waits until the caller has it. So the caller holds the
+memory before the task's reply is even sent: a worker that exits (or is
+killed) right after returning loses nothing, and a worker killed earlier
+leaves nothing behind (memfd dies with it; posix files of dead workers are
+reclaimed). When the reply is unpickled in the caller, each :class:`ResultRef`
+claims its descriptor and becomes a private view.
+
+This is the pool's one door to the socket servers (``UnixServer``,
+``request``, ``PerProcess``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from typing import Any
+
+from .. import _kinds
+from .._ipc import _unixserver
+from .._ipc._perprocess import PerProcess
+from .._shared import Shared, adopt, owner_fd
+from ..errors import SegmentNotFoundError
+
+__all__ = ["Inbox", "Reply", "ResultRef", "drop_tag", "get_inbox", "hand_over", "sender"]
+
+# "<executor tag> <result key>" with one descriptor: fixed format, checked before use.
+_HANDOVER = re.compile(rb"^([0-9a-f]{16}) ([0-9a-f]{32})$")
+_HAND_OVER_TIMEOUT = 60.0
+
+
+class Inbox(_unixserver.UnixServer):
+    """Receives result segments' descriptors from workers (SCM_RIGHTS), one per process.
+
+    Only results for the tags of this process's live executors are taken (a
+    descriptor sent with any other tag is closed at once), so nothing but a
+    worker of ours can make the inbox hold a descriptor; an executor's
+    unclaimed results are closed when it releases its resources.
+    """
+
+    REFUSED = b"N"
+
+    def __init__(self) -> None:
+        self._fds: dict[str, tuple[int, str]] = {}
+        self._tags: set[str] = set()
+        super().__init__("nocopy-res")
+
+    def open_tag(self, tag: str) -> str:
+        """Take results for executor *tag* from now until ``drop(tag)``; the address to send them to."""
+        with self._lock:
+            self._tags.add(tag)
+        return self.address
+
+    def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
+        match = _HANDOVER.match(line)
+        if match is None or len(fds) != 1:
+            return self.BAD, None
+        tag, key = match.group(1).decode("ascii"), match.group(2).decode("ascii")
+        with self._lock:
+            if tag not in self._tags:
+                return b"N", None
+            # A repeat is our worker again after losing the reply: keep the newer descriptor.
+            old = self._fds.pop(key, None)
+            self._fds[key] = (fds.pop(), tag)
+        if old is not None:
+            os.close(old[0])
+        return b"K", None
+
+    def claim(self, key: str) -> int | None:
+        """The descriptor handed over under *key*, now the caller's to close (None: never came)."""
+        with self._lock:
+            entry = self._fds.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def drop(self, tag: str) -> None:
+        """Stop taking results for *tag*; close those it will never claim (its workers died)."""
+        with self._lock:
+            self._tags.discard(tag)
+            keys = [k for k, (_, t) in self._fds.items() if t == tag]
+            fds = [self._fds.pop(k)[0] for k in keys]
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def close_in_child(self) -> None:
+        super().close_in_child()
+        for fd, _ in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        self._tags.clear()
+
+
+_inbox: PerProcess[Inbox] = PerProcess(Inbox)
+
+
+def get_inbox() -> Inbox:
+    """This process's inbox, started on first use."""
+    return _inbox.get()
+
+
+def drop_tag(tag: str) -> None:
+    """Executor *tag* is done: its results are no longer taken (a no-op if no inbox was started)."""
+    inbox = _inbox.peek()
+    if inbox is not None:
+        inbox.drop(tag)
+
+
+def hand_over(address: str, tag: str, key: str, fd: int) -> None:
+    """Worker side: give the parent its own descriptor of a result segment; wait until it has it.
+
+    The listener must be the parent itself (its uid and the pid in the
+    address): when the parent has died, anyone may have bound its address.
+    """
+    try:
+        ack, fds = _unixserver.request(address, f"{tag} {key}".encode("ascii"), fd, _HAND_OVER_TIMEOUT)
+    except _unixserver.ForeignListenerError as exc:
+        raise SegmentNotFoundError(
+            f"refused to hand a result back: the parent's socket is held by pid {exc.pid} of uid "
+            f"{exc.uid}, not by the parent. The parent has exited; nothing was sent."
+        ) from None
+    except OSError as exc:
+        raise SegmentNotFoundError(
+            f"cannot hand a result back to the parent process ({exc}): it has exited or "
+            "stopped listening. Fix: keep the executor open until its futures are done."
+        ) from None
+    for extra in fds:
+        os.close(extra)
+    if ack != b"K":
+        raise SegmentNotFoundError(f"the parent refused a result segment ({ack!r})")
+
+
+def claim_result(
+    address: str, key: str, uri: str, kind: str, name: str, columns: _kinds.Converted = ()
+) -> Any:
+    """Parent side (runs while the reply is unpickled): a private view of a worker's result.
+
+    *uri* is the worker's handle's; *kind* and *name* only name it in errors.
+    """
+    inbox = _inbox.peek()
+    fd = inbox.claim(key) if inbox is not None and inbox.address == address else None
+    if fd is None:
+        raise SegmentNotFoundError(
+            f"the {kind} result segment {name} was not handed over to this process "
+            "(was the executor shut down while the task ran?)"
+        )
+    handle: Shared[Any] = adopt(fd, uri)
+    try:
+        # Copy-on-write, like a result that was pickled: the caller may write to it.
+        return _kinds.restore_columns(handle.get(private=True), columns)
+    finally:
+        handle.close()
+
+
+class ResultRef:
+    """Stands for a result leaf handed over to the caller; unpickles into a private view there."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (claim_result, self.args)
+
+
+def sender(address: str, tag: str) -> Any:
+    """Worker side: a ``send(handle, columns)`` for ``_walk.ResultSharer`` handing results to *address*."""
+
+    def send(handle: Shared[Any], columns: _kinds.Converted) -> ResultRef:
+        key = secrets.token_hex(16)
+        hand_over(address, tag, key, owner_fd(handle))
+        return ResultRef(address, key, handle.uri, handle.kind, handle.name, columns)
+
+    return send
+
+
+class Reply:
+    """What a task sends back: its result pickled by the worker (big leaves as ResultRef)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Reply, (self.data,))

@@ -1,0 +1,156 @@
+"""One task as it travels: :class:`Call` in the caller, :class:`WorkerCall` in the worker.
+
+The callable and the (marked) arguments are pickled as one payload inside the
+``Call``, in the queue's feeder thread. The worker unpickles that payload
+inside the task, so an argument that fails to unpickle fails that task only
+(the stdlib would lose the worker and break the pool), turns every marker into
+a private view, runs the task, and shares big results before replying.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pickle
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
+
+from ..errors import TaskUnpicklingError
+from . import _crash, _results, _walk, _worker
+
+__all__ = ["Call", "WorkerCall", "fn_name", "unpickling_stopped"]
+
+
+def fn_name(fn: Any) -> str:
+    """How a task's callable is named in errors: ``module.qualname``, ``partial(...)``, ``map(...)``."""
+    if isinstance(fn, functools.partial):
+        inner = fn.func
+        if getattr(inner, "__name__", "") == "_process_chunk" and fn.args:
+            return f"map({fn_name(fn.args[0])})"
+        return f"partial({fn_name(inner)})"
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module not in ("builtins", "__main__") else str(name)
+
+
+def unpickling_stopped(exc: BaseException, what: str, where: str) -> TaskUnpicklingError:
+    """The error standing for a BaseException (SystemExit...) that unpickling *what* raised."""
+    return TaskUnpicklingError(
+        f"{exc!r} was raised while unpickling {what} in {where}; it fails that task only and is "
+        f"reported as this error, so that it cannot stop the caller's program. Fix: find why "
+        f"unpickling that object raises {type(exc).__name__} (its __reduce__ or __setstate__), "
+        "or pass it in a form that unpickles.",
+        task=what,
+        raised=type(exc).__name__,
+    )
+
+
+class WorkerCall:
+    """The callable the stdlib worker runs: unpickle, unwrap, call, send big results back."""
+
+    __slots__ = ("address", "has_handles", "name", "payload", "tag", "task_id", "threshold")
+
+    def __init__(
+        self, payload: bytes, task_id: int, name: str, threshold: int, address: str, tag: str,
+        has_handles: bool,
+    ) -> None:
+        self.payload = payload
+        self.task_id = task_id
+        self.name = name
+        self.threshold = threshold
+        self.address = address
+        self.tag = tag
+        self.has_handles = has_handles
+
+    def __call__(self) -> _results.Reply:
+        table = _worker.task_table()
+        row = self.task_id % _crash.RING
+        if table is not None:
+            table[row] = (self.task_id, os.getpid(), _crash.STARTED)
+        try:
+            fn, args, kwargs = self._load()
+            if self.has_handles:
+                if type(fn) is functools.partial:
+                    fn = _walk.unwrap(fn, _worker.keep_warm)
+                args = _walk.unwrap(args, _worker.keep_warm)
+                kwargs = _walk.unwrap(kwargs, _worker.keep_warm)
+            result = fn(*args, **kwargs)
+            del args, kwargs
+            result = _walk.walk(
+                result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
+            )
+            try:
+                data = ForkingPickler.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:
+                exc.add_note(
+                    f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
+                    f"a {type(result).__qualname__}, to send it back to the caller"
+                )
+                raise
+            return _results.Reply(bytes(data))
+        finally:
+            if table is not None:
+                table[row, 2] = _crash.FINISHED
+
+    def _load(self) -> tuple[Any, Any, Any]:
+        try:
+            fn, args, kwargs = pickle.loads(self.payload)
+        except Exception as exc:
+            exc.add_note(
+                f"nocopy: while unpickling the arguments of task #{self.task_id} "
+                f"({self.name}) in worker pid {os.getpid()}"
+            )
+            raise
+        except BaseException as exc:
+            # Sent back as it is, a SystemExit would end the caller's program.
+            raise unpickling_stopped(
+                exc, f"the arguments of task #{self.task_id} ({self.name})", f"worker pid {os.getpid()}"
+            ) from None
+        return fn, args, kwargs
+
+
+def _rebuild_worker_call(*args: Any) -> WorkerCall:
+    return WorkerCall(*args)
+
+
+class Call:
+    """Caller side of one task; pickles (in the queue feeder thread) into a :class:`WorkerCall`."""
+
+    __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "name", "tag", "task_id", "threshold")
+
+    def __init__(
+        self, fn: Any, args: Any, kwargs: Any, task_id: int, threshold: int, address: str, tag: str,
+        has_handles: bool, name: str | None = None,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+        self.task_id = task_id
+        self.threshold = threshold
+        self.address = address
+        self.tag = tag
+        self.has_handles = has_handles
+
+    def fn_name(self) -> str:
+        """The task's name in errors (its given name, else its callable's)."""
+        return self.name if self.name is not None else fn_name(self.fn)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        buf = io.BytesIO()
+        try:
+            ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump((self.fn, self.args, self.kwargs))
+        except BaseException as exc:
+            exc.add_note(
+                f"nocopy: while pickling task #{self.task_id} ({self.fn_name()}) to send it to "
+                "a worker. The function must be importable by the workers (defined at module "
+                "level: not a lambda, closure or method of a local class) and every argument "
+                "picklable or shareable."
+            )
+            raise
+        return (
+            _rebuild_worker_call,
+            (buf.getvalue(), self.task_id, self.fn_name(), self.threshold, self.address,
+             self.tag, self.has_handles),
+        )

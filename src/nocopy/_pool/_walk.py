@@ -1,0 +1,142 @@
+"""The one walk over a task's arguments and results, and what it does to their data leaves.
+
+Big data travels through shared memory wherever it sits at the top level of
+the arguments or the result, or inside a list, tuple, dict or
+``functools.partial`` (up to :data:`MAX_DEPTH` levels). :func:`walk` finds
+those leaves; each direction says what happens to a leaf:
+
+* arguments, in the caller (:class:`ArgumentSharer`): a big NumPy, pandas,
+  Arrow or Polars object becomes an :class:`AutoArg` marker holding its
+  :class:`~nocopy.Shared` (shared once per executor, see ``_cache``);
+* arguments, in the worker (:func:`unwrap`): a marker becomes a private
+  copy-on-write view, as a pickled copy would be;
+* results, in the worker (:class:`ResultSharer`): a big leaf is shared and
+  handed to the caller (``_results``), which turns it back into a view.
+
+Sizes and the columns ``share()`` converts come from ``_kinds``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from .. import _kinds
+from .._shared import Shared, share
+from ..errors import UnsupportedTypeError
+from ._cache import ShareCache
+
+__all__ = ["MAX_DEPTH", "ArgumentSharer", "AutoArg", "ResultSharer", "unwrap", "walk"]
+
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes)
+# Containers deeper than this travel as they are (pickled), as with the stdlib.
+MAX_DEPTH = 4
+
+
+def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
+    """*value* with ``leaf(x)`` in place of each leaf; a container nothing changed in is kept as is."""
+    t = type(value)
+    if t in _ATOMIC:
+        return value
+    if depth >= MAX_DEPTH:
+        return leaf(value)
+    if t is list or t is tuple:
+        items = [walk(v, leaf, depth + 1) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return items if t is list else tuple(items)
+    if t is dict:
+        new = {k: walk(v, leaf, depth + 1) for k, v in value.items()}
+        if all(new[k] is v for k, v in value.items()):
+            return value
+        return new
+    if t is functools.partial:
+        func = walk(value.func, leaf, depth + 1)
+        args = walk(value.args, leaf, depth + 1)
+        keywords = walk(value.keywords, leaf, depth + 1)
+        if func is value.func and args is value.args and keywords is value.keywords:
+            return value
+        return functools.partial(func, *args, **keywords)
+    return leaf(value)
+
+
+class AutoArg:
+    """Marks an auto-shared argument: the worker gets ``shared.get(private=True)``."""
+
+    __slots__ = ("columns", "shared")
+
+    def __init__(self, shared: Shared[Any], columns: _kinds.Converted = ()) -> None:
+        self.shared = shared
+        self.columns = columns
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AutoArg, (self.shared, self.columns))
+
+
+class ArgumentSharer:
+    """Caller side: big data leaves -> :class:`AutoArg` (through the executor's cache).
+
+    ``found`` tells whether the arguments hold any handle at all (a marker or
+    a ``Shared`` passed by the caller): the worker walks them only then.
+    """
+
+    def __init__(self, cache: ShareCache, threshold: int) -> None:
+        self.cache = cache
+        self.threshold = threshold
+        self.found = False
+
+    def __call__(self, value: Any) -> Any:
+        if type(value) is Shared:
+            self.found = True
+            return value
+        known, shared = self.cache.cached(value)
+        if not known:
+            nbytes = _kinds.data_nbytes(value)
+            if nbytes is None or nbytes < self.threshold:
+                return value
+            shared = self.cache.lookup(value)
+        if shared is None:
+            return value
+        self.found = True
+        return AutoArg(shared, _kinds.converted_columns(value))
+
+
+def unwrap(value: Any, keep_warm: Callable[[Shared[Any]], None]) -> Any:
+    """Worker side: every marker in *value* -> a private view; ``keep_warm`` each explicit handle."""
+
+    def leaf(x: Any) -> Any:
+        t = type(x)
+        if t is AutoArg:
+            return _kinds.restore_columns(x.shared.get(private=True), x.columns)
+        if t is Shared:
+            keep_warm(x)
+        return x
+
+    return walk(value, leaf)
+
+
+class ResultSharer:
+    """Worker side: big data leaves of a result -> shared, then ``send(handle, columns)``'s marker.
+
+    *send* hands the segment to the caller and returns what travels instead
+    of the leaf; the worker's handle is closed right after (the caller holds
+    the segment by then).
+    """
+
+    def __init__(self, threshold: int, send: Callable[[Shared[Any], _kinds.Converted], Any]) -> None:
+        self.threshold = threshold
+        self.send = send
+
+    def __call__(self, value: Any) -> Any:
+        nbytes = _kinds.data_nbytes(value)
+        if nbytes is None or nbytes < self.threshold:
+            return value
+        try:
+            handle = share(value)
+        except (UnsupportedTypeError, ImportError, MemoryError):
+            return value
+        try:
+            return self.send(handle, _kinds.converted_columns(value))
+        finally:
+            handle.close()

@@ -1,0 +1,145 @@
+"""The worker process's side of the pool: its start, its watch on the caller, warm handles.
+
+``worker_init`` runs first in every worker (the stdlib's initializer slot):
+it ignores SIGINT (the caller handles Ctrl-C), starts a thread that ends the
+worker as soon as the caller is gone, opens the crash-attribution table, then
+runs the user's initializer. Explicit ``Shared`` arguments keep their mapping
+warm across tasks (:func:`keep_warm`).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .._process import process_start_time
+from .._shared import Shared, is_alive, map_now
+from ..errors import NocopyError
+
+__all__ = ["caller", "keep_warm", "task_table", "worker_init"]
+
+_table: np.ndarray | None = None
+_table_handle: Shared[np.ndarray] | None = None
+# Explicit Shared arguments keep their read-only mapping warm across tasks
+# (no remap, no re-faulting pages); dropped once their owner closes them.
+_WARM_MAX = 8
+_warm: OrderedDict[str, Shared[Any]] = OrderedDict()
+_warm_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def task_table() -> np.ndarray | None:
+    """The crash-attribution table in this worker (None outside a pool's worker)."""
+    return _table
+
+
+# -- the caller ------------------------------------------------------------------
+def caller() -> tuple[int, int]:
+    """(pid, start time) of this process: identifies it for good, even once its pid is reused."""
+    pid = os.getpid()
+    return pid, process_start_time(pid) or 0
+
+
+def _caller_gone(pid: int, start: int) -> bool:
+    now = process_start_time(pid)
+    if now is not None:
+        return bool(start) and now != start
+    try:  # /proc hidden (hidepid): only existence can be told
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
+def _watch_caller(pid: int, start: int) -> None:
+    """Worker: exit as soon as the caller is gone.
+
+    Nobody can use an orphan's work, and its next hand-over would go to
+    whoever binds the caller's vanished socket name. A pidfd makes this a
+    thread blocked in poll; without one (old kernel, seccomp) it polls the
+    caller's start time each second. getppid() would not do: a forkserver's
+    workers are not the caller's children.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (OSError, AttributeError):
+        pidfd = -1
+    # Opened by pid: make sure it is still our caller and not a process that got its pid since.
+    if _caller_gone(pid, start):
+        os._exit(1)
+    if pidfd >= 0:
+        poller = select.poll()  # not select(): a forked worker's fd numbers may pass FD_SETSIZE
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll():
+            pass
+        os._exit(1)
+    while not _caller_gone(pid, start):
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def worker_init(
+    table: Shared[np.ndarray], initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+    caller: tuple[int, int] | None = None,
+) -> None:
+    """The first thing every worker runs: see the module docstring."""
+    global _table, _table_handle, _reaper
+    # Ctrl-C goes to the whole foreground process group: the caller handles it
+    # (cancels, stops the workers); workers must not die mid-queue-operation.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if caller is not None:
+        threading.Thread(target=_watch_caller, args=caller, name="nocopy-caller-watch", daemon=True).start()
+    _table_handle = table
+    _table = table.get()
+    with _warm_lock:
+        _warm.clear()
+    _reaper = None
+    if initializer is not None:
+        initializer(*initargs)
+
+
+# -- warm handles ------------------------------------------------------------------
+def _evict_dead() -> None:
+    with _warm_lock:
+        dead = [k for k, h in _warm.items() if not is_alive(h)]
+        for k in dead:
+            del _warm[k]
+
+
+def _reap_forever() -> None:
+    while True:
+        time.sleep(1.0)
+        _evict_dead()
+
+
+def keep_warm(handle: Shared[Any]) -> None:
+    """Map *handle*'s segment now and keep it mapped for the next tasks (the last few handles)."""
+    global _reaper
+    key = handle.uri
+    with _warm_lock:
+        if key in _warm:
+            _warm.move_to_end(key)
+            return
+    try:
+        map_now(handle)
+    except (NocopyError, OSError, ValueError):
+        return  # the task itself will meet (and report) the problem if it uses the handle
+    with _warm_lock:
+        _warm[key] = handle
+        while len(_warm) > _WARM_MAX:
+            _warm.popitem(last=False)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_reap_forever, name="nocopy-warm-reaper", daemon=True)
+            _reaper.start()
