@@ -2,7 +2,7 @@
 #   make demo   -- the classic experiment (nocopy vs every peer: nocopy bench seed)
 #   make test   -- ruff, mypy --strict on src/, the sdist and wheel (built, checked,
 #                  installed in a fresh venv and smoke-tested there), and the pytest
-#                  suite under coverage (worker processes included)
+#                  suite under coverage (child interpreters and spawned workers included)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -60,7 +60,7 @@ smoke: dist
 	  rc=$$?; rm -rf "$$tmp"; exit $$rc
 
 # Measured by coverage ([tool.coverage] in pyproject.toml): every Python process
-# the tests start writes its own .coverage.* file, workers included.
+# the tests start writes its own .coverage.* file (see [tool.coverage.run]).
 pytest: $(VENV)/.installed-all
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
