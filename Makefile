@@ -1,13 +1,17 @@
 # Two commands do all set-up from a fresh clone:
 #   make demo   -- the classic experiment (nocopy vs every peer: nocopy bench seed)
-#   make test   -- ruff, mypy --strict on src/, and the pytest suite
+#   make test   -- ruff, mypy --strict on src/, the sdist and wheel (built, checked,
+#                  installed in a fresh venv and smoke-tested there), and the pytest
+#                  suite under coverage (child interpreters and spawned workers included)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST_ARGS ?=
+DIST := dist
+WHEEL_VENV := .venv-wheel
 
-.PHONY: demo test lint typecheck pytest docs venv clean
+.PHONY: demo test lint typecheck docs dist smoke pytest coverage venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +27,7 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[all,dev]'
+	$(PIP) install -q -e '.[all,dev,docs]'
 	touch $@ $(VENV)/.installed-demo
 
 venv: $(VENV)/.installed-all
@@ -40,19 +44,43 @@ lint: $(VENV)/.installed-all
 typecheck: $(VENV)/.installed-all
 	$(BIN)/mypy
 
-pytest: $(VENV)/.installed-all
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
-	$(PIP) install -q -e '.[docs]'
-	touch $@
+# The sdist, and the wheel built from it, as they would be uploaded.
+dist: $(VENV)/.installed-all
+	rm -rf $(DIST)
+	$(BIN)/python -m build --quiet --outdir $(DIST) .
+	$(BIN)/python -m twine check --strict $(DIST)/*
 
 # The documentation site in site/; --strict makes a broken link, an unresolved
 # reference or an undocumented public name an error (docs/_hooks.py).
-docs: $(VENV)/.installed-docs
+docs: $(VENV)/.installed-all
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
-test: lint typecheck docs pytest
+# The wheel as users install it: a new venv each time, numpy only (no extras,
+# not editable), run as `python -I` from an empty directory outside the tree.
+smoke: dist
+	rm -rf $(WHEEL_VENV)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q $(DIST)/*.whl
+	tmp=$$(mktemp -d) && cd "$$tmp" && \
+	  $(CURDIR)/$(WHEEL_VENV)/bin/python -I $(CURDIR)/tests/smoke/wheel_smoke.py; \
+	  rc=$$?; rm -rf "$$tmp"; exit $$rc
+
+# Measured by coverage ([tool.coverage] in pyproject.toml): every Python process
+# the tests start writes its own .coverage.* file (see [tool.coverage.run]).
+pytest: $(VENV)/.installed-all
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m coverage run -m pytest $(PYTEST_ARGS)
+
+# The suite, then one report of every process's data, enforcing fail_under.
+# A process killed before it saved (the crash tests SIGKILL workers) leaves an
+# unreadable data file: combine counts it as "errored" and keeps it; the -W
+# silences its per-file warning and the rm drops it.
+coverage: pytest
+	$(BIN)/python -W "ignore:Data file '" -m coverage combine
+	rm -f .coverage.*
+	$(BIN)/python -m coverage report
+
+test: lint typecheck docs smoke coverage
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench-out
+	rm -rf $(VENV) $(WHEEL_VENV) $(DIST) .mypy_cache .ruff_cache .pytest_cache bench-out .coverage .coverage.*

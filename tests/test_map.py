@@ -242,7 +242,7 @@ def test_progress_bar_counts_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
-    with pytest.raises(ImportError, match=r"pip install 'nocopy\[bench\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'nocopy\[progress\]'"):
         nocopy.parallel_map(rows_len, np.arange(10), progress=True, backend="threads")
 
 

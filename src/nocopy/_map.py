@@ -311,7 +311,7 @@ def _progress_bar(total: int) -> Any:
     except ImportError:
         raise ImportError(
             "parallel_map(progress=True) needs tqdm, which is not installed. "
-            "Fix: pip install 'nocopy[bench]' (or pip install tqdm)"
+            "Fix: pip install 'nocopy[progress]' (or pip install tqdm)"
         ) from None
     return tqdm(total=total, unit="chunk", desc="parallel_map")
 
