@@ -364,10 +364,14 @@ def _cold_run(method: Method, data_path: str, cfg: SeedConfig, expected: float, 
         "method": method.name, "data": data_path, "rows": cfg.rows, "workers": cfg.workers,
         "start_method": cfg.start_method, "scratch": scratch,
     }
+    # ray.init() without an address joins whatever `ray start` cluster this machine
+    # runs at that moment (and then refuses num_cpus): a fresh script starts its own.
+    env = dict(os.environ)
+    env.setdefault("RAY_ADDRESS", "local")
     spec["launched"] = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", _COLD_CHILD, json.dumps(spec)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=scratch,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=scratch, env=env,
     )
     try:
         out, err = proc.communicate(timeout=cfg.cold_timeout)
