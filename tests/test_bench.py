@@ -424,6 +424,33 @@ def test_missing_packages_and_features_are_skipped_with_a_note(monkeypatch: pyte
 # -- scaling ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["pwrite", "mmap"])
+def test_parallel_fill_writes_every_range(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures as cf
+
+    from nocopy._bench import _scaling
+
+    src = np.random.default_rng(3).integers(0, 255, 5 * MiB + 123, dtype=np.uint8)
+    created: list[int] = []
+    real_memfd = os.memfd_create
+
+    def spy(name: str, flags: int = 0) -> int:
+        created.append(os.dup(fd := real_memfd(name, flags)))
+        return fd
+
+    monkeypatch.setattr(os, "memfd_create", spy)
+    with cf.ThreadPoolExecutor(3) as pool:
+        assert _scaling.time_parallel_fill(src, pool, 3, how) > 0
+    (fd,) = created
+    try:
+        assert os.fstat(fd).st_size == src.nbytes
+        assert os.pread(fd, src.nbytes + 1, 0) == src.tobytes()
+    finally:
+        os.close(fd)
+    # Three disjoint ranges on 2 MiB boundaries cover the whole source.
+    assert _scaling._ranges(src.nbytes, 3) == [(0, 2 * MiB), (2 * MiB, 4 * MiB), (4 * MiB, src.nbytes)]
+
+
 @pytest.mark.slow
 def test_scaling_small(tmp_path: Path) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
@@ -443,6 +470,12 @@ def test_scaling_small(tmp_path: Path) -> None:
     assert all(
         p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 and p["pwrite_shm_gbps"] > 0 for p in result["share_throughput"]
     )
+    for p in result["share_throughput"]:
+        assert p["fill_threads"] == os.cpu_count()
+        for how in ("pwrite", "mmap"):
+            f = p["fill"][how]
+            assert f["gbps_1"] > 0 and f["gbps_n"] > 0 and f["speedup"] == pytest.approx(f["gbps_n"] / f["gbps_1"])
+    assert "filling one memfd: pwrite fill 1 thread" in proc.stdout
     assert set(result["task_overhead"]) == {"concurrent.futures", "nocopy"}
     sweep = {(p["method"], p["workers"]) for p in result["workers"]}
     assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}

@@ -239,6 +239,12 @@ def plot_scaling(result: dict[str, Any], path: str) -> None:
         ax.semilogx(xs, [s["share_gbps"] for s in share], "o-", label="nocopy.share")
         ax.semilogx(xs, [s["memcpy_shm_gbps"] for s in share], "s--", label="memcpy into fresh shared memory")
         ax.semilogx(xs, [s["pwrite_shm_gbps"] for s in share], "^:", label="pwrite into a fresh memfd")
+        if all("fill" in s for s in share):
+            k = share[0]["fill_threads"]
+            ax.semilogx(xs, [s["fill"]["pwrite"]["gbps_n"] for s in share], "v-.",
+                        label=f"fallocate + pwrite, {k} threads")
+            ax.semilogx(xs, [s["fill"]["mmap"]["gbps_n"] for s in share], "d-.",
+                        label=f"mapping + copy, {k} threads")
         ax.legend(fontsize=8)
     ax.set_xlabel("MiB")
     ax.set_ylabel("GB/s")
