@@ -233,12 +233,66 @@ def _check_method_record(name: str, rec: dict[str, Any], expected: float, worker
     assert rec["errors"] == []
 
 
+COLD_FIELDS = ("end_to_end_s", "total_s", "startup_s", "work_s", "teardown_s", "exit_s", "launch_s", "load_s")
+
+
+def _check_cold_record(name: str, rec: dict[str, Any], runs: int) -> None:
+    cold = rec["cold"]
+    assert cold["errors"] == [] and cold["sums_ok"] is True, (name, cold["errors"])
+    assert len(cold["runs"]) == runs and [r["kind"] for r in cold["runs"]] == ["cold"] * runs
+    for key in COLD_FIELDS:
+        stats = cold["time"][key]
+        assert stats is not None and 0 <= stats["min"] <= stats["median"] <= stats["max"], (name, key)
+    for r in cold["runs"]:
+        assert r["end_to_end_s"] == pytest.approx(r["total_s"] + r["exit_s"])
+    assert rec["ratio_to_floor"]["cold"] > 0 and rec["cold_over_warm"] > 0, name
+
+
+def test_seed_cold_runs_each_method_once_per_fresh_interpreter_round_robin(tmp_path: Path) -> None:
+    from nocopy._bench import _seed
+    from nocopy._bench._report import plot_seed, seed_table
+
+    lines: list[str] = []
+    cfg = _seed.SeedConfig(rows=2000, workers=2, repeat=1, cold_repeat=2, methods=["stdlib", "threads"])
+    result = _seed.run_seed(cfg, log=lines.append)
+    assert result["failed"] == {} and result["config"]["cold_repeat"] == 2
+    recs = {"floor": result["floor"], **result["methods"]}
+    for name, rec in recs.items():
+        _check_cold_record(name, rec, runs=2)
+        # The warm runs are still there, beside the cold ones.
+        assert [r["kind"] for r in rec["runs"]] == ["time", "memory"]
+    pids = [r["pid"] for rec in recs.values() for r in rec["cold"]["runs"]]
+    assert len(set(pids)) == len(pids) == 6 and os.getpid() not in pids
+    # Round-robin: every method's first cold run before any method's second.
+    cold_lines = [line.split()[2:4] for line in lines if " cold " in line]
+    assert cold_lines == [[m, f"#{r}"] for r in (1, 2) for m in ("floor", "stdlib", "threads")]
+    table = seed_table(result)
+    assert "cold s" in table and "warm s" in table and "cold/warm" in table
+    plot_seed(result, str(tmp_path / "cold.png"))
+    assert (tmp_path / "cold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seed_cold_repeat_zero_is_warm_only() -> None:
+    from nocopy._bench import _seed
+    from nocopy._bench._report import seed_table
+
+    cfg = _seed.SeedConfig(rows=2000, workers=2, repeat=1, cold_repeat=0, methods=["threads"])
+    result = _seed.run_seed(cfg, log=lambda s: None)
+    assert result["failed"] == {}
+    assert result["methods"]["threads"]["cold"]["runs"] == []
+    assert result["methods"]["threads"]["ratio_to_floor"]["cold"] is None
+    assert "threads" in seed_table(result)
+
+
 @pytest.mark.slow
 def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
     out, png = tmp_path / "out.json", tmp_path / "out.png"
     proc = run_cli(
-        [str(BIN / "nocopy"), "bench", "seed", "--quick", "--repeat", "1", "--json", str(out), "--plot", str(png)],
-        timeout=280,
+        [
+            str(BIN / "nocopy"), "bench", "seed", "--quick", "--repeat", "1", "--cold-repeat", "1",
+            "--json", str(out), "--plot", str(png),
+        ],
+        timeout=400,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
@@ -255,6 +309,7 @@ def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
     for name, rec in result["methods"].items():
         _check_method_record(name, rec, expected, workers)
         assert [r["kind"] for r in rec["runs"]] == ["time", "memory"]
+        _check_cold_record(name, rec, runs=1)
     floor = result["floor"]
     assert floor["sums"]["ok"] and floor["time"]["work_s"]["median"] > 0
     assert floor["ratio_to_floor"]["work"] == pytest.approx(1.0)
@@ -306,7 +361,8 @@ def test_wrong_sums_fail_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
 
     liar = Method("liar", "returns a wrong sum", lambda ctx: [1.0] * ctx.workers)
     monkeypatch.setattr(_seed, "select_methods", lambda names: [liar])
-    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1), log=lambda s: None)
+    # Warm only: the stand-in methods exist in this process, not in a fresh interpreter.
+    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1, cold_repeat=0), log=lambda s: None)
     assert result["methods"]["liar"]["sums"]["ok"] is False
     assert "liar" in result["failed"]
     from nocopy._bench._report import seed_table
@@ -328,7 +384,8 @@ def test_a_failing_method_is_reported_and_the_others_still_run(
     monkeypatch.setattr(
         _seed, "select_methods", lambda names: [Method("broken", "always fails", broken), by_name("threads")]
     )
-    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1), log=lambda s: None)
+    # Warm only: the stand-in methods exist in this process, not in a fresh interpreter.
+    result = _seed.run_seed(_seed.SeedConfig(rows=1000, workers=2, repeat=1, cold_repeat=0), log=lambda s: None)
     assert result["failed"]["broken"] == ["RuntimeError: the pool would not start"] * 2
     assert result["methods"]["broken"]["time"]["total_s"] is None
     assert result["methods"]["threads"]["sums"]["ok"] is True
@@ -367,6 +424,33 @@ def test_missing_packages_and_features_are_skipped_with_a_note(monkeypatch: pyte
 # -- scaling ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["pwrite", "mmap"])
+def test_parallel_fill_writes_every_range(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures as cf
+
+    from nocopy._bench import _scaling
+
+    src = np.random.default_rng(3).integers(0, 255, 5 * MiB + 123, dtype=np.uint8)
+    created: list[int] = []
+    real_memfd = os.memfd_create
+
+    def spy(name: str, flags: int = 0) -> int:
+        created.append(os.dup(fd := real_memfd(name, flags)))
+        return fd
+
+    monkeypatch.setattr(os, "memfd_create", spy)
+    with cf.ThreadPoolExecutor(3) as pool:
+        assert _scaling.time_parallel_fill(src, pool, 3, how) > 0
+    (fd,) = created
+    try:
+        assert os.fstat(fd).st_size == src.nbytes
+        assert os.pread(fd, src.nbytes + 1, 0) == src.tobytes()
+    finally:
+        os.close(fd)
+    # Three disjoint ranges on 2 MiB boundaries cover the whole source.
+    assert _scaling._ranges(src.nbytes, 3) == [(0, 2 * MiB), (2 * MiB, 4 * MiB), (4 * MiB, src.nbytes)]
+
+
 @pytest.mark.slow
 def test_scaling_small(tmp_path: Path) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
@@ -386,6 +470,12 @@ def test_scaling_small(tmp_path: Path) -> None:
     assert all(
         p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 and p["pwrite_shm_gbps"] > 0 for p in result["share_throughput"]
     )
+    for p in result["share_throughput"]:
+        assert p["fill_threads"] == os.cpu_count()
+        for how in ("pwrite", "mmap"):
+            f = p["fill"][how]
+            assert f["gbps_1"] > 0 and f["gbps_n"] > 0 and f["speedup"] == pytest.approx(f["gbps_n"] / f["gbps_1"])
+    assert "filling one memfd: pwrite fill 1 thread" in proc.stdout
     assert set(result["task_overhead"]) == {"concurrent.futures", "nocopy"}
     sweep = {(p["method"], p["workers"]) for p in result["workers"]}
     assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}

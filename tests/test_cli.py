@@ -135,10 +135,18 @@ def test_doctor_reports_capacity_limits_start_methods_and_versions() -> None:
         v1 = [c for c in r["memory"]["cgroups"] if c["version"] == 1]
         assert v1 and v1[0]["usage"] > 0
     assert r["ok"] is True
+    # Huge pages: what this kernel says, read back (the verdicts: test_store's fake trees).
+    thp = Path("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+    huge = r["memfd"]["huge_pages"]
+    if thp.exists():
+        assert f"[{huge['shmem_enabled']}]" in thp.read_text()
+        assert huge["writes"] in (True, False)
+    assert huge["hugetlb"]["pages_total"] is not None
+    assert r["shm"]["huge_pages"]["huge"] in ("never", "always", "within_size", "advise")
 
     text = nocopy_cmd("doctor")
     assert text.returncode == 0
-    for key in ("backend", "memfd", "shm dir", "memory", "start methods", "versions"):
+    for key in ("backend", "memfd", "huge pages", "shm dir", "memory", "start methods", "versions"):
         assert any(line.startswith(key) for line in text.stdout.splitlines()), key
     assert "fork" in text.stdout and "numpy " + np.__version__ in text.stdout
 

@@ -311,3 +311,25 @@ def test_outputs_of_a_subarray_dtype_expand_like_numpy() -> None:
         assert got.shape == expected.shape == (2, 2, 3) and got.dtype == expected.dtype
         got[1] = 7.0
         assert out.get()[1].sum() == 42.0
+
+
+def test_parts_rebuild_without_a_contiguous_layout_and_refuse_a_wrong_part() -> None:
+    from nocopy._codec import decode_parts, plan
+    from nocopy.errors import SegmentCorruptError
+
+    rec = np.rec.fromarrays([np.arange(5).astype("M8[s]"), np.arange(5.0)], names="t,x")
+    obj = {"f": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "e": np.zeros(0, "i4"), "r": rec,
+           "s": np.arange(20)[::2], "z": np.array(7)}
+    head, parts = plan(obj).parts()
+    arrays = [np.frombuffer(p, dtype=np.uint8) for p in parts]
+    got = decode_parts(head, arrays, trusted=False, name="parts")
+    for key, want in obj.items():
+        assert type(got[key]) is type(want) and got[key].dtype == want.dtype
+        np.testing.assert_array_equal(got[key], want)
+    # Contiguous sources are handed over as they are, not copied.
+    assert np.shares_memory(arrays[list(obj).index("r")], rec)
+    assert np.shares_memory(got["r"], rec)
+    with pytest.raises(SegmentCorruptError, match="buffer 0 holds 8 bytes"):
+        decode_parts(head, [np.zeros(8, np.uint8), *arrays[1:]], trusted=False, name="parts")
+    with pytest.raises(SegmentCorruptError, match="holds 1 buffers"):
+        decode_parts(head, arrays[:1], trusted=False, name="parts")

@@ -7,6 +7,7 @@ import mmap
 import os
 import pickle
 import stat
+from typing import Any
 
 import numpy as np
 import pytest
@@ -148,3 +149,64 @@ def test_the_pool_surface_works_on_every_store(backend: str) -> None:
     adopted.close()
     with pytest.raises(nocopy.errors.SegmentNotFoundError):
         owner_fd(adopted)
+
+
+def _fake_thp(root: Any, shmem: str, per_size: dict[str, str], hugetlb_total: int = 0) -> tuple[Any, Any]:
+    """A fake /sys/kernel/mm/transparent_hugepage tree and /proc/meminfo."""
+    choices = ["always", "within_size", "advise", "never", "deny", "force"]
+    thp = root / "thp"
+    thp.mkdir()
+    (thp / "shmem_enabled").write_text(" ".join(f"[{c}]" if c == shmem else c for c in choices) + "\n")
+    for size, value in per_size.items():
+        d = thp / f"hugepages-{size}"
+        d.mkdir()
+        opts = ["always", "inherit", "within_size", "advise", "never"]
+        (d / "shmem_enabled").write_text(" ".join(f"[{c}]" if c == value else c for c in opts) + "\n")
+    meminfo = root / "meminfo"
+    meminfo.write_text(
+        f"MemTotal: 100 kB\nHugePages_Total: {hugetlb_total}\nHugePages_Free: {hugetlb_total}\nHugepagesize: 2048 kB\n"
+    )
+    return thp, meminfo
+
+
+@pytest.mark.parametrize(
+    ("shmem", "per_size", "writes", "advise"),
+    [
+        ("never", {}, False, False),
+        ("within_size", {}, True, False),
+        ("advise", {}, False, True),
+        ("deny", {"2048kB": "always"}, False, False),
+        # Per-size knobs (Linux >= 6.11) decide; inherit follows the global setting.
+        ("never", {"2048kB": "inherit", "64kB": "within_size"}, True, False),
+        ("always", {"2048kB": "never"}, False, False),
+        ("always", {"2048kB": "inherit"}, True, False),
+    ],
+)
+def test_huge_page_probe_reads_the_kernel_settings(
+    shmem: str, per_size: dict[str, str], writes: bool, advise: bool, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nocopy._store import _hugepages
+
+    thp, meminfo = _fake_thp(tmp_path, shmem, per_size, hugetlb_total=3)
+    monkeypatch.setattr(_hugepages, "_THP", thp)
+    monkeypatch.setattr(_hugepages, "_MEMINFO", meminfo)
+    rep = _hugepages.memfd_huge_pages()
+    assert rep["shmem_enabled"] == shmem
+    assert (rep["writes"], rep["mapped_advise"]) == (writes, advise)
+    assert rep["hugetlb"] == {"pages_total": 3, "pages_free": 3, "page_size": 2 << 20}
+    assert rep["per_size"] == {k: v for k, v in per_size.items() if v != "never"}
+    # A tmpfs follows its own huge= option unless the host denies or forces.
+    posix = _hugepages.tmpfs_huge_pages("rw,size=64m,huge=within_size")
+    want = {"deny": False}.get(shmem, True)
+    assert posix["writes"] is want
+    assert _hugepages.tmpfs_huge_pages("rw,size=64m")["writes"] is False
+
+
+def test_huge_page_probe_without_thp_says_unknown(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._store import _hugepages
+
+    monkeypatch.setattr(_hugepages, "_THP", tmp_path / "absent")
+    monkeypatch.setattr(_hugepages, "_MEMINFO", tmp_path / "absent-meminfo")
+    rep = _hugepages.memfd_huge_pages()
+    assert rep["shmem_enabled"] is None and rep["writes"] is None and rep["mapped_advise"] is None
+    assert rep["hugetlb"] == {"pages_total": None, "pages_free": None, "page_size": None}

@@ -1,9 +1,9 @@
 """Ray integration: the same data, zero-copy on every node.
 
-:func:`put` encodes an object with nocopy's codec into **one** uint8 buffer and
-puts that buffer in Ray's object store; :func:`get` fetches it (Ray maps a
-numpy buffer read-only, straight from the store) and rebuilds the object
-over it, so every column is a view into the object store -- datetime64
+:func:`put` plans an object with nocopy's codec and puts its header and
+buffers in Ray's object store as one object; :func:`get` fetches it (Ray maps
+the buffers read-only, straight from the store) and rebuilds the object over
+them, so every column is a view into the object store -- datetime64
 columns, record arrays and strings included, which plain ``ray.get`` copies
 into every task.
 
@@ -19,27 +19,26 @@ Example::
 
 Why a wrapper (:class:`Ref`) and not the bare ``ObjectRef``: Ray resolves an
 ``ObjectRef`` passed as a top-level task argument into its value (here the
-raw uint8 buffer), while a :class:`Ref` arrives as itself, tells what it
+object's buffers, not yet decoded), while a :class:`Ref` arrives as itself, tells what it
 holds (``kind``, ``nbytes``) and keeps the object alive while any task
 borrows it (Ray tracks the ``ObjectRef`` inside it). :func:`get` accepts a
-:class:`Ref`, its ``object_ref``, or the already-resolved buffer.
+:class:`Ref`, its ``object_ref``, or that resolved value.
 
-Cost of a put: one temporary buffer. Ray's public API has no way to write
-into an object-store buffer before it is sealed (``ray.put`` always copies
-its argument in), so the layout is written into a private buffer (an
-anonymous memfd filled with pwrite, on Linux) that Ray then copies once into
-the store; the temporary is freed right after.
+Cost of a put: one copy, by Ray. The object is pickled with protocol 5, the
+header in band and each buffer out of band, so Ray copies every column
+straight from the caller's arrays into the store: no temporary layout in the
+caller (only non-contiguous arrays and Arrow IPC streams are materialised
+once, as ``share()`` does).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import mmap
 import os
+import pickle
 import re
 import threading
-from collections.abc import Iterator
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
@@ -58,7 +57,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
         "nocopy.ray needs Ray, which is not installed. Fix: pip install 'nocopy[ray]'"
     ) from _exc
 
-from ._codec import MAGIC, Plan, decode_buffer, plan
+from ._codec import MAGIC, decode_buffer, decode_parts, plan
 from ._kinds import kind_name, take_rows
 from ._map import MapBackend
 from ._shared import Shared
@@ -184,41 +183,83 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
     p = plan(obj, allow_pickle=allow_pickle)
     if not ray.is_initialized():
         connect_or_start()
-    # ray.put copies the buffer's bytes into the store once (pickle protocol
-    # 5, out of band); the temporary is gone when this function returns.
-    with _temporary_layout(p) as mem:
-        object_ref = ray.put(mem)
-        del mem  # so the temporary can be unmapped on leaving the block
+    head, parts = p.parts()
+    # Ray pickles the _Layout with protocol 5 and copies each out-of-band
+    # buffer straight from its source (the caller's columns) into the store.
+    object_ref = ray.put(_Layout(head, parts))
+    del parts
     return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled)
 
 
-@contextlib.contextmanager
-def _temporary_layout(p: Plan) -> Iterator[np.ndarray]:
-    """The encoded layout in a temporary uint8 buffer.
+# Ray aligns an out-of-band buffer of more than 2 KiB to 64 bytes in its
+# object, smaller ones only to 8: buffers below this size travel packed, each
+# 64-byte aligned, in one block at least this large.
+_PACKED_BELOW = 4096
+_ALIGN = 64
 
-    On Linux, an anonymous memfd filled with pwrite: no page faults in this
-    process (a first put of 0.5 GB measured 1.3 s with a fresh numpy buffer,
-    0.5 s this way), and its memory is returned the moment it is closed.
+
+class _Layout:
+    """A layout's prefix and header plus its buffers, each apart: what a nocopy Ray object holds.
+
+    Pickled (protocol 5) as the header in band and the buffers out of band,
+    so Ray copies each one once from its source into the object store, and
+    unpickled over views of the store. What a task receives when Ray
+    resolves a top-level ``ObjectRef``; :func:`get` decodes it.
     """
-    if not hasattr(os, "memfd_create"):
-        mem = np.empty(p.size, dtype=np.uint8)
-        p.write_into(mem)
-        yield mem
-        return
-    fd = os.memfd_create("nocopy-ray-put", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, p.size)
-        p.write_to_fd(fd)
-        mm = mmap.mmap(fd, p.size, prot=mmap.PROT_READ)
-        try:
-            yield np.frombuffer(mm, dtype=np.uint8)
-        finally:
-            try:
-                mm.close()
-            except BufferError:  # a view escaped: unmapped when it is collected
-                pass
-    finally:
-        os.close(fd)
+
+    __slots__ = ("head", "parts")
+
+    def __init__(self, head: bytes, parts: list[Any]) -> None:
+        self.head = head
+        self.parts = parts
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        sizes = [memoryview(part).nbytes for part in self.parts]
+        packed: dict[int, int] = {}
+        end = 0
+        for i, n in enumerate(sizes):
+            if n < _PACKED_BELOW:
+                packed[i] = end
+                end += -(-n // _ALIGN) * _ALIGN
+        block = np.zeros(max(end, _PACKED_BELOW) if packed else 0, dtype=np.uint8)
+        for i, off in packed.items():
+            block[off : off + sizes[i]] = np.frombuffer(self.parts[i], dtype=np.uint8)
+        apart = [part for i, part in enumerate(self.parts) if i not in packed]
+        if int(protocol) >= 5:
+            block_arg: Any = pickle.PickleBuffer(block.data)
+            apart = [pickle.PickleBuffer(part) for part in apart]
+        else:  # pragma: no cover - Ray pickles with protocol 5
+            block_arg, apart = block, [bytes(part) for part in apart]
+        placement = [(packed[i], n) if i in packed else (-1, n) for i, n in enumerate(sizes)]
+        return (_unpack_layout, (self.head, placement, block_arg, *apart))
+
+
+def _unpack_layout(head: bytes, placement: list[tuple[int, int]], block: Any, *apart: Any) -> _Layout:
+    """Rebuild a :class:`_Layout` over the buffers unpickling gave (views of Ray's store)."""
+    whole = np.frombuffer(block, dtype=np.uint8)
+    rest = iter(apart)
+    parts: list[Any] = []
+    for off, n in placement:
+        parts.append(np.frombuffer(next(rest), dtype=np.uint8) if off < 0 else whole[off : off + n])
+    return _Layout(head, parts)
+
+
+def _aligned_read_only(part: np.ndarray) -> np.ndarray:
+    """*part* as a read-only uint8 array, 64-byte aligned (a copy only where Ray did not align it)."""
+    if part.__array_interface__["data"][0] % _ALIGN and part.nbytes:
+        # A Ray that aligns differently: numpy and Arrow need aligned buffers, so the
+        # few small packed or odd buffers are copied rather than decoded misaligned.
+        raw = np.empty(part.nbytes + _ALIGN, dtype=np.uint8)
+        start = -raw.__array_interface__["data"][0] % _ALIGN
+        copy = raw[start : start + part.nbytes]
+        copy[:] = part
+        part = copy
+    if part.flags.writeable:
+        # Small objects come back from Ray's in-process store as writable
+        # copies; read-only views everywhere keep the semantics the same.
+        part = part.view()
+        part.flags.writeable = False
+    return part
 
 
 @overload
@@ -228,9 +269,9 @@ def get(ref: ray.ObjectRef[Any] | np.ndarray, *, timeout: float | None = None) -
 def get(ref: Any, *, timeout: float | None = None) -> Any:
     """Rebuild the object put by :func:`put`, every array a read-only view into the object store.
 
-    *ref* is a :class:`Ref`, its ``object_ref``, or the uint8 buffer itself
-    (what a task receives when an ``ObjectRef`` is passed as a top-level
-    argument and Ray resolves it). Writes to the result raise numpy's
+    *ref* is a :class:`Ref`, its ``object_ref``, or what a task receives
+    when an ``ObjectRef`` is passed as a top-level argument and Ray resolves
+    it (the object's buffers, not yet decoded). Writes to the result raise numpy's
     "assignment destination is read-only". The views keep the object
     pinned in this node's store until they are dropped.
 
@@ -248,14 +289,19 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
     if isinstance(ref, ray.ObjectRef):
         name = f"ray object {ref.hex()}"
         mem = ray.get(ref, timeout=timeout)
-    elif isinstance(ref, np.ndarray):
+    elif isinstance(ref, _Layout | np.ndarray):
         name = "ray object buffer"
         mem = ref
     else:
         raise TypeError(
-            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or its resolved buffer, "
+            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into, "
             f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
         )
+    # trusted: whatever is in Ray's store is already unpickled by ray.get
+    # itself, so refusing nocopy's own pickled nodes here would protect nothing.
+    if isinstance(mem, _Layout):
+        parts = [_aligned_read_only(np.asarray(part)) for part in mem.parts]
+        return decode_parts(mem.head, parts, trusted=True, name=name)
     if not (
         isinstance(mem, np.ndarray)
         and mem.dtype == np.uint8
@@ -269,14 +315,8 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
             "not a nocopy layout: it was not made by nocopy.ray.put(). "
             "Fix: read it with ray.get(), or put it with nocopy.ray.put()."
         )
-    if mem.flags.writeable:
-        # Small objects come back from Ray's in-process store as writable
-        # copies; read-only views everywhere keep the semantics the same.
-        mem = mem.view()
-        mem.flags.writeable = False
-    # trusted: whatever is in Ray's store is already unpickled by ray.get
-    # itself, so refusing nocopy's own pickled nodes here would protect nothing.
-    return decode_buffer(mem, trusted=True, name=name)
+    # A whole layout in one buffer (nocopy 0.2's put, or a buffer written with Plan.write_into).
+    return decode_buffer(_aligned_read_only(mem), trusted=True, name=name)
 
 
 # -- parallel_map(..., backend="ray") -----------------------------------------

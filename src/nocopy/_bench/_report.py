@@ -49,30 +49,45 @@ def _x(value: float | None) -> str:
 
 
 def seed_table(result: dict[str, Any]) -> str:
-    """The seed experiment as a fixed-width text table (medians; total with min-max)."""
+    """The seed experiment as fixed-width text tables: time cold and warm, then memory (medians)."""
     cfg, data = result["config"], result["data"]
+    cold_n = cfg.get("cold_repeat", 0)
     lines = [
         f"nocopy bench seed: {data['rows']:,} rows ({format_bytes(data['nbytes'])}), {cfg['workers']} workers, "
-        f"start method {cfg['start_method']}; times: median of {cfg['repeat']} run(s), total with (min-max); "
-        f"memory: median of {cfg.get('memory_repeat', cfg['repeat'])} separate run(s)",
+        f"start method {cfg['start_method']}; cold: median of {cold_n} run(s), each in a fresh interpreter; "
+        f"warm: median of {cfg['repeat']} run(s) in one process, total with (min-max); "
+        f"memory: median of {cfg.get('memory_repeat', cfg['repeat'])} separate warm run(s)",
         "",
     ]
     header = [
-        "method", "total s", "start-up", "work", "teardown", "total/floor", "work/floor",
-        "peak memory", "added", "mem/floor", "tracemalloc", "sums",
+        "method", "cold s", "start-up", "work", "teardown", "exit", "cold/floor",
+        "warm s", "w.start-up", "w.work", "w.teardown", "warm/floor", "cold/warm", "sums",
     ]
     rows = [("floor", result["floor"]), *result["methods"].items()]
     cells = []
     for name, rec in rows:
-        t, mem, rat = rec["time"], rec["memory"], rec["ratio_to_floor"]
-        sums = "ok" if rec["sums"]["ok"] else "WRONG" if not rec["errors"] else "FAILED"
+        t, rat = rec["time"], rec["ratio_to_floor"]
+        cold = rec.get("cold") or {"time": {}, "sums_ok": True}
+        c = cold["time"]
+        sums_ok = rec["sums"]["ok"] and (cold["sums_ok"] or not cold_n)
+        sums = "ok" if sums_ok else "WRONG" if not (rec["errors"] or cold.get("errors")) else "FAILED"
         cells.append([
-            name, _sec(t["total_s"], True), _sec(t["startup_s"]), _sec(t["work_s"]), _sec(t["teardown_s"]),
-            _x(rat["total"]), _x(rat["work"]), format_bytes(_med(mem["peak_bytes"])),
-            format_bytes(_med(mem["added_bytes"])), _x(rat["memory"]),
-            format_bytes(_med(rec["tracemalloc_peak_bytes"])), sums,
+            name, _sec(c.get("end_to_end_s")), _sec(c.get("startup_s")), _sec(c.get("work_s")),
+            _sec(c.get("teardown_s")), _sec(c.get("exit_s")), _x(rat.get("cold")),
+            _sec(t["total_s"], True), _sec(t["startup_s"]), _sec(t["work_s"]), _sec(t["teardown_s"]),
+            _x(rat["total"]), _x(rec.get("cold_over_warm")), sums,
         ])
     lines.append(render_table(header, cells, right=range(1, len(header) - 1), rule=True))
+    lines.append("")
+    header = ["method", "peak memory", "added", "mem/floor", "tracemalloc", "work/floor"]
+    cells = []
+    for name, rec in rows:
+        mem, rat = rec["memory"], rec["ratio_to_floor"]
+        cells.append([
+            name, format_bytes(_med(mem["peak_bytes"])), format_bytes(_med(mem["added_bytes"])),
+            _x(rat["memory"]), format_bytes(_med(rec["tracemalloc_peak_bytes"])), _x(rat["work"]),
+        ])
+    lines.append(render_table(header, cells, right=range(1, len(header)), rule=True))
     lines.append("")
     notes = []
     ray = result["methods"].get("ray")
@@ -86,6 +101,12 @@ def seed_table(result: dict[str, Any]) -> str:
             f"for reference, memcpy through a fresh shared mapping {floor_extra['memcpy_shm_mapped_s']['median']:.3f} s, "
             f"into fresh private memory {floor_extra['memcpy_private_s']['median']:.3f} s"
         )
+    notes.append(
+        "cold s: one run in a fresh interpreter, end to end: the method's start-up + work + teardown + the "
+        "interpreter's exit after it (atexit handlers, finalizers); cold/floor against the floor's cold end to end; "
+        "warm s: the same method repeated in one process (start-up + work + teardown), warm/floor against "
+        "the floor's warm work; cold/warm: the method's phases cold over warm"
+    )
     notes.append(
         "peak memory: Σ PSS of the parent and all its descendants + shared memory, each page once; "
         "added: over the same sum just before the run (the parent with the data and its imports, "
@@ -114,37 +135,55 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     names = [n for n, _ in rows][::-1]
     recs = [r for _, r in rows][::-1]
     y = list(range(len(names)))
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(14, 0.45 * len(names) + 3.0))
-    left = [0.0] * len(names)
-    for phase, color in (("startup_s", "#9ecae1"), ("work_s", "#3182bd"), ("teardown_s", "#c6dbef")):
-        vals = [_med(r["time"][phase]) or 0.0 for r in recs]
-        ax_t.barh(y, vals, left=left, color=color, label=phase[:-2].replace("startup", "start-up"))
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    totals = [r["time"]["total_s"] for r in recs]
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(14, 0.6 * len(names) + 3.0))
+    # Two bars per method: cold (a fresh interpreter, exit included) above, warm below.
+    colds = [(r.get("cold") or {}).get("time") or {} for r in recs]
+    has_cold = any(c.get("end_to_end_s") for c in colds)
+    bars: list[tuple[str, list[dict[str, Any]], tuple[tuple[str, str], ...], float]] = [
+        ("warm", [r["time"] for r in recs],
+         (("startup_s", "#9ecae1"), ("work_s", "#3182bd"), ("teardown_s", "#c6dbef")), -0.2 if has_cold else 0.0),
+    ]
+    if has_cold:
+        bars.append(("cold", colds, (("startup_s", "#fdae6b"), ("work_s", "#e6550d"), ("teardown_s", "#fdd0a2"),
+                                    ("exit_s", "#bdbdbd")), 0.2))
+    height = 0.38 if has_cold else 0.8
+    spans: list[tuple[float, dict[str, float]]] = []
+    for label, times, phases, dy in bars:
+        left = [0.0] * len(names)
+        ys = [yi + dy for yi in y]
+        for phase, color in phases:
+            vals = [_med(t.get(phase)) or 0.0 for t in times]
+            ax_t.barh(ys, vals, left=left, height=height, color=color,
+                      label=f"{label} {phase[:-2].replace('startup', 'start-up')}")
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        key = "end_to_end_s" if label == "cold" else "total_s"
+        for yi, t in zip(ys, times, strict=True):
+            if t.get(key):
+                spans.append((yi, t[key]))
     ax_t.errorbar(
-        [t["median"] for t in totals], y,
-        xerr=[[t["median"] - t["min"] for t in totals], [t["max"] - t["median"] for t in totals]],
+        [t["median"] for _, t in spans], [yi for yi, _ in spans],
+        xerr=[[t["median"] - t["min"] for _, t in spans], [t["max"] - t["median"] for _, t in spans]],
         fmt="none", ecolor="black", capsize=3, lw=1,
     )
     floor_t = _med(result["floor"]["time"]["work_s"])
     if floor_t:
-        ax_t.axvline(floor_t, color="red", ls="--", lw=1, label="floor")
+        ax_t.axvline(floor_t, color="red", ls="--", lw=1, label="floor (warm work)")
     # One slow outlier (Ray's start-up) would squash every other bar: clip it
     # and say so on the bar.
-    tops = sorted(t["max"] for t in totals)
+    tops = sorted(t["max"] for _, t in spans)
     xmax = tops[-1] * 1.25
     if len(tops) > 2 and tops[-1] > 3 * tops[-2]:
         xmax = tops[-2] * 1.6
-    for yi, t in zip(y, totals, strict=True):
+    for yi, t in spans:
         clipped = t["max"] > xmax
         ax_t.text(
             min(t["max"], xmax * 0.7), yi, f"  {t['median']:.2f} s" + (" (clipped)" if clipped else ""),
-            va="center", fontsize=8, color="white" if clipped else "black",
+            va="center", fontsize=7, color="white" if clipped else "black",
             fontweight="bold" if clipped else "normal",
         )
     ax_t.set_yticks(y, names)
     ax_t.set_xlabel("seconds (median; whiskers: min-max of the total)")
-    ax_t.set_title("end-to-end time")
+    ax_t.set_title("time: cold (fresh interpreter, upper bar) and warm (lower bar)" if has_cold else "time (warm)")
     ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=4, fontsize=8, frameon=False)
     ax_t.set_xlim(0, xmax)
 
@@ -168,7 +207,7 @@ def plot_seed(result: dict[str, Any], path: str) -> None:
     cfg, data = result["config"], result["data"]
     fig.suptitle(
         f"classic experiment: {data['rows']:,} rows ({format_bytes(data['nbytes'])}), {cfg['workers']} workers, "
-        f"{cfg['start_method']}; median of {cfg['repeat']}"
+        f"{cfg['start_method']}; median of {cfg.get('cold_repeat', 0)} cold and {cfg['repeat']} warm run(s)"
     )
     fig.tight_layout()
     parent = os.path.dirname(os.path.abspath(path))
@@ -200,6 +239,12 @@ def plot_scaling(result: dict[str, Any], path: str) -> None:
         ax.semilogx(xs, [s["share_gbps"] for s in share], "o-", label="nocopy.share")
         ax.semilogx(xs, [s["memcpy_shm_gbps"] for s in share], "s--", label="memcpy into fresh shared memory")
         ax.semilogx(xs, [s["pwrite_shm_gbps"] for s in share], "^:", label="pwrite into a fresh memfd")
+        if all("fill" in s for s in share):
+            k = share[0]["fill_threads"]
+            ax.semilogx(xs, [s["fill"]["pwrite"]["gbps_n"] for s in share], "v-.",
+                        label=f"fallocate + pwrite, {k} threads")
+            ax.semilogx(xs, [s["fill"]["mmap"]["gbps_n"] for s in share], "d-.",
+                        label=f"mapping + copy, {k} threads")
         ax.legend(fontsize=8)
     ax.set_xlabel("MiB")
     ax.set_ylabel("GB/s")

@@ -4,7 +4,9 @@
   maps the segment and parses its header, so it must not grow with size;
 - ``share``: ``nocopy.share()`` throughput vs a memcpy into fresh shared
   memory (memfd + ftruncate + mmap + copy, page faults included) and vs the
-  seed floor's copy (pwrite into a fresh memfd);
+  seed floor's copy (pwrite into a fresh memfd); and how filling one fresh
+  memfd scales with threads over disjoint ranges (fallocate + pwrite, or a
+  mapping per range), 1 thread against one per core, interleaved;
 - ``overhead``: per-task cost of tiny tasks in a warm pool, nocopy's executor
   vs concurrent.futures;
 - ``workers``: the classic experiment's end-to-end time vs number of workers.
@@ -13,7 +15,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import mmap
 import multiprocessing
+import os
 import pickle
 import sys
 import tempfile
@@ -82,13 +86,55 @@ def _get_latency(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     return out
 
 
+_FILL_ALIGN = 2 << 20  # ranges start on huge-page boundaries (and mmap's granularity)
+FILL_WAYS = ("pwrite", "mmap")
+
+
+def _ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    step = -(-n // parts)
+    step = -(-step // _FILL_ALIGN) * _FILL_ALIGN
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _fill_range(fd: int, src: np.ndarray, a: int, b: int, how: str) -> None:
+    if how == "pwrite":
+        # What share() does, for one range: reserve the pages, then write them.
+        os.posix_fallocate(fd, a, b - a)
+        view = src[a:b].data
+        done = 0
+        while done < b - a:
+            done += os.pwrite(fd, view[done:], a + done)
+    else:
+        mm = mmap.mmap(fd, b - a, offset=a)
+        dst = np.frombuffer(mm, np.uint8)
+        np.copyto(dst, src[a:b])  # NumPy releases the GIL for the copy
+        del dst
+        mm.close()
+
+
+def time_parallel_fill(src: np.ndarray, pool: cf.ThreadPoolExecutor, threads: int, how: str) -> float:
+    """Seconds to fill a fresh memfd with *src* by *threads* threads over disjoint ranges."""
+    fd = os.memfd_create("nocopy-bench-fill", os.MFD_CLOEXEC)
+    try:
+        t0 = time.perf_counter()
+        os.ftruncate(fd, src.nbytes)
+        for f in [pool.submit(_fill_range, fd, src, a, b, how) for a, b in _ranges(src.nbytes, threads)]:
+            f.result()
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
 def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     import nocopy
 
     out = []
+    cores = os.cpu_count() or 1
+    pool = cf.ThreadPoolExecutor(cores)
     for n in sizes(cfg.min_size, cfg.max_size):
         src = np.ones(n, np.uint8)  # real pages: the copy reads memory
         share_s, memcpy_s, pwrite_s = [], [], []
+        fill: dict[str, dict[int, list[float]]] = {how: {1: [], cores: []} for how in FILL_WAYS}
         for _ in range(cfg.repeat):
             t0 = time.perf_counter()
             ref = nocopy.share(src)
@@ -96,6 +142,9 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             ref.close()
             memcpy_s.append(time_mapped_copy(src))
             pwrite_s.append(time_pwrite_copy(src))
+            for how in FILL_WAYS:
+                for threads in fill[how]:
+                    fill[how][threads].append(time_parallel_fill(src, pool, threads, how))
         del src
         s, m, w = (float(np.median(x)) for x in (share_s, memcpy_s, pwrite_s))
         point = {
@@ -108,13 +157,33 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             "pwrite_shm_gbps": n / w / 1e9,
             "share_over_memcpy": ratio(s, m),
             "share_over_pwrite": ratio(s, w),
+            # Filling one memfd: GB/s with 1 thread and with one per core, and the speed-up.
+            "fill_threads": cores,
+            "fill": {
+                how: {
+                    "gbps_1": n / float(np.median(times[1])) / 1e9,
+                    "gbps_n": n / float(np.median(times[cores])) / 1e9,
+                    "speedup": ratio(float(np.median(times[1])), float(np.median(times[cores]))),
+                }
+                for how, times in fill.items()
+            },
         }
         out.append(point)
         log(
             f"  share() {format_bytes(n):>8}: {point['share_gbps']:.2f} GB/s; memcpy into fresh shm "
-            f"{point['memcpy_shm_gbps']:.2f} GB/s, pwrite into a fresh memfd {point['pwrite_shm_gbps']:.2f} GB/s"
+            f"{point['memcpy_shm_gbps']:.2f} GB/s, pwrite into a fresh memfd {point['pwrite_shm_gbps']:.2f} GB/s; "
+            + _fill_text(point)
         )
+    pool.shutdown()
     return out
+
+
+def _fill_text(point: dict[str, Any]) -> str:
+    k = point["fill_threads"]
+    return ", ".join(
+        f"{how} fill 1 thread {f['gbps_1']:.2f} GB/s, {k} threads {f['gbps_n']:.2f} GB/s ({f['speedup']:.2f}x)"
+        for how, f in point["fill"].items()
+    )
 
 
 def _task_overhead(cfg: ScalingConfig, log: Log) -> dict[str, Any]:
@@ -234,6 +303,8 @@ def scaling_table(result: dict[str, Any]) -> str:
                 f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
                 f" / pwrite {p['share_over_pwrite']:.2f}x"
             )
+            if "fill" in p:
+                lines.append(f"  {'':>9}  filling one memfd: {_fill_text(p)}")
         lines.append("")
     over = result.get("task_overhead")
     if over:

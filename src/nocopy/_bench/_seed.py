@@ -7,13 +7,24 @@ never share a run because sampling perturbs timing.
 Rounds interleave the methods, so a noisy moment hits all of them; Ray runs
 last, because it leaves threads behind in the parent and forking a process
 with threads is unsafe (the fork method).
+
+Cold runs (``cold_repeat`` per method, 0: none) come first: each runs one
+method once in a fresh interpreter (``python -c``, see :func:`cold_main`),
+round-robin over the methods, with the data loaded from a file before the
+clock starts, as a user's script would have it. Beside the method's own
+phases they time the interpreter's exit after the run (``exit_s``: atexit
+handlers, finalizers), which a script pays too; ``end_to_end_s`` is the
+method's total plus that exit. Warm runs repeat every method in this one
+process, so imports, caches and the allocator are warm.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,11 +39,11 @@ import numpy as np
 from .._text import format_bytes
 from . import _methods
 from ._data import expected_sum, make_records
-from ._methods import FLOOR, METHODS, Method, RunContext
+from ._methods import FLOOR, METHODS, Method, RunContext, by_name
 from ._monitor import MemoryMonitor
 from ._stats import ratio, summary
 
-__all__ = ["SeedConfig", "run_seed"]
+__all__ = ["SeedConfig", "cold_main", "run_seed"]
 
 Log = Callable[[str], None]
 
@@ -53,6 +64,8 @@ class SeedConfig:
     repeat: int = 3
     memory_repeat: int | None = 1  # None: as many as repeat
     interval: float = 0.01  # memory sampling period, seconds
+    cold_repeat: int = 2  # runs per method in a fresh interpreter each (0: no cold runs)
+    cold_timeout: float = 600.0  # seconds one cold run may take before it is killed
 
 
 def select_methods(names: list[str] | None) -> list[Method]:
@@ -238,6 +251,8 @@ def _memory_repeat(cfg: SeedConfig) -> int:
         raise ValueError(f"--workers must be at least 1, not {cfg.workers}")
     if cfg.repeat < 1:
         raise ValueError(f"--repeat must be at least 1, not {cfg.repeat}")
+    if cfg.cold_repeat < 0:
+        raise ValueError(f"--cold-repeat must be at least 0, not {cfg.cold_repeat}")
     memory_repeat = cfg.repeat if cfg.memory_repeat is None else cfg.memory_repeat
     if memory_repeat < 1:
         raise ValueError(f"--memory-repeat must be at least 1, not {memory_repeat}")
@@ -297,19 +312,157 @@ def _run_schedule(
     return runs, baseline
 
 
+# -- cold runs: one method, once, in a fresh interpreter ----------------------
+_COLD_CHILD = "import sys; from nocopy._bench._seed import cold_main; sys.exit(cold_main(sys.argv[1:]))"
+_COLD_MARK = "nocopy-bench-cold-result:"
+
+
+def cold_main(argv: list[str]) -> int:
+    """The child of a cold run: load the data, run one method once, print its record on stdout.
+
+    *argv* is one JSON object: method, data (path of the raw records), rows,
+    workers, start_method, scratch, launched (the parent's perf_counter just
+    before it started this interpreter: CLOCK_MONOTONIC, the same in every process).
+    """
+    ready = time.perf_counter()
+    spec = json.loads(argv[0])
+    if spec["start_method"] == "forkserver":
+        import multiprocessing
+
+        multiprocessing.set_forkserver_preload(["numpy", "nocopy", "nocopy._bench._tasks"])
+    method = by_name(spec["method"])
+    t0 = time.perf_counter()
+    data = np.fromfile(spec["data"], dtype=make_records(1).dtype).view(np.recarray)
+    if len(data) != spec["rows"]:
+        raise SystemExit(f"cold run: {spec['data']} holds {len(data)} rows, expected {spec['rows']}")
+    record: dict[str, Any] = {
+        "pid": os.getpid(),
+        "launch_s": ready - spec["launched"],
+        "load_s": time.perf_counter() - t0,
+    }
+    ctx = RunContext(data, spec["workers"], spec["start_method"], tempfile.mkdtemp(dir=spec["scratch"]))
+    t0 = time.perf_counter()
+    try:
+        sums = method.run(ctx)
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        sums = []
+    total = time.perf_counter() - t0
+    record.update({f"{k}_s": v for k, v in ctx.phases.items()})
+    record["total_s"] = sum(ctx.phases.values()) if method is FLOOR else total
+    record["extra"] = dict(ctx.extra)
+    record["sums"] = [float(v) for v in sums]
+    print(_COLD_MARK + json.dumps(record), flush=True)
+    # The parent times the exit from here: what the interpreter does after the run.
+    record_end = time.perf_counter()
+    print(_COLD_MARK + json.dumps({"finished": record_end}), flush=True)
+    return 0
+
+
+def _cold_run(method: Method, data_path: str, cfg: SeedConfig, expected: float, scratch: str) -> dict[str, Any]:
+    spec = {
+        "method": method.name, "data": data_path, "rows": cfg.rows, "workers": cfg.workers,
+        "start_method": cfg.start_method, "scratch": scratch,
+    }
+    # ray.init() without an address joins whatever `ray start` cluster this machine
+    # runs at that moment (and then refuses num_cpus): a fresh script starts its own.
+    env = dict(os.environ)
+    env.setdefault("RAY_ADDRESS", "local")
+    spec["launched"] = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _COLD_CHILD, json.dumps(spec)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=scratch, env=env,
+    )
+    try:
+        out, err = proc.communicate(timeout=cfg.cold_timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"kind": "cold", "pid": proc.pid, "error": f"no result within {cfg.cold_timeout:.0f} s (killed)"}
+    exited = time.perf_counter()
+    parts = [json.loads(line[len(_COLD_MARK):]) for line in out.splitlines() if line.startswith(_COLD_MARK)]
+    if len(parts) != 2 or proc.returncode != 0:
+        tail = " | ".join(err.strip().splitlines()[-3:])
+        return {"kind": "cold", "pid": proc.pid, "error": f"exit code {proc.returncode}: {tail or 'no output'}"}
+    record: dict[str, Any] = {"kind": "cold", **parts[0]}
+    record["exit_s"] = exited - parts[1]["finished"]
+    if "error" not in record:
+        record["end_to_end_s"] = record["total_s"] + record["exit_s"]
+        record["sums_ok"] = _sums_ok(method, record["sums"], expected, cfg.workers)
+    return record
+
+
+def _describe_cold(rec: dict[str, Any]) -> str:
+    if "error" in rec:
+        return f"FAILED: {rec['error']}"
+    return (
+        f"{rec['end_to_end_s']:.3f} s (start {rec['startup_s']:.3f}, work {rec['work_s']:.3f}, "
+        f"teardown {rec['teardown_s']:.3f}, exit {rec['exit_s']:.3f}; interpreter {rec['launch_s']:.3f}), "
+        f"pid {rec['pid']}, " + ("sums ok" if rec["sums_ok"] else f"SUMS WRONG {rec['sums']}")
+    )
+
+
+def _run_cold(
+    runnable: list[Method], data: np.ndarray, cfg: SeedConfig, expected: float, log: Log
+) -> dict[str, list[dict[str, Any]]]:
+    """``cold_repeat`` rounds over the floor and every method, each run in a fresh interpreter."""
+    runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in (FLOOR, *runnable)}
+    if not cfg.cold_repeat:
+        return runs
+    order = [FLOOR, *runnable]
+    with tempfile.TemporaryDirectory(prefix="nocopy-bench-cold-") as scratch:
+        data_path = os.path.join(scratch, "records.bin")
+        data.tofile(data_path)
+        total = cfg.cold_repeat * len(order)
+        width = len(str(total))
+        for r in range(cfg.cold_repeat):
+            for i, method in enumerate(order, r * len(order) + 1):
+                rec = _cold_run(method, data_path, cfg, expected, scratch)
+                rec["repeat"] = r
+                runs[method.name].append(rec)
+                log(f"[{i:>{width}}/{total}] cold   {method.name:<16} #{r + 1}  {_describe_cold(rec)}")
+    return runs
+
+
+_COLD_KEYS = ("end_to_end_s", "total_s", "startup_s", "work_s", "teardown_s", "exit_s", "launch_s", "load_s")
+
+
+def _aggregate_cold(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if "error" not in r]
+    return {
+        "time": {key: summary([r[key] for r in ok]) for key in _COLD_KEYS},
+        "sums_ok": bool(ok) and len(ok) == len(runs) and all(r["sums_ok"] for r in ok),
+        "pids": [r.get("pid") for r in runs],
+        "errors": [r["error"] for r in runs if "error" in r],
+        "runs": runs,
+    }
+
+
 def _with_ratios(
-    runnable: list[Method], runs: dict[str, list[dict[str, Any]]], expected: float
+    runnable: list[Method],
+    runs: dict[str, list[dict[str, Any]]],
+    cold: dict[str, list[dict[str, Any]]],
+    expected: float,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The floor's and each method's aggregate, with its ratios to the floor."""
     floor = _aggregate(FLOOR, runs[FLOOR.name], expected)
+    floor["cold"] = _aggregate_cold(cold[FLOOR.name])
     results: dict[str, Any] = {}
     for m in (FLOOR, *runnable):
         agg = floor if m is FLOOR else _aggregate(m, runs[m.name], expected)
+        if m is not FLOOR:
+            agg["cold"] = _aggregate_cold(cold[m.name])
         agg["ratio_to_floor"] = {
             "total": ratio(_median(agg["time"]["total_s"]), _median(floor["time"]["work_s"])),
             "work": ratio(_median(agg["time"]["work_s"]), _median(floor["time"]["work_s"])),
             "memory": ratio(_median(agg["memory"]["peak_bytes"]), _median(floor["memory"]["peak_bytes"])),
+            # Cold end to end against the floor's, which pays the same interpreter exit.
+            "cold": ratio(
+                _median(agg["cold"]["time"]["end_to_end_s"]), _median(floor["cold"]["time"]["end_to_end_s"])
+            ),
         }
+        # How much a first run in a fresh interpreter costs over a warm one.
+        agg["cold_over_warm"] = ratio(_median(agg["cold"]["time"]["total_s"]), _median(agg["time"]["total_s"]))
         results[m.name] = agg
     return results.pop(FLOOR.name), results
 
@@ -337,18 +490,22 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
     expected = expected_sum(data)
     log(
         f"data: {cfg.rows:,} rows, {format_bytes(data.nbytes)} ({data.dtype.descr}), built in {build_s:.1f} s; "
-        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.repeat} timing and "
+        f"{cfg.workers} workers, start method {cfg.start_method}, {cfg.cold_repeat} cold, {cfg.repeat} timing and "
         f"{memory_repeat} memory run(s) per method"
     )
 
     started = time.perf_counter()
+    # Cold first: nothing this process starts for the warm runs (Ray) is around yet.
+    cold = _run_cold(runnable, data, cfg, expected, log)
     runs, baseline = _run_schedule(_schedule(runnable, cfg.repeat, memory_repeat), data, cfg, expected, log)
     elapsed = time.perf_counter() - started
 
-    floor_rec, results = _with_ratios(runnable, runs, expected)
-    failed = {name: rec["errors"] for name, rec in results.items() if rec["errors"] or not rec["sums"]["ok"]}
-    if floor_rec["errors"] or not floor_rec["sums"]["ok"]:
-        failed["floor"] = floor_rec["errors"] or ["wrong sum"]
+    floor_rec, results = _with_ratios(runnable, runs, cold, expected)
+    failed: dict[str, list[str]] = {}
+    for name, rec in (("floor", floor_rec), *results.items()):
+        bad_cold = cfg.cold_repeat > 0 and not rec["cold"]["sums_ok"]
+        if rec["errors"] or not rec["sums"]["ok"] or bad_cold:
+            failed[name] = rec["errors"] + rec["cold"]["errors"] or ["wrong sum"]
     return {
         "benchmark": "seed",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -358,6 +515,7 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             "start_method": cfg.start_method,
             "repeat": cfg.repeat,
             "memory_repeat": memory_repeat,
+            "cold_repeat": cfg.cold_repeat,
             "methods": [m.name for m in chosen],
             "memory_interval_ms": cfg.interval * 1e3,
         },

@@ -2,7 +2,7 @@
 
 Example::
 
-    nocopy bench seed --quick --repeat 1 --json out.json --plot out.png
+    nocopy bench seed --quick --repeat 1 --cold-repeat 1 --json out.json --plot out.png
     nocopy bench scaling --max-size 256MB --json scaling.json
     nocopy bench pandas --rows 200000 --json pandas.json
     nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
@@ -46,6 +46,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     from ._methods import METHODS
 
@@ -70,10 +80,15 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="processes (default: cpu_count)")
     seed.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"], help="for the process pools (default spawn)")
     seed.add_argument("--methods", default=None, help=f"comma-separated subset of: {','.join(names)} (default: all)")
-    seed.add_argument("--repeat", type=_positive, default=3, help="timing runs per method (default 3): median and min-max")
+    seed.add_argument("--repeat", type=_positive, default=3, help="warm timing runs per method (default 3), all in this process: median and min-max")
     seed.add_argument(
         "--memory-repeat", type=_positive, default=1,
         help="memory runs per method, apart from the timing runs (default 1: peaks vary far less than times)",
+    )
+    seed.add_argument(
+        "--cold-repeat", type=_non_negative, default=2,
+        help="cold runs per method (default 2), each in a fresh interpreter, round-robin over the methods, "
+        "before the warm runs; 0: warm runs only",
     )
     seed.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     seed.add_argument("--plot", metavar="PATH", help="write a PNG of time and memory per method")
@@ -142,6 +157,7 @@ def _seed(args: argparse.Namespace) -> int:
     cfg = SeedConfig(
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
         repeat=args.repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
+        cold_repeat=args.cold_repeat,
     )
     return _run_and_report("seed", args, lambda: run_seed(cfg, _log(args.quiet)), seed_table, plot_seed)
 

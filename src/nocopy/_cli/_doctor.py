@@ -176,6 +176,15 @@ def render(r: dict[str, Any]) -> str:
                      f"/proc/<pid>/fd of another process: {proc}; SCM_RIGHTS fallback: {scm}")
     else:
         row("memfd", f"not available: {m.get('detail', '')}")
+    h = m.get("huge_pages")
+    if h is not None:
+        pool = h["hugetlb"]
+        verdict = {True: "yes", False: "no", None: "no THP in this kernel"}[h["writes"]]
+        row("huge pages", f"memfd segments: {verdict} (shmem_enabled {h['shmem_enabled'] or '-'}"
+                          + "".join(f", {k} {v}" for k, v in h["per_size"].items())
+                          + f"); posix segments: {'yes' if r['shm']['huge_pages']['writes'] else 'no'} "
+                          f"(tmpfs huge={r['shm']['huge_pages']['huge']}); hugetlb pool "
+                          f"{pool['pages_total'] or 0} pages, {pool['pages_free'] or 0} free")
     s = r["shm"]
     if s.get("size") is not None:
         row("shm dir", f"{s['dir']}: {s['fstype'] or '?'} at {s['mount'] or '?'}, "

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "Plan",
     "decode",
     "decode_buffer",
+    "decode_parts",
     "explain_notes",
     "plan",
     "plan_output",
@@ -79,6 +81,32 @@ def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> 
     token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
     header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
     return decode(mem[: header.payload_size], header, name=name, trusted=trusted)
+
+
+def decode_parts(head: bytes, parts: Sequence[np.ndarray], *, trusted: bool, name: str) -> Any:
+    """Rebuild the object from its prefix and header (*head*) and its buffers held apart.
+
+    *parts* are 1-d uint8 arrays, one per buffer of the header's table and in
+    its order (what ``Plan.parts()`` gave, e.g. after they travelled as
+    pickle out-of-band buffers). Every returned array is a view of a part.
+    """
+    if len(head) < PREFIX.size:
+        raise SegmentCorruptError(f"{name}: {len(head)} bytes is too small for a nocopy header")
+    token, size = PREFIX.unpack_from(head, 0)[4:6]
+    header = parse_header(memoryview(head), name=name, token=token, size=size, detached=True)
+    if len(parts) != len(header.buffers):
+        raise SegmentCorruptError(
+            f"{name} holds {len(parts)} buffers where its header lists {len(header.buffers)}. "
+            "Fix: put the data again."
+        )
+    for i, (part, (_, n)) in enumerate(zip(parts, header.buffers, strict=True)):
+        if part.dtype != np.uint8 or part.ndim != 1 or part.nbytes != n:
+            raise SegmentCorruptError(
+                f"{name}: buffer {i} holds {part.nbytes} bytes where its header says {n}. "
+                "Fix: put the data again."
+            )
+    empty = np.empty(0, dtype=np.uint8)
+    return Decoder(empty, header, name=name, trusted=trusted, parts=parts).decode(header.tree)
 
 
 def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:

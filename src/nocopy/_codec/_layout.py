@@ -96,9 +96,13 @@ def _corrupt(name: str, why: str) -> SegmentCorruptError:
     )
 
 
-def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Header:
-    """Validate and parse the header at the start of a mapping of *size* bytes."""
-    flags, hlen, payload, data_offset = _check_prefix(mem, name=name, token=token, size=size)
+def parse_header(mem: memoryview, *, name: str, token: bytes, size: int, detached: bool = False) -> Header:
+    """Validate and parse the header at the start of a mapping of *size* bytes.
+
+    *detached*: *mem* holds only the prefix and header, each buffer is held
+    apart (a Ray object's out-of-band buffers), so *mem* is shorter than the payload.
+    """
+    flags, hlen, payload, data_offset = _check_prefix(mem, name=name, token=token, size=size, detached=detached)
     body = bytes(mem[PREFIX.size : PREFIX.size + hlen])
     if _items(body) > MAX_HEADER_ITEMS:
         raise _corrupt(name, f"header holds more than {MAX_HEADER_ITEMS} JSON values")
@@ -112,7 +116,9 @@ def parse_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Head
     return Header(doc["tree"], buffers, data_offset, payload, flags)
 
 
-def _check_prefix(mem: memoryview, *, name: str, token: bytes, size: int) -> tuple[int, int, int, int]:
+def _check_prefix(
+    mem: memoryview, *, name: str, token: bytes, size: int, detached: bool
+) -> tuple[int, int, int, int]:
     """(flags, header length, payload size, data offset) of a prefix checked against *size*."""
     if len(mem) < PREFIX.size or size < PREFIX.size:
         raise _corrupt(name, f"{len(mem)} bytes is smaller than the {PREFIX.size}-byte prefix")
@@ -129,9 +135,9 @@ def _check_prefix(mem: memoryview, *, name: str, token: bytes, size: int) -> tup
             f"segment {name}: the handle's token does not match the segment's. The handle is "
             "stale (the name was reused) or forged. Fix: use the uri of the current Shared."
         )
-    if payload != size or payload > len(mem):
+    if payload != size or (payload > len(mem) and not detached):
         raise _corrupt(name, f"payload size {payload} does not match the segment size {size}")
-    if hlen > MAX_HEADER or PREFIX.size + hlen > payload:
+    if hlen > MAX_HEADER or PREFIX.size + hlen > min(payload, len(mem)):
         raise _corrupt(name, f"header length {hlen} exceeds the segment")
     if data_offset != align(PREFIX.size + hlen) or data_offset > payload:
         raise _corrupt(name, f"data offset {data_offset} is inconsistent")

@@ -59,6 +59,32 @@ class Plan:
                 dst[:] = np.frombuffer(src, dtype=np.uint8, count=n)
         self._enc.release()
 
+    def parts(self) -> tuple[bytes, list[Any]]:
+        """The prefix and header, then every buffer as a contiguous bytes-like object, in table order.
+
+        For writers that place each buffer themselves (Ray copies pickle
+        out-of-band buffers straight into its object store): contiguous
+        arrays and bytes are handed over as they are, without a copy; only
+        a non-contiguous array or an Arrow IPC stream is materialised here,
+        once. ``decode_parts`` rebuilds the object from them.
+        """
+        out: list[Any] = []
+        for (_, n), src in zip(self._enc.table, self._enc.sources, strict=True):
+            if src is UNWRITTEN or not n:
+                out.append(np.zeros(n, dtype=np.uint8))
+            elif isinstance(src, np.ndarray):
+                arr = np.asarray(src)
+                if arr.flags.f_contiguous and not arr.flags.c_contiguous:
+                    arr = arr.T  # the same bytes in memory order
+                out.append(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+            elif callable(src):
+                dst = np.empty(n, dtype=np.uint8)
+                src(dst)
+                out.append(dst)
+            else:
+                out.append(memoryview(src).cast("B"))
+        return self._head, out
+
     def write_to_fd(self, fd: int) -> None:
         """Write header and buffers into file *fd* (at least ``size`` bytes long) with pwrite.
 

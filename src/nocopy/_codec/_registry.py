@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -223,8 +223,18 @@ class Encoder:
 class Decoder:
     """Builds views over one mapping from a validated header."""
 
-    def __init__(self, base: np.ndarray, header: Header, *, name: str, trusted: bool) -> None:
+    def __init__(
+        self,
+        base: np.ndarray,
+        header: Header,
+        *,
+        name: str,
+        trusted: bool,
+        parts: Sequence[np.ndarray] | None = None,
+    ) -> None:
         self.base = base
+        # Each buffer held apart (uint8, in the table's order) instead of at its offset in *base*.
+        self.parts = parts
         self.header = header
         self.name = name
         self.trusted = trusted
@@ -254,6 +264,8 @@ class Decoder:
             raise self.corrupt(f"buffer {index} is referenced more than once")
         (self._owned if owned else self._viewed).add(index)
         off, n = self.header.buffers[index]
+        if self.parts is not None:
+            return self.parts[index]
         start = self.header.data_offset + off
         view: np.ndarray = self.base[start : start + n]
         return view

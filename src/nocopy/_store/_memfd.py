@@ -15,7 +15,7 @@ from typing import Any
 
 from .._ipc import _fdserver
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _names, _procs
+from . import _capacity, _hugepages, _names, _procs
 from ._segment import (
     Advice,
     Checkup,
@@ -122,7 +122,9 @@ class MemfdStore:
         # Sealed F_SEAL_SHRINK|GROW (and WRITE for share()): nobody can resize
         # it, so a reader can never be killed by SIGBUS through it.
         isolation = "sealed (no process can shrink or grow one, nor write into a share()d one)"
-        return Checkup("memfd", _probe(), {"memfd": isolation})
+        report = _probe()
+        report["huge_pages"] = _hugepages.memfd_huge_pages()
+        return Checkup("memfd", report, {"memfd": isolation})
 
     def advice(self, report: dict[str, Any], *, in_use: bool) -> list[Advice]:
         memfd = report["memfd"]
@@ -133,8 +135,9 @@ class MemfdStore:
                 "shm directory, and a crashed owner leaves them behind until `nocopy gc`",
                 "use Linux >= 3.17, or set NOCOPY_BACKEND=posix and run `nocopy gc` after crashes",
             )]
+        out = _huge_page_advice(memfd["huge_pages"]) if in_use else []
         if memfd["proc_fd"] is False:
-            return [Advice(
+            return [*out, Advice(
                 "error" if not memfd["scm_rights"] and in_use else "info",
                 "other processes' /proc/<pid>/fd cannot be opened here (ptrace restrictions such as "
                 "kernel.yama.ptrace_scope or a container profile): memfd attach uses the SCM_RIGHTS "
@@ -142,7 +145,25 @@ class MemfdStore:
                 "nothing to do if the fallback works; otherwise `sysctl kernel.yama.ptrace_scope=0` "
                 "or set NOCOPY_BACKEND=posix",
             )]
-        return []
+        return out
+
+
+def _huge_page_advice(huge: dict[str, Any]) -> list[Advice]:
+    """share() fills a segment one 4 KiB page at a time unless shmem huge pages are on for writes."""
+    if huge["writes"] is not False:
+        return []  # on, or a kernel without THP (nothing to enable)
+    pool = huge["hugetlb"]
+    return [Advice(
+        "info",
+        f"shared memory gets 4 KiB pages here (shmem transparent huge pages: {huge['shmem_enabled']}; "
+        f"hugetlb pool: {pool['pages_total'] or 0} pages): share() allocates and fills one small page "
+        "at a time, the main cost of publishing large data"
+        + ("; 'advise' gives huge pages only to madvised mappings, not to share()'s writes"
+           if huge["mapped_advise"] else ""),
+        "optional, host-wide and the administrator's call: "
+        "`echo within_size > /sys/kernel/mm/transparent_hugepage/shmem_enabled` lets the kernel back "
+        "memfd segments with 2 MiB pages",
+    )]
 
 
 class _Seen:

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._text import format_bytes
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _names, _orphans, _procs
+from . import _capacity, _hugepages, _names, _orphans, _procs
 from ._segment import (
     Advice,
     Checkup,
@@ -192,6 +192,7 @@ def _shm_report(directory: str) -> dict[str, Any]:
         rep["size"] = rep["free"] = None
         rep["error"] = exc.strerror
     rep["writable"] = os.access(directory, os.W_OK | os.X_OK)
+    rep["huge_pages"] = _hugepages.tmpfs_huge_pages(rep.get("options"))
     return rep
 
 
