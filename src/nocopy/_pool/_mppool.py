@@ -218,8 +218,12 @@ class Pool(_StdPool):
         *,
         share_threshold: int = DEFAULT_SHARE_THRESHOLD,
     ) -> None:
+        # As the stdlib's, before anything can fail: __del__ reads it.
+        self._state = _std_pool.INIT
         if isinstance(share_threshold, bool) or not isinstance(share_threshold, int) or share_threshold < 0:
             raise ValueError(f"share_threshold must be a number of bytes >= 0, not {share_threshold!r}")
+        # The stdlib's checks, in its order: the initializer must be checked
+        # before it is wrapped into nocopy's worker start.
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
