@@ -233,10 +233,10 @@ def test_terminate_stops_pending_work_and_frees_everything(monkeypatch: pytest.M
     pool = nocopy.Pool(2)
     workers = list(pool._pool)
     pending = pool.map_async(total, [np.ones(MiB)] * 200, chunksize=1)
-    pool.terminate()
-    pool.join()
+    pool.terminate()  # as the stdlib's, it stops and joins the workers and threads itself
     assert _all_stopped(pool, workers)
-    assert _own_segments() - before == set()
+    assert _own_segments() - before == set()  # no join() needed to free them either
+    pool.join()
     assert not pending.ready() or pending.successful()  # stopped or done, never a wrong value
 
 
