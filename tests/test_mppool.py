@@ -179,6 +179,21 @@ def test_an_unpicklable_result_is_a_maybe_encoding_error_as_with_the_stdlib() ->
             assert pool.apply(abs, (-3,)) == 3  # the worker was not lost
 
 
+def _raises_after(n: int) -> Any:
+    yield from range(n)
+    raise KeyError("the input broke")
+
+
+def test_an_imap_input_that_raises_reaches_the_caller_as_itself_as_with_the_stdlib() -> None:
+    for cls in (multiprocessing.pool.Pool, nocopy.Pool):
+        with cls(1) as pool:
+            it = pool.imap(abs, _raises_after(2))
+            assert [next(it), next(it)] == [0, 1]
+            with pytest.raises(KeyError, match="the input broke") as info:
+                next(it)
+            assert info.value.__cause__ is None, cls  # not a worker's error: no RemoteTraceback
+
+
 def test_an_argument_that_fails_to_unpickle_fails_its_task_only() -> None:
     # A deliberate difference: the stdlib's worker dies unpickling it and the task hangs.
     with nocopy.Pool(1) as pool:
