@@ -15,6 +15,7 @@ import nocopy
 import nocopy.errors
 
 EXPECTED = {
+    "Pool",
     "ProcessPoolExecutor",
     "Shared",
     "__version__",

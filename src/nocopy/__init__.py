@@ -13,11 +13,12 @@ from . import errors
 from ._explain import explain
 from ._inventory import cleanup, segments
 from ._map import parallel_map
-from ._pool import ProcessPoolExecutor
+from ._pool import Pool, ProcessPoolExecutor
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
+    "Pool",
     "ProcessPoolExecutor",
     "Shared",
     "__version__",

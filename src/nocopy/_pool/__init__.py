@@ -26,12 +26,18 @@ How a task travels (caller -> worker -> caller), module by module:
   collected with work pending finishes that work, and the thread frees the
   segments when it exits.
 
+``_mppool`` builds :class:`Pool` (``multiprocessing.Pool``'s drop-in) from the
+same pieces: its tasks are ``_task`` calls, its arguments and results go
+through ``_walk``, ``_cache`` and ``_results``, its workers start with
+``_worker``.
+
 Besides the executor, the layer offers :func:`submit_labelled`, :func:`abort`
 and :func:`usable` (what ``parallel_map`` needs beyond the stdlib's methods)
 and :func:`fn_name`.
 """
 
 from ._executor import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, submit_labelled, usable
+from ._mppool import Pool
 from ._task import fn_name
 
-__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "fn_name", "submit_labelled", "usable"]
+__all__ = ["DEFAULT_SHARE_THRESHOLD", "Pool", "ProcessPoolExecutor", "abort", "fn_name", "submit_labelled", "usable"]
