@@ -502,6 +502,27 @@ def test_pandas_small(tmp_path: Path) -> None:
     assert "pickle protocol 5" in proc.stdout and f"wrote {out}" in proc.stdout
 
 
+def test_polars_small(tmp_path: Path) -> None:
+    pytest.importorskip("polars")
+    out = tmp_path / "polars.json"
+    proc = run_cli(
+        [str(BIN / "nocopy"), "bench", "polars", "--rows", "3000", "--workers", "2", "--repeat", "1", "--json", str(out)],
+        timeout=200,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "polars" and result["rows"] == 3000 and result["config"]["workers"] == 2
+    assert result["failed"] == {}
+    assert list(result["methods"]) == ["pickle", "nocopy"]
+    for m in result["methods"].values():
+        assert m["time_s"] > 0 and len(m["times_s"]) == 1
+        assert m["peak_bytes"] > m["baseline_bytes"] > 0 and m["added_bytes"] == m["peak_bytes"] - m["baseline_bytes"]
+        assert m["processes_at_peak"] >= 3  # the parent and both workers, all holding the frame
+    assert result["methods"]["nocopy"]["shm_bytes_at_peak"] >= result["segment_bytes"] > 0
+    assert set(result["ratios"]) == {"time", "memory"} and all(r > 0 for r in result["ratios"].values())
+    assert "ratios pickle / nocopy" in proc.stdout and f"wrote {out}" in proc.stdout
+
+
 @pytest.mark.slow
 def test_ray_small(tmp_path: Path) -> None:
     pytest.importorskip("ray")
@@ -526,7 +547,9 @@ def test_ray_small(tmp_path: Path) -> None:
     assert result["classic"]["rows"] == 20000 and set(result["classic"]["work_s"]) == {"ray", "ray+nocopy"}
 
 
-@pytest.mark.parametrize(("command", "module", "extra"), [("pandas", "pyarrow", "pandas"), ("ray", "ray", "ray")])
+@pytest.mark.parametrize(
+    ("command", "module", "extra"), [("pandas", "pyarrow", "pandas"), ("polars", "polars", "polars"), ("ray", "ray", "ray")]
+)
 def test_a_missing_package_is_named_with_its_extra(
     command: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -138,8 +138,10 @@ class PandasFamily(Family):
 
     @classmethod
     def converted(cls, obj: Any) -> Converted:
-        # get() returns these as Arrow-backed strings: object columns of str and
-        # string[python] are stored once as Arrow large_string.
+        # get() returns these as Arrow-backed columns: object columns of str and
+        # string[python] are stored once as Arrow large_string, object columns
+        # of bytes as large_binary (every object column counts: share() refuses
+        # the rest, or pickles them, which restores nothing).
         def changed(dt: Any) -> bool:
             if isinstance(dt, np.dtype):
                 return dt.kind == "O"
@@ -156,9 +158,20 @@ class PandasFamily(Family):
     def restore(cls, obj: Any, columns: Converted) -> Any:
         for position, dtype in columns:
             if position < 0:
-                return obj.astype(dtype)
-            obj.isetitem(position, obj.iloc[:, position].astype(dtype))
+                return cls._restored(obj, dtype)
+            obj.isetitem(position, cls._restored(obj.iloc[:, position], dtype))
         return obj
+
+    @staticmethod
+    def _restored(series: Any, dtype: Any) -> Any:
+        """*series* as *dtype*; Arrow bytes back to object with None for missing values."""
+        arrow_type = getattr(series.dtype, "pyarrow_dtype", None)
+        if isinstance(dtype, np.dtype) and dtype.kind == "O" and "binary" in str(arrow_type):
+            # astype(object) would give pd.NA; a column of bytes has None (the
+            # usual missing bytes, and what the stored nulls were made of).
+            values = series.to_numpy(dtype=object, na_value=None)
+            return type(series)(values, index=series.index, name=series.name, copy=False).__finalize__(series)
+        return series.astype(dtype)
 
 
 class ArrowFamily(Family):

@@ -7,7 +7,8 @@ and converts it with ``to_records(index=False, column_dtypes={'character_col': '
 faster, identical result; a test compares the two) and converts it the same way.
 
 ``nocopy bench pandas`` and ``nocopy bench ray`` share DataFrames:
-:func:`mixed_frame` and :func:`dated_frame`.
+:func:`mixed_frame` and :func:`dated_frame`; ``nocopy bench polars`` a Polars
+one, :func:`polars_frame`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COLUMNS", "FIELD", "MIXED_NUMERIC", "dated_frame", "expected_sum", "make_records", "make_records_literally", "mixed_frame"]
+__all__ = [
+    "COLUMNS",
+    "FIELD",
+    "MIXED_NUMERIC",
+    "dated_frame",
+    "expected_sum",
+    "make_records",
+    "make_records_literally",
+    "mixed_frame",
+    "polars_frame",
+]
 
 COLUMNS = ("date_col", "float_col", "character_col")
 FIELD = "float_col"  # the field every worker sums
@@ -105,6 +116,36 @@ def mixed_frame(rows: int) -> Any:
     cols["label"] = pd.Series(words[rng.integers(0, len(words), rows)], dtype="str")
     cols["legacy"] = pd.Series(words[rng.integers(0, len(words), rows)], dtype=object)
     return pd.DataFrame(cols)
+
+
+def polars_frame(rows: int) -> Any:
+    """A Polars frame like :func:`mixed_frame`: 10 numeric columns (float64 with nulls, int64),
+    a ``String`` column and a ``Datetime`` column; ~1 GB at 8.5M rows.
+
+    Example::
+
+        >>> df = polars_frame(3)
+        >>> df.columns[-3:], df.height
+        (['n9', 'label', 'when'], 3)
+    """
+    try:
+        import polars as pl
+    except ImportError as exc:  # pragma: no cover - the CLI checks first
+        raise ImportError("nocopy bench polars needs polars: pip install 'nocopy[polars]'") from exc
+    rng = np.random.default_rng(0)
+    cols: dict[str, Any] = {}
+    for i in range(MIXED_NUMERIC):
+        if i % 2:
+            cols[f"n{i}"] = pl.Series(rng.integers(0, 1 << 40, rows))
+        else:
+            v = rng.random(rows)
+            v[:: 7 + i] = np.nan
+            cols[f"n{i}"] = pl.Series(v, nan_to_null=True)
+    words = pl.Series([f"word{i}" for i in range(5000)])
+    cols["label"] = words.gather(pl.Series(rng.integers(0, len(words), rows)))
+    start = np.datetime64("2020-01-01T00:00:00", "us")
+    cols["when"] = pl.Series(start + np.arange(rows).astype("m8[s]").astype("m8[us]"))
+    return pl.DataFrame(cols)
 
 
 def dated_frame(nbytes: int) -> Any:

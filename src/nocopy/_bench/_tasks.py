@@ -26,9 +26,12 @@ __all__ = [
     "nansum_records",
     "nansum_shared_handle",
     "nansum_stdlib",
+    "polars_sum",
     "ray_frame_get",
     "time_gets",
 ]
+
+RELEASE = "release"  # the file that lets polars_sum's holding tasks return
 
 # The fork method's data: set in the parent before the pool forks, inherited
 # copy-on-write by the workers.
@@ -142,6 +145,28 @@ def frame_get(method: str, payload: Any) -> dict[str, float]:
         df = pickle.loads(payload)
     got = time.perf_counter() - t0
     return {"get": got, "checksum": float(np.nansum(df["n0"].to_numpy())), "rows": len(df)}
+
+
+def polars_sum(method: str, payload: Any, hold: str | None, parties: int) -> float:
+    """``nocopy bench polars``, in a worker: the frame's ``n0`` summed.
+
+    *payload* is the Polars frame itself (``"pickle"``: the pool unpickled it)
+    or a ``nocopy.Shared`` of it. With a *hold* directory, the task announces
+    that it has the frame and keeps it until the parent writes ``RELEASE``
+    there (after sampling memory while all *parties* hold theirs).
+    """
+    df = payload.get() if method == "nocopy" else payload
+    total = float(df["n0"].sum())
+    if hold is not None:
+        with open(os.path.join(hold, uuid.uuid4().hex), "w"):
+            pass
+        deadline = time.monotonic() + 600.0
+        while not os.path.exists(os.path.join(hold, RELEASE)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the parent did not release the {parties} holding workers in 600 s")
+            time.sleep(0.002)
+    del df
+    return total
 
 
 def _uss() -> int:

@@ -5,6 +5,7 @@ Example::
     nocopy bench seed --quick --repeat 1 --cold-repeat 1 --json out.json --plot out.png
     nocopy bench scaling --max-size 256MB --json scaling.json
     nocopy bench pandas --rows 200000 --json pandas.json
+    nocopy bench polars --rows 200000 --workers 2 --json polars.json
     nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
 """
 
@@ -62,9 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nocopy bench",
         description="Benchmarks: the classic experiment against every peer (seed), nocopy's scaling, "
-        "DataFrames against Arrow IPC and pickle (pandas), nocopy.ray against plain Ray (ray).",
+        "DataFrames against Arrow IPC and pickle (pandas), a Polars frame to N workers against pickle (polars), "
+        "nocopy.ray against plain Ray (ray).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,ray}")
+    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,polars,ray}")
     sub.required = True
     names = [m.name for m in METHODS]
     seed = sub.add_parser(
@@ -124,6 +126,20 @@ def _parser() -> argparse.ArgumentParser:
     pandas.add_argument("--rows", type=_positive, default=8_500_000, help="rows (default 8,500,000: about 1 GB)")
     pandas.add_argument("--json", metavar="PATH")
     pandas.add_argument("--quiet", action="store_true")
+
+    polars = sub.add_parser(
+        "polars",
+        help="a ~1 GB Polars DataFrame handed to N workers: pickled (Polars' own path) vs nocopy, time and memory",
+        description="The same Polars DataFrame (10 numeric, a string and a datetime column) handed to --workers "
+        "spawned processes, one task each: pickled as the task's argument, against nocopy.share + get(). "
+        "Time to the last result, and Σ PSS + shared memory while every worker holds the frame; ratios in one run.",
+    )
+    polars.add_argument("--rows", type=_positive, default=8_500_000, help="rows (default 8,500,000: about 0.8 GB)")
+    polars.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="processes (default: cpu_count)")
+    polars.add_argument("--repeat", type=_positive, default=3, help="timing runs per method (default 3): median")
+    polars.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
+    polars.add_argument("--json", metavar="PATH")
+    polars.add_argument("--quiet", action="store_true")
 
     ray = sub.add_parser(
         "ray",
@@ -199,6 +215,15 @@ def _pandas(args: argparse.Namespace) -> int:
     return _run_and_report("pandas", args, lambda: run_pandas(cfg, _log(args.quiet)), pandas_table)
 
 
+def _polars(args: argparse.Namespace) -> int:
+    if _missing("polars", ("polars", "pyarrow"), "polars"):
+        return 2
+    from ._polars import PolarsConfig, polars_table, run_polars
+
+    cfg = PolarsConfig(rows=args.rows, workers=args.workers, repeat=args.repeat, interval=args.interval / 1e3)
+    return _run_and_report("polars", args, lambda: run_polars(cfg, _log(args.quiet)), polars_table)
+
+
 def _ray(args: argparse.Namespace) -> int:
     if _missing("ray", ("ray", "pandas", "pyarrow"), "ray"):
         return 2
@@ -242,6 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         print("nocopy bench needs psutil and matplotlib: pip install 'nocopy[bench]'", file=sys.stderr)
         return 2
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "seed": _seed, "scaling": _scaling, "pandas": _pandas, "ray": _ray,
+        "seed": _seed, "scaling": _scaling, "pandas": _pandas, "polars": _polars, "ray": _ray,
     }
     return commands[args.command](args)

@@ -15,6 +15,9 @@ Two encodings:
   rebuilt with ``pa.Array.from_buffers`` on get, after the offsets are
   checked (monotonic, within the data buffer) with NumPy. UTF-8 is
   re-validated only for segments attached from a URI (``trusted=False``).
+* ``pa.lbin`` -- the same layout as ``large_binary``: object columns and
+  arrays of Python ``bytes``. The offsets are checked the same way (there is
+  no UTF-8 to validate).
 
 pyarrow is imported lazily: ``import nocopy`` never imports it.
 """
@@ -32,13 +35,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODERS",
+    "decode_large_binary",
     "decode_large_strings",
     "encode",
+    "encode_large_binary",
     "encode_large_strings",
+    "encode_object_bytes",
     "encode_object_strings",
     "guard",
+    "is_bytes_array",
     "is_string_array",
     "pyarrow",
+    "to_large_binary",
     "to_large_strings",
 ]
 
@@ -94,6 +102,39 @@ def is_string_array(arr: np.ndarray) -> bool:
     return infer_dtype(arr, skipna=True) in ("string", "empty")
 
 
+def is_bytes_array(arr: np.ndarray) -> bool:
+    """True if *arr* (1-d, object) holds ``bytes`` (at least one) and otherwise only missing values.
+
+    ``bytearray`` and ``memoryview`` are not bytes (mutable, or a view of
+    something else): such columns stay unsupported. (An all-missing array is
+    a string column, see :func:`is_string_array`.)
+
+    Example::
+
+        >>> is_bytes_array(np.array([b"\x00\xff", None], dtype=object))
+        True
+    """
+    if arr.dtype != object or arr.ndim != 1:
+        return False
+    try:
+        from pandas.api.types import infer_dtype
+    except ImportError:
+        seen = False
+        for x in arr:
+            if isinstance(x, bytes):
+                seen = True
+            elif _na_kind(x) < 0:
+                return False
+        return seen
+    return bool(infer_dtype(arr, skipna=True) == "bytes")
+
+
+def to_large_binary(arr: np.ndarray) -> Any:
+    """Convert an object array of bytes (with None/NaN/pd.NA as nulls) to an Arrow large_binary array."""
+    pa = pyarrow("sharing bytes")
+    return pa.array(arr, type=pa.large_binary(), from_pandas=True)
+
+
 def to_large_strings(arr: np.ndarray) -> Any:
     """Convert an object array of str (with None/NaN/pd.NA as nulls) to an Arrow large_string array."""
     pa = pyarrow("sharing strings")
@@ -115,9 +156,10 @@ def _bitmap(chunk: Any) -> np.ndarray | None:
     return packed
 
 
-def _encode_string_chunk(enc: Encoder, pa: Any, chunk: Any) -> dict[str, Any]:
-    if not pa.types.is_large_string(chunk.type):
-        chunk = chunk.cast(pa.large_string())
+def _encode_chunk(enc: Encoder, typ: Any, chunk: Any) -> dict[str, Any]:
+    """One string or binary chunk as raw buffers of *typ* (large_string or large_binary)."""
+    if chunk.type != typ:
+        chunk = chunk.cast(typ)
     n = len(chunk)
     _, offsets_buf, data_buf = chunk.buffers()
     if offsets_buf is None or n == 0:
@@ -139,13 +181,24 @@ def _encode_string_chunk(enc: Encoder, pa: Any, chunk: Any) -> dict[str, Any]:
     return node
 
 
+def _encode_chunks(enc: Encoder, kind: str, typ: Any, values: Any) -> dict[str, Any]:
+    pa = pyarrow()
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    if enc.explaining:
+        return {"k": kind, "chunks": []}
+    return {"k": kind, "chunks": [_encode_chunk(enc, typ, c) for c in chunks]}
+
+
 def encode_large_strings(enc: Encoder, values: Any) -> dict[str, Any]:
     """Plan an Arrow string Array/ChunkedArray (string or large_string) as raw large_string chunks."""
     pa = pyarrow("sharing strings")
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    if enc.explaining:
-        return {"k": "pa.lstr", "chunks": []}
-    return {"k": "pa.lstr", "chunks": [_encode_string_chunk(enc, pa, c) for c in chunks]}
+    return _encode_chunks(enc, "pa.lstr", pa.large_string(), values)
+
+
+def encode_large_binary(enc: Encoder, values: Any) -> dict[str, Any]:
+    """Plan an Arrow binary Array/ChunkedArray (binary or large_binary) as raw large_binary chunks."""
+    pa = pyarrow("sharing bytes")
+    return _encode_chunks(enc, "pa.lbin", pa.large_binary(), values)
 
 
 def _int(dec: Decoder, node: dict[str, Any], key: str, limit: int = 1 << 62) -> int:
@@ -167,40 +220,49 @@ def _monotonic(offsets: np.ndarray) -> bool:
     return True
 
 
-def _decode_string_chunk(dec: Decoder, pa: Any, node: Any) -> Any:
+def _decode_chunk(dec: Decoder, pa: Any, typ: Any, node: Any) -> Any:
     if not isinstance(node, dict):
-        raise dec.corrupt("string chunk is not an object")
+        raise dec.corrupt("string or binary chunk is not an object")
     n = _int(dec, node, "n")
     offsets_raw = dec.buffer(node.get("o"))
     data_raw = dec.buffer(node.get("d"))
     if offsets_raw.nbytes != 8 * (n + 1):
-        raise dec.corrupt(f"{n} strings need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
+        raise dec.corrupt(f"{n} values need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
     offsets = offsets_raw.view(np.int64)
     # The offsets are data, not header: check them before Arrow reads through them.
     if offsets[0] != 0 or offsets[-1] != data_raw.nbytes or not _monotonic(offsets):
-        raise dec.corrupt("string offsets are not monotonic within their data buffer")
+        raise dec.corrupt(f"{typ} offsets are not monotonic within their data buffer")
     bufs = [None, pa.py_buffer(offsets_raw), pa.py_buffer(data_raw)]
     if node.get("v") is not None:
         validity = dec.buffer(node.get("v"))
         if validity.nbytes < (n + 7) // 8:
-            raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} strings")
+            raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} values")
         bufs[0] = pa.py_buffer(validity)
-    arr = pa.Array.from_buffers(pa.large_string(), n, bufs, null_count=-1)
+    arr = pa.Array.from_buffers(typ, n, bufs, null_count=-1)
     if not dec.trusted:
         try:
             arr.validate(full=True)
         except pa.ArrowException as exc:
-            raise dec.corrupt(f"invalid strings ({exc})"[:300]) from None
+            raise dec.corrupt(f"invalid {typ} values ({exc})"[:300]) from None
     return arr
+
+
+def _decode_chunks(dec: Decoder, node: dict[str, Any], typ: Any) -> Any:
+    pa = pyarrow("reading shared strings and bytes")
+    chunks = node.get("chunks")
+    if not isinstance(chunks, list):
+        raise dec.corrupt(f"{typ} column without chunks")
+    return pa.chunked_array([_decode_chunk(dec, pa, typ, c) for c in chunks], type=typ)
 
 
 def decode_large_strings(dec: Decoder, node: dict[str, Any]) -> Any:
     """A ``pa.lstr`` node as a ChunkedArray of large_string over the segment."""
-    pa = pyarrow("reading shared strings")
-    chunks = node.get("chunks")
-    if not isinstance(chunks, list):
-        raise dec.corrupt("string column without chunks")
-    return pa.chunked_array([_decode_string_chunk(dec, pa, c) for c in chunks], type=pa.large_string())
+    return _decode_chunks(dec, node, pyarrow("reading shared strings").large_string())
+
+
+def decode_large_binary(dec: Decoder, node: dict[str, Any]) -> Any:
+    """A ``pa.lbin`` node as a ChunkedArray of large_binary over the segment."""
+    return _decode_chunks(dec, node, pyarrow("reading shared bytes").large_binary())
 
 
 def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
@@ -221,12 +283,37 @@ def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
         strings = to_large_strings(arr)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(arr, path, f"object array of strings Arrow cannot store ({exc})", dtype="object")
-    node: dict[str, Any] = {"k": "pa.objstr", "s": encode_large_strings(enc, strings)}
-    if strings.null_count:
-        where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
+    return _with_null_kinds(enc, arr, path, "str", {"k": "pa.objstr", "s": encode_large_strings(enc, strings)}, strings)
+
+
+def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
+    """Plan a 1-d object ndarray of bytes: stored once as Arrow large_binary.
+
+    Like :func:`encode_object_strings`: get() rebuilds an object ndarray
+    (new Python bytes objects: a copy per get), missing values as they were.
+    """
+    enc.note(
+        path, "object (bytes)", "converted",
+        "stored once as Arrow large_binary; get() rebuilds Python bytes objects: share an Arrow "
+        "array or a pandas column of bytes for a zero-copy view",
+    )
+    if enc.explaining:
+        return {"k": "py", "v": None}
+    pa = pyarrow("sharing bytes")
+    try:
+        values = to_large_binary(arr)
+    except pa.ArrowException as exc:
+        return enc.unsupported(arr, path, f"object array of bytes Arrow cannot store ({exc})", dtype="object")
+    return _with_null_kinds(enc, arr, path, "bytes", {"k": "pa.objbin", "s": encode_large_binary(enc, values)}, values)
+
+
+def _with_null_kinds(enc: Encoder, arr: np.ndarray, path: str, what: str, node: dict[str, Any], values: Any) -> Any:
+    """*node* with the kind of each missing value of *arr* (None, NaN or pd.NA), to give them back as they were."""
+    if values.null_count:
+        where = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
         kinds = np.fromiter((_na_kind(x) for x in arr[where]), dtype=np.int8, count=len(where))
         if (kinds < 0).any():
-            return enc.unsupported(arr, path, "object array of str with missing values other than None/NaN/pd.NA", dtype="object")
+            return enc.unsupported(arr, path, f"object array of {what} with missing values other than None/NaN/pd.NA", dtype="object")
         if (kinds == kinds[0]).all():
             node["na"] = int(kinds[0])
         else:
@@ -234,17 +321,14 @@ def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     return node
 
 
-def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
-    sub = node.get("s")
-    if not isinstance(sub, dict):
-        raise dec.corrupt("object strings without their string node")
-    strings = decode_large_strings(dec, sub)
-    out: np.ndarray = strings.to_numpy()
+def _objects(dec: Decoder, node: dict[str, Any], values: Any) -> np.ndarray:
+    """*values* (Arrow strings or bytes over the segment) as an object ndarray, missing values as stored."""
+    out: np.ndarray = values.to_numpy()
     if out.dtype != object:
         out = out.astype(object)
-    nulls = strings.null_count
+    nulls = values.null_count
     if nulls:
-        where = np.flatnonzero(strings.is_null().to_numpy(zero_copy_only=False))
+        where = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
         if "nak" in node:
             kinds = dec.buffer(node.get("nak")).view(np.int8)
             if kinds.size != nulls or kinds.min() < 0 or kinds.max() > 2:
@@ -257,6 +341,21 @@ def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
             if kind:
                 out[where] = _missing_values(kind)[kind]
     return out
+
+
+def _sub(dec: Decoder, node: dict[str, Any], kind: str) -> dict[str, Any]:
+    sub = node.get("s")
+    if not isinstance(sub, dict) or sub.get("k") != kind:
+        raise dec.corrupt(f"object values without their {kind} node")
+    return sub
+
+
+def _dec_objstr(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
+    return _objects(dec, node, decode_large_strings(dec, _sub(dec, node, "pa.lstr")))
+
+
+def _dec_objbin(dec: Decoder, node: dict[str, Any]) -> np.ndarray:
+    return _objects(dec, node, decode_large_binary(dec, _sub(dec, node, "pa.lbin")))
 
 
 def _missing_values(up_to: int) -> list[Any]:
@@ -472,5 +571,7 @@ DECODERS: dict[str, DecodeFn] = {
     "pa.ipc": guard(decode_ipc),
     "pa.lstr": guard(decode_large_strings),
     "pa.objstr": guard(_dec_objstr),
+    "pa.lbin": guard(decode_large_binary),
+    "pa.objbin": guard(_dec_objbin),
     "pa.buf": _dec_buf,
 }

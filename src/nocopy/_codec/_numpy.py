@@ -142,11 +142,14 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 def _encode_object_array(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     if arr.dtype == object and arr.ndim == 1:
         # A 1-d object array of str is a string column: stored once as Arrow
-        # large_string, never truncated to a fixed width.
+        # large_string, never truncated to a fixed width (NumPy's S/U dtypes
+        # would). One of bytes likewise, as large_binary.
         from . import _arrow  # imports pyarrow only if there are strings to store
 
         if _arrow.is_string_array(arr):
             return _arrow.encode_object_strings(enc, arr, path)
+        if _arrow.is_bytes_array(arr):
+            return _arrow.encode_object_bytes(enc, arr, path)
     return enc.unsupported(
         arr, path, f"ndarray of dtype {arr.dtype} (Python objects)", dtype=str(arr.dtype)
     )

@@ -17,6 +17,9 @@ str / string[pyarrow]                  Arrow large_string buffers; ``ArrowString
 object of str (None/NaN as missing)    converted once at share to Arrow
                                        large_string; comes back as pandas ``str``
 string[python]                         converted once; comes back as string[pyarrow]
+object of bytes (None/NaN as missing)  converted once at share to Arrow
+                                       large_binary; comes back as
+                                       ``pd.ArrowDtype(pa.large_binary())``
 pd.ArrowDtype (any Arrow type)         Arrow IPC stream; ``ArrowExtensionArray``
 period                                 int64 ordinals + freq
 interval                               left/right (recursively) + closed
@@ -238,6 +241,18 @@ def _strings_from_objects(enc: Encoder, values: Any, path: str, label: str, dnam
     return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, strings)}
 
 
+def _bytes_from_objects(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
+    """Python bytes objects (and missing values) converted once to Arrow large_binary."""
+    if enc.explaining:
+        return {"k": "py", "v": None}
+    pa = _arrow.pyarrow(f"sharing the bytes {label}")
+    try:
+        binary = _arrow.to_large_binary(values)
+    except pa.ArrowException as exc:
+        return enc.unsupported(values, path, f"{label} of dtype object (bytes Arrow cannot store: {exc})", dtype="object")
+    return {"k": "pd.bin", "s": _arrow.encode_large_binary(enc, binary)}
+
+
 def _describe_object(values: np.ndarray) -> str:
     kinds = sorted({type(x).__name__ for x in values[:1000]})
     return ", ".join(kinds[:4]) + (", ..." if len(kinds) > 4 else "")
@@ -252,6 +267,14 @@ def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: st
             "get() returns it zero-copy as pandas' str dtype",
         )
         return _strings_from_objects(enc, values, path, label, "object", "nan")
+    if values.ndim == 1 and _arrow.is_bytes_array(values):
+        _arrow.pyarrow(f"sharing the object bytes {label}")
+        enc.note(
+            path, "object (bytes)", "converted",
+            "stored once as Arrow large_binary at share; get() returns it zero-copy as "
+            "pd.ArrowDtype(pa.large_binary()), missing values as <NA> (a pool's tasks get object back)",
+        )
+        return _bytes_from_objects(enc, values, path, label)
     return enc.unsupported(
         values, path,
         f"{label} of dtype object holding {_describe_object(values)}",
@@ -332,6 +355,11 @@ def _dec_strings(dec: Decoder, node: dict[str, Any]) -> Any:
     return pd.arrays.ArrowStringArray(chunked, dtype=_arrow_string_dtype(pd, na))
 
 
+def _dec_binary(dec: Decoder, node: dict[str, Any]) -> Any:
+    chunked = _decode_sub(dec, node, "s", "pa.lbin")
+    return _compat.pandas().arrays.ArrowExtensionArray(chunked)
+
+
 def _arrow_string_dtype(pd: Any, na: str) -> Any:
     try:
         return pd.StringDtype("pyarrow", na_value=np.nan if na == "nan" else pd.NA)
@@ -376,6 +404,7 @@ DECODERS: dict[str, DecodeFn] = {
     "pd.masked": _dec_masked,
     "pd.cat": _dec_categorical,
     "pd.str": _dec_strings,
+    "pd.bin": _dec_binary,
     "pd.arrow": _dec_arrow,
     "pd.period": _dec_period,
     "pd.interval": _dec_interval,
