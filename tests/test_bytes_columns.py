@@ -241,11 +241,6 @@ def test_a_string_node_is_not_taken_for_a_binary_one(obj: str) -> None:
         decode_buffer(mem, trusted=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the executor still restores with its own copy (_executor._restore_columns: astype gives <NA>); "
-    "passes, and this mark must go, once the pool uses _kinds.restore_columns (issue 10, area C)",
-)
 def test_a_pool_task_gets_an_object_column_of_bytes_and_none() -> None:
     df = pd.DataFrame({"b": [None if i % 5 == 0 else bytes([i % 256]) * 64 for i in range(40_000)]})
     with nocopy.ProcessPoolExecutor(1, share_threshold=1000) as pool:
