@@ -474,6 +474,8 @@ def test_lambdas_and_closures_run_under_every_start_method(method: str) -> None:
         by_lambda = ex.submit(lambda a: (float(a.sum()) * k, segment_of(a) is not None), big)
         by_closure = ex.submit(make_closure(3.0), big)
         mapped = list(ex.map(lambda x: x * k, range(5)))
+        returned = ex.submit(make_closure, 4.0)  # a closure as a result travels back too
+        assert returned.result()(np.ones(3)) == 12.0
         assert by_lambda.result() == (float(big.sum()) * 2.0, True)
         assert by_closure.result() == float(big.sum()) * 3.0
         assert mapped == [0.0, 2.0, 4.0, 6.0, 8.0]

@@ -7,7 +7,8 @@ a function defined in an interactive ``__main__`` (a notebook cell, ``python
 fails there -- under fork too, for a function defined after the workers
 started. Those functions (and classes defined inside a function) are pickled
 *by value* with cloudpickle instead; everything else is pickled exactly as the
-standard library does, so its behaviour and speed are unchanged.
+standard library does, so its behaviour and speed are unchanged. The same
+holds for results on their way back (a task may return a closure).
 
 cloudpickle is a dependency but is imported only here, and only when a task
 really holds such a function: importing it costs ~25 ms, more than the rest of

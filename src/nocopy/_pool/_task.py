@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import pickle
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ..errors import TaskUnpicklingError
@@ -80,14 +79,14 @@ class WorkerCall:
                 result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
             )
             try:
-                data = ForkingPickler.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+                data = _functions.dumps(result)  # a returned lambda or closure travels too
             except BaseException as exc:
                 exc.add_note(
                     f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
                     f"a {type(result).__qualname__}, to send it back to the caller"
                 )
                 raise
-            return _results.Reply(bytes(data))
+            return _results.Reply(data)
         finally:
             if table is not None:
                 table[row, 2] = _crash.FINISHED
