@@ -151,6 +151,26 @@ def test_results_and_return_as_generator_match_the_default_backend() -> None:
         got["nocopy"][1][0] = -1.0
 
 
+def test_lambdas_run_on_the_backend() -> None:
+    arr = np.arange(300_000, dtype="f8")
+    k = 2.0
+    with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="spawn"):
+        out = joblib.Parallel()(joblib.delayed(lambda a, i: float(a.sum()) * k + i)(arr, i) for i in range(3))
+    assert out == [float(arr.sum()) * 2.0 + i for i in range(3)]
+
+
+def test_a_parallel_context_keeps_its_workers_and_shares_once_across_calls() -> None:
+    arr = records()
+    with joblib.Parallel(n_jobs=2, backend="nocopy") as par:
+        first = par(joblib.delayed(describe_recarray)(arr) for _ in range(2))
+        pids1 = set(par(joblib.delayed(worker_pid)(i) for i in range(4)))
+        second = par(joblib.delayed(describe_recarray)(arr) for _ in range(2))
+        pids2 = set(par(joblib.delayed(worker_pid)(i) for i in range(4)))
+        assert len(pids1 | pids2) <= 2  # the same two workers all along (tiny tasks may all land on one)
+    assert {r[1] for r in first} == {r[1] for r in second} != {None}  # the same segment: shared once
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids1 | pids2)
+
+
 # -- failures, nesting, clean-up -----------------------------------------------------------
 def test_an_exception_propagates_as_with_joblib() -> None:
     arr = np.ones(300_000)
@@ -199,7 +219,8 @@ def test_nothing_is_left_behind_after_success_and_after_a_failure() -> None:
             joblib.Parallel()(joblib.delayed(fail_on)(i, np.ones(300_000)) for i in range(8))
     assert os.getpid() not in pids
     assert {s.name for s in own_segments()} == before_segments
-    assert {p.pid for p in psutil.Process().children(recursive=True)} == before_children
+    # No new child left (loky's idle workers from other tests may exit meanwhile: not ours).
+    assert {p.pid for p in psutil.Process().children(recursive=True)} - before_children == set()
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
 
 
