@@ -275,3 +275,16 @@ def test_importing_registers_the_backend_and_import_nocopy_does_not_import_jobli
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "NocopyBackend"
+
+
+def test_configuring_again_without_terminate_stops_the_first_workers() -> None:
+    backend = nocopy.joblib.NocopyBackend(mp_context="fork")
+    assert backend.configure(n_jobs=2) == 2
+    first = backend.submit(lambda: os.getpid()).result()
+    backend.configure(n_jobs=2)
+    try:
+        second = backend.submit(lambda: os.getpid()).result()
+        assert second != first
+        assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    finally:
+        backend.terminate()

@@ -55,7 +55,7 @@ from ._pool import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, fn_name,
 __all__ = ["NocopyBackend", "register"]
 
 BACKEND_NAME = "nocopy"
-# What Parallel passes every backend for joblib's own memory-mapping of arrays.
+# What Parallel passes every backend for its own options (memory-mapping of arrays, verbosity).
 _JOBLIB_MEMMAPPING = ("max_nbytes", "mmap_mode", "temp_folder", "verbose", "prefer", "require")
 
 
@@ -188,6 +188,8 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         return n
 
     def _start(self, n_jobs: int, options: dict[str, Any]) -> None:
+        if self._executor is not None:  # configured again without terminate(): no pool left behind
+            self.terminate()
         self._n_jobs, self._started_with = n_jobs, options
         self._executor = ProcessPoolExecutor(
             n_jobs, mp_context=options["mp_context"],
