@@ -3,8 +3,8 @@
 Under ``mkdocs build --strict`` every warning logged here fails the build, so:
 
 * every public name (``nocopy.__all__``, ``nocopy.errors.__all__``,
-  ``nocopy.ray.__all__`` and the public members of the public classes) must
-  have a docstring, and
+  ``nocopy.ray.__all__``, ``nocopy.joblib.__all__`` and the public members of
+  the public classes) must have a docstring, and
 * every public name must be rendered by a ``::: identifier`` directive of its
   own on an API reference page (a class's directive covers its members),
 
@@ -27,9 +27,8 @@ import griffe
 log = logging.getLogger("mkdocs.hooks.nocopy")
 
 ROOT = Path(__file__).resolve().parent.parent
-# The modules whose __all__ is the public API. The Polars and joblib modules
-# join this list when they land.
-PUBLIC_MODULES = ["nocopy", "nocopy.errors", "nocopy.ray"]
+# The modules whose __all__ is the public API.
+PUBLIC_MODULES = ["nocopy", "nocopy.errors", "nocopy.ray", "nocopy.joblib"]
 # Public by __all__ but not API objects with a docstring of their own.
 NOT_DOCUMENTED = {"nocopy.__version__", "nocopy.errors"}
 # Public names still without a docstring, owned by src/'s maintainers: this list must end empty

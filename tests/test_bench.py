@@ -547,8 +547,32 @@ def test_ray_small(tmp_path: Path) -> None:
     assert result["classic"]["rows"] == 20000 and set(result["classic"]["work_s"]) == {"ray", "ray+nocopy"}
 
 
+@pytest.mark.slow
+def test_joblib_small(tmp_path: Path) -> None:
+    pytest.importorskip("joblib")
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "joblib.json"
+    proc = run_cli(
+        [
+            sys.executable, "-m", "nocopy._bench", "joblib", "--rows", "100000", "--frame-rows", "20000",
+            "--workers", "2", "--repeat", "1", "--start-method", "fork", "--json", str(out),
+        ],
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "joblib" and result["failed"] == {}
+    assert list(result["datasets"]) == ["classic", "strings"]
+    for d in result["datasets"].values():
+        assert set(d["time_s"]) == set(d["added_bytes"]) == {"loky", "nocopy"}
+        assert all(t > 0 for t in d["time_s"].values())
+        assert d["time_ratio"] > 0 and d["memory_ratio"] > 0
+    assert "classic: loky / nocopy time" in proc.stdout and "strings: loky / nocopy time" in proc.stdout
+
+
 @pytest.mark.parametrize(
-    ("command", "module", "extra"), [("pandas", "pyarrow", "pandas"), ("polars", "polars", "polars"), ("ray", "ray", "ray")]
+    ("command", "module", "extra"),
+    [("pandas", "pyarrow", "pandas"), ("polars", "polars", "polars"), ("ray", "ray", "ray"), ("joblib", "joblib", "joblib")],
 )
 def test_a_missing_package_is_named_with_its_extra(
     command: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

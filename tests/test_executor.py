@@ -455,3 +455,95 @@ with nocopy.ProcessPoolExecutor(2, mp_context=ctx) as ex:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["['__main__', 'json', 'nocopy', 'numpy']", "[np.float64(10.0), np.float64(10.0)]"]
+
+
+# -- functions as people write them: lambdas, closures, notebook functions (issue 13) ------------
+def make_closure(k: float) -> Any:
+    def scaled_sum(arr: np.ndarray) -> float:
+        return float(arr.sum()) * k
+
+    return scaled_sum
+
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lambdas_and_closures_run_under_every_start_method(method: str) -> None:
+    big = np.arange(300_000, dtype="f8")  # shared as usual, beside a function sent by value
+    k = 2.0
+    with nocopy.ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as ex:
+        by_lambda = ex.submit(lambda a: (float(a.sum()) * k, segment_of(a) is not None), big)
+        by_closure = ex.submit(make_closure(3.0), big)
+        mapped = list(ex.map(lambda x: x * k, range(5)))
+        returned = ex.submit(make_closure, 4.0)  # a closure as a result travels back too
+        assert returned.result()(np.ones(3)) == 12.0
+        assert by_lambda.result() == (float(big.sum()) * 2.0, True)
+        assert by_closure.result() == float(big.sum()) * 3.0
+        assert mapped == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_a_function_capturing_a_lock_fails_naming_the_function_and_the_lock() -> None:
+    import pickle
+    import threading
+
+    lock = threading.Lock()
+
+    def locked_sum(arr: np.ndarray) -> float:
+        with lock:
+            return float(arr.sum())
+
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        fut = ex.submit(locked_sum, np.ones(3))
+        with pytest.raises(pickle.PicklingError) as err:
+            fut.result()
+        msg = str(err.value)
+        assert "locked_sum" in msg and "closure variable 'lock'" in msg and "lock" in msg
+        assert "Fix:" in msg
+        assert ex.submit(total, np.ones(3)).result() == 3.0  # the pool is fine
+
+
+def test_module_level_functions_are_still_pickled_by_reference() -> None:
+    # By value only where by reference cannot work: a module-level function keeps the stdlib's way.
+    import pickle
+
+    from nocopy._pool import _functions
+
+    payload = _functions.dumps((total, (1,), {}))
+    assert b"cloudpickle" not in payload
+    assert pickle.loads(payload)[0] is total
+    assert b"cloudpickle" in _functions.dumps((lambda: 1, (), {}))
+
+
+INTERACTIVE = """
+import multiprocessing as mp, sys
+import numpy as np, nocopy
+method = sys.argv[1]
+
+def double_sum(a):            # defined in an interactive __main__ (python -c, a notebook cell)
+    return 2 * float(a.sum())
+
+class Scale:                  # a class from the same __main__
+    def __init__(self, k):
+        self.k = k
+    def __call__(self, a):
+        return self.k * float(a.sum())
+
+with nocopy.ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as ex:
+    print(ex.submit(double_sum, np.arange(400_000.0)).result())
+    print(ex.submit(Scale(3), np.ones(10)).result())
+"""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_functions_defined_in_an_interactive_main_run_under_every_start_method(method: str) -> None:
+    out = subprocess.run([sys.executable, "-c", INTERACTIVE, method], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(2 * float(np.arange(400_000.0).sum())), "30.0"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_functions_defined_in_the_main_script_run_under_every_start_method(method: str, tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(INTERACTIVE.replace("with nocopy", "if __name__ == '__main__':\n  with nocopy").replace("\n    print", "\n      print"))
+    out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(2 * float(np.arange(400_000.0).sum())), "30.0"]

@@ -353,3 +353,32 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+LAMBDAS = """
+import multiprocessing as mp, sys
+import numpy as np, nocopy
+mp.set_start_method(sys.argv[1])
+a = np.arange(1000.0)
+k = 3.0
+
+def scaled(c):                # defined in an interactive __main__, like a notebook cell
+    return float(c.sum()) * k
+
+def make_closure(m):
+    return lambda c: float(c.max()) * m
+
+print(nocopy.parallel_map(lambda c: float(c.sum()), a, chunks=2, workers=2))
+print(nocopy.parallel_map(scaled, a, chunks=2, workers=2))
+print(nocopy.parallel_map(make_closure(2), a, chunks=2, workers=2))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_lambdas_closures_and_notebook_functions_under_every_start_method(method: str) -> None:
+    out = subprocess.run([sys.executable, "-c", LAMBDAS, method], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    halves = [float(np.arange(500.0).sum()), float(np.arange(500.0, 1000.0).sum())]
+    assert out.stdout.splitlines() == [
+        str(halves), str([h * 3.0 for h in halves]), str([499.0 * 2, 999.0 * 2])
+    ]

@@ -59,6 +59,16 @@ def _public_objects() -> list[tuple[str, object]]:
         pass
     else:
         objs += [(f"ray.{n}", getattr(ray_api, n)) for n in ray_api.__all__]
+    try:
+        joblib_api = importlib.import_module("nocopy.joblib")
+    except ImportError:
+        pass
+    else:
+        objs += [(f"joblib.{n}", getattr(joblib_api, n)) for n in joblib_api.__all__]
+        objs += [
+            (f"joblib.NocopyBackend.{n}", getattr(joblib_api.NocopyBackend, n))
+            for n in ("configure", "effective_n_jobs", "submit", "terminate", "abort_everything")
+        ]
     return objs
 
 
@@ -108,7 +118,7 @@ def test_use_after_close_error_is_caught_as_not_found_and_as_value_error() -> No
 def test_import_does_not_pull_optional_dependencies() -> None:
     code = (
         "import sys, nocopy, nocopy.errors; "
-        "print(sorted(m for m in ('pandas', 'pyarrow', 'ray', 'psutil', 'matplotlib', 'tqdm', 'joblib') "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'ray', 'psutil', 'matplotlib', 'tqdm', 'joblib', 'cloudpickle') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
@@ -125,21 +135,21 @@ def test_readme_quick_start_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("extra", ["pandas", "ray"])
+@pytest.mark.parametrize("extra", ["pandas", "ray", "joblib"])
 def test_missing_extra_names_the_pip_command(extra: str) -> None:
     """Without the optional dependency, the ImportError says which extra to install."""
     blocker = (
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name.split('.')[0] in {('pandas', 'pyarrow') if extra == 'pandas' else ('ray',)!r}:\n"
+        f"        if name.split('.')[0] in {('pandas', 'pyarrow') if extra == 'pandas' else (extra,)!r}:\n"
         "            raise ImportError(f'No module named {name!r} (blocked)')\n"
         "sys.meta_path.insert(0, Block())\n"
     )
     if extra == "pandas":
         use = "import nocopy\nclass FakeFrame: pass\nFakeFrame.__module__ = 'pandas.core.frame'\nnocopy.share(FakeFrame())\n"
     else:
-        use = "import nocopy.ray\n"
+        use = f"import nocopy.{extra}\n"
     out = subprocess.run([sys.executable, "-c", blocker + use], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     assert f"pip install 'nocopy[{extra}]'" in out.stderr, out.stderr

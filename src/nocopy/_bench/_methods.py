@@ -40,7 +40,7 @@ from .._codec import write_at
 from . import _tasks
 from ._data import FIELD
 
-__all__ = ["FLOOR", "METHODS", "Method", "RunContext", "by_name"]
+__all__ = ["FLOOR", "METHODS", "Method", "RunContext", "by_name", "joblib_memmap_globs"]
 
 
 @dataclass
@@ -318,7 +318,7 @@ def run_joblib(ctx: RunContext) -> list[float]:
                 executor.shutdown(wait=True)
 
 
-def _joblib_globs() -> list[str]:
+def joblib_memmap_globs() -> list[str]:
     # joblib memory-maps large plain ndarrays into a folder in /dev/shm.
     return [f"/dev/shm/joblib_memmapping_folder_{os.getpid()}_*/*"]
 
@@ -449,7 +449,7 @@ METHODS: tuple[Method, ...] = (
     ),
     Method("threads", "ThreadPoolExecutor in one process", run_threads),
     Method("fork", "copy-on-write global, fork pool", run_fork, _fork_available),
-    Method("joblib", "joblib.Parallel, loky backend", run_joblib, _missing("joblib", "bench"), shm_globs=_joblib_globs),
+    Method("joblib", "joblib.Parallel, loky backend", run_joblib, _missing("joblib", "bench"), shm_globs=joblib_memmap_globs),
     Method("arrow", "Arrow IPC file in /dev/shm, memory-mapped", run_arrow, _arrow_available, shm_globs=_arrow_globs),
     Method("ray", "ray.put once + one task per worker", run_ray, _missing("ray", "ray")),
 )

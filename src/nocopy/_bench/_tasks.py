@@ -18,6 +18,7 @@ from ._data import FIELD
 
 __all__ = [
     "arrive",
+    "frame_checksum",
     "frame_get",
     "identity",
     "nansum_arrow_file",
@@ -124,6 +125,11 @@ def time_gets(blob: bytes, reps: int) -> list[float]:
 def identity(x: int) -> int:
     """The tiny task of the per-task overhead test."""
     return x
+
+
+def frame_checksum(df: Any) -> tuple[float, int]:
+    """``nocopy bench joblib``'s task on the string frame: nansum of a numeric column, and the rows."""
+    return float(np.nansum(df["n0"].to_numpy())), len(df)
 
 
 def frame_get(method: str, payload: Any) -> dict[str, float]:

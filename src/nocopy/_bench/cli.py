@@ -7,6 +7,7 @@ Example::
     nocopy bench pandas --rows 200000 --json pandas.json
     nocopy bench polars --rows 200000 --workers 2 --json polars.json
     nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
+    nocopy bench joblib --rows 200000 --frame-rows 20000 --repeat 1
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="nocopy bench",
         description="Benchmarks: the classic experiment against every peer (seed), nocopy's scaling, "
         "DataFrames against Arrow IPC and pickle (pandas), a Polars frame to N workers against pickle (polars), "
-        "nocopy.ray against plain Ray (ray).",
+        "nocopy.ray against plain Ray (ray), joblib's default backend against backend='nocopy' (joblib).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,polars,ray}")
+    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,polars,ray,joblib}")
     sub.required = True
     names = [m.name for m in METHODS]
     seed = sub.add_parser(
@@ -153,6 +154,23 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--repeat", type=_positive, default=3, help="runs per method (default 3): medians")
     ray.add_argument("--json", metavar="PATH")
     ray.add_argument("--quiet", action="store_true")
+
+    jl = sub.add_parser(
+        "joblib",
+        help="joblib.Parallel with its default backend (loky) against backend='nocopy': "
+        "the classic record array and a frame with string columns",
+        description="Each data set is handed to --workers tasks of one joblib.Parallel call, with loky and with "
+        "the nocopy backend: whole calls from fresh workers (median of --repeat) and the peak memory of one "
+        "more call each; ratios loky / nocopy from the same run.",
+    )
+    jl.add_argument("--rows", type=_positive, default=10_000_000, help="record array rows (default 10,000,000)")
+    jl.add_argument("--frame-rows", type=_positive, default=2_000_000, help="string frame rows (default 2,000,000)")
+    jl.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="n_jobs and tasks (default: cpu_count)")
+    jl.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"], help="nocopy's workers (default spawn)")
+    jl.add_argument("--repeat", type=_positive, default=3, help="timed calls per backend (default 3): medians")
+    jl.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
+    jl.add_argument("--json", metavar="PATH")
+    jl.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -233,6 +251,18 @@ def _ray(args: argparse.Namespace) -> int:
     return _run_and_report("ray", args, lambda: run_ray(cfg, _log(args.quiet)), ray_table)
 
 
+def _joblib(args: argparse.Namespace) -> int:
+    if _missing("joblib", ("joblib",), "joblib") or _missing("joblib", ("pandas", "pyarrow"), "pandas"):
+        return 2
+    from ._joblib import JoblibConfig, joblib_table, run_joblib
+
+    cfg = JoblibConfig(
+        rows=args.rows, frame_rows=args.frame_rows, workers=args.workers, start_method=args.start_method,
+        repeat=args.repeat, interval=args.interval / 1e3,
+    )
+    return _run_and_report("joblib", args, lambda: run_joblib(cfg, _log(args.quiet)), joblib_table)
+
+
 def _run_and_report(
     command: str,
     args: argparse.Namespace,
@@ -267,6 +297,6 @@ def main(argv: list[str] | None = None) -> int:
         print("nocopy bench needs psutil and matplotlib: pip install 'nocopy[bench]'", file=sys.stderr)
         return 2
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
-        "seed": _seed, "scaling": _scaling, "pandas": _pandas, "polars": _polars, "ray": _ray,
+        "seed": _seed, "scaling": _scaling, "pandas": _pandas, "polars": _polars, "ray": _ray, "joblib": _joblib,
     }
     return commands[args.command](args)

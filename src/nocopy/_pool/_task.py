@@ -10,14 +10,12 @@ a private view, runs the task, and shares big results before replying.
 from __future__ import annotations
 
 import functools
-import io
 import os
 import pickle
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ..errors import TaskUnpicklingError
-from . import _crash, _results, _walk, _worker
+from . import _crash, _functions, _results, _walk, _worker
 
 __all__ = ["Call", "WorkerCall", "fn_name", "unpickling_stopped"]
 
@@ -81,14 +79,14 @@ class WorkerCall:
                 result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
             )
             try:
-                data = ForkingPickler.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
+                data = _functions.dumps(result)  # a returned lambda or closure travels too
             except BaseException as exc:
                 exc.add_note(
                     f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
                     f"a {type(result).__qualname__}, to send it back to the caller"
                 )
                 raise
-            return _results.Reply(bytes(data))
+            return _results.Reply(data)
         finally:
             if table is not None:
                 table[row, 2] = _crash.FINISHED
@@ -138,19 +136,17 @@ class Call:
         return self.name if self.name is not None else fn_name(self.fn)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        buf = io.BytesIO()
         try:
-            ForkingPickler(buf, pickle.HIGHEST_PROTOCOL).dump((self.fn, self.args, self.kwargs))
+            # Lambdas, closures and notebook functions go by value (see _functions).
+            payload = _functions.dumps((self.fn, self.args, self.kwargs))
         except BaseException as exc:
             exc.add_note(
                 f"nocopy: while pickling task #{self.task_id} ({self.fn_name()}) to send it to "
-                "a worker. The function must be importable by the workers (defined at module "
-                "level: not a lambda, closure or method of a local class) and every argument "
-                "picklable or shareable."
+                "a worker: every argument must be picklable or shareable."
             )
             raise
         return (
             _rebuild_worker_call,
-            (buf.getvalue(), self.task_id, self.fn_name(), self.threshold, self.address,
+            (payload, self.task_id, self.fn_name(), self.threshold, self.address,
              self.tag, self.has_handles),
         )

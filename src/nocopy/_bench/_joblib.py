@@ -1,0 +1,177 @@
+"""``nocopy bench joblib``: joblib's default backend (loky) against ``backend="nocopy"``.
+
+Two data sets, each handed to ``--workers`` tasks of one ``Parallel`` call
+(``delayed(task)(data)`` per task, ``n_jobs=--workers``):
+
+1. **classic**: the classic experiment's record array (:func:`._data.make_records`,
+   10M rows, datetime / float with NaN / 6-byte string); each task
+   ``np.nansum``s the float field (the experiment's task). joblib pickles the
+   ``np.recarray`` subclass into every task.
+2. **strings**: a frame with string columns (:func:`._data.mixed_frame`, 10
+   numeric columns, a pandas ``str`` and an object string column); each task
+   ``np.nansum``s a numeric column and counts the rows.
+
+Each run is one whole ``Parallel`` call from fresh workers (loky's reusable
+workers are stopped between runs, nocopy's live for one call): start-up,
+getting the data to the workers, the tasks, and shutting down. Time: median
+of ``--repeat`` runs. Memory: one more run per backend, the peak of Σ PSS of
+this process and all its workers plus shared memory, each page once
+(``_monitor``), above the baseline before the run. Ratios loky / nocopy come
+from the same run of the command.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from .._text import format_bytes, render_table
+from . import _tasks
+from ._data import expected_sum, make_records, mixed_frame
+from ._methods import joblib_memmap_globs
+from ._monitor import MemoryMonitor
+from ._stats import ratio
+
+__all__ = ["BACKENDS", "JoblibConfig", "joblib_table", "run_joblib"]
+
+Log = Callable[[str], None]
+BACKENDS = ("loky", "nocopy")
+DATASETS = ("classic", "strings")
+
+
+@dataclass
+class JoblibConfig:
+    rows: int = 10_000_000  # the classic record array
+    frame_rows: int = 2_000_000  # the string frame (~250 MB)
+    workers: int = 2
+    start_method: str = "spawn"  # nocopy's workers (loky starts its own its way)
+    repeat: int = 3
+    interval: float = 0.01  # memory sampling period, seconds
+
+
+def _stop_loky() -> None:
+    # loky keeps its workers for the next call: stop them, so every run starts
+    # from fresh workers as nocopy's does and their memory is not counted again.
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+
+
+def _call(backend: str, task: Callable[[Any], Any], data: Any, cfg: JoblibConfig) -> tuple[list[Any], float]:
+    import joblib
+
+    import nocopy.joblib  # noqa: F401 - registers the backend
+
+    params = {"mp_context": cfg.start_method} if backend == "nocopy" else {}
+    gc.collect()
+    t0 = time.perf_counter()
+    try:
+        with joblib.parallel_config(backend=backend, n_jobs=cfg.workers, **params):
+            out = joblib.Parallel()(joblib.delayed(task)(data) for _ in range(cfg.workers))
+    finally:
+        if backend == "loky":
+            _stop_loky()
+    return list(out), time.perf_counter() - t0
+
+
+def _measure(
+    name: str, task: Callable[[Any], Any], data: Any, check: Callable[[Any], bool], cfg: JoblibConfig,
+    monitor: MemoryMonitor, log: Log,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    failed: dict[str, str] = {}
+    for i in range(cfg.repeat):
+        for backend in BACKENDS:
+            log(f"{name}: {backend}, run {i + 1} of {cfg.repeat} ...")
+            out, seconds = _call(backend, task, data, cfg)
+            times[backend].append(seconds)
+            if not all(check(r) for r in out) or len(out) != cfg.workers:
+                failed[f"{name}/{backend}"] = f"wrong results: {out[:4]}"
+    added: dict[str, int] = {}
+    for backend in BACKENDS:
+        log(f"{name}: {backend}, memory run ...")
+        globs = joblib_memmap_globs() if backend == "loky" else []
+        baseline = monitor.sample(globs).total
+        monitor.start(globs)
+        try:
+            _call(backend, task, data, cfg)
+        finally:
+            added[backend] = monitor.stop().peak.total - baseline
+    med = {b: statistics.median(v) for b, v in times.items()}
+    result = {
+        "time_s": med,
+        "time_runs_s": times,
+        "added_bytes": added,
+        "time_ratio": ratio(med["loky"], med["nocopy"]),
+        "memory_ratio": ratio(float(added["loky"]), float(max(added["nocopy"], 1))),
+    }
+    return result, failed
+
+
+def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
+    """Both data sets through both backends; return the JSON-able result."""
+    if cfg.rows < 2 or cfg.frame_rows < 1 or cfg.workers < 1 or cfg.repeat < 1:
+        raise ValueError(f"need --rows >= 2, --frame-rows >= 1, --workers >= 1, --repeat >= 1; got {cfg}")
+    log(f"building the record array ({cfg.rows:,} rows) and the string frame ({cfg.frame_rows:,} rows) ...")
+    records = make_records(cfg.rows)
+    want = expected_sum(records)
+    frame = mixed_frame(cfg.frame_rows)
+    frame_want = (float(np.nansum(frame["n0"].to_numpy())), cfg.frame_rows)
+    datasets: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    with MemoryMonitor(cfg.interval) as monitor:
+        for name, task, data, check, nbytes in (
+            ("classic", _tasks.nansum_records, records, lambda s: bool(np.isclose(s, want)), int(records.nbytes)),
+            ("strings", _tasks.frame_checksum, frame, lambda r: r == frame_want,
+             int(frame.memory_usage(index=False, deep=True).sum())),
+        ):
+            result, bad = _measure(name, task, data, check, cfg, monitor, log)
+            result["bytes"] = nbytes
+            datasets[name] = result
+            failed.update(bad)
+    return {
+        "benchmark": "joblib",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": {
+            "rows": cfg.rows, "frame_rows": cfg.frame_rows, "workers": cfg.workers,
+            "start_method": cfg.start_method, "repeat": cfg.repeat,
+        },
+        "datasets": datasets,
+        "failed": failed,
+    }
+
+
+def joblib_table(result: dict[str, Any]) -> str:
+    """The result as text: per data set, time and memory per backend, and the ratios."""
+    cfg = result["config"]
+    rows = []
+    for name, d in result["datasets"].items():
+        for backend in BACKENDS:
+            rows.append([
+                f"{name} ({format_bytes(d['bytes'])})", backend, f"{d['time_s'][backend]:.2f}",
+                format_bytes(d["added_bytes"][backend]),
+            ])
+    lines = [
+        f"joblib.Parallel, {cfg['workers']} tasks on {cfg['workers']} workers, each gets the whole data "
+        f"(classic: {cfg['rows']:,} rows; strings: {cfg['frame_rows']:,} rows); nocopy workers: {cfg['start_method']}",
+        render_table(["data", "backend", "time s", "memory +"], rows, right={2, 3}),
+    ]
+    for name, d in result["datasets"].items():
+        t, m = d["time_ratio"], d["memory_ratio"]
+        lines.append(
+            f"{name}: loky / nocopy time {t:.2f}x, memory {m:.2f}x" if t and m else f"{name}: no ratio"
+        )
+    lines.append(f"(time: median of {cfg['repeat']} whole Parallel calls from fresh workers; "
+                 "memory: peak Σ PSS + shared memory above the baseline, one run)")
+    lines += [f"FAILED {name}: {why}" for name, why in result["failed"].items()]
+    return "\n".join(lines)
