@@ -242,3 +242,19 @@ def test_ray_cluster_recipe_runs_as_written(ray_sandbox: tuple[Path, list[int]],
     count = node.run(f"RAY_AUTH_MODE=token RAY_ADDRESS=127.0.0.1:{gcs_port} python -c "
                      "'import ray; ray.init(); print(\"alive\", sum(n[\"Alive\"] for n in ray.nodes()))'")
     assert "alive 2" in count.stdout, count.stdout[-4000:]
+
+
+def test_docstrings_are_numpy_style_for_the_reference() -> None:
+    """mkdocstrings renders numpy-style sections; reST's ``Example::`` blocks and ``:func:`` roles
+    would show up literally on the API pages, so the source must not use them."""
+    import re
+
+    src = Path(__file__).resolve().parent.parent / "src" / "nocopy"
+    rest = re.compile(r"^\s*Examples?\b[^\n]*::\s*$|:(?:func|class|meth|exc|data|attr|mod|obj):`", re.M)
+    offenders = [
+        f"{path.relative_to(src)}:{text[: m.start()].count(chr(10)) + 1}"
+        for path in sorted(src.rglob("*.py"))
+        for text in [path.read_text()]
+        for m in rest.finditer(text)
+    ]
+    assert offenders == [], f"reST markup in docstrings (use numpy style): {offenders}"

@@ -1,12 +1,12 @@
 """nocopy: hand large NumPy, pandas and Arrow data to worker processes through
 shared memory, zero-copy and safely.
 
-Example::
-
-    >>> import numpy as np, nocopy
-    >>> with nocopy.share(np.arange(10)) as ref:   # copied into shared memory once
-    ...     int(ref.get().sum())                    # zero-copy view, in any process
-    45
+Examples
+--------
+>>> import numpy as np, nocopy
+>>> with nocopy.share(np.arange(10)) as ref:   # copied into shared memory once
+...     int(ref.get().sum())                    # zero-copy view, in any process
+45
 """
 
 from . import errors

@@ -16,19 +16,19 @@ _STATUS_ORDER = ("zero-copy", "converted", "pickled", "unsupported")
 
 
 class Explanation:
-    """The per-column report of :func:`explain`: a sequence of rows, printed as a table.
+    """The per-column report of `explain`: a sequence of rows, printed as a table.
 
     Each row is a ``Note`` with ``path`` (where in the object: ``['price']``,
     ``.index``, ``['a'][0]``...), ``dtype``, ``status`` (``"zero-copy"``,
     ``"converted"`` once at share, ``"pickled"`` or ``"unsupported"``) and
     ``detail``. Index it by position or by path.
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> report = nocopy.explain({"a": np.arange(3)})
-        >>> report[0].status, report.zero_copy
-        ('zero-copy', True)
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> report = nocopy.explain({"a": np.arange(3)})
+    >>> report[0].status, report.zero_copy
+    ('zero-copy', True)
     """
 
     def __init__(self, notes: list[Note]) -> None:
@@ -95,7 +95,7 @@ class Explanation:
 
 
 def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
-    """Report, per column/field, how :func:`nocopy.share` would store *obj*.
+    """Report, per column/field, how `nocopy.share` would store *obj*.
 
     Nothing is copied and no segment is made. Each part is ``zero-copy``
     (get() returns a view of the shared pages), ``converted`` (changed once at
@@ -103,18 +103,18 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
     ``pickled`` (only with ``allow_pickle=True``) or ``unsupported`` (share()
     would raise UnsupportedTypeError; the detail says why).
 
-    Example::
-
-        >>> import pandas as pd, nocopy
-        >>> df = pd.DataFrame({"x": [1.0, 2.0], "s": pd.Series(["a", "b"], dtype=object)})
-        >>> print(nocopy.explain(df))  # doctest: +NORMALIZE_WHITESPACE
-        path      dtype         status     detail
-        --------  ------------  ---------  ------
-        .index    RangeIndex    zero-copy  metadata only
-        .columns  str           zero-copy  Arrow large_string buffers
-        ['x']     float64       zero-copy
-        ['s']     object (str)  converted  stored once as Arrow large_string at share (never fixed-width); get() returns it zero-copy as pandas' str dtype
-        (4 parts; zero-copy: 3, converted: 1)
+    Examples
+    --------
+    >>> import pandas as pd, nocopy
+    >>> df = pd.DataFrame({"x": [1.0, 2.0], "s": pd.Series(["a", "b"], dtype=object)})
+    >>> print(nocopy.explain(df))  # doctest: +NORMALIZE_WHITESPACE
+    path      dtype         status     detail
+    --------  ------------  ---------  ------
+    .index    RangeIndex    zero-copy  metadata only
+    .columns  str           zero-copy  Arrow large_string buffers
+    ['x']     float64       zero-copy
+    ['s']     object (str)  converted  stored once as Arrow large_string at share (never fixed-width); get() returns it zero-copy as pandas' str dtype
+    (4 parts; zero-copy: 3, converted: 1)
     """
     if isinstance(obj, Shared):  # share() returns it as it is
         return Explanation([

@@ -2,7 +2,7 @@
 
 Each store finds its own segments (memfd: through the processes that hold
 them, freed by the kernel with their last holder, so never anything to clean;
-posix: files in the shm directory, a dead owner's left until :func:`cleanup`
+posix: files in the shm directory, a dead owner's left until `cleanup`
 or the next process that creates a posix segment removes it). This module
 only asks every store and reports.
 """
@@ -19,18 +19,18 @@ __all__ = ["Segment", "cleanup", "segments"]
 
 @dataclass(frozen=True)
 class Segment:
-    """One nocopy segment of this user, as :func:`segments` and :func:`cleanup` report it.
+    """One nocopy segment of this user, as `segments` and `cleanup` report it.
 
     ``age`` is in seconds since the segment was made (from its oldest inode
     timestamp); ``holders`` are the pids that hold it open or mapped (the
     owner included, when it still does); ``path`` is the file of a posix
     segment, empty for memfd.
 
-    Example::
-
-        >>> seg = nocopy.segments()[0]          # doctest: +SKIP
-        >>> seg.backend, seg.size, seg.owner_pid, seg.owner_alive
-        ('memfd', 8000064, 4242, True)
+    Examples
+    --------
+    >>> seg = nocopy.segments()[0]          # doctest: +SKIP
+    >>> seg.backend, seg.size, seg.owner_pid, seg.owner_alive
+    ('memfd', 8000064, 4242, True)
     """
 
     name: str
@@ -66,18 +66,18 @@ def segments() -> list[Segment]:
 
     memfd segments are found through the processes that hold them; posix
     segments in ``$NOCOPY_SHM_DIR`` (default /dev/shm). A posix segment whose
-    owner died is listed (``owner_alive=False``) until :func:`cleanup`
+    owner died is listed (``owner_alive=False``) until `cleanup`
     removes it; one whose owner's lock is held counts as alive whatever pid
     its name carries (an owner in another pid namespace, or a hard link to
     a live segment).
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> ref = nocopy.share(np.zeros(1000))
-        >>> any(s.name == ref.name for s in nocopy.segments())
-        True
-        >>> ref.close()
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> ref = nocopy.share(np.zeros(1000))
+    >>> any(s.name == ref.name for s in nocopy.segments())
+    True
+    >>> ref.close()
     """
     now = time.time()
     out = [_segment(f, now) for store in stores() for f in store.find()]
@@ -112,13 +112,13 @@ def cleanup(dry_run: bool = False) -> list[Segment]:
     removal gives back: 0 for a name whose file lives on under another hard
     link, so ``sum(s.size for s in cleanup())`` is what was freed.
 
-    Example::
-
-        >>> would = nocopy.cleanup(dry_run=True)       # doctest: +SKIP
-        >>> [(s.name, s.size) for s in would]   # what a crashed owner left  # doctest: +SKIP
-        [('nocopy-4242-1187263-5f0c...', 80000128)]
-        >>> sum(s.size for s in nocopy.cleanup())   # bytes given back  # doctest: +SKIP
-        80000128
+    Examples
+    --------
+    >>> would = nocopy.cleanup(dry_run=True)       # doctest: +SKIP
+    >>> [(s.name, s.size) for s in would]   # what a crashed owner left  # doctest: +SKIP
+    [('nocopy-4242-1187263-5f0c...', 80000128)]
+    >>> sum(s.size for s in nocopy.cleanup())   # bytes given back  # doctest: +SKIP
+    80000128
     """
     now = time.time()
     return [_segment(f, now) for store in stores() for f in store.reclaim(dry_run=dry_run)]

@@ -10,16 +10,16 @@ A family is detected from the module its type comes from, so this module never
 imports pandas, pyarrow or polars: ``import nocopy`` stays light, and an object
 of a library that is not installed cannot exist.
 
-Adding a family is one :class:`Family` subclass plus one line in
-:data:`FAMILIES`.
+Adding a family is one `Family` subclass plus one line in
+`FAMILIES`.
 
-Example::
-
-    >>> import numpy as np
-    >>> family_of(np.arange(4)).name
-    'numpy'
-    >>> take_rows(np.arange(10), 2, 5)
-    array([2, 3, 4])
+Examples
+--------
+>>> import numpy as np
+>>> family_of(np.arange(4)).name
+'numpy'
+>>> take_rows(np.arange(10), 2, 5)
+array([2, 3, 4])
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class Family:
 
     @classmethod
     def restore(cls, obj: Any, columns: Converted) -> Any:
-        """Turn the *columns* :meth:`converted` named back into their original dtypes."""
+        """Turn the *columns* `converted` named back into their original dtypes."""
         return obj
 
 
@@ -239,10 +239,10 @@ def family_of(obj: Any) -> type[Family] | None:
 def data_nbytes(obj: Any) -> int | None:
     """Bytes of a shareable data object, or None if *obj* is not one.
 
-    Example::
-
-        >>> data_nbytes(np.zeros(3)), data_nbytes("text")
-        (24, None)
+    Examples
+    --------
+    >>> data_nbytes(np.zeros(3)), data_nbytes("text")
+    (24, None)
     """
     family = family_of(obj)
     return None if family is None else family.nbytes(obj)
@@ -263,10 +263,10 @@ def row_count(obj: Any) -> int:
 def take_rows(obj: Any, start: int, stop: int) -> Any:
     """Rows start:stop of an ndarray, DataFrame, Series (pandas or Polars) or Arrow table/array, without copying.
 
-    Example::
-
-        >>> take_rows(np.arange(10), 2, 5)
-        array([2, 3, 4])
+    Examples
+    --------
+    >>> take_rows(np.arange(10), 2, 5)
+    array([2, 3, 4])
     """
     row_count(obj)  # the clear error for anything that has no rows
     family = family_of(obj)
@@ -275,13 +275,13 @@ def take_rows(obj: Any, start: int, stop: int) -> Any:
 
 
 def converted_columns(obj: Any) -> Converted:
-    """(position, dtype) of the columns share() stores converted (see :meth:`Family.converted`)."""
+    """(position, dtype) of the columns share() stores converted (see `Family.converted`)."""
     family = family_of(obj)
     return () if family is None else family.converted(obj)
 
 
 def restore_columns(obj: Any, columns: Converted) -> Any:
-    """Undo the conversions :func:`converted_columns` named, so the object looks as it was given."""
+    """Undo the conversions `converted_columns` named, so the object looks as it was given."""
     if not columns:
         return obj
     family = family_of(obj)

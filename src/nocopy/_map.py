@@ -3,10 +3,10 @@
 Backend interface (for the "processes", "threads" and "ray" backends)
 =====================================================================
 
-A backend is a small class that runs chunk tasks; :func:`parallel_map` does
+A backend is a small class that runs chunk tasks; `parallel_map` does
 everything else (validation, chunking, ordering, progress bar, re-raising the
 first failure, cancelling on error or Ctrl-C). A backend subclasses
-:class:`MapBackend` and implements three methods::
+`MapBackend` and implements three methods::
 
     class MyBackend(MapBackend):
         name = "mine"
@@ -33,19 +33,19 @@ first failure, cancelling on error or Ctrl-C). A backend subclasses
 
 Backends are constructed as ``cls(workers=int, executor=Executor | None)``
 (``self.workers``, ``self.executor``). Register with
-:func:`register_backend` ("name" -> class), or lazily by module path in
+`register_backend` ("name" -> class), or lazily by module path in
 ``_LAZY_BACKENDS`` (``"ray": ("nocopy.ray", "RayMapBackend")``): the module is
 imported the first time the backend is asked for, and must define that class.
-:func:`take_rows` (rows start:stop of an ndarray, a pandas or Polars DataFrame
+`take_rows` (rows start:stop of an ndarray, a pandas or Polars DataFrame
 or Series, or an Arrow table, zero-copy; from ``nocopy._kinds``) is the helper
 every backend's worker side uses.
 
-Example::
-
-    >>> import numpy as np, nocopy
-    >>> nocopy.parallel_map(lambda rows: int(rows.sum()), np.arange(100),
-    ...                     chunks=4, backend="threads")
-    [300, 925, 1550, 2175]
+Examples
+--------
+>>> import numpy as np, nocopy
+>>> nocopy.parallel_map(lambda rows: int(rows.sum()), np.arange(100),
+...                     chunks=4, backend="threads")
+[300, 925, 1550, 2175]
 """
 
 from __future__ import annotations
@@ -71,21 +71,23 @@ __all__ = ["MapBackend", "parallel_map", "register_backend", "take_rows"]
 
 
 class MapBackend:
-    """Runs the chunk tasks of one :func:`parallel_map` call (see the module docstring).
+    """Runs the chunk tasks of one `parallel_map` call (see the module docstring).
 
-    Example (a backend that runs chunks one after the other, in the caller)::
+    Examples
+    --------
+    A backend that runs chunks one after the other, in the caller:
 
-        >>> class Serial(MapBackend):
-        ...     name = "serial"
-        ...     def prepare(self, data):
-        ...         return data
-        ...     def submit(self, fn, source, index, start, stop):
-        ...         fut = Future()
-        ...         fut.set_result(fn(take_rows(source, start, stop)))
-        ...         return fut
-        >>> _ = register_backend(Serial)
-        >>> nocopy.parallel_map(len, np.arange(10), chunks=3, backend="serial")
-        [3, 3, 4]
+    >>> class Serial(MapBackend):
+    ...     name = "serial"
+    ...     def prepare(self, data):
+    ...         return data
+    ...     def submit(self, fn, source, index, start, stop):
+    ...         fut = Future()
+    ...         fut.set_result(fn(take_rows(source, start, stop)))
+    ...         return fut
+    >>> _ = register_backend(Serial)
+    >>> nocopy.parallel_map(len, np.arange(10), chunks=3, backend="serial")
+    [3, 3, 4]
     """
 
     name: ClassVar[str] = ""
@@ -103,7 +105,7 @@ class MapBackend:
         raise NotImplementedError
 
     def release(self, source: Any) -> None:
-        """Free what :meth:`prepare` allocated; never raises."""
+        """Free what `prepare` allocated; never raises."""
 
     def abort(self) -> None:
         """Stop running chunks (the caller was interrupted); never raises."""
@@ -116,11 +118,11 @@ _LAZY_BACKENDS: dict[str, tuple[str, str]] = {"ray": ("nocopy.ray", "RayMapBacke
 def register_backend(cls: type[MapBackend]) -> type[MapBackend]:
     """Make *cls* available as ``parallel_map(..., backend=cls.name)``; usable as a decorator.
 
-    Example::
-
-        >>> @register_backend
-        ... class Mine(MapBackend):
-        ...     name = "mine"
+    Examples
+    --------
+    >>> @register_backend
+    ... class Mine(MapBackend):
+    ...     name = "mine"
     """
     if not cls.name:
         raise ValueError(f"{cls.__qualname__} needs a non-empty class attribute 'name'")
@@ -329,7 +331,7 @@ def parallel_map(
     """Run ``fn`` on row chunks of *data* in parallel; return the results in chunk order.
 
     *data* is a NumPy array (chunks along the first axis), a pandas or Polars
-    DataFrame or Series, an Arrow table, or a :class:`~nocopy.Shared` of one. ``fn``
+    DataFrame or Series, an Arrow table, or a `nocopy.Shared` of one. ``fn``
     gets zero-copy, read-only row chunks: with ``backend="processes"`` (the
     default) the data is shared once per call (not at all if it is already a
     ``Shared``) and every worker reads the same pages; ``"threads"`` slices
@@ -345,19 +347,19 @@ def parallel_map(
 
     An exception in ``fn`` is re-raised here with the worker's traceback as
     its ``__cause__``; a worker that dies raises
-    :class:`~nocopy.errors.WorkerCrashedError` naming the chunk. Ctrl-C
+    `nocopy.errors.WorkerCrashedError` naming the chunk. Ctrl-C
     cancels the pending chunks, stops the workers and frees the data.
 
     For a large output, do not return big chunks: pass a shared output made by
-    :func:`nocopy.empty` and let every chunk write its own rows of it
+    `nocopy.empty` and let every chunk write its own rows of it
     (``out.get()[start:stop] = ...``): the writes land in the caller's array
     without any copy.
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> nocopy.parallel_map(np.sum, np.arange(10), chunks=2, backend="threads")
-        [np.int64(10), np.int64(35)]
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> nocopy.parallel_map(np.sum, np.arange(10), chunks=2, backend="threads")
+    [np.int64(10), np.int64(35)]
     """
     if not callable(fn):
         raise TypeError(f"parallel_map needs a callable fn, not {type(fn).__name__}")

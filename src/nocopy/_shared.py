@@ -50,17 +50,17 @@ class _State(enum.Enum):
 class Shared(Generic[T]):
     """A handle to data in shared memory; cheap to pickle, zero-copy to read.
 
-    Made by :func:`share` (the owner), by unpickling (any process) or by
-    :func:`attach` from a URI. Only the owner's :meth:`close` frees the
+    Made by `share` (the owner), by unpickling (any process) or by
+    `attach` from a URI. Only the owner's `close` frees the
     segment; views already taken stay valid until they are dropped.
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> with nocopy.share(np.arange(5)) as ref:
-        ...     view = ref.get()          # zero-copy, read-only
-        ...     int(view.sum())
-        10
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> with nocopy.share(np.arange(5)) as ref:
+    ...     view = ref.get()          # zero-copy, read-only
+    ...     int(view.sum())
+    10
     """
 
     def __init__(
@@ -129,17 +129,17 @@ class Shared(Generic[T]):
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` was called on this handle."""
+        """Whether `close` was called on this handle."""
         return self._state is _State.CLOSED
 
     @property
     def writable(self) -> bool:
-        """True for outputs made by :func:`empty`/:func:`zeros`."""
+        """True for outputs made by `empty`/`zeros`."""
         return self._writable
 
     @property
     def uri(self) -> str:
-        """A ``nocopy://`` string for :func:`attach` in an unrelated process of the same user."""
+        """A ``nocopy://`` string for `attach` in an unrelated process of the same user."""
         return format_uri(
             Described(
                 self._locator, token=self._token, size=self._size, nbytes=self._nbytes,
@@ -159,16 +159,16 @@ class Shared(Generic[T]):
         """Rebuild the object over the shared pages, without copying.
 
         Views are read-only (writes raise numpy's "assignment destination is
-        read-only"), except for outputs from :func:`empty`/:func:`zeros`.
+        read-only"), except for outputs from `empty`/`zeros`.
         With ``private=True`` the view is writable copy-on-write: writes stay
         in this process, reads still come from the shared pages.
 
-        Example::
-
-            >>> ref = nocopy.share(np.zeros(3))
-            >>> v = ref.get(private=True); v[0] = 1.0
-            >>> float(ref.get()[0])
-            0.0
+        Examples
+        --------
+        >>> ref = nocopy.share(np.zeros(3))
+        >>> v = ref.get(private=True); v[0] = 1.0
+        >>> float(ref.get()[0])
+        0.0
         """
         if private:
             # Under the lock: a close() in another thread must not free the
@@ -188,13 +188,13 @@ class Shared(Generic[T]):
         mapped it has dropped its views; posix: the name is removed at once).
         Views already taken stay valid until dropped.
 
-        Example::
-
-            >>> ref = nocopy.share(np.arange(4))
-            >>> view = ref.get()
-            >>> ref.close(); ref.close()          # idempotent
-            >>> int(view.sum())                   # the view is still valid
-            6
+        Examples
+        --------
+        >>> ref = nocopy.share(np.arange(4))
+        >>> view = ref.get()
+        >>> ref.close(); ref.close()          # idempotent
+        >>> int(view.sum())                   # the view is still valid
+        6
         """
         try:
             with self._lock:
@@ -316,13 +316,13 @@ def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> 
     ``$NOCOPY_BACKEND`` sets the default. ``allow_pickle=True`` stores
     unsupported parts pickled instead of raising UnsupportedTypeError.
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> ref = nocopy.share(np.arange(1_000_000))
-        >>> ref.get()[-1]
-        np.int64(999999)
-        >>> ref.close()
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> ref = nocopy.share(np.arange(1_000_000))
+    >>> ref.get()[-1]
+    np.int64(999999)
+    >>> ref.close()
     """
     if isinstance(obj, Shared):
         return obj
@@ -334,14 +334,14 @@ def empty(
 ) -> Shared[np.ndarray]:
     """A writable shared array for outputs: workers fill disjoint slices, the owner sees them.
 
-    Its contents start unspecified (today: zero). Use :func:`zeros` when that matters.
+    Its contents start unspecified (today: zero). Use `zeros` when that matters.
 
-    Example::
-
-        >>> out = nocopy.empty((4,), "f8")
-        >>> out.get()[:] = 1.5          # in any process holding the handle
-        >>> float(out.get().sum())
-        6.0
+    Examples
+    --------
+    >>> out = nocopy.empty((4,), "f8")
+    >>> out.get()[:] = 1.5          # in any process holding the handle
+    >>> float(out.get().sum())
+    6.0
     """
     return _writable_array(shape, dtype, order=order, backend=backend)
 
@@ -349,13 +349,13 @@ def empty(
 def zeros(
     shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: str | None = None
 ) -> Shared[np.ndarray]:
-    """Like :func:`empty`, guaranteed zero-filled (fresh shared pages are zero).
+    """Like `empty`, guaranteed zero-filled (fresh shared pages are zero).
 
-    Example::
-
-        >>> out = nocopy.zeros((2, 3), "i4")
-        >>> out.get().tolist()
-        [[0, 0, 0], [0, 0, 0]]
+    Examples
+    --------
+    >>> out = nocopy.zeros((2, 3), "i4")
+    >>> out.get().tolist()
+    [[0, 0, 0], [0, 0, 0]]
     """
     return _writable_array(shape, dtype, order=order, backend=backend)
 
@@ -388,11 +388,11 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
     Data stored pickled (``allow_pickle=True``) is only unpickled with
     ``trusted=True``: unpickling runs code.
 
-    Example::
-
-        >>> ref = nocopy.share(np.arange(3))
-        >>> nocopy.attach(ref.uri).get().tolist()   # from any process of this user
-        [0, 1, 2]
+    Examples
+    --------
+    >>> ref = nocopy.share(np.arange(3))
+    >>> nocopy.attach(ref.uri).get().tolist()   # from any process of this user
+    [0, 1, 2]
     """
     handle = _from_uri(uri, trusted=trusted)
     handle._header(handle._shared_base())  # noqa: SLF001 - same module; fail here, not at the first get()

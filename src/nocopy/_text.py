@@ -20,10 +20,10 @@ def format_bytes(n: float | None) -> str:
     two read as they were chosen: ``256 MiB``), others with one. Negative
     amounts (a difference of two sizes) keep their sign.
 
-    Example::
-
-        >>> format_bytes(1 << 20), format_bytes(4_400_000), format_bytes(None)
-        ('1 MiB', '4.2 MiB', '-')
+    Examples
+    --------
+    >>> format_bytes(1 << 20), format_bytes(4_400_000), format_bytes(None)
+    ('1 MiB', '4.2 MiB', '-')
     """
     if n is None:
         return "-"
@@ -40,10 +40,10 @@ def format_bytes(n: float | None) -> str:
 def format_age(seconds: float) -> str:
     """``42s``, ``3m12s``, ``5h03m``, ``2d04h``: two units at most.
 
-    Example::
-
-        >>> format_age(42), format_age(192), format_age(18_180), format_age(187_200)
-        ('42s', '3m12s', '5h03m', '2d04h')
+    Examples
+    --------
+    >>> format_age(42), format_age(192), format_age(18_180), format_age(187_200)
+    ('42s', '3m12s', '5h03m', '2d04h')
     """
     s = int(seconds)
     if s < 60:
@@ -69,12 +69,12 @@ def render_table(
     dashes under the header. *max_width*: per-column caps (None: no cap);
     a longer cell is cut and ends with ``…``.
 
-    Example::
-
-        >>> print(render_table(["name", "size"], [["a", "1 MiB"], ["bb", "12 KiB"]], right={1}))
-        name    size
-        a      1 MiB
-        bb    12 KiB
+    Examples
+    --------
+    >>> print(render_table(["name", "size"], [["a", "1 MiB"], ["bb", "12 KiB"]], right={1}))
+    name    size
+    a      1 MiB
+    bb    12 KiB
     """
     caps = list(max_width) + [None] * (len(header) - len(max_width))
     table = [[_clip(str(cell), cap) for cell, cap in zip(row, caps, strict=True)] for row in [header, *rows]]

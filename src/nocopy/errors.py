@@ -1,19 +1,19 @@
 """The exceptions nocopy raises.
 
-Every error derives from :class:`NocopyError` and also from the builtin a caller
+Every error derives from `NocopyError` and also from the builtin a caller
 would naturally catch (``except MemoryError`` catches
-:class:`InsufficientMemoryError`). All of them survive pickling, because they
+`InsufficientMemoryError`). All of them survive pickling, because they
 cross process boundaries, and every message names the object, the cause and the
 fix.
 
-Example::
-
-    >>> import nocopy
-    >>> try:
-    ...     nocopy.attach("nocopy://posix/nocopy-1-1-00?token=00&size=1")
-    ... except nocopy.errors.NocopyError as exc:
-    ...     print(type(exc).__name__)
-    SegmentCorruptError
+Examples
+--------
+>>> import nocopy
+>>> try:
+...     nocopy.attach("nocopy://posix/nocopy-1-1-00?token=00&size=1")
+... except nocopy.errors.NocopyError as exc:
+...     print(type(exc).__name__)
+SegmentCorruptError
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ __all__ = [
 class NocopyError(Exception):
     """Root of every error nocopy raises.
 
-    Example::
-
-        >>> issubclass(nocopy.errors.SegmentCorruptError, nocopy.errors.NocopyError)
-        True
+    Examples
+    --------
+    >>> issubclass(nocopy.errors.SegmentCorruptError, nocopy.errors.NocopyError)
+    True
     """
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -61,10 +61,12 @@ def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, A
 class UnsupportedTypeError(NocopyError, TypeError):
     """The object (or one of its columns/fields) cannot be shared without copying.
 
-    Example: an object column holding dicts::
+    Examples
+    --------
+    An object column holding dicts:
 
-        >>> nocopy.share(np.array([{}, {}], dtype=object))  # doctest: +SKIP
-        UnsupportedTypeError: cannot share ndarray of dtype object (Python objects) zero-copy: ...
+    >>> nocopy.share(np.array([{}, {}], dtype=object))  # doctest: +SKIP
+    UnsupportedTypeError: cannot share ndarray of dtype object (Python objects) zero-copy: ...
     """
 
 
@@ -76,13 +78,13 @@ class InsufficientMemoryError(NocopyError, MemoryError):
     Attributes: ``requested`` and ``available`` in bytes, ``limit`` names the
     limit that was hit (``"tmpfs /dev/shm"``, ``"cgroup memory.max"``, ...).
 
-    Example::
-
-        >>> try:
-        ...     nocopy.empty((1 << 50,), "u1")
-        ... except MemoryError as exc:
-        ...     print(exc.limit)  # doctest: +SKIP
-        MemAvailable (/proc/meminfo)
+    Examples
+    --------
+    >>> try:
+    ...     nocopy.empty((1 << 50,), "u1")
+    ... except MemoryError as exc:
+    ...     print(exc.limit)  # doctest: +SKIP
+    MemAvailable (/proc/meminfo)
     """
 
     requested: int
@@ -99,49 +101,49 @@ class InsufficientMemoryError(NocopyError, MemoryError):
 class SegmentNotFoundError(NocopyError, FileNotFoundError):
     """The segment no longer exists: its owner closed it or exited.
 
-    Example::
-
-        >>> ref = nocopy.share(np.arange(3)); uri = ref.uri; ref.close()
-        >>> nocopy.attach(uri)  # doctest: +SKIP
-        SegmentNotFoundError: ...
+    Examples
+    --------
+    >>> ref = nocopy.share(np.arange(3)); uri = ref.uri; ref.close()
+    >>> nocopy.attach(uri)  # doctest: +SKIP
+    SegmentNotFoundError: ...
     """
 
 
 class SegmentClosedError(SegmentNotFoundError, ValueError):
     """The handle was closed in this process, then used (get(), parallel_map, a pool task).
 
-    A :class:`SegmentNotFoundError` (the segment is gone for this handle) and,
+    A `SegmentNotFoundError` (the segment is gone for this handle) and,
     as for I/O on a closed file, a ``ValueError``.
 
-    Example::
-
-        >>> ref = nocopy.share(np.arange(3)); ref.close()
-        >>> try:
-        ...     ref.get()
-        ... except nocopy.errors.SegmentClosedError as exc:
-        ...     print(type(exc).__name__)
-        SegmentClosedError
+    Examples
+    --------
+    >>> ref = nocopy.share(np.arange(3)); ref.close()
+    >>> try:
+    ...     ref.get()
+    ... except nocopy.errors.SegmentClosedError as exc:
+    ...     print(type(exc).__name__)
+    SegmentClosedError
     """
 
 
 class SegmentCorruptError(NocopyError, ValueError):
     """The segment's header or a handle/URI is malformed, truncated or hostile.
 
-    Example::
-
-        >>> nocopy.attach("nocopy://../../etc/passwd")  # doctest: +SKIP
-        SegmentCorruptError: malformed nocopy URI ...
+    Examples
+    --------
+    >>> nocopy.attach("nocopy://../../etc/passwd")  # doctest: +SKIP
+    SegmentCorruptError: malformed nocopy URI ...
     """
 
 
 class SegmentAccessError(NocopyError, PermissionError):
     """The segment belongs to another user, or the handle's token does not match.
 
-    Example::
-
-        >>> # in a process running as another user
-        >>> nocopy.attach(uri_of_roots_segment)  # doctest: +SKIP
-        SegmentAccessError: ...
+    Examples
+    --------
+    >>> # in a process running as another user
+    >>> nocopy.attach(uri_of_roots_segment)  # doctest: +SKIP
+    SegmentAccessError: ...
     """
 
 
@@ -151,11 +153,11 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
     Attributes: ``exitcode`` (negative for a signal), ``task`` (a description of
     the task or chunk that was running, when known).
 
-    Example::
-
-        >>> with nocopy.ProcessPoolExecutor(1) as ex:  # doctest: +SKIP
-        ...     ex.submit(os._exit, 3).result()
-        WorkerCrashedError: worker pid ... exited with code 3 while running task #1 (posix._exit) ...
+    Examples
+    --------
+    >>> with nocopy.ProcessPoolExecutor(1) as ex:  # doctest: +SKIP
+    ...     ex.submit(os._exit, 3).result()
+    WorkerCrashedError: worker pid ... exited with code 3 while running task #1 (posix._exit) ...
     """
 
     exitcode: int | None
@@ -181,14 +183,14 @@ class TaskUnpicklingError(NocopyError, UnpicklingError):
     Attributes: ``task`` (which task and which data, e.g. ``the arguments of
     task #3 (mod.fn)``), ``raised`` (the original exception's type name).
 
-    Example::
-
-        >>> import pickle
-        >>> issubclass(nocopy.errors.TaskUnpicklingError, pickle.UnpicklingError)
-        True
-        >>> fut = ex.submit(fn, ExitsWhenUnpickled())  # doctest: +SKIP
-        >>> fut.result()  # doctest: +SKIP
-        TaskUnpicklingError: SystemExit(3) was raised while unpickling the arguments of task #1 (fn) ...
+    Examples
+    --------
+    >>> import pickle
+    >>> issubclass(nocopy.errors.TaskUnpicklingError, pickle.UnpicklingError)
+    True
+    >>> fut = ex.submit(fn, ExitsWhenUnpickled())  # doctest: +SKIP
+    >>> fut.result()  # doctest: +SKIP
+    TaskUnpicklingError: SystemExit(3) was raised while unpickling the arguments of task #1 (fn) ...
     """
 
     task: str | None

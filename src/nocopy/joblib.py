@@ -8,7 +8,7 @@ Importing this module registers the backend::
 
 Inside it, every ``Parallel`` call -- yours, and every scikit-learn estimator
 or helper with ``n_jobs`` (``cross_val_score``, ``GridSearchCV``...) -- runs
-its tasks on a :class:`nocopy.ProcessPoolExecutor`: a NumPy array (record
+its tasks on a `nocopy.ProcessPoolExecutor`: a NumPy array (record
 arrays and datetimes included), pandas frame (string columns included), Arrow
 table or Polars frame of at least ``share_threshold`` bytes passed to a
 ``delayed`` call is copied into shared memory **once** per ``Parallel`` call
@@ -81,18 +81,18 @@ def _context(mp_context: str | BaseContext | None) -> BaseContext | None:
 
 
 class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[misc]
-    """joblib's parallel backend ``"nocopy"``: a :class:`nocopy.ProcessPoolExecutor` per ``Parallel`` call.
+    """joblib's parallel backend ``"nocopy"``: a `nocopy.ProcessPoolExecutor` per ``Parallel`` call.
 
     Registered by ``import nocopy.joblib``; select it with
     ``joblib.parallel_config(backend="nocopy", n_jobs=N)`` (or
     ``Parallel(backend="nocopy")``). Keyword parameters: ``mp_context``,
     ``share_threshold``, ``max_tasks_per_child`` (see the module docstring).
 
-    Example::
-
-        >>> with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="spawn"):  # doctest: +SKIP
-        ...     joblib.Parallel()(joblib.delayed(len)(big_df) for _ in range(4))
-        [1000000, 1000000, 1000000, 1000000]
+    Examples
+    --------
+    >>> with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="spawn"):  # doctest: +SKIP
+    ...     joblib.Parallel()(joblib.delayed(len)(big_df) for _ in range(4))
+    [1000000, 1000000, 1000000, 1000000]
     """
 
     supports_retrieve_callback = True
@@ -130,10 +130,10 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         """The number of workers for *n_jobs* (``-1``: every CPU; 1 inside a worker thread or daemon).
 
-        Example::
-
-            >>> NocopyBackend().effective_n_jobs(-1) == joblib.cpu_count()   # doctest: +SKIP
-            True
+        Examples
+        --------
+        >>> NocopyBackend().effective_n_jobs(-1) == joblib.cpu_count()   # doctest: +SKIP
+        True
         """
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
@@ -162,10 +162,10 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
         One job runs in the caller, without any process (joblib's sequential backend).
 
-        Example::
-
-            >>> NocopyBackend().configure(n_jobs=2, parallel=p)   # doctest: +SKIP
-            2
+        Examples
+        --------
+        >>> NocopyBackend().configure(n_jobs=2, parallel=p)   # doctest: +SKIP
+        2
         """
         options = {**self._options, **backend_kwargs}
         context = options.pop("context", None)  # joblib's start method (JOBLIB_START_METHOD)
@@ -204,9 +204,9 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         A joblib batch is sent as its calls, so that their big arguments are
         shared once (cached by identity) instead of pickled into every batch.
 
-        Example::
-
-            >>> fut = backend.submit(batch, callback=parallel_callback)   # doctest: +SKIP
+        Examples
+        --------
+        >>> fut = backend.submit(batch, callback=parallel_callback)   # doctest: +SKIP
         """
         if self._executor is None:
             raise RuntimeError(
@@ -232,20 +232,20 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
     def retrieve_result_callback(self, out: Future[Any]) -> Any:
         """The batch's results (a list), or its exception raised.
 
-        Example::
-
-            >>> backend.retrieve_result_callback(fut)   # doctest: +SKIP
-            [1, 2]
+        Examples
+        --------
+        >>> backend.retrieve_result_callback(fut)   # doctest: +SKIP
+        [1, 2]
         """
         return out.result()
 
     def retrieve_result(self, out: Future[Any], timeout: float | None = None) -> Any:
-        """Like :meth:`retrieve_result_callback`, waiting at most *timeout* seconds.
+        """Like `retrieve_result_callback`, waiting at most *timeout* seconds.
 
-        Example::
-
-            >>> backend.retrieve_result(fut, timeout=10)   # doctest: +SKIP
-            [1, 2]
+        Examples
+        --------
+        >>> backend.retrieve_result(fut, timeout=10)   # doctest: +SKIP
+        [1, 2]
         """
         return out.result(timeout=timeout)
 
@@ -253,9 +253,9 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
     def terminate(self) -> None:
         """End of the ``Parallel`` call: stop the workers, free every segment.
 
-        Example::
-
-            >>> backend.terminate()   # doctest: +SKIP
+        Examples
+        --------
+        >>> backend.terminate()   # doctest: +SKIP
         """
         executor, self._executor = self._executor, None
         if executor is not None:
@@ -268,9 +268,9 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         With *ensure_ready*, start new workers for the tasks still to come
         (a ``Parallel`` used as a context manager).
 
-        Example::
-
-            >>> backend.abort_everything(ensure_ready=False)   # doctest: +SKIP
+        Examples
+        --------
+        >>> backend.abort_everything(ensure_ready=False)   # doctest: +SKIP
         """
         executor, self._executor = self._executor, None
         if executor is not None:
@@ -282,9 +282,9 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 def register() -> None:
     """Register the backend with joblib under the name ``"nocopy"`` (``import nocopy.joblib`` does it).
 
-    Example::
-
-        >>> nocopy.joblib.register()   # doctest: +SKIP
+    Examples
+    --------
+    >>> nocopy.joblib.register()   # doctest: +SKIP
     """
     joblib.register_parallel_backend(BACKEND_NAME, NocopyBackend)
 

@@ -1,28 +1,28 @@
 """Ray integration: the same data, zero-copy on every node.
 
-:func:`put` plans an object with nocopy's codec and puts its header and
-buffers in Ray's object store as one object; :func:`get` fetches it (Ray maps
+`put` plans an object with nocopy's codec and puts its header and
+buffers in Ray's object store as one object; `get` fetches it (Ray maps
 the buffers read-only, straight from the store) and rebuilds the object over
 them, so every column is a view into the object store -- datetime64
 columns, record arrays and strings included, which plain ``ray.get`` copies
 into every task.
 
-Example::
+Examples
+--------
+>>> import numpy as np, ray, nocopy.ray
+>>> ref = nocopy.ray.put(np.arange(10))      # a nocopy.ray.Ref  # doctest: +SKIP
+>>> @ray.remote
+... def total(ref):
+...     return int(nocopy.ray.get(ref).sum())   # zero-copy view
+>>> ray.get(total.remote(ref))                 # doctest: +SKIP
+45
 
-    >>> import numpy as np, ray, nocopy.ray
-    >>> ref = nocopy.ray.put(np.arange(10))      # a nocopy.ray.Ref  # doctest: +SKIP
-    >>> @ray.remote
-    ... def total(ref):
-    ...     return int(nocopy.ray.get(ref).sum())   # zero-copy view
-    >>> ray.get(total.remote(ref))                 # doctest: +SKIP
-    45
-
-Why a wrapper (:class:`Ref`) and not the bare ``ObjectRef``: Ray resolves an
+Why a wrapper (`Ref`) and not the bare ``ObjectRef``: Ray resolves an
 ``ObjectRef`` passed as a top-level task argument into its value (here the
-object's buffers, not yet decoded), while a :class:`Ref` arrives as itself, tells what it
+object's buffers, not yet decoded), while a `Ref` arrives as itself, tells what it
 holds (``kind``, ``nbytes``) and keeps the object alive while any task
-borrows it (Ray tracks the ``ObjectRef`` inside it). :func:`get` accepts a
-:class:`Ref`, its ``object_ref``, or that resolved value.
+borrows it (Ray tracks the ``ObjectRef`` inside it). `get` accepts a
+`Ref`, its ``object_ref``, or that resolved value.
 
 Cost of a put: one copy, by Ray. The object is pickled with protocol 5, the
 header in band and each buffer out of band, so Ray copies every column
@@ -73,10 +73,10 @@ _init_lock = threading.Lock()
 
 @dataclass(frozen=True)
 class Ref(Generic[T]):
-    """A nocopy layout in Ray's object store: pass it to tasks, read it with :func:`get`.
+    """A nocopy layout in Ray's object store: pass it to tasks, read it with `get`.
 
     Small to pickle (it carries the ``ObjectRef``, never the data). The data
-    stays in the store while the driver holds the :class:`Ref` or any task
+    stays in the store while the driver holds the `Ref` or any task
     still uses one (Ray's reference counting, borrowers included).
 
     Attributes: ``object_ref`` (the ``ray.ObjectRef`` of the uint8 buffer),
@@ -84,13 +84,13 @@ class Ref(Generic[T]):
     (bytes in the store, header included), ``pickled`` (whether parts were
     stored pickled because of ``allow_pickle=True``).
 
-    Example::
-
-        >>> ref = nocopy.ray.put(np.zeros(1000))   # doctest: +SKIP
-        >>> ref.kind, ref.nbytes                   # doctest: +SKIP
-        ('ndarray', 8000)
-        >>> float(ref.get().sum())                 # doctest: +SKIP
-        0.0
+    Examples
+    --------
+    >>> ref = nocopy.ray.put(np.zeros(1000))   # doctest: +SKIP
+    >>> ref.kind, ref.nbytes                   # doctest: +SKIP
+    ('ndarray', 8000)
+    >>> float(ref.get().sum())                 # doctest: +SKIP
+    0.0
     """
 
     object_ref: ray.ObjectRef[Any]
@@ -102,10 +102,10 @@ class Ref(Generic[T]):
     def get(self, *, timeout: float | None = None) -> T:
         """Same as ``nocopy.ray.get(self)``.
 
-        Example::
-
-            >>> nocopy.ray.put({"a": np.arange(3)}).get()["a"]   # doctest: +SKIP
-            array([0, 1, 2])
+        Examples
+        --------
+        >>> nocopy.ray.put({"a": np.arange(3)}).get()["a"]   # doctest: +SKIP
+        array([0, 1, 2])
         """
         return get(self, timeout=timeout)
 
@@ -130,10 +130,10 @@ def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
 
     ``init_kwargs`` go to ``ray.init`` when this call initialises Ray.
 
-    Example::
-
-        >>> nocopy.ray.connect_or_start(num_cpus=2)   # doctest: +SKIP
-        'local'
+    Examples
+    --------
+    >>> nocopy.ray.connect_or_start(num_cpus=2)   # doctest: +SKIP
+    'local'
     """
     with _init_lock:
         if ray.is_initialized():
@@ -161,22 +161,22 @@ def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
 
 
 def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
-    """Encode *obj* once into Ray's object store; return a :class:`Ref` to it.
+    """Encode *obj* once into Ray's object store; return a `Ref` to it.
 
-    Accepts everything :func:`nocopy.share` accepts (NumPy arrays of any
+    Accepts everything `nocopy.share` accepts (NumPy arrays of any
     fixed-width dtype, record arrays, pandas and Arrow data, dicts/lists/
     tuples of them). Unsupported data raises
-    :class:`~nocopy.errors.UnsupportedTypeError` before anything is put,
+    `nocopy.errors.UnsupportedTypeError` before anything is put,
     unless ``allow_pickle=True`` (those parts are then unpickled on every
-    get). A :class:`nocopy.Shared` puts the object it holds. Starts or
-    connects to Ray first if needed (see :func:`connect_or_start`). Works in
+    get). A `nocopy.Shared` puts the object it holds. Starts or
+    connects to Ray first if needed (see `connect_or_start`). Works in
     the driver and inside tasks.
 
-    Example::
-
-        >>> ref = nocopy.ray.put(np.rec.fromarrays([np.arange(3)], names="a"))  # doctest: +SKIP
-        >>> type(nocopy.ray.get(ref)).__name__                                    # doctest: +SKIP
-        'recarray'
+    Examples
+    --------
+    >>> ref = nocopy.ray.put(np.rec.fromarrays([np.arange(3)], names="a"))  # doctest: +SKIP
+    >>> type(nocopy.ray.get(ref)).__name__                                    # doctest: +SKIP
+    'recarray'
     """
     if isinstance(obj, Shared):
         obj = obj.get()  # a Shared lives in this machine's memory: put what it holds
@@ -204,7 +204,7 @@ class _Layout:
     Pickled (protocol 5) as the header in band and the buffers out of band,
     so Ray copies each one once from its source into the object store, and
     unpickled over views of the store. What a task receives when Ray
-    resolves a top-level ``ObjectRef``; :func:`get` decodes it.
+    resolves a top-level ``ObjectRef``; `get` decodes it.
     """
 
     __slots__ = ("head", "parts")
@@ -235,7 +235,7 @@ class _Layout:
 
 
 def _unpack_layout(head: bytes, placement: list[tuple[int, int]], block: Any, *apart: Any) -> _Layout:
-    """Rebuild a :class:`_Layout` over the buffers unpickling gave (views of Ray's store)."""
+    """Rebuild a `_Layout` over the buffers unpickling gave (views of Ray's store)."""
     whole = np.frombuffer(block, dtype=np.uint8)
     rest = iter(apart)
     parts: list[Any] = []
@@ -267,22 +267,22 @@ def get(ref: Ref[T], *, timeout: float | None = None) -> T: ...
 @overload
 def get(ref: ray.ObjectRef[Any] | np.ndarray, *, timeout: float | None = None) -> Any: ...
 def get(ref: Any, *, timeout: float | None = None) -> Any:
-    """Rebuild the object put by :func:`put`, every array a read-only view into the object store.
+    """Rebuild the object put by `put`, every array a read-only view into the object store.
 
-    *ref* is a :class:`Ref`, its ``object_ref``, or what a task receives
+    *ref* is a `Ref`, its ``object_ref``, or what a task receives
     when an ``ObjectRef`` is passed as a top-level argument and Ray resolves
     it (the object's buffers, not yet decoded). Writes to the result raise numpy's
     "assignment destination is read-only". The views keep the object
     pinned in this node's store until they are dropped.
 
-    Example::
-
-        >>> recs = np.rec.fromarrays([np.arange(3).astype("M8[s]")], names="t")
-        >>> @ray.remote                                   # doctest: +SKIP
-        ... def first(ref):
-        ...     return nocopy.ray.get(ref)["t"][0]
-        >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
-        np.datetime64('1970-01-01T00:00:00')
+    Examples
+    --------
+    >>> recs = np.rec.fromarrays([np.arange(3).astype("M8[s]")], names="t")
+    >>> @ray.remote                                   # doctest: +SKIP
+    ... def first(ref):
+    ...     return nocopy.ray.get(ref)["t"][0]
+    >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
+    np.datetime64('1970-01-01T00:00:00')
     """
     if isinstance(ref, Ref):
         ref = ref.object_ref
@@ -326,24 +326,24 @@ def _run_chunk(fn: Any, source: Ref[Any], start: int, stop: int) -> Any:
 
 
 class RayMapBackend(MapBackend):
-    """``parallel_map(..., backend="ray")``: one :func:`put`, one Ray task per chunk.
+    """``parallel_map(..., backend="ray")``: one `put`, one Ray task per chunk.
 
     Connects to the cluster in ``RAY_ADDRESS`` or the Ray already
     initialised; otherwise starts a local instance with ``workers`` CPUs and
-    says so (see :func:`connect_or_start`). Every task decodes the same
+    says so (see `connect_or_start`). Every task decodes the same
     object-store buffer zero-copy on its node and calls ``fn`` on its rows.
     A chunk that raises re-raises the original exception in the caller with
     the remote traceback as its ``__cause__`` (as the processes backend
-    does); a worker that dies gives :class:`~nocopy.errors.WorkerCrashedError`.
+    does); a worker that dies gives `nocopy.errors.WorkerCrashedError`.
     Chunks are not retried. When a chunk fails or the caller is interrupted
     (Ctrl-C), the call's other chunks are cancelled: pending tasks are dropped
     and running ones are stopped (``ray.cancel(force=True)`` ends their worker
     processes; Ray starts new ones as needed). ``executor`` is not used.
 
-    Example::
-
-        >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2, backend="ray")  # doctest: +SKIP
-        [np.int64(1225), np.int64(3725)]
+    Examples
+    --------
+    >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2, backend="ray")  # doctest: +SKIP
+    [np.int64(1225), np.int64(3725)]
     """
 
     name = "ray"

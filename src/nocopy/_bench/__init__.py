@@ -14,5 +14,5 @@ Modules: ``_data`` (every benchmark's data), ``_tasks`` (what workers run),
 separate process), ``_seed`` / ``_scaling`` / ``_pandas`` / ``_polars`` / ``_ray`` (the
 experiments), ``_stats`` (medians and ratios), ``_report`` (seed's table, JSON,
 PNG) and ``cli`` (argument parsing, ``main(argv)``). Sizes and tables are
-written with :mod:`nocopy._text`.
+written with `nocopy._text`.
 """

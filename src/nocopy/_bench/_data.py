@@ -3,12 +3,12 @@
 The original builds a DataFrame from the Python list
 ``[(datetime.today(), 1, 'string'), (datetime.today(), NaN, 'abc')] * (rows // 2)``
 and converts it with ``to_records(index=False, column_dtypes={'character_col': 'S6'})``.
-:func:`make_records` builds the same DataFrame column by column (five times
+`make_records` builds the same DataFrame column by column (five times
 faster, identical result; a test compares the two) and converts it the same way.
 
 ``nocopy bench pandas`` and ``nocopy bench ray`` share DataFrames:
-:func:`mixed_frame` and :func:`dated_frame`; ``nocopy bench polars`` a Polars
-one, :func:`polars_frame`.
+`mixed_frame` and `dated_frame`; ``nocopy bench polars`` a Polars
+one, `polars_frame`.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def make_records(rows: int, *, stamps: tuple[datetime, datetime] | None = None) 
     Needs pandas (``pip install 'nocopy[pandas]'``): the conversion is pandas'
     own ``DataFrame.to_records``, as in the original.
 
-    Example::
-
-        >>> arr = make_records(4)
-        >>> arr.dtype.names, arr.float_col.tolist()[:2]
-        (('date_col', 'float_col', 'character_col'), [1.0, nan])
+    Examples
+    --------
+    >>> arr = make_records(4)
+    >>> arr.dtype.names, arr.float_col.tolist()[:2]
+    (('date_col', 'float_col', 'character_col'), [1.0, nan])
     """
     if rows < 0:
         raise ValueError(f"rows must be >= 0, not {rows}")
@@ -95,11 +95,11 @@ MIXED_NUMERIC = 10  # numeric columns of mixed_frame()
 def mixed_frame(rows: int) -> Any:
     """10 numeric columns (float64 with NaN, int64) and 2 string columns (``str``, object); ~1 GB at 8.5M rows.
 
-    Example::
-
-        >>> df = mixed_frame(3)
-        >>> list(df.columns)[-3:], len(df)
-        (['n9', 'label', 'legacy'], 3)
+    Examples
+    --------
+    >>> df = mixed_frame(3)
+    >>> list(df.columns)[-3:], len(df)
+    (['n9', 'label', 'legacy'], 3)
     """
     import pandas as pd
 
@@ -119,14 +119,14 @@ def mixed_frame(rows: int) -> Any:
 
 
 def polars_frame(rows: int) -> Any:
-    """A Polars frame like :func:`mixed_frame`: 10 numeric columns (float64 with nulls, int64),
+    """A Polars frame like `mixed_frame`: 10 numeric columns (float64 with nulls, int64),
     a ``String`` column and a ``Datetime`` column; ~1 GB at 8.5M rows.
 
-    Example::
-
-        >>> df = polars_frame(3)
-        >>> df.columns[-3:], df.height
-        (['n9', 'label', 'when'], 3)
+    Examples
+    --------
+    >>> df = polars_frame(3)
+    >>> df.columns[-3:], df.height
+    (['n9', 'label', 'when'], 3)
     """
     try:
         import polars as pl
@@ -151,11 +151,11 @@ def polars_frame(rows: int) -> Any:
 def dated_frame(nbytes: int) -> Any:
     """datetime64 ``t``, float ``x`` and 8-character object strings ``s``: 32 bytes a row in Arrow.
 
-    Example::
-
-        >>> df = dated_frame(96)
-        >>> list(df.columns), len(df)
-        (['t', 'x', 's'], 3)
+    Examples
+    --------
+    >>> df = dated_frame(96)
+    >>> list(df.columns), len(df)
+    (['t', 'x', 's'], 3)
     """
     import pandas as pd
 

@@ -3,11 +3,11 @@
 Two data sets, each handed to ``--workers`` tasks of one ``Parallel`` call
 (``delayed(task)(data)`` per task, ``n_jobs=--workers``):
 
-1. **classic**: the classic experiment's record array (:func:`._data.make_records`,
+1. **classic**: the classic experiment's record array (`._data.make_records`,
    10M rows, datetime / float with NaN / 6-byte string); each task
    ``np.nansum``s the float field (the experiment's task). joblib pickles the
    ``np.recarray`` subclass into every task.
-2. **strings**: a frame with string columns (:func:`._data.mixed_frame`, 10
+2. **strings**: a frame with string columns (`._data.mixed_frame`, 10
    numeric columns, a pandas ``str`` and an object string column); each task
    ``np.nansum``s a numeric column and counts the rows.
 

@@ -327,15 +327,15 @@ class PeakResult:
 class MemoryMonitor:
     """The parent's side: starts the sampler process, asks it for samples and peaks.
 
-    Example::
-
-        >>> with MemoryMonitor() as mon:
-        ...     base = mon.sample().total
-        ...     mon.start()
-        ...     big = bytearray(50_000_000)
-        ...     peak = mon.stop().peak.total
-        >>> peak - base > 40_000_000
-        True
+    Examples
+    --------
+    >>> with MemoryMonitor() as mon:
+    ...     base = mon.sample().total
+    ...     mon.start()
+    ...     big = bytearray(50_000_000)
+    ...     peak = mon.stop().peak.total
+    >>> peak - base > 40_000_000
+    True
     """
 
     def __init__(self, interval: float = 0.01) -> None:

@@ -1,6 +1,6 @@
 """``nocopy bench pandas``: share() and get() of a large DataFrame against Arrow IPC and pickle.
 
-The frame (:func:`._data.mixed_frame`): 10 numeric columns (float64/int64,
+The frame (`._data.mixed_frame`): 10 numeric columns (float64/int64,
 NaN in some) and 2 string columns (pandas' default ``str`` and an object
 column of ``str``), about 1 GB at the default 8.5M rows. For each method:
 

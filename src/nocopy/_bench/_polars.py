@@ -1,6 +1,6 @@
 """``nocopy bench polars``: one Polars DataFrame handed to N workers, pickled vs shared.
 
-The frame (:func:`._data.polars_frame`): 10 numeric columns (float64 with
+The frame (`._data.polars_frame`): 10 numeric columns (float64 with
 nulls, int64), a string column and a datetime column, about 1 GB at the
 default 8.5M rows. Both methods hand the same frame to ``--workers`` spawned
 processes of one ``multiprocessing`` pool (started and warmed up beforehand,
@@ -15,7 +15,7 @@ not timed), one task each; every task sums a float column and returns it:
 
 Time: from handing out the work to the last result (``share()`` included),
 median of ``--repeat`` runs. Memory: Σ PSS of the parent and its workers plus
-shared-memory bytes, each page once (:mod:`._monitor`), sampled through one
+shared-memory bytes, each page once (`._monitor`), sampled through one
 more run (the first, in workers that never held the frame) in which every
 worker holds its frame until all of them have it; reported as the peak added
 to what was there before the run. Ratios are

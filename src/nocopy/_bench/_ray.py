@@ -1,6 +1,6 @@
 """``nocopy bench ray``: ``nocopy.ray`` against plain Ray, inside tasks.
 
-1. **frame**: a DataFrame of ``--gb`` GB (:func:`._data.dated_frame`:
+1. **frame**: a DataFrame of ``--gb`` GB (`._data.dated_frame`:
    datetime64, float and object-string columns) is put once with
    ``ray.put`` and once with ``nocopy.ray.put``; a task then gets it
    (``ray.get`` vs ``nocopy.ray.get``) and reads the datetime and float

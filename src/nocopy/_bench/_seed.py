@@ -9,7 +9,7 @@ last, because it leaves threads behind in the parent and forking a process
 with threads is unsafe (the fork method).
 
 Cold runs (``cold_repeat`` per method, 0: none) come first: each runs one
-method once in a fresh interpreter (``python -c``, see :func:`cold_main`),
+method once in a fresh interpreter (``python -c``, see `cold_main`),
 round-robin over the methods, with the data loaded from a file before the
 clock starts, as a user's script would have it. Beside the method's own
 phases they time the interpreter's exit after the run (``exit_s``: atexit

@@ -1,13 +1,15 @@
 """``nocopy bench``: argument parsing and output. ``main(argv) -> exit code``.
 
-Example::
-
-    nocopy bench seed --quick --repeat 1 --cold-repeat 1 --json out.json --plot out.png
-    nocopy bench scaling --max-size 256MB --json scaling.json
-    nocopy bench pandas --rows 200000 --json pandas.json
-    nocopy bench polars --rows 200000 --workers 2 --json polars.json
-    nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
-    nocopy bench joblib --rows 200000 --frame-rows 20000 --repeat 1
+Examples
+--------
+```sh
+nocopy bench seed --quick --repeat 1 --cold-repeat 1 --json out.json --plot out.png
+nocopy bench scaling --max-size 256MB --json scaling.json
+nocopy bench pandas --rows 200000 --json pandas.json
+nocopy bench polars --rows 200000 --workers 2 --json polars.json
+nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
+nocopy bench joblib --rows 200000 --frame-rows 20000 --repeat 1
+```
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """The ``nocopy`` command: ``ls``, ``gc``, ``doctor``, ``bench`` and ``--version``.
 
-Example::
-
-    $ nocopy doctor          # can this machine share memory, how much, what to fix
-    $ nocopy ls --json       # this user's live segments
-    $ nocopy gc --dry-run    # what crashed owners left behind
-    $ nocopy bench seed      # the classic experiment, every way of sharing the data
+Examples
+--------
+```sh
+$ nocopy doctor          # can this machine share memory, how much, what to fix
+$ nocopy ls --json       # this user's live segments
+$ nocopy gc --dry-run    # what crashed owners left behind
+$ nocopy bench seed      # the classic experiment, every way of sharing the data
+```
 """
 
 from __future__ import annotations
@@ -71,12 +73,12 @@ def _bench(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nocopy`` command line with *argv* (default: ``sys.argv[1:]``); return the exit code.
 
-    Example::
-
-        >>> from nocopy._cli import main
-        >>> main(["gc", "--dry-run"])            # doctest: +SKIP
-        nothing to reclaim in /dev/shm: no posix segment of a dead owner
-        0
+    Examples
+    --------
+    >>> from nocopy._cli import main
+    >>> main(["gc", "--dry-run"])            # doctest: +SKIP
+    nothing to reclaim in /dev/shm: no posix segment of a dead owner
+    0
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["bench"]:

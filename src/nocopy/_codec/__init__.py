@@ -6,14 +6,14 @@ modules behind it are wired here, and only here: each exports
 registered under its family's ``codec`` name (see ``_kinds``). pandas and
 Arrow are registered lazily: ``import nocopy`` imports neither.
 
-Example::
-
-    >>> import numpy as np
-    >>> p = plan(np.arange(3))
-    >>> mem = np.zeros(p.size, dtype=np.uint8)
-    >>> p.write_into(mem)
-    >>> decode_buffer(mem, trusted=True)
-    array([0, 1, 2])
+Examples
+--------
+>>> import numpy as np
+>>> p = plan(np.arange(3))
+>>> mem = np.zeros(p.size, dtype=np.uint8)
+>>> p.write_into(mem)
+>>> decode_buffer(mem, trusted=True)
+array([0, 1, 2])
 """
 
 from __future__ import annotations

@@ -88,10 +88,10 @@ def is_string_array(arr: np.ndarray) -> bool:
     missing is used: None, NaN, pd.NA, NaT; the conversion to Arrow turns them
     all into nulls.)
 
-    Example::
-
-        >>> is_string_array(np.array(["a", None, "é"], dtype=object))
-        True
+    Examples
+    --------
+    >>> is_string_array(np.array(["a", None, "é"], dtype=object))
+    True
     """
     if arr.dtype != object or arr.ndim != 1:
         return False
@@ -107,12 +107,12 @@ def is_bytes_array(arr: np.ndarray) -> bool:
 
     ``bytearray`` and ``memoryview`` are not bytes (mutable, or a view of
     something else): such columns stay unsupported. (An all-missing array is
-    a string column, see :func:`is_string_array`.)
+    a string column, see `is_string_array`.)
 
-    Example::
-
-        >>> is_bytes_array(np.array([b"\x00\xff", None], dtype=object))
-        True
+    Examples
+    --------
+    >>> is_bytes_array(np.array([b"\x00\xff", None], dtype=object))
+    True
     """
     if arr.dtype != object or arr.ndim != 1:
         return False
@@ -289,7 +289,7 @@ def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
 def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     """Plan a 1-d object ndarray of bytes: stored once as Arrow large_binary.
 
-    Like :func:`encode_object_strings`: get() rebuilds an object ndarray
+    Like `encode_object_strings`: get() rebuilds an object ndarray
     (new Python bytes objects: a copy per get), missing values as they were.
     """
     enc.note(

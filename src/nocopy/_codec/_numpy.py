@@ -40,7 +40,7 @@ def dtype_to_json(dt: np.dtype[Any]) -> Any:
 
 
 def dtype_from_json(spec: Any) -> np.dtype[Any]:
-    """The dtype :func:`dtype_to_json` gave *spec* for; ValueError if NumPy cannot make one of it."""
+    """The dtype `dtype_to_json` gave *spec* for; ValueError if NumPy cannot make one of it."""
     if isinstance(spec, dict) and "base" in spec:
         shape = spec.get("shape")
         if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):

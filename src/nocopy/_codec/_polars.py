@@ -3,7 +3,7 @@
 A column is exported with Polars' newest Arrow compatibility level, so strings
 and binaries travel as Arrow ``string_view``/``binary_view`` -- Polars' own
 layout -- and the export moves no data. It is written as a one-column Arrow
-IPC stream (the ``pa.ipc`` node of :mod:`._arrow`, so the stream is read over
+IPC stream (the ``pa.ipc`` node of `._arrow`, so the stream is read over
 the segment and validated the same way). The field's metadata carries what
 Arrow cannot say (Categorical vs Enum and its categories); Arrow's own type
 carries time zones, units, decimals and nesting. On get() ``pl.from_arrow``

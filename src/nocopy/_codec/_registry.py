@@ -76,7 +76,7 @@ def register(codec: str, module: ModuleType) -> None:
 
 
 def register_lazy(codec: str, module: str, prefix: str) -> None:
-    """Like :func:`register`, importing *module* only when an object of *codec*, or a
+    """Like `register`, importing *module* only when an object of *codec*, or a
     node whose kind starts with *prefix*, is met."""
     _LAZY_BY_CODEC[codec] = module
     _LAZY_BY_PREFIX[prefix] = module

@@ -61,7 +61,7 @@ class _Client:
 class UnixServer:
     """Serve this user's processes; peers of another uid get ``REFUSED`` and nothing else.
 
-    Subclasses implement :meth:`answer`, which gets one request line. The
+    Subclasses implement `answer`, which gets one request line. The
     address is in the abstract namespace (nothing on disk to clean up), names
     the listening pid and is unguessable.
     """

@@ -6,7 +6,7 @@ How a task travels (caller -> worker -> caller), module by module:
   inside list/tuple/dict/partial). Every NumPy, pandas, Arrow or Polars object
   of at least ``share_threshold`` bytes is shared once per executor
   (``_cache``: by identity while the object lives) and replaced by a small
-  marker holding its :class:`~nocopy.Shared` handle.
+  marker holding its `nocopy.Shared` handle.
 * ``_task``: the callable and the marked arguments are pickled as one payload;
   the worker unpickles it inside the task, so an argument that fails to
   unpickle fails that task only, and turns every marker into a private
@@ -17,7 +17,7 @@ How a task travels (caller -> worker -> caller), module by module:
   returns, so a worker that dies afterwards loses nothing.
 * ``_crash``: each task writes (task id, pid, state) into a small shared
   table, so when a worker dies the caller's
-  :class:`~nocopy.errors.WorkerCrashedError` names the exit code or signal
+  `nocopy.errors.WorkerCrashedError` names the exit code or signal
   *and* the task (``_future`` builds the caller's future around this).
 * ``_worker``: what runs in each worker besides tasks (SIGINT ignored, exit
   when the caller is gone, warm mappings of explicit ``Shared`` arguments).
@@ -26,14 +26,14 @@ How a task travels (caller -> worker -> caller), module by module:
   collected with work pending finishes that work, and the thread frees the
   segments when it exits.
 
-``_mppool`` builds :class:`Pool` (``multiprocessing.Pool``'s drop-in) from the
+``_mppool`` builds `Pool` (``multiprocessing.Pool``'s drop-in) from the
 same pieces: its tasks are ``_task`` calls, its arguments and results go
 through ``_walk``, ``_cache`` and ``_results``, its workers start with
 ``_worker``.
 
-Besides the executor, the layer offers :func:`submit_labelled`, :func:`abort`
-and :func:`usable` (what ``parallel_map`` needs beyond the stdlib's methods)
-and :func:`fn_name`.
+Besides the executor, the layer offers `submit_labelled`, `abort`
+and `usable` (what ``parallel_map`` needs beyond the stdlib's methods)
+and `fn_name`.
 """
 
 from ._executor import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, submit_labelled, usable

@@ -1,9 +1,9 @@
 """Crash attribution: which task each worker was running, and the error naming it when one dies.
 
 Every task writes (task id, pid, state) into one row of a small shared table
-(:class:`TaskTable`) as it starts and ends. When a worker dies, the table
+(`TaskTable`) as it starts and ends. When a worker dies, the table
 tells which task it had started and not finished, so the caller's
-:class:`~nocopy.errors.WorkerCrashedError` names the exit code or signal *and*
+`nocopy.errors.WorkerCrashedError` names the exit code or signal *and*
 the task.
 """
 

@@ -108,18 +108,18 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     object in place afterwards is not seen by later tasks (pass a new object,
     or share it yourself and pass the ``Shared``).
 
-    A worker that dies raises :class:`~nocopy.errors.WorkerCrashedError` (a
+    A worker that dies raises `nocopy.errors.WorkerCrashedError` (a
     ``BrokenProcessPool``) naming the exit code or signal and the task.
     Ctrl-C inside ``with`` stops the workers at once and frees every segment.
     Workers ignore SIGINT: the caller handles it.
 
-    Example::
-
-        >>> import numpy as np, nocopy
-        >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
-        >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
-        ...     list(ex.map(np.sum, [big] * 4))
-        [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
+    >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
+    ...     list(ex.map(np.sum, [big] * 4))
+    [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
     """
 
     def __init__(
@@ -163,10 +163,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Like the stdlib's ``submit``; big data arguments are shared once, not pickled.
 
-        Example::
-
-            >>> fut = ex.submit(np.sum, big)     # doctest: +SKIP
-            >>> fut.result()                     # doctest: +SKIP
+        Examples
+        --------
+        >>> fut = ex.submit(np.sum, big)     # doctest: +SKIP
+        >>> fut.result()                     # doctest: +SKIP
         """
         return self._submit(None, fn, args, kwargs)
 
@@ -205,10 +205,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         most N tasks (chunks of ``chunksize`` items) submitted and not yet
         yielded, so an endless or huge input never piles up as pending tasks.
 
-        Example::
-
-            >>> it = ex.map(np.sum, frames_from_disk(), buffersize=4)   # doctest: +SKIP
-            >>> next(it)                                                 # doctest: +SKIP
+        Examples
+        --------
+        >>> it = ex.map(np.sum, frames_from_disk(), buffersize=4)   # doctest: +SKIP
+        >>> next(it)                                                 # doctest: +SKIP
         """
         if buffersize is not None and (
             isinstance(buffersize, bool) or not isinstance(buffersize, int) or buffersize < 1
@@ -258,22 +258,22 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             """Python 3.14's: shut down without waiting and send SIGTERM to every worker still alive.
 
             Pending tasks are cancelled; running ones fail with
-            :class:`~nocopy.errors.WorkerCrashedError` naming the signal. The pool
+            `nocopy.errors.WorkerCrashedError` naming the signal. The pool
             is broken afterwards; its segments are freed once its manager thread
             has reaped the workers.
 
-            Example::
-
-                >>> ex.terminate_workers()   # doctest: +SKIP
+            Examples
+            --------
+            >>> ex.terminate_workers()   # doctest: +SKIP
             """
             self._signal_workers(kill=False)
 
         def kill_workers(self) -> None:
-            """Python 3.14's: like :meth:`terminate_workers`, with SIGKILL.
+            """Python 3.14's: like `terminate_workers`, with SIGKILL.
 
-            Example::
-
-                >>> ex.kill_workers()   # doctest: +SKIP
+            Examples
+            --------
+            >>> ex.kill_workers()   # doctest: +SKIP
             """
             self._signal_workers(kill=True)
 
@@ -309,9 +309,9 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Like the stdlib's; also frees the segments of the shared arguments.
 
-        Example::
-
-            >>> ex.shutdown()       # doctest: +SKIP
+        Examples
+        --------
+        >>> ex.shutdown()       # doctest: +SKIP
         """
         broken = bool(self._broken)
         super().shutdown(wait=wait, cancel_futures=cancel_futures)
@@ -366,9 +366,9 @@ def submit_labelled(
 ) -> Future[Any]:
     """``executor.submit(fn, *args)``, the task named *label* in errors and *name* in pickling notes.
 
-    Example::
-
-        >>> submit_labelled(ex, "chunk 3 (rows 30:40)", "parallel_map(f)", f, rows)  # doctest: +SKIP
+    Examples
+    --------
+    >>> submit_labelled(ex, "chunk 3 (rows 30:40)", "parallel_map(f)", f, rows)  # doctest: +SKIP
     """
     return executor._submit(label, fn, args, {}, name=name)  # noqa: SLF001 - same module
 

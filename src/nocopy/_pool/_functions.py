@@ -14,7 +14,7 @@ cloudpickle is a dependency but is imported only here, and only when a task
 really holds such a function: importing it costs ~25 ms, more than the rest of
 ``import nocopy`` after numpy. A task is first pickled the stdlib's way; only
 if that fails, or if ``__main__`` is interactive, is it pickled again with
-:class:`TaskPickler`, whose override sends those functions by value.
+`TaskPickler`, whose override sends those functions by value.
 
 A function that cannot be sent even by value (it captures a lock, an open
 file, a socket...) raises ``pickle.PicklingError`` naming the function, the

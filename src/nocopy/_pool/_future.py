@@ -19,7 +19,7 @@ class TaskFuture(Future[Any]):
     """Follows the stdlib's future of one task (``attach``); unpickles its reply, names its crash.
 
     Its result is the task's value with every big leaf opened as a private
-    view; a broken pool becomes a :class:`~nocopy.errors.WorkerCrashedError`
+    view; a broken pool becomes a `nocopy.errors.WorkerCrashedError`
     naming the worker and, when the table knows it, the task.
     """
 

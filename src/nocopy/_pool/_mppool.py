@@ -15,7 +15,7 @@ The pool's segments and inbox tag (``_resources``) are released once its
 workers and handlers are done: ``join()`` after ``close()``, ``terminate()``
 (also ``__exit__``), or the stdlib's finalizer when a pool is collected
 unjoined. The handler threads never hold the pool object (as in the stdlib,
-so that it can be collected): what they need lives in :class:`_PoolState`.
+so that it can be collected): what they need lives in `_PoolState`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Results, worker -> caller: each big result segment is handed over before the task returns.
 
 The worker shares a big result leaf and sends its descriptor, with the
-handle's URI, to the caller's :class:`Inbox` over a UNIX socket
+handle's URI, to the caller's `Inbox` over a UNIX socket
 (SCM_RIGHTS), and waits until the caller has it. So the caller holds the
 memory before the task's reply is even sent: a worker that exits (or is
 killed) right after returning loses nothing, and a worker killed earlier
 leaves nothing behind (memfd dies with it; posix files of dead workers are
-reclaimed). When the reply is unpickled in the caller, each :class:`ResultRef`
+reclaimed). When the reply is unpickled in the caller, each `ResultRef`
 claims its descriptor and becomes a private view.
 
 This is the pool's one door to the socket servers (``UnixServer``,

@@ -1,4 +1,4 @@
-"""One task as it travels: :class:`Call` in the caller, :class:`WorkerCall` in the worker.
+"""One task as it travels: `Call` in the caller, `WorkerCall` in the worker.
 
 The callable and the (marked) arguments are pickled as one payload inside the
 ``Call``, in the queue's feeder thread. The worker unpickles that payload
@@ -113,7 +113,7 @@ def _rebuild_worker_call(*args: Any) -> WorkerCall:
 
 
 class Call:
-    """Caller side of one task; pickles (in the queue feeder thread) into a :class:`WorkerCall`."""
+    """Caller side of one task; pickles (in the queue feeder thread) into a `WorkerCall`."""
 
     __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "name", "tag", "task_id", "threshold")
 

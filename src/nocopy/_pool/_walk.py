@@ -2,15 +2,15 @@
 
 Big data travels through shared memory wherever it sits at the top level of
 the arguments or the result, or inside a list, tuple, dict or
-``functools.partial`` (up to :data:`MAX_DEPTH` levels). :func:`walk` finds
+``functools.partial`` (up to `MAX_DEPTH` levels). `walk` finds
 those leaves; each direction says what happens to a leaf:
 
-* arguments, in the caller (:class:`ArgumentSharer`): a big NumPy, pandas,
-  Arrow or Polars object becomes an :class:`AutoArg` marker holding its
-  :class:`~nocopy.Shared` (shared once per executor, see ``_cache``);
-* arguments, in the worker (:func:`unwrap`): a marker becomes a private
+* arguments, in the caller (`ArgumentSharer`): a big NumPy, pandas,
+  Arrow or Polars object becomes an `AutoArg` marker holding its
+  `nocopy.Shared` (shared once per executor, see ``_cache``);
+* arguments, in the worker (`unwrap`): a marker becomes a private
   copy-on-write view, as a pickled copy would be;
-* results, in the worker (:class:`ResultSharer`): a big leaf is shared and
+* results, in the worker (`ResultSharer`): a big leaf is shared and
   handed to the caller (``_results``), which turns it back into a view.
 
 Sizes and the columns ``share()`` converts come from ``_kinds``.
@@ -75,7 +75,7 @@ class AutoArg:
 
 
 class ArgumentSharer:
-    """Caller side: big data leaves -> :class:`AutoArg` (through the executor's cache).
+    """Caller side: big data leaves -> `AutoArg` (through the executor's cache).
 
     ``found`` tells whether the arguments hold any handle at all (a marker or
     a ``Shared`` passed by the caller): the worker walks them only then.

@@ -4,7 +4,7 @@
 it ignores SIGINT (the caller handles Ctrl-C), starts a thread that ends the
 worker as soon as the caller is gone, opens the crash-attribution table, then
 runs the user's initializer. Explicit ``Shared`` arguments keep their mapping
-warm across tasks (:func:`keep_warm`).
+warm across tasks (`keep_warm`).
 """
 
 from __future__ import annotations

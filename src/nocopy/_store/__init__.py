@@ -4,7 +4,7 @@ A store knows nothing of numpy or pandas: it creates a segment of a given size
 with the room checked and the pages reserved, hands out a descriptor to fill,
 then seals it (read-only, or a writable output that can never shrink) and lets
 other processes open it. Everything outside ``_store/`` reaches a store through
-:func:`get_store` and the :class:`Store` protocol, and never branches on a
+`get_store` and the `Store` protocol, and never branches on a
 store's name. Nothing here uses multiprocessing's resource tracker, which
 unlinks segments that other processes still use.
 """

@@ -3,7 +3,7 @@
 CPython's ``mmap.mmap`` keeps a duplicate of the descriptor it maps for as
 long as it lives, so a reader holding views of many segments runs out of
 descriptors (``ulimit -n``, often 1024, in containers sometimes 64) although
-a mapping needs none once made. A :class:`Mapping` is made with the C
+a mapping needs none once made. A `Mapping` is made with the C
 library's ``mmap`` and the caller closes its descriptor at once; the pages
 are unmapped when the object is collected, that is when the last array or
 buffer built over it is gone (each holds a reference to it), never before.

@@ -37,7 +37,7 @@ def shm_dir() -> str:
 
 
 class PosixStore:
-    """Segments that are files in :func:`shm_dir`, made 0400 once written (0600 for outputs)."""
+    """Segments that are files in `shm_dir`, made 0400 once written (0600 for outputs)."""
 
     name = "posix"
 

@@ -1,7 +1,7 @@
 """What every store shares: the Store protocol, a segment's locator, an owned segment, a found one.
 
 A store is one way of keeping a segment's bytes (memfd, posix; later file).
-Everything outside ``_store/`` goes through :class:`Store` (via the facade's
+Everything outside ``_store/`` goes through `Store` (via the facade's
 ``get_store``), so nothing else branches on a store's name or knows where a
 store keeps its segments.
 """
@@ -159,7 +159,7 @@ class Store(Protocol):
 
     @property
     def leaves_orphans(self) -> bool:
-        """Whether a dead owner's segments stay until :meth:`reclaim` (else the kernel frees them)."""
+        """Whether a dead owner's segments stay until `reclaim` (else the kernel frees them)."""
         ...
 
     def checkup(self) -> Checkup:

@@ -35,7 +35,7 @@ class Described:
 
 
 def format_uri(d: Described) -> str:
-    """The URI of *d*; :func:`parse_uri` gives *d* back."""
+    """The URI of *d*; `parse_uri` gives *d* back."""
     loc = d.locator
     query = (
         f"pid={loc.pid}&fd={loc.fd}&sock={loc.sock}&token={d.token.hex()}"

@@ -76,7 +76,7 @@ def _encode_inline(enc: Encoder, values: Any, path: str, name: Any) -> dict[str,
 
 
 def decode_index(dec: Decoder, node: Any) -> Any:
-    """An index node (any of the kinds in :data:`DECODERS`) as a pandas Index."""
+    """An index node (any of the kinds in `DECODERS`) as a pandas Index."""
     if not isinstance(node, dict):
         raise dec.corrupt("index node is not an object")
     kind = node.get("k")
