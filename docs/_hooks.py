@@ -90,15 +90,20 @@ def on_pre_build(config: Any) -> None:
             log.warning("public name %s is not on any API reference page (docs/reference/*.md)", ident)
 
 
-INCLUDE = "<!-- BENCHMARKS.md, from its second line -->"
+# Pages that are a repository file included as it is (one source for both).
+INCLUDES = {
+    "benchmarks.md": ("BENCHMARKS.md", "<!-- BENCHMARKS.md, from its second line -->"),
+    "changelog.md": ("CHANGELOG.md", "<!-- CHANGELOG.md, from its second line -->"),
+}
 
 
 def on_page_markdown(markdown: str, page: Any, **_: Any) -> str:
-    """Include BENCHMARKS.md in benchmarks.md, its ``docs/<image>`` links made page-relative."""
-    if page.file.src_uri != "benchmarks.md":
+    """Include BENCHMARKS.md / CHANGELOG.md in their pages, ``docs/<image>`` links made page-relative."""
+    if page.file.src_uri not in INCLUDES:
         return markdown
-    if INCLUDE not in markdown:
-        log.warning("benchmarks.md lost its include line %r", INCLUDE)
+    source, marker = INCLUDES[page.file.src_uri]
+    if marker not in markdown:
+        log.warning("%s lost its include line %r", page.file.src_uri, marker)
         return markdown
-    body = (ROOT / "BENCHMARKS.md").read_text().split("\n", 1)[1]  # its own "# Benchmarks" title
-    return markdown.replace(INCLUDE, re.sub(r"\]\(docs/", "](", body))
+    body = (ROOT / source).read_text().split("\n", 1)[1]  # its own "# ..." title
+    return markdown.replace(marker, re.sub(r"\]\(docs/", "](", body))
