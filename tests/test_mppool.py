@@ -8,6 +8,7 @@ import multiprocessing as mp
 import multiprocessing.pool
 import os
 import pickle
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -61,8 +62,9 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def return_lambda() -> Any:
-    return lambda: 42
+def return_lock() -> Any:
+    # Unpicklable even by value (lambdas no longer are: nocopy sends them with cloudpickle).
+    return threading.Lock()
 
 
 def wait_for(path: str) -> int:
@@ -173,7 +175,7 @@ def test_big_results_come_back_through_shared_memory(method: str) -> None:
 def test_an_unpicklable_result_is_a_maybe_encoding_error_as_with_the_stdlib() -> None:
     for cls in (multiprocessing.pool.Pool, nocopy.Pool):
         with cls(1) as pool:
-            res = pool.apply_async(return_lambda)
+            res = pool.apply_async(return_lock)
             with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="Error sending result"):
                 res.get(60)
             assert pool.apply(abs, (-3,)) == 3  # the worker was not lost
