@@ -120,6 +120,7 @@ class Shared(Generic[T]):
 
     @property
     def owner_pid(self) -> int:
+        """The pid of the process that created the segment (and frees it on close)."""
         return self._locator.pid
 
     @property
