@@ -1,4 +1,4 @@
-"""Running the code blocks of Markdown files: shared by test_readme.py and test_docs.py.
+"""Running the code blocks of Markdown files (test_readme.py, test_docs.py), and commands in a session of their own.
 
 A ```` ```python ```` block runs as a script in a fresh interpreter, in its own
 session, from a scratch directory, with ``NOCOPY_SHM_DIR`` a directory of its
@@ -91,20 +91,34 @@ def kill_session(sid: int) -> None:
             pass
 
 
-def run_script(code: str, cwd: Path, shm: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    script = cwd / "example.py"
-    script.write_text(code)
-    p = subprocess.Popen([sys.executable, str(script)], cwd=cwd, env=reader_env(shm), text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+def run_in_session(
+    args: list[str], timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run *args* in a session of their own; the test fails on timeout, and whatever is left
+    running in that session afterwards (Ray's daemons) is killed.
+
+    The returned object's ``args`` is ``(pid, args)``.
+    """
+    p = subprocess.Popen(args, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         out, err = p.communicate()
-        pytest.fail(f"example timed out after {timeout} s\n{out}\n{err}")
+        pytest.fail(f"{' '.join(args)} timed out after {timeout} s\n{out}\n{err}")
     finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
         kill_session(p.pid)
-    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    return subprocess.CompletedProcess((p.pid, args), p.returncode, out, err)
+
+
+def run_script(code: str, cwd: Path, shm: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    script = cwd / "example.py"
+    script.write_text(code)
+    return run_in_session([sys.executable, str(script)], timeout, env=reader_env(shm), cwd=cwd)
 
 
 def run_block(block: Block, tmp_path: Path, timeout: float = 240) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from datetime import datetime
@@ -15,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pytest
 
 import nocopy
+from _mdexamples import run_in_session
 from conftest import Procs
 from nocopy._bench._data import expected_sum, make_records, make_records_literally
 from nocopy._bench._methods import METHODS, Method
@@ -26,32 +23,6 @@ from nocopy._bench.cli import parse_size
 
 MiB = 1 << 20
 BIN = Path(sys.executable).parent
-
-
-def run_cli(args: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a command in its own session; on timeout the whole group is killed, and
-    whatever it left running in its session afterwards (Ray's daemons) goes too.
-
-    The returned object's ``args`` is ``(pid, args)``.
-    """
-    p = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
-    )
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        pytest.fail(f"{' '.join(args)} timed out after {timeout} s\n{out}\n{err}")
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        for proc in psutil.process_iter():
-            with contextlib.suppress(OSError, psutil.Error):
-                if os.getsid(proc.pid) == p.pid:
-                    proc.kill()
-    return subprocess.CompletedProcess((p.pid, args), p.returncode, out, err)
 
 
 # -- the data ------------------------------------------------------------
@@ -130,7 +101,7 @@ print(json.dumps(out))
 
 def test_monitor_counts_each_shared_page_once() -> None:
     n = 64 * MiB
-    proc = run_cli([sys.executable, "-c", _SHARED_PAGES, _CHILD, str(n)], timeout=120)
+    proc = run_in_session([sys.executable, "-c", _SHARED_PAGES, _CHILD, str(n)], timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout)
     # Held by a file descriptor only, mapped by nobody: PSS cannot see
@@ -172,7 +143,7 @@ def test_monitor_counts_unmapped_shm_files_it_is_told_about() -> None:
     # child is killed before its own cleanup runs.
     where = tempfile.mkdtemp(dir="/dev/shm", prefix="nocopybench-test-")
     try:
-        proc = run_cli([sys.executable, "-c", _UNMAPPED_FILE, str(n), where], timeout=120)
+        proc = run_in_session([sys.executable, "-c", _UNMAPPED_FILE, str(n), where], timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         r = json.loads(proc.stdout)
         assert r["seen_shm"] >= n
@@ -287,7 +258,7 @@ def test_seed_cold_repeat_zero_is_warm_only() -> None:
 @pytest.mark.slow
 def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
     out, png = tmp_path / "out.json", tmp_path / "out.png"
-    proc = run_cli(
+    proc = run_in_session(
         [
             str(BIN / "nocopy"), "bench", "seed", "--quick", "--repeat", "1", "--cold-repeat", "1",
             "--json", str(out), "--plot", str(png),
@@ -329,7 +300,7 @@ def test_seed_quick_runs_every_installed_method(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_seed_methods_subset_with_repeats(tmp_path: Path) -> None:
     out = tmp_path / "sub.json"
-    proc = run_cli(
+    proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "seed", "--rows", "200000", "--repeat", "2", "--memory-repeat", "2",
             "--methods", "stdlib,nocopy-executor,threads", "--json", str(out), "--quiet",
@@ -351,7 +322,7 @@ def test_seed_methods_subset_with_repeats(tmp_path: Path) -> None:
 
 
 def test_seed_unknown_method_is_a_clear_error() -> None:
-    proc = run_cli([sys.executable, "-m", "nocopy._bench", "seed", "--rows", "100", "--methods", "carrier-pigeon"], timeout=60)
+    proc = run_in_session([sys.executable, "-m", "nocopy._bench", "seed", "--rows", "100", "--methods", "carrier-pigeon"], timeout=60)
     assert proc.returncode == 2
     assert "carrier-pigeon" in proc.stderr and "nocopy-executor" in proc.stderr
 
@@ -454,7 +425,7 @@ def test_parallel_fill_writes_every_range(how: str, monkeypatch: pytest.MonkeyPa
 @pytest.mark.slow
 def test_scaling_small(tmp_path: Path) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
-    proc = run_cli(
+    proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "scaling", "--max-size", "4MB", "--rows", "20000",
             "--workers", "1,2", "--tasks", "50", "--repeat", "1", "--json", str(out), "--plot", str(png),
@@ -490,7 +461,7 @@ def test_scaling_small(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_pandas_small(tmp_path: Path) -> None:
     out = tmp_path / "pandas.json"
-    proc = run_cli([str(BIN / "nocopy"), "bench", "pandas", "--rows", "3000", "--json", str(out)], timeout=200)
+    proc = run_in_session([str(BIN / "nocopy"), "bench", "pandas", "--rows", "3000", "--json", str(out)], timeout=200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["benchmark"] == "pandas" and result["rows"] == 3000
@@ -505,7 +476,7 @@ def test_pandas_small(tmp_path: Path) -> None:
 def test_polars_small(tmp_path: Path) -> None:
     pytest.importorskip("polars")
     out = tmp_path / "polars.json"
-    proc = run_cli(
+    proc = run_in_session(
         [str(BIN / "nocopy"), "bench", "polars", "--rows", "3000", "--workers", "2", "--repeat", "1", "--json", str(out)],
         timeout=200,
     )
@@ -528,7 +499,7 @@ def test_ray_small(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     out = tmp_path / "ray.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local instance of its own
-    proc = run_cli(
+    proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "ray", "--gb", "0.01", "--rows", "20000", "--repeat", "1",
             "--json", str(out),
@@ -552,7 +523,7 @@ def test_joblib_small(tmp_path: Path) -> None:
     pytest.importorskip("joblib")
     pytest.importorskip("pyarrow")
     out = tmp_path / "joblib.json"
-    proc = run_cli(
+    proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "joblib", "--rows", "100000", "--frame-rows", "20000",
             "--workers", "2", "--repeat", "1", "--start-method", "fork", "--json", str(out),

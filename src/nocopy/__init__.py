@@ -1,5 +1,5 @@
-"""nocopy: hand large NumPy, pandas and Arrow data to worker processes through
-shared memory, zero-copy and safely.
+"""nocopy: hand large NumPy, pandas, Arrow and Polars data to worker processes
+through shared memory, zero-copy and safely.
 
 Examples
 --------

@@ -250,14 +250,19 @@ def data_nbytes(obj: Any) -> int | None:
 
 def row_count(obj: Any) -> int:
     """Rows of a splittable data object; UnsupportedTypeError for anything else."""
+    return _splittable(obj)[1]
+
+
+def _splittable(obj: Any) -> tuple[type[Family], int]:
+    """The family and rows of a splittable data object; UnsupportedTypeError for anything else."""
     family = family_of(obj)
     rows = None if family is None else family.rows(obj)
-    if rows is None:
+    if family is None or rows is None:
         raise UnsupportedTypeError(
             f"parallel_map cannot split a {type(obj).__qualname__} into row chunks. Fix: pass a "
             "NumPy array, a pandas or Polars DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
         )
-    return rows
+    return family, rows
 
 
 def take_rows(obj: Any, start: int, stop: int) -> Any:
@@ -268,9 +273,7 @@ def take_rows(obj: Any, start: int, stop: int) -> Any:
     >>> take_rows(np.arange(10), 2, 5)
     array([2, 3, 4])
     """
-    row_count(obj)  # the clear error for anything that has no rows
-    family = family_of(obj)
-    assert family is not None
+    family, _ = _splittable(obj)  # the clear error for anything that has no rows
     return family.take_rows(obj, start, stop)
 
 

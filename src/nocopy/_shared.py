@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import mmap
 import operator
 import os
@@ -38,13 +37,6 @@ T = TypeVar("T")
 # (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
 _mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], np.ndarray] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
-
-
-class _State(enum.Enum):
-    """A handle's life: OPEN until close() (in any thread), then CLOSED for good."""
-
-    OPEN = "open"
-    CLOSED = "closed"
 
 
 class Shared(Generic[T]):
@@ -87,7 +79,7 @@ class Shared(Generic[T]):
         self._owner = owner
         # The mapping this handle keeps (None until the first get()); dropped by close().
         self._base: np.ndarray | None = None
-        self._state = _State.OPEN
+        self._closed = False  # for good once close() ran (in any thread)
         self._lock = threading.Lock()
         if owner is not None:
             self._finalizer = weakref.finalize(self, owner.release)
@@ -120,6 +112,7 @@ class Shared(Generic[T]):
 
     @property
     def owner_pid(self) -> int:
+        """The pid of the process that created the segment (and frees it on close)."""
         return self._locator.pid
 
     @property
@@ -130,7 +123,7 @@ class Shared(Generic[T]):
     @property
     def closed(self) -> bool:
         """Whether `close` was called on this handle."""
-        return self._state is _State.CLOSED
+        return self._closed
 
     @property
     def writable(self) -> bool:
@@ -198,7 +191,7 @@ class Shared(Generic[T]):
         """
         try:
             with self._lock:
-                self._state = _State.CLOSED
+                self._closed = True
                 self._base = None
                 if self._owner is not None:
                     # New handles in this process must fail like anywhere else.
@@ -229,7 +222,7 @@ class Shared(Generic[T]):
     # -- internals ---------------------------------------------------
     def _check_open(self) -> None:
         """The one use-after-close error (callers hold the lock)."""
-        if self._state is _State.CLOSED:
+        if self._closed:
             raise SegmentClosedError(
                 f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
             )

@@ -1,12 +1,14 @@
 """joblib integration: a parallel backend named ``"nocopy"``, so ``Parallel`` and scikit-learn share big data.
 
-Importing this module registers the backend::
+Importing this module registers the backend.
 
-    >>> import joblib, nocopy.joblib                       # doctest: +SKIP
-    >>> with joblib.parallel_config(backend="nocopy", n_jobs=4):   # doctest: +SKIP
-    ...     sums = joblib.Parallel()(joblib.delayed(np.sum)(big) for _ in range(8))
+Examples
+--------
+>>> import joblib, nocopy.joblib                       # doctest: +SKIP
+>>> with joblib.parallel_config(backend="nocopy", n_jobs=4):   # doctest: +SKIP
+...     sums = joblib.Parallel()(joblib.delayed(np.sum)(big) for _ in range(8))
 
-Inside it, every ``Parallel`` call -- yours, and every scikit-learn estimator
+Inside such a block, every ``Parallel`` call -- yours, and every scikit-learn estimator
 or helper with ``n_jobs`` (``cross_val_score``, ``GridSearchCV``...) -- runs
 its tasks on a `nocopy.ProcessPoolExecutor`: a NumPy array (record
 arrays and datetimes included), pandas frame (string columns included), Arrow

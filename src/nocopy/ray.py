@@ -315,7 +315,7 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
             "not a nocopy layout: it was not made by nocopy.ray.put(). "
             "Fix: read it with ray.get(), or put it with nocopy.ray.put()."
         )
-    # A whole layout in one buffer (nocopy 0.2's put, or a buffer written with Plan.write_into).
+    # A whole layout in one buffer (nocopy 0.1's put, or a buffer written with Plan.write_into).
     return decode_buffer(_aligned_read_only(mem), trusted=True, name=name)
 
 

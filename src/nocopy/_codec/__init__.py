@@ -3,8 +3,8 @@
 This facade is the only part of the codec other layers import. The codec
 modules behind it are wired here, and only here: each exports
 ``encode(enc, obj, path)`` and ``DECODERS`` (node kind -> decoder) and is
-registered under its family's ``codec`` name (see ``_kinds``). pandas and
-Arrow are registered lazily: ``import nocopy`` imports neither.
+registered under its family's ``codec`` name (see ``_kinds``). pandas,
+Arrow and Polars are registered lazily: ``import nocopy`` imports none of them.
 
 Examples
 --------

@@ -62,8 +62,8 @@ DecodeFn = Callable[["Decoder", dict[str, Any]], Any]
 
 _ENCODERS: dict[str, EncodeFn] = {}
 _DECODERS: dict[str, DecodeFn] = {}
-# Codecs imported on first use (so importing nocopy imports neither pandas nor
-# pyarrow): module name by codec name, and by the prefix of their node kinds.
+# Codecs imported on first use (so importing nocopy imports none of pandas,
+# pyarrow, polars): module name by codec name, codec name by the prefix of its node kinds.
 _LAZY_BY_CODEC: dict[str, str] = {}
 _LAZY_BY_PREFIX: dict[str, str] = {}
 
@@ -79,25 +79,24 @@ def register_lazy(codec: str, module: str, prefix: str) -> None:
     """Like `register`, importing *module* only when an object of *codec*, or a
     node whose kind starts with *prefix*, is met."""
     _LAZY_BY_CODEC[codec] = module
-    _LAZY_BY_PREFIX[prefix] = module
+    _LAZY_BY_PREFIX[prefix] = codec
 
 
-def _load(module: str) -> None:
-    codec = next(c for c, m in _LAZY_BY_CODEC.items() if m == module)
-    register(codec, importlib.import_module(module))
+def _load(codec: str) -> None:
+    register(codec, importlib.import_module(_LAZY_BY_CODEC[codec]))
 
 
 def _encoder(codec: str) -> EncodeFn | None:
     if codec not in _ENCODERS and codec in _LAZY_BY_CODEC:
-        _load(_LAZY_BY_CODEC[codec])
+        _load(codec)
     return _ENCODERS.get(codec)
 
 
 def _decoder(kind: str) -> DecodeFn | None:
     if kind not in _DECODERS:
-        for prefix, module in _LAZY_BY_PREFIX.items():
+        for prefix, codec in _LAZY_BY_PREFIX.items():
             if kind.startswith(prefix):
-                _load(module)
+                _load(codec)
     return _DECODERS.get(kind)
 
 

@@ -1,10 +1,11 @@
-"""The pool: a drop-in ``concurrent.futures.ProcessPoolExecutor`` that shares big arguments and results.
+"""The pools: drop-ins for ``concurrent.futures.ProcessPoolExecutor`` and ``multiprocessing.Pool``
+that share big arguments and results.
 
 How a task travels (caller -> worker -> caller), module by module:
 
-* ``_executor``: ``submit`` walks the arguments (``_walk``: top level and
-  inside list/tuple/dict/partial). Every NumPy, pandas, Arrow or Polars object
-  of at least ``share_threshold`` bytes is shared once per executor
+* ``_executor``: ``submit`` has ``_task.prepare`` walk the arguments
+  (``_walk``: top level and inside list/tuple/dict/partial). Every NumPy,
+  pandas, Arrow or Polars object of at least ``share_threshold`` bytes is shared once per executor
   (``_cache``: by identity while the object lives) and replaced by a small
   marker holding its `nocopy.Shared` handle.
 * ``_task``: the callable and the marked arguments are pickled as one payload;
@@ -27,9 +28,8 @@ How a task travels (caller -> worker -> caller), module by module:
   segments when it exits.
 
 ``_mppool`` builds `Pool` (``multiprocessing.Pool``'s drop-in) from the
-same pieces: its tasks are ``_task`` calls, its arguments and results go
-through ``_walk``, ``_cache`` and ``_results``, its workers start with
-``_worker``.
+same pieces: its tasks are made by the same ``_task.prepare``, its results
+come back through ``_results``, its workers start with ``_worker``.
 
 Besides the executor, the layer offers `submit_labelled`, `abort`
 and `usable` (what ``parallel_map`` needs beyond the stdlib's methods)

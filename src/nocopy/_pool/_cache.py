@@ -61,7 +61,7 @@ class ShareCache:
                     f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
                     f"argument, it is pickled instead ({exc})",
                     RuntimeWarning,
-                    stacklevel=9,  # the caller's submit() of a top-level argument
+                    stacklevel=10,  # the caller's submit() of a top-level argument
                 )
             return None
 

@@ -27,11 +27,9 @@ from concurrent.futures.process import (
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
-from . import _walk
 from ._future import TaskFuture
 from ._resources import PoolResources
-from ._results import get_inbox
-from ._task import Call
+from ._task import prepare
 from ._worker import caller, worker_init
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "submit_labelled", "usable"]
@@ -43,6 +41,12 @@ DEFAULT_SHARE_THRESHOLD = 1 << 20
 # Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
 _STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
 _STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
+
+
+def check_share_threshold(value: object) -> None:
+    """ValueError unless *value* is a number of bytes (an int >= 0, not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"share_threshold must be a number of bytes >= 0, not {value!r}")
 
 
 def _preload_in_forkserver(ctx: BaseContext | None) -> None:
@@ -132,8 +136,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         max_tasks_per_child: int | None = None,
         share_threshold: int = DEFAULT_SHARE_THRESHOLD,
     ) -> None:
-        if isinstance(share_threshold, bool) or not isinstance(share_threshold, int) or share_threshold < 0:
-            raise ValueError(f"share_threshold must be a number of bytes >= 0, not {share_threshold!r}")
+        check_share_threshold(share_threshold)
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
@@ -177,14 +180,9 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         if self._broken:
             raise self._resources.tasks.crash_error(None, None)
         resources = self._resources
-        sharer = _walk.ArgumentSharer(resources.cache, self._share_threshold)
-        args2 = _walk.walk(args, sharer) if args else args
-        kwargs2 = _walk.walk(kwargs, sharer) if kwargs else kwargs
-        # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
-        fn2 = _walk.walk(fn, sharer) if type(fn) is functools.partial else fn
-        call = Call(
-            fn2, args2, kwargs2, next(self._task_ids), self._share_threshold,
-            get_inbox().open_tag(resources.tag), resources.tag, sharer.found, name,
+        call = prepare(
+            fn, args, kwargs, cache=resources.cache, threshold=self._share_threshold,
+            task_id=next(self._task_ids), tag=resources.tag, name=name,
         )
         future = TaskFuture(resources, call, label)
         try:

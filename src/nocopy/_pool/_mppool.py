@@ -31,11 +31,10 @@ from multiprocessing.context import BaseContext
 from multiprocessing.pool import Pool as _StdPool
 from typing import Any
 
-from . import _walk
-from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver
+from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver, check_share_threshold
 from ._resources import PoolResources
-from ._results import Reply, get_inbox
-from ._task import Call, fn_name, unpickling_stopped
+from ._results import Reply
+from ._task import Call, fn_name, prepare, unpickling_stopped
 from ._worker import caller, worker_init
 
 __all__ = ["Pool"]
@@ -84,16 +83,11 @@ class _PoolState:
             runner = _map_items if func is mapstar else _starmap_items
             name = f"{'map' if func is mapstar else 'starmap'}({fn_name(fn)})"
             func, args, kwds = functools.partial(runner, fn), tuple(items), {}
-        sharer = _walk.ArgumentSharer(self.resources.cache, self.threshold)
-        args2 = _walk.walk(args, sharer) if args else args
-        kwds2 = _walk.walk(kwds, sharer) if kwds else kwds
-        func2 = _walk.walk(func, sharer) if type(func) is functools.partial else func
-        tag = self.resources.tag
-        call = Call(
-            func2, args2, kwds2, next(self.task_ids), self.threshold, get_inbox().open_tag(tag), tag,
-            sharer.found, name,
+        call = prepare(
+            func, args, kwds, cache=self.resources.cache, threshold=self.threshold,
+            task_id=next(self.task_ids), tag=self.resources.tag, name=name,
         )
-        if sharer.found:
+        if call.has_handles:
             with self.lock:
                 self.in_flight[(job, i)] = call
         return (job, i, call, (), {})
@@ -220,8 +214,7 @@ class Pool(_StdPool):
     ) -> None:
         # As the stdlib's, before anything can fail: __del__ reads it.
         self._state = _std_pool.INIT
-        if isinstance(share_threshold, bool) or not isinstance(share_threshold, int) or share_threshold < 0:
-            raise ValueError(f"share_threshold must be a number of bytes >= 0, not {share_threshold!r}")
+        check_share_threshold(share_threshold)
         # The stdlib's checks, in its order: the initializer must be checked
         # before it is wrapped into nocopy's worker start.
         if processes is not None and processes < 1:

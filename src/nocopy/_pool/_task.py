@@ -16,8 +16,9 @@ from typing import Any
 
 from ..errors import TaskUnpicklingError
 from . import _crash, _functions, _results, _walk, _worker
+from ._cache import ShareCache
 
-__all__ = ["Call", "WorkerCall", "fn_name", "unpickling_stopped"]
+__all__ = ["Call", "WorkerCall", "fn_name", "prepare", "unpickling_stopped"]
 
 
 def fn_name(fn: Any) -> str:
@@ -150,3 +151,22 @@ class Call:
             (payload, self.task_id, self.fn_name(), self.threshold, self.address,
              self.tag, self.has_handles),
         )
+
+
+def prepare(
+    fn: Any, args: Any, kwargs: Any, *, cache: ShareCache, threshold: int, task_id: int, tag: str,
+    name: str | None = None,
+) -> Call:
+    """The `Call` for ``fn(*args, **kwargs)``, its big data arguments shared through *cache* (see ``_walk``).
+
+    Results come back to the inbox under *tag*; *name* names the task in errors
+    (default: its callable's name).
+    """
+    sharer = _walk.ArgumentSharer(cache, threshold)
+    args = _walk.walk(args, sharer) if args else args
+    kwargs = _walk.walk(kwargs, sharer) if kwargs else kwargs
+    # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
+    fn = _walk.walk(fn, sharer) if type(fn) is functools.partial else fn
+    return Call(
+        fn, args, kwargs, task_id, threshold, _results.get_inbox().open_tag(tag), tag, sharer.found, name
+    )

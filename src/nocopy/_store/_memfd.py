@@ -22,14 +22,11 @@ from ._segment import (
     Found,
     Locator,
     OwnedSegment,
-    check_opened,
     note_fd_limit,
-    open_flags,
-    read_only_error,
+    open_checked,
 )
 
 __all__ = ["MemfdStore"]
-
 
 
 class MemfdStore:
@@ -70,19 +67,9 @@ class MemfdStore:
             _fdserver.server().register(seg.locator.name, seg.fd, token)
 
     def open(self, loc: Locator, *, writable: bool, token: str) -> int:
-        try:
-            fd = _open(loc, open_flags(writable), token)
-        except OSError as exc:
-            note_fd_limit(exc, attaching=True)
-            raise
-        try:
-            check_opened(loc, fd)
-            if writable and not _write_granted(fd):
-                raise read_only_error(loc)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return open_checked(
+            loc, lambda flags: _open(loc, flags, token), lambda fd, _: _write_granted(fd), writable=writable
+        )
 
     def is_alive(self, loc: Locator) -> bool:
         try:

@@ -22,9 +22,8 @@ from ._segment import (
     Found,
     Locator,
     OwnedSegment,
-    check_opened,
     note_fd_limit,
-    open_flags,
+    open_checked,
     read_only_error,
 )
 
@@ -82,20 +81,11 @@ class PosixStore:
             os.fchmod(seg.fd, 0o400)
 
     def open(self, loc: Locator, *, writable: bool, token: str) -> int:
-        try:
-            fd = _open(loc, open_flags(writable))
-        except OSError as exc:
-            note_fd_limit(exc, attaching=True)
-            raise
-        try:
-            st = check_opened(loc, fd)
-            # Root opens a 0400 file read-write all the same, so the mode is checked here.
-            if writable and not st.st_mode & _stat.S_IWUSR:
-                raise read_only_error(loc)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        # Root opens a 0400 file read-write all the same, so the mode decides writes.
+        return open_checked(
+            loc, lambda flags: _open(loc, flags), lambda _, st: bool(st.st_mode & _stat.S_IWUSR),
+            writable=writable,
+        )
 
     def is_alive(self, loc: Locator) -> bool:
         return os.path.exists(os.path.join(shm_dir(), loc.name))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,7 @@ __all__ = [
     "Store",
     "check_opened",
     "note_fd_limit",
+    "open_checked",
     "open_flags",
     "read_only_error",
 ]
@@ -208,6 +210,34 @@ def check_opened(loc: Locator, fd: int) -> os.stat_result:
             f"{os.geteuid()}: nocopy refuses another user's segment. Fix: attach as uid {st.st_uid}."
         )
     return st
+
+
+def open_checked(
+    loc: Locator,
+    opener: Callable[[int], int],
+    write_granted: Callable[[int, os.stat_result], bool],
+    *,
+    writable: bool,
+) -> int:
+    """``opener(flags)``'s descriptor of *loc*, once it passed every store's checks.
+
+    It must be a regular file of this user (`check_opened`), and a *writable*
+    open needs ``write_granted(fd, stat)``: what the owner granted, never what
+    the handle says. A refused descriptor is closed.
+    """
+    try:
+        fd = opener(open_flags(writable))
+    except OSError as exc:
+        note_fd_limit(exc, attaching=True)
+        raise
+    try:
+        st = check_opened(loc, fd)
+        if writable and not write_granted(fd, st):
+            raise read_only_error(loc)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def read_only_error(loc: Locator) -> SegmentAccessError:
