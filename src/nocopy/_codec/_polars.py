@@ -177,12 +177,12 @@ def _decode_decimal(dec: Decoder, pl: Any, pa: Any, node: dict[str, Any]) -> Any
         values = dec.buffer(part["d"])
         if values.nbytes != 16 * n:
             raise dec.corrupt(f"{n} decimals need {16 * n} bytes, found {values.nbytes}")
-        bufs = [None, pa.py_buffer(values)]
+        bufs = [None, dec.arrow_buffer(part["d"], values)]
         if "v" in part:
             validity = dec.buffer(part["v"])
             if validity.nbytes < (n + 7) // 8:
                 raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} decimals")
-            bufs[0] = pa.py_buffer(validity)
+            bufs[0] = dec.arrow_buffer(part["v"], validity)
         arr = pa.Array.from_buffers(dtype, n, bufs, null_count=-1)
         if not dec.trusted:
             arr.validate(full=True)  # digits beyond the precision
