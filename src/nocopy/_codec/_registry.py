@@ -273,8 +273,8 @@ class Decoder:
         view: np.ndarray = self.base[start : start + n]
         return view
 
-    def arrow_buffer(self, index: int, view: np.ndarray) -> Any:
-        """Buffer *index* (whose bytes *view* is) as a pyarrow Buffer, without copying.
+    def arrow_buffer(self, index: Any, view: np.ndarray) -> Any:
+        """Buffer *index* (whose bytes *view* is, from `buffer`) as a pyarrow Buffer, without copying.
 
         A buffer over *view* (``pa.py_buffer``) is owned by a Python object, so
         whichever thread drops the last reference to it takes the GIL: Polars
