@@ -217,6 +217,15 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 
 
 def _decode_column(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
+    # Buffers no Polars thread needs the GIL to drop (see Decoder.arrow_buffer).
+    owned, dec.arrow_owned = dec.arrow_owned, True
+    try:
+        return _decode_owned(dec, pl, pa, node)
+    finally:
+        dec.arrow_owned = owned
+
+
+def _decode_owned(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("polars column node is not an object")
     kind = node.get("k")

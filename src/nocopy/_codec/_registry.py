@@ -236,6 +236,8 @@ class Decoder:
         self.base = base
         self._reopen = reopen
         self._arrow_file: Any = None
+        # Set while a Polars object is decoded: see arrow_buffer.
+        self.arrow_owned = False
         # Each buffer held apart (uint8, in the table's order) instead of at its offset in *base*.
         self.parts = parts
         self.header = header
@@ -280,13 +282,15 @@ class Decoder:
         whichever thread drops the last reference to it takes the GIL: Polars
         does so in its own worker threads (rechunking a frame inside
         ``serialize()``, which holds the GIL while it waits for them), and
-        deadlocks. So when the segment file can be opened again, the bytes
-        come from a mapping of it that Arrow itself owns and unmaps, in C++,
-        once its last buffer is gone; else (a layout held in memory, or a
-        file this process cannot open again) from *view*.
+        deadlocks. So while `arrow_owned` is set (Polars data) and the segment
+        file can be opened again, the bytes come from a second mapping of it
+        that Arrow itself owns and unmaps, in C++, once its last buffer is
+        gone. Else (Arrow and pandas data, which keep to the one mapping of
+        the segment per process; a layout held in memory; a file this process
+        cannot open again) from *view*.
         """
         pa = importlib.import_module("pyarrow")
-        mm = self._arrow_mapping(pa)
+        mm = self._arrow_mapping(pa) if self.arrow_owned else None
         if mm is None:
             return pa.py_buffer(view)
         off, n = self.header.buffers[index]
