@@ -35,6 +35,11 @@ Int128, UInt128, Object, extensions    UnsupportedTypeError naming the column
                                        pickled with ``allow_pickle=True``
 =====================================  =======================================
 
+The buffers come from a mapping of the segment that Arrow owns (see
+`Decoder.arrow_buffer`), so Polars' threads can drop them without the GIL:
+``serialize()``, and with it ``pickle.dumps``, rechunks in those threads while
+the caller holds the GIL.
+
 Chunks, column order, names and the schema round-trip. Polars never writes into
 a foreign (imported) buffer: its in-place operations copy first, so a shared
 frame cannot be changed through Polars; the buffers lie in a read-only
