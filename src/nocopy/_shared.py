@@ -242,13 +242,22 @@ class Shared(Generic[T]):
                 self._base = base
             return base
 
-    def _map(self, access: int) -> np.ndarray:
-        writable_fd = access == mmap.ACCESS_WRITE
+    def _open(self, *, writable: bool = False) -> int:
+        """A new descriptor of the segment file (the caller closes it)."""
         owner = self._owner
         if owner is not None and owner.held():
-            fd = os.dup(owner.fd)
-        else:
-            fd = open_segment(self._locator, writable=writable_fd, token=self._token.hex())
+            return os.dup(owner.fd)
+        return open_segment(self._locator, writable=writable, token=self._token.hex())
+
+    def _reopen(self) -> int:
+        # Under the lock, as in get(private=True): a close() must not free the
+        # owner's descriptor (its number then reused) before it is duplicated.
+        with self._lock:
+            self._check_open()
+            return self._open()
+
+    def _map(self, access: int) -> np.ndarray:
+        fd = self._open(writable=access == mmap.ACCESS_WRITE)
         try:
             actual = os.fstat(fd).st_size
             if actual < self._size:
@@ -268,7 +277,7 @@ class Shared(Generic[T]):
     def _decode(self, base: np.ndarray) -> Any:
         # Pickled nodes are refused by the decoder itself unless trusted.
         header = self._header(base)
-        return decode(base, header, name=self._locator.name, trusted=self._trusted)
+        return decode(base, header, name=self._locator.name, trusted=self._trusted, reopen=self._reopen)
 
 
 def _rebuild(

@@ -18,7 +18,7 @@ array([0, 1, 2])
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,12 +60,20 @@ def read_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Heade
     return parse_header(mem, name=name, token=token, size=size)
 
 
-def decode(base: np.ndarray, header: Header, *, name: str, trusted: bool) -> Any:
+def decode(
+    base: np.ndarray, header: Header, *, name: str, trusted: bool, reopen: Callable[[], int] | None = None,
+) -> Any:
     """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
 
-    Pickled parts are refused (SegmentAccessError) unless *trusted*.
+    Pickled parts are refused (SegmentAccessError) unless *trusted*. *reopen*,
+    if given, opens the segment file again (a new read-only descriptor):
+    Arrow data is then read from a mapping Arrow owns (see `Decoder.arrow_buffer`).
     """
-    return Decoder(base, header, name=name, trusted=trusted).decode(header.tree)
+    dec = Decoder(base, header, name=name, trusted=trusted, reopen=reopen)
+    try:
+        return dec.decode(header.tree)
+    finally:
+        dec.close()
 
 
 def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> Any:

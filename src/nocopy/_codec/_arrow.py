@@ -494,7 +494,8 @@ def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
     what = node.get("what")
     if what not in _IPC_WHAT:
         raise dec.corrupt(f"unknown Arrow object {what!r:.40}")
-    raw = dec.buffer(node.get("b"))
+    index = node.get("b")
+    raw = dec.buffer(index)
     try:
         refusal = _ipc_refusal(pa, raw)
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -502,7 +503,7 @@ def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
     if refusal:
         raise dec.corrupt(f"Arrow IPC stream refused: {refusal}")
     try:
-        reader = pa.ipc.open_stream(pa.py_buffer(raw))
+        reader = pa.ipc.open_stream(dec.arrow_buffer(index, raw))
         if what in ("array", "batch"):
             batches = list(reader)
             if len(batches) != 1:

@@ -35,6 +35,11 @@ Int128, UInt128, Object, extensions    UnsupportedTypeError naming the column
                                        pickled with ``allow_pickle=True``
 =====================================  =======================================
 
+The buffers come from a mapping of the segment that Arrow owns (see
+`Decoder.arrow_buffer`), so Polars' threads can drop them without the GIL:
+``serialize()``, and with it ``pickle.dumps``, rechunks in those threads while
+the caller holds the GIL.
+
 Chunks, column order, names and the schema round-trip. Polars never writes into
 a foreign (imported) buffer: its in-place operations copy first, so a shared
 frame cannot be changed through Polars; the buffers lie in a read-only
@@ -177,12 +182,12 @@ def _decode_decimal(dec: Decoder, pl: Any, pa: Any, node: dict[str, Any]) -> Any
         values = dec.buffer(part["d"])
         if values.nbytes != 16 * n:
             raise dec.corrupt(f"{n} decimals need {16 * n} bytes, found {values.nbytes}")
-        bufs = [None, pa.py_buffer(values)]
+        bufs = [None, dec.arrow_buffer(part["d"], values)]
         if "v" in part:
             validity = dec.buffer(part["v"])
             if validity.nbytes < (n + 7) // 8:
                 raise dec.corrupt(f"validity bitmap of {validity.nbytes} bytes is too short for {n} decimals")
-            bufs[0] = pa.py_buffer(validity)
+            bufs[0] = dec.arrow_buffer(part["v"], validity)
         arr = pa.Array.from_buffers(dtype, n, bufs, null_count=-1)
         if not dec.trusted:
             arr.validate(full=True)  # digits beyond the precision
@@ -217,6 +222,15 @@ def encode(enc: Encoder, obj: Any, path: str) -> Any:
 
 
 def _decode_column(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
+    # Buffers no Polars thread needs the GIL to drop (see Decoder.arrow_buffer).
+    owned, dec.arrow_owned = dec.arrow_owned, True
+    try:
+        return _decode_owned(dec, pl, pa, node)
+    finally:
+        dec.arrow_owned = owned
+
+
+def _decode_owned(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("polars column node is not an object")
     kind = node.get("k")

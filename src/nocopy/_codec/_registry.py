@@ -230,8 +230,13 @@ class Decoder:
         name: str,
         trusted: bool,
         parts: Sequence[np.ndarray] | None = None,
+        reopen: Callable[[], int] | None = None,
     ) -> None:
         self.base = base
+        self._reopen = reopen
+        self._arrow_file: Any = None
+        # Set while a Polars object is decoded: see arrow_buffer.
+        self.arrow_owned = False
         # Each buffer held apart (uint8, in the table's order) instead of at its offset in *base*.
         self.parts = parts
         self.header = header
@@ -268,6 +273,52 @@ class Decoder:
         start = self.header.data_offset + off
         view: np.ndarray = self.base[start : start + n]
         return view
+
+    def arrow_buffer(self, index: Any, view: np.ndarray) -> Any:
+        """Buffer *index* (whose bytes *view* is, from `buffer`) as a pyarrow Buffer, without copying.
+
+        A buffer over *view* (``pa.py_buffer``) is owned by a Python object, so
+        whichever thread drops the last reference to it takes the GIL: Polars
+        does so in its own worker threads (rechunking a frame inside
+        ``serialize()``, which holds the GIL while it waits for them), and
+        deadlocks. So while `arrow_owned` is set (Polars data) and the segment
+        file can be opened again, the bytes come from a second mapping of it
+        that Arrow itself owns and unmaps, in C++, once its last buffer is
+        gone. Else (Arrow and pandas data, which keep to the one mapping of
+        the segment per process; a layout held in memory; a file this process
+        cannot open again) from *view*.
+        """
+        pa = importlib.import_module("pyarrow")
+        mm = self._arrow_mapping(pa) if self.arrow_owned else None
+        if mm is None:
+            return pa.py_buffer(view)
+        off, n = self.header.buffers[index]
+        mm.seek(self.header.data_offset + off)
+        buf = mm.read_buffer(n)
+        if buf.size != n:
+            raise self.corrupt(f"buffer {index} lies beyond the end of the segment file")
+        return buf
+
+    def _arrow_mapping(self, pa: Any) -> Any:
+        if self._arrow_file is None and self._reopen is not None and self.parts is None:
+            reopen, self._reopen = self._reopen, None  # one attempt per decode
+            try:
+                fd = reopen()
+            except (NocopyError, OSError):
+                return None
+            try:
+                self._arrow_file = pa.memory_map(f"/proc/self/fd/{fd}", "r")
+            except (OSError, pa.ArrowException):
+                return None
+            finally:
+                os.close(fd)
+        return self._arrow_file
+
+    def close(self) -> None:
+        """Close the file behind `arrow_buffer`; the buffers read keep its mapping alive."""
+        if self._arrow_file is not None:
+            self._arrow_file.close()
+            self._arrow_file = None
 
     def spend(self, nbytes: int, what: str) -> None:
         """Account for *nbytes* allocated by decoding (not a view of the segment).
