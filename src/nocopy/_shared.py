@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import operator
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -18,6 +20,7 @@ from ._store import (
     Mapping,
     OwnedSegment,
     default_backend,
+    descriptor_path,
     format_uri,
     get_store,
     open_segment,
@@ -249,12 +252,18 @@ class Shared(Generic[T]):
             return os.dup(owner.fd)
         return open_segment(self._locator, writable=writable, token=self._token.hex())
 
-    def _reopen(self) -> int:
+    @contextlib.contextmanager
+    def _reopen(self) -> Iterator[str]:
+        """A path to the segment file, valid inside the block (a descriptor held meanwhile)."""
         # Under the lock, as in get(private=True): a close() must not free the
         # owner's descriptor (its number then reused) before it is duplicated.
         with self._lock:
             self._check_open()
-            return self._open()
+            fd = self._open()
+        try:
+            yield descriptor_path(fd)
+        finally:
+            os.close(fd)
 
     def _map(self, access: int) -> np.ndarray:
         fd = self._open(writable=access == mmap.ACCESS_WRITE)

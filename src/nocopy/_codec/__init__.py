@@ -19,6 +19,7 @@ array([0, 1, 2])
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,7 @@ def read_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Heade
 
 
 def decode(
-    base: np.ndarray, header: Header, *, name: str, trusted: bool, reopen: Callable[[], int] | None = None,
+    base: np.ndarray, header: Header, *, name: str, trusted: bool, reopen: Callable[[], AbstractContextManager[str]] | None = None,
 ) -> Any:
     """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
 

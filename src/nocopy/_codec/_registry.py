@@ -19,6 +19,7 @@ import importlib
 import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -230,7 +231,7 @@ class Decoder:
         name: str,
         trusted: bool,
         parts: Sequence[np.ndarray] | None = None,
-        reopen: Callable[[], int] | None = None,
+        reopen: Callable[[], AbstractContextManager[str]] | None = None,
     ) -> None:
         self.base = base
         self._reopen = reopen
@@ -303,15 +304,10 @@ class Decoder:
         if self._arrow_file is None and self._reopen is not None and self.parts is None:
             reopen, self._reopen = self._reopen, None  # one attempt per decode
             try:
-                fd = reopen()
-            except (NocopyError, OSError):
+                with reopen() as path:
+                    self._arrow_file = pa.memory_map(path, "r")
+            except (NocopyError, OSError, pa.ArrowException):
                 return None
-            try:
-                self._arrow_file = pa.memory_map(f"/proc/self/fd/{fd}", "r")
-            except (OSError, pa.ArrowException):
-                return None
-            finally:
-                os.close(fd)
         return self._arrow_file
 
     def close(self) -> None:

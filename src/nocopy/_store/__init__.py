@@ -32,6 +32,7 @@ __all__ = [
     "Store",
     "check_backend",
     "default_backend",
+    "descriptor_path",
     "format_uri",
     "get_store",
     "is_alive",
@@ -95,6 +96,11 @@ def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
     URI that claims more is refused with SegmentAccessError.
     """
     return _locate(loc).open(loc, writable=writable, token=token)
+
+
+def descriptor_path(fd: int) -> str:
+    """A path naming descriptor *fd* of this process, for libraries that open by path (Arrow)."""
+    return f"/proc/self/fd/{fd}"
 
 
 def is_alive(loc: Locator) -> bool:
