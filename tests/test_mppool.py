@@ -8,7 +8,6 @@ import multiprocessing as mp
 import multiprocessing.pool
 import os
 import pickle
-import threading
 import time
 import weakref
 from pathlib import Path
@@ -62,9 +61,8 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def return_lock() -> Any:
-    # Unpicklable even by value (lambdas no longer are: nocopy sends them with cloudpickle).
-    return threading.Lock()
+def return_lambda() -> Any:
+    return lambda: 42
 
 
 def wait_for(path: str) -> int:
@@ -175,7 +173,7 @@ def test_big_results_come_back_through_shared_memory(method: str) -> None:
 def test_an_unpicklable_result_is_a_maybe_encoding_error_as_with_the_stdlib() -> None:
     for cls in (multiprocessing.pool.Pool, nocopy.Pool):
         with cls(1) as pool:
-            res = pool.apply_async(return_lock)
+            res = pool.apply_async(return_lambda)
             with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="Error sending result"):
                 res.get(60)
             assert pool.apply(abs, (-3,)) == 3  # the worker was not lost
@@ -321,3 +319,14 @@ def test_a_dead_worker_is_replaced_and_its_task_never_completes_as_with_the_stdl
             assert pool.apply(total, (np.ones(MiB),)) == MiB
         pool.join()
     assert _own_segments() - before == set()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_a_lambda_task_runs_but_results_pickle_as_with_the_stdlib(method: str) -> None:
+    # Functions travel by value (cloudpickle) when they cannot travel by name; results are
+    # pickled as multiprocessing does, so CPython's test_unpickleable_result holds.
+    offset = 10
+    with nocopy.Pool(2, context=multiprocessing.get_context(method)) as pool:
+        assert pool.map(lambda x: x + offset, range(4)) == [10, 11, 12, 13]
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError):
+            pool.apply(return_lambda)

@@ -85,7 +85,7 @@ class _PoolState:
             func, args, kwds = functools.partial(runner, fn), tuple(items), {}
         call = prepare(
             func, args, kwds, cache=self.resources.cache, threshold=self.threshold,
-            task_id=next(self.task_ids), tag=self.resources.tag, name=name,
+            task_id=next(self.task_ids), tag=self.resources.tag, name=name, results_by_value=False,
         )
         if call.has_handles:
             with self.lock:

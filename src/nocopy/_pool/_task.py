@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from ..errors import TaskUnpicklingError
@@ -48,12 +49,13 @@ def unpickling_stopped(exc: BaseException, what: str, where: str) -> TaskUnpickl
 class WorkerCall:
     """The callable the stdlib worker runs: unpickle, unwrap, call, send big results back."""
 
-    __slots__ = ("address", "has_handles", "name", "payload", "tag", "task_id", "threshold")
+    __slots__ = ("address", "has_handles", "name", "payload", "results_by_value", "tag", "task_id", "threshold")
 
     def __init__(
         self, payload: bytes, task_id: int, name: str, threshold: int, address: str, tag: str,
-        has_handles: bool,
+        has_handles: bool, results_by_value: bool = True,
     ) -> None:
+        self.results_by_value = results_by_value
         self.payload = payload
         self.task_id = task_id
         self.name = name
@@ -80,7 +82,13 @@ class WorkerCall:
                 result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
             )
             try:
-                data = _functions.dumps(result)  # a returned lambda or closure travels too
+                # The executor lets a returned lambda or closure travel too; nocopy.Pool
+                # pickles results as multiprocessing does (its own tests expect that).
+                data = (
+                    _functions.dumps(result)
+                    if self.results_by_value
+                    else bytes(ForkingPickler.dumps(result, pickle.HIGHEST_PROTOCOL))
+                )
             except BaseException as exc:
                 exc.add_note(
                     f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
@@ -116,12 +124,16 @@ def _rebuild_worker_call(*args: Any) -> WorkerCall:
 class Call:
     """Caller side of one task; pickles (in the queue feeder thread) into a `WorkerCall`."""
 
-    __slots__ = ("address", "args", "fn", "has_handles", "kwargs", "name", "tag", "task_id", "threshold")
+    __slots__ = (
+        "address", "args", "fn", "has_handles", "kwargs", "name", "results_by_value", "tag", "task_id",
+        "threshold",
+    )
 
     def __init__(
         self, fn: Any, args: Any, kwargs: Any, task_id: int, threshold: int, address: str, tag: str,
-        has_handles: bool, name: str | None = None,
+        has_handles: bool, name: str | None = None, *, results_by_value: bool = True,
     ) -> None:
+        self.results_by_value = results_by_value
         self.name = name
         self.fn = fn
         self.args = args
@@ -149,18 +161,19 @@ class Call:
         return (
             _rebuild_worker_call,
             (payload, self.task_id, self.fn_name(), self.threshold, self.address,
-             self.tag, self.has_handles),
+             self.tag, self.has_handles, self.results_by_value),
         )
 
 
 def prepare(
     fn: Any, args: Any, kwargs: Any, *, cache: ShareCache, threshold: int, task_id: int, tag: str,
-    name: str | None = None,
+    name: str | None = None, results_by_value: bool = True,
 ) -> Call:
     """The `Call` for ``fn(*args, **kwargs)``, its big data arguments shared through *cache* (see ``_walk``).
 
     Results come back to the inbox under *tag*; *name* names the task in errors
-    (default: its callable's name).
+    (default: its callable's name); *results_by_value*: results may hold functions sent by
+    value (the executor), or are pickled as multiprocessing does (``nocopy.Pool``).
     """
     sharer = _walk.ArgumentSharer(cache, threshold)
     args = _walk.walk(args, sharer) if args else args
@@ -168,5 +181,6 @@ def prepare(
     # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
     fn = _walk.walk(fn, sharer) if type(fn) is functools.partial else fn
     return Call(
-        fn, args, kwargs, task_id, threshold, _results.get_inbox().open_tag(tag), tag, sharer.found, name
+        fn, args, kwargs, task_id, threshold, _results.get_inbox().open_tag(tag), tag, sharer.found, name,
+        results_by_value=results_by_value,
     )
