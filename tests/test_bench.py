@@ -422,6 +422,34 @@ def test_parallel_fill_writes_every_range(how: str, monkeypatch: pytest.MonkeyPa
     assert _scaling._ranges(src.nbytes, 3) == [(0, 2 * MiB), (2 * MiB, 4 * MiB), (4 * MiB, src.nbytes)]
 
 
+def test_task_overhead_times_map_and_submit_on_both_pools_interleaved(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._bench import _scaling
+
+    timed: list[tuple[str, str]] = []
+    real = _scaling._time_tasks
+
+    def spy(ex: Any, how: str, n: int) -> tuple[float, list[Any]]:
+        timed.append(("nocopy" if isinstance(ex, nocopy.ProcessPoolExecutor) else "concurrent.futures", how))
+        return real(ex, how, n)
+
+    monkeypatch.setattr(_scaling, "_time_tasks", spy)
+    cfg = _scaling.ScalingConfig(tasks=30, repeat=2, parts=["overhead"])
+    out = _scaling._task_overhead(cfg, lambda s: None)
+    # The second round runs the pools in the other order.
+    std = [("concurrent.futures", "map"), ("concurrent.futures", "submit")]
+    ours = [("nocopy", "map"), ("nocopy", "submit")]
+    assert timed == std + ours + ours + std
+    for p in out.values():
+        assert p["tasks"] == 30 and p["us_per_task"] > 0 and p["submit_us_per_task"] > 0
+    assert out["nocopy"]["map_over_stdlib"] == pytest.approx(
+        out["nocopy"]["us_per_task"] / out["concurrent.futures"]["us_per_task"]
+    )
+    assert out["nocopy"]["submit_over_stdlib"] == pytest.approx(
+        out["nocopy"]["submit_us_per_task"] / out["concurrent.futures"]["submit_us_per_task"]
+    )
+    assert "vs concurrent.futures: map" in _scaling.scaling_table({"config": {}, "task_overhead": out})
+
+
 @pytest.mark.slow
 def test_scaling_small(tmp_path: Path) -> None:
     out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"

@@ -7,8 +7,9 @@
   seed floor's copy (pwrite into a fresh memfd); and how filling one fresh
   memfd scales with threads over disjoint ranges (fallocate + pwrite, or a
   mapping per range), 1 thread against one per core, interleaved;
-- ``overhead``: per-task cost of tiny tasks in a warm pool, nocopy's executor
-  vs concurrent.futures;
+- ``overhead``: per-task cost of tiny tasks (``list(ex.map(f, range(N)))``
+  and one ``submit`` per item) in a warm pool of 2, nocopy's executor vs
+  concurrent.futures, runs interleaved, medians and their ratio;
 - ``workers``: the classic experiment's end-to-end time vs number of workers.
 """
 
@@ -186,30 +187,53 @@ def _fill_text(point: dict[str, Any]) -> str:
     )
 
 
+def _time_tasks(ex: cf.Executor, how: str, n: int) -> tuple[float, list[Any]]:
+    t0 = time.perf_counter()
+    if how == "map":
+        results = list(ex.map(_tasks.identity, range(n)))
+    else:
+        futures = [ex.submit(_tasks.identity, i) for i in range(n)]
+        results = [f.result() for f in futures]
+    return (time.perf_counter() - t0) / n * 1e6, results
+
+
 def _task_overhead(cfg: ScalingConfig, log: Log) -> dict[str, Any]:
     import nocopy
 
-    pools: list[tuple[str, Callable[[], cf.Executor]]] = [
-        ("concurrent.futures", lambda: cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(cfg.start_method)))
-    ]
+    ctx = multiprocessing.get_context(cfg.start_method)
+    pools: dict[str, cf.Executor] = {"concurrent.futures": cf.ProcessPoolExecutor(2, mp_context=ctx)}
     if hasattr(nocopy, "ProcessPoolExecutor"):
-        pools.append(
-            ("nocopy", lambda: nocopy.ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context(cfg.start_method)))
-        )
+        pools["nocopy"] = nocopy.ProcessPoolExecutor(max_workers=2, mp_context=ctx)
+    runs: dict[tuple[str, str], list[float]] = {(name, how): [] for name in pools for how in ("map", "submit")}
+    try:
+        for ex in pools.values():
+            list(ex.map(_tasks.identity, range(50)))  # warm: workers started, modules imported
+        names = list(pools)
+        # Both pools stay warm and the runs alternate (the order flipping each
+        # round), so drift on a noisy machine hits both sides alike.
+        for r in range(cfg.repeat):
+            for name in names if r % 2 == 0 else names[::-1]:
+                for how in ("map", "submit"):
+                    us, results = _time_tasks(pools[name], how, cfg.tasks)
+                    if results != list(range(cfg.tasks)):
+                        raise AssertionError(f"{name}: tiny tasks ({how}) returned wrong results")
+                    runs[name, how].append(us)
+    finally:
+        for ex in pools.values():
+            ex.shutdown()
     out: dict[str, Any] = {}
-    for name, make in pools:
-        with make() as ex:
-            list(ex.map(_tasks.identity, range(50)))  # warm
-            runs = []
-            for _ in range(cfg.repeat):
-                t0 = time.perf_counter()
-                futures = [ex.submit(_tasks.identity, i) for i in range(cfg.tasks)]
-                results = [f.result() for f in futures]
-                runs.append((time.perf_counter() - t0) / cfg.tasks * 1e6)
-                if results != list(range(cfg.tasks)):
-                    raise AssertionError(f"{name}: tiny tasks returned wrong results")
-        out[name] = {"us_per_task": float(np.median(runs)), "us_per_task_runs": summary(runs), "tasks": cfg.tasks}
-        log(f"  overhead {name:<20} {out[name]['us_per_task']:.0f} µs per task")
+    for name in pools:
+        m, s = runs[name, "map"], runs[name, "submit"]
+        out[name] = {
+            "us_per_task": float(np.median(m)), "us_per_task_runs": summary(m),
+            "submit_us_per_task": float(np.median(s)), "submit_us_per_task_runs": summary(s), "tasks": cfg.tasks,
+        }
+    if "nocopy" in out:
+        std, nc = out["concurrent.futures"], out["nocopy"]
+        nc["map_over_stdlib"] = ratio(nc["us_per_task"], std["us_per_task"])
+        nc["submit_over_stdlib"] = ratio(nc["submit_us_per_task"], std["submit_us_per_task"])
+    for name, p in out.items():
+        log(f"  overhead {name:<20} map {p['us_per_task']:.0f} µs per task, submit {p['submit_us_per_task']:.0f} µs per task")
     return out
 
 
@@ -280,6 +304,19 @@ def run_scaling(cfg: ScalingConfig, log: Log = lambda s: print(s, file=sys.stder
     return result
 
 
+def _overhead_lines(over: dict[str, Any]) -> list[str]:
+    lines = ["per-task overhead (tiny tasks, warm pool of 2):"]
+    for name, p in over.items():
+        vs = ""
+        if p.get("map_over_stdlib") is not None:
+            vs = f"   vs concurrent.futures: map {p['map_over_stdlib']:.2f}x, submit {p['submit_over_stdlib']:.2f}x"
+        lines.append(
+            f"  {name:<20} list(ex.map(f, range(N))) {p['us_per_task']:6.0f} µs per task,"
+            f" submit {p['submit_us_per_task']:6.0f} µs per task{vs}"
+        )
+    return [*lines, ""]
+
+
 def scaling_table(result: dict[str, Any]) -> str:
     lines = ["nocopy bench scaling", ""]
     get = result.get("get_latency")
@@ -308,10 +345,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("")
     over = result.get("task_overhead")
     if over:
-        lines.append("per-task overhead (tiny tasks, warm pool of 2):")
-        for name, p in over.items():
-            lines.append(f"  {name:<20} {p['us_per_task']:8.0f} µs per task")
-        lines.append("")
+        lines += _overhead_lines(over)
     wk = result.get("workers")
     if wk:
         lines.append(f"classic experiment ({result['config']['rows']:,} rows) vs workers, median s:")
