@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import inspect
+import os
 import threading
 import warnings
 import weakref
@@ -12,6 +15,24 @@ from .._shared import Shared, share
 from ..errors import UnsupportedTypeError
 
 __all__ = ["ShareCache"]
+
+
+# Frames a warning about an argument skips: nocopy's own and the stdlib executor's
+# (its map() calls our submit()), so it points at the caller's submit() or map().
+_INTERNAL = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
+)
+
+
+def _callers_level() -> int:
+    """The ``stacklevel``, for a ``warnings.warn`` in our caller, of the first frame outside nocopy."""
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None  # CPython keeps frames
+    level, frame = 1, frame.f_back
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 class ShareCache:
@@ -61,7 +82,7 @@ class ShareCache:
                     f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
                     f"argument, it is pickled instead ({exc})",
                     RuntimeWarning,
-                    stacklevel=10,  # the caller's submit() of a top-level argument
+                    stacklevel=_callers_level(),
                 )
             return None
 

@@ -78,9 +78,10 @@ class WorkerCall:
                 kwargs = _walk.unwrap(kwargs, _worker.keep_warm)
             result = fn(*args, **kwargs)
             del args, kwargs
-            result = _walk.walk(
-                result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
-            )
+            if type(result) not in _walk.ATOMIC:
+                result = _walk.walk(
+                    result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
+                )
             try:
                 # The executor lets a returned lambda or closure travel too; nocopy.Pool
                 # pickles results as multiprocessing does (its own tests expect that).

@@ -19,6 +19,7 @@ Sizes and the columns ``share()`` converts come from ``_kinds``.
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +28,11 @@ from .._shared import Shared, share
 from ..errors import UnsupportedTypeError
 from ._cache import ShareCache
 
-__all__ = ["MAX_DEPTH", "ArgumentSharer", "AutoArg", "ResultSharer", "unwrap", "walk"]
+__all__ = ["ATOMIC", "MAX_DEPTH", "ArgumentSharer", "AutoArg", "ResultSharer", "unwrap", "walk"]
 
-_ATOMIC = (type(None), bool, int, float, complex, str, bytes)
+ATOMIC = (type(None), bool, int, float, complex, str, bytes)
+# Callables, never data: the function of every task skips the cache and the size check.
+_CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
 # Containers deeper than this travel as they are (pickled), as with the stdlib.
 MAX_DEPTH = 4
 
@@ -37,20 +40,14 @@ MAX_DEPTH = 4
 def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
     """*value* with ``leaf(x)`` in place of each leaf; a container nothing changed in is kept as is."""
     t = type(value)
-    if t in _ATOMIC:
+    if t in ATOMIC:
         return value
     if depth >= MAX_DEPTH:
         return leaf(value)
     if t is list or t is tuple:
-        items = [walk(v, leaf, depth + 1) for v in value]
-        if all(a is b for a, b in zip(items, value, strict=True)):
-            return value
-        return items if t is list else tuple(items)
+        return _walk_sequence(value, leaf, depth)
     if t is dict:
-        new = {k: walk(v, leaf, depth + 1) for k, v in value.items()}
-        if all(new[k] is v for k, v in value.items()):
-            return value
-        return new
+        return _walk_dict(value, leaf, depth)
     if t is functools.partial:
         func = walk(value.func, leaf, depth + 1)
         args = walk(value.args, leaf, depth + 1)
@@ -59,6 +56,34 @@ def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
             return value
         return functools.partial(func, *args, **keywords)
     return leaf(value)
+
+
+def _walk_sequence(value: list[Any] | tuple[Any, ...], leaf: Callable[[Any], Any], depth: int) -> Any:
+    # Most arguments change nowhere: copy only from the first item that did.
+    items: list[Any] | None = None
+    for i, v in enumerate(value):
+        w = v if type(v) in ATOMIC else walk(v, leaf, depth + 1)
+        if items is None:
+            if w is v:
+                continue
+            items = list(value[:i])
+        items.append(w)
+    if items is None:
+        return value
+    return items if type(value) is list else tuple(items)
+
+
+def _walk_dict(value: dict[Any, Any], leaf: Callable[[Any], Any], depth: int) -> Any:
+    changed: dict[Any, Any] | None = None
+    for k, v in value.items():
+        w = v if type(v) in ATOMIC else walk(v, leaf, depth + 1)
+        if w is not v:
+            if changed is None:
+                changed = {}
+            changed[k] = w
+    if changed is None:
+        return value
+    return {k: changed.get(k, v) for k, v in value.items()}
 
 
 class AutoArg:
@@ -87,8 +112,11 @@ class ArgumentSharer:
         self.found = False
 
     def __call__(self, value: Any) -> Any:
-        if type(value) is Shared:
+        t = type(value)
+        if t is Shared:
             self.found = True
+            return value
+        if t in _CODE:
             return value
         known, shared = self.cache.cached(value)
         if not known:
