@@ -41,3 +41,25 @@ def test_walk_stops_at_max_depth_and_goes_into_partials() -> None:
     out = _walk.walk(part, _mark)
     assert out.args == (("marked", a),) and out.keywords == {"sep": ("marked", a)}
 
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    from multiprocessing.reduction import ForkingPickler
+
+    from nocopy._pool import _task
+    from nocopy._pool._cache import ShareCache
+
+    call = _task.prepare(fn, args, {}, cache=ShareCache(), threshold=1 << 20, task_id=1, tag="0" * 16)
+    return ForkingPickler.loads(ForkingPickler.dumps(call))()
+
+
+def test_a_plain_result_comes_back_as_it_is_and_anything_else_in_a_reply() -> None:
+    import pickle
+
+    from nocopy._pool._results import Reply
+
+    for plain in (5, "s", None, [1, 2.0, b"x"], (3,), [0] * 64):
+        assert _call(functools.partial(lambda x: x, plain)) == plain
+    for other in ([0] * 65, {"a": 1}, [[1]], (Leaf,)):
+        reply = _call(functools.partial(lambda x: x, other))
+        assert type(reply) is Reply and pickle.loads(reply.data) == other

@@ -46,6 +46,20 @@ def unpickling_stopped(exc: BaseException, what: str, where: str) -> TaskUnpickl
     )
 
 
+# A result list or tuple longer than this is not checked item by item: it goes in a Reply.
+_PLAIN_ITEMS = 64
+
+
+def _plain(result: Any) -> bool:
+    """Whether *result* is an atomic value, or a short list or tuple of them (ex.map's chunk results)."""
+    t = type(result)
+    if t in _walk.ATOMIC:
+        return True
+    if t is list or t is tuple:
+        return len(result) <= _PLAIN_ITEMS and all(type(v) in _walk.ATOMIC for v in result)
+    return False
+
+
 class WorkerCall:
     """The callable the stdlib worker runs: unpickle, unwrap, call, send big results back."""
 
@@ -64,7 +78,8 @@ class WorkerCall:
         self.tag = tag
         self.has_handles = has_handles
 
-    def __call__(self) -> _results.Reply:
+    def __call__(self) -> Any:
+        """The task's `_results.Reply`, or its plain result itself (see `_plain`)."""
         table = _worker.task_table()
         row = self.task_id % _crash.RING
         if table is not None:
@@ -78,10 +93,13 @@ class WorkerCall:
                 kwargs = _walk.unwrap(kwargs, _worker.keep_warm)
             result = fn(*args, **kwargs)
             del args, kwargs
-            if type(result) not in _walk.ATOMIC:
-                result = _walk.walk(
-                    result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
-                )
+            if _plain(result):
+                # Nothing in it to share, no function to send by value, nothing that can
+                # fail to unpickle: the stdlib's result queue pickles it once, as it is.
+                return result
+            result = _walk.walk(
+                result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
+            )
             try:
                 # The executor lets a returned lambda or closure travel too; nocopy.Pool
                 # pickles results as multiprocessing does (its own tests expect that).
