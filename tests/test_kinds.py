@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+import nocopy
 from nocopy import _kinds
 from nocopy.errors import UnsupportedTypeError
 
@@ -83,13 +84,16 @@ def test_converted_string_columns_are_named_and_restored() -> None:
     )
     columns = _kinds.converted_columns(frame)
     assert [pos for pos, _ in columns] == [1, 2]
-    # What get() gives back for those columns: Arrow-backed strings.
-    arrowed = frame.astype({"o": "str", "p": "str"})
-    restored = _kinds.restore_columns(arrowed, columns)
+    # What get() really gives back for those columns: Arrow-backed strings.
+    with nocopy.share(frame) as ref:
+        arrowed = ref.get()
+        assert not arrowed.dtypes.equals(frame.dtypes)  # converted, so there is something to restore
+        restored = _kinds.restore_columns(arrowed.copy(deep=False), columns)
     pd.testing.assert_frame_equal(restored, frame)
     series = pd.Series(["x"], dtype=object)
     assert _kinds.converted_columns(series) == ((-1, np.dtype(object)),)
-    pd.testing.assert_series_equal(_kinds.restore_columns(series.astype("str"), _kinds.converted_columns(series)), series)
+    with nocopy.share(series) as ref:
+        pd.testing.assert_series_equal(_kinds.restore_columns(ref.get(), _kinds.converted_columns(series)), series)
     assert _kinds.converted_columns(np.arange(3)) == ()
 
 

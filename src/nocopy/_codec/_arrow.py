@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._registry import DecodeFn, Decoder, Encoder
 
 __all__ = [
@@ -271,19 +273,12 @@ def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     get() rebuilds an object ndarray (new Python str objects: a copy per
     get); missing values come back as the same None / NaN / pd.NA.
     """
-    enc.note(
-        path, "object (str)", "converted",
+    return _encode_object_values(
+        enc, arr, path, "str", "pa.objstr",
         "stored once as Arrow large_string (never fixed-width); get() rebuilds Python str "
         "objects: share a pandas str column or an Arrow array for a zero-copy view",
+        to_large_strings, encode_large_strings,
     )
-    if enc.explaining:
-        return {"k": "py", "v": None}
-    pa = pyarrow("sharing strings")
-    try:
-        strings = to_large_strings(arr)
-    except (pa.ArrowException, UnicodeError) as exc:
-        return enc.unsupported(arr, path, f"object array of strings Arrow cannot store ({exc})", dtype="object")
-    return _with_null_kinds(enc, arr, path, "str", {"k": "pa.objstr", "s": encode_large_strings(enc, strings)}, strings)
 
 
 def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
@@ -292,19 +287,28 @@ def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
     Like `encode_object_strings`: get() rebuilds an object ndarray
     (new Python bytes objects: a copy per get), missing values as they were.
     """
-    enc.note(
-        path, "object (bytes)", "converted",
+    return _encode_object_values(
+        enc, arr, path, "bytes", "pa.objbin",
         "stored once as Arrow large_binary; get() rebuilds Python bytes objects: share an Arrow "
         "array or a pandas column of bytes for a zero-copy view",
+        to_large_binary, encode_large_binary,
     )
+
+
+def _encode_object_values(
+    enc: Encoder, arr: np.ndarray, path: str, what: str, kind: str, detail: str,
+    convert: Callable[[np.ndarray], Any], encode_values: Callable[[Encoder, Any], dict[str, Any]],
+) -> Any:
+    # One plan for object arrays of str or bytes: converted once to Arrow, rebuilt per get().
+    enc.note(path, f"object ({what})", "converted", detail)
     if enc.explaining:
         return {"k": "py", "v": None}
-    pa = pyarrow("sharing bytes")
+    pa = pyarrow(f"sharing {what}")
     try:
-        values = to_large_binary(arr)
-    except pa.ArrowException as exc:
-        return enc.unsupported(arr, path, f"object array of bytes Arrow cannot store ({exc})", dtype="object")
-    return _with_null_kinds(enc, arr, path, "bytes", {"k": "pa.objbin", "s": encode_large_binary(enc, values)}, values)
+        values = convert(arr)
+    except (pa.ArrowException, UnicodeError) as exc:
+        return enc.unsupported(arr, path, f"object array of {what} Arrow cannot store ({exc})", dtype="object")
+    return _with_null_kinds(enc, arr, path, what, {"k": kind, "s": encode_values(enc, values)}, values)
 
 
 def _with_null_kinds(enc: Encoder, arr: np.ndarray, path: str, what: str, node: dict[str, Any], values: Any) -> Any:
