@@ -151,7 +151,7 @@ class Shared(Generic[T]):
         )
 
     # -- use ---------------------------------------------------------
-    def get(self, *, private: bool = False) -> T:
+    def get(self, *, private: bool = False, populate: bool = False) -> T:
         """Rebuild the object over the shared pages, without copying.
 
         Views are read-only (writes raise numpy's "assignment destination is
@@ -159,11 +159,20 @@ class Shared(Generic[T]):
         With ``private=True`` the view is writable copy-on-write: writes stay
         in this process, reads still come from the shared pages.
 
+        ``populate=True`` maps every page of the segment before returning, in
+        one system call: a task about to read all of the data saves the page
+        faults of its first pass (about 15 ms per 220 MB here, against 40-60 ms
+        of faults). It costs time in proportion to the segment's size, so
+        leave it off when only part of the data will be read. The drop-in
+        pools populate the arguments they deliver.
+
         Examples
         --------
         >>> ref = nocopy.share(np.zeros(3))
         >>> v = ref.get(private=True); v[0] = 1.0
         >>> float(ref.get()[0])
+        0.0
+        >>> float(ref.get(populate=True).sum())   # every page mapped up front
         0.0
         """
         if private:
@@ -174,6 +183,8 @@ class Shared(Generic[T]):
                 base = self._map(mmap.ACCESS_COPY)
         else:
             base = self._shared_base()
+        if populate:
+            _populate(base)
         result: T = self._decode(base)
         return result
 
@@ -287,6 +298,13 @@ class Shared(Generic[T]):
         # Pickled nodes are refused by the decoder itself unless trusted.
         header = self._header(base)
         return decode(base, header, name=self._locator.name, trusted=self._trusted, reopen=self._reopen)
+
+
+def _populate(base: np.ndarray) -> None:
+    # Both the cached and the private bases are numpy views of a Mapping.
+    mapping: object = base.base
+    if isinstance(mapping, Mapping):
+        mapping.populate()
 
 
 def _rebuild(
