@@ -125,6 +125,20 @@ def test_import_does_not_pull_optional_dependencies() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_a_workers_imports_stay_lean() -> None:
+    # Every spawned worker imports nocopy before its first task: what it
+    # imports is start-up time, paid per worker. numpy it needs anyway;
+    # OpenSSL's hashlib (hmac, secrets: ~3 ms) and optional libraries it must not load.
+    code = (
+        "import sys, numpy, concurrent.futures.process; base = set(sys.modules); "
+        "import nocopy._pool._worker, nocopy._pool._task; "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'polars', 'cloudpickle', 'psutil', 'hmac', 'hashlib', "
+        "'secrets', 'tqdm', 'joblib', 'ray') if m in sys.modules and m not in base))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
+
+
 def test_readme_quick_start_runs(tmp_path: Path) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     m = re.search(r"## Quick start\n.*?```python\n(.*?)```", readme, re.S)

@@ -14,7 +14,6 @@ can make a reader spend far more memory or time than the segment's size.
 
 from __future__ import annotations
 
-import hmac
 import json
 import struct
 from typing import Any
@@ -130,7 +129,10 @@ def _check_prefix(
             f"segment {name} has layout version {version}; this nocopy reads version {VERSION}. "
             "Fix: use the same nocopy version in every process."
         )
-    if not hmac.compare_digest(bytes(seg_token), token):
+    # A plain comparison: the reader already holds the segment (and so its
+    # token); this catches a stale or mismatched handle, it guards no secret.
+    # (The fd server's token check, which does, is constant-time.)
+    if bytes(seg_token) != token:
         raise SegmentAccessError(
             f"segment {name}: the handle's token does not match the segment's. The handle is "
             "stale (the name was reused) or forged. Fix: use the uri of the current Shared."

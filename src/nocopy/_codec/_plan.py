@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,7 +32,7 @@ class Plan:
 
     def __init__(self, enc: Encoder, tree: Any) -> None:
         self._enc = enc
-        self.token = secrets.token_bytes(16)
+        self.token = os.urandom(16)
         flags = FLAG_PICKLE if enc.pickled else 0
         self._head, self._data_offset, self.size = pack_header(tree, enc.table, enc.data_size, self.token, flags)
         self.nbytes = sum(n for _, n in enc.table)

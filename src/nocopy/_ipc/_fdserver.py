@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 from ..errors import SegmentAccessError, SegmentNotFoundError
 from . import _unixserver
@@ -49,9 +48,11 @@ class FdServer(UnixServer):
         if match is None or fds:
             return self.BAD, None
         name, token = match.group(1).decode("ascii"), match.group(2).decode("ascii")
+        import hmac  # here, not at the top: workers that never serve a descriptor skip importing it
+
         with self._lock:
             entry = self._fds.get(name)
-            if entry is None or not secrets.compare_digest(entry[1], token):
+            if entry is None or not hmac.compare_digest(entry[1], token):
                 return b"N", None
             return b"K", os.dup(entry[0])
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import selectors
 import socket
 import struct
@@ -76,7 +75,7 @@ class UnixServer:
     MAX_CLIENTS = 128
 
     def __init__(self, prefix: str) -> None:
-        self.address = f"{prefix}-{os.getpid()}-{secrets.token_hex(16)}"
+        self.address = f"{prefix}-{os.getpid()}-{os.urandom(16).hex()}"
         self._lock = threading.Lock()
         self._clients: dict[socket.socket, _Client] = {}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
+import os
 import threading
 
 from .. import _inventory
@@ -30,7 +30,7 @@ class PoolResources:
 
     def __init__(self) -> None:
         # Names this executor's results in the process's inbox.
-        self.tag = secrets.token_hex(8)
+        self.tag = os.urandom(8).hex()
         self.cache = ShareCache()
         self.tasks = TaskTable()
         self.aborting = False

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 from typing import Any
 
 from .. import _kinds
@@ -173,7 +172,7 @@ def sender(address: str, tag: str) -> Any:
     """Worker side: a ``send(handle, columns)`` for ``_walk.ResultSharer`` handing results to *address*."""
 
     def send(handle: Shared[Any], columns: _kinds.Converted) -> ResultRef:
-        key = secrets.token_hex(16)
+        key = os.urandom(16).hex()
         hand_over(address, tag, key, owner_fd(handle))
         return ResultRef(address, key, handle.uri, handle.kind, handle.name, columns)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import secrets
 
 from .._process import pid_alive, process_start_time
 
@@ -31,7 +30,7 @@ def _own_start(pid: int) -> int:
 
 def make_name() -> str:
     pid = os.getpid()
-    return f"{PREFIX}-{pid}-{_own_start(pid)}-{secrets.token_hex(16)}"
+    return f"{PREFIX}-{pid}-{_own_start(pid)}-{os.urandom(16).hex()}"
 
 
 class ParsedName:
