@@ -30,7 +30,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from ._future import TaskFuture
 from ._resources import PoolResources
 from ._task import prepare
-from ._worker import caller, worker_init
+from ._worker import caller, run_then_exit, worker_init
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "submit_labelled", "usable"]
 
@@ -95,6 +95,29 @@ class _ManagerThread(_ExecutorManagerThread):
             self.resources.release(reclaim=self.broke)
 
 
+class _QuickExitContext:
+    """The executor's multiprocessing context, but spawned workers end through `run_then_exit`.
+
+    The stdlib makes each worker with ``ctx.Process(target=_process_worker,
+    args=...)``; wrapping the target here keeps the stdlib's own code for
+    everything else, on every Python version. Forked workers (fork,
+    forkserver) already leave with ``os._exit`` and must not run the atexit
+    handlers they inherited: they keep the stdlib's target.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self._spawned = ctx.get_start_method(allow_none=False) == "spawn"
+
+    def Process(self, *, target: Callable[..., object], args: tuple[Any, ...] = (), **kw: Any) -> Any:
+        if self._spawned:
+            target, args = run_then_exit, (target, *args)
+        return self._ctx.Process(target=target, args=args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
 class ProcessPoolExecutor(_StdProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` that hands big data over shared memory.
 
@@ -156,6 +179,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise
         self._resources.tasks.procs = self._processes
         self._procs: MutableMapping[int, Any] = self._processes
+        self._mp_context = _QuickExitContext(self._mp_context)  # type: ignore[assignment]
 
     @property
     def share_threshold(self) -> int:

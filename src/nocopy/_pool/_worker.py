@@ -1,4 +1,4 @@
-"""The worker process's side of the pool: its start, its watch on the caller, warm handles.
+"""The worker process's side of the pool: its start, its watch on the caller, warm handles, its exit.
 
 ``worker_init`` runs first in every worker (the stdlib's initializer slot):
 it ignores SIGINT (the caller handles Ctrl-C), starts a thread that ends the
@@ -9,9 +9,11 @@ warm across tasks (`keep_warm`).
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -24,7 +26,7 @@ from .._process import process_start_time
 from .._shared import Shared, is_alive, map_now
 from ..errors import NocopyError
 
-__all__ = ["caller", "keep_warm", "task_table", "worker_init"]
+__all__ = ["caller", "keep_warm", "run_then_exit", "task_table", "worker_init"]
 
 _table: np.ndarray | None = None
 _table_handle: Shared[np.ndarray] | None = None
@@ -143,3 +145,31 @@ def keep_warm(handle: Shared[Any]) -> None:
         if _reaper is None:
             _reaper = threading.Thread(target=_reap_forever, name="nocopy-warm-reaper", daemon=True)
             _reaper.start()
+
+
+# -- the exit ----------------------------------------------------------------------
+def run_then_exit(target: Callable[..., object], *args: Any) -> None:
+    """The worker process's main: the stdlib's worker loop, then a quick, complete exit.
+
+    After a clean end of the loop (shutdown, or max_tasks_per_child), do what
+    anyone could observe of an interpreter's exit -- wait for the task's
+    non-daemon threads, run the atexit handlers (multiprocessing's
+    finalizers, ``weakref.finalize``, coverage's) and flush the standard
+    streams -- then leave with ``os._exit(0)``, skipping only the teardown of
+    module globals: 15-20 ms of a worker's CPU that ``shutdown(wait=True)``
+    would wait for, per worker. A loop that raises exits as usual.
+    """
+    target(*args)
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join()
+    # What Py_FinalizeEx runs first (CPython has no public name for it); the rest frees memory.
+    atexit._run_exitfuncs()  # noqa: SLF001 - the interpreter's own exit step
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(0)
