@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DECODERS",
+    "Repeats",
     "decode_large_binary",
     "decode_large_strings",
     "encode",
@@ -48,6 +49,7 @@ __all__ = [
     "is_bytes_array",
     "is_string_array",
     "pyarrow",
+    "repeats",
     "to_large_binary",
     "to_large_strings",
 ]
@@ -83,12 +85,78 @@ def _na_kind(x: Any) -> int:
     return -1
 
 
-def is_string_array(arr: np.ndarray) -> bool:
+# Object columns often repeat a few objects (labels, codes, words): pickle
+# writes each distinct object once and then a memo reference, so converting
+# every row, each through pyarrow's per-object path, costs more than pickling
+# it. Such an array is grouped by object identity instead (the pointers,
+# dictionary-encoded by Arrow in C): only the distinct objects are checked and
+# converted, and Arrow's take() lays out the rows.
+_REPEAT_MIN = 1 << 15  # below this, the per-object path is cheap anyway
+_SAMPLE = 2048  # a sample this large likely holds a repeat if there are under ~2M distinct objects
+_DISTINCT_SHARE = 4  # group only if at most 1/4 of the rows are distinct objects
+
+
+class Repeats(NamedTuple):
+    """An object array grouped by identity: *distinct* (in order of first appearance) and,
+    for each row, its position in *distinct* (*indices*, an Arrow int32 array)."""
+
+    distinct: np.ndarray
+    indices: Any
+
+
+def repeats(arr: np.ndarray) -> Repeats | None:
+    """*arr* (1-d, object) grouped by object identity, or None if that would not pay.
+
+    Grouped when it is long, C-contiguous, pyarrow is installed and at most a
+    quarter of its rows are distinct objects (equal but distinct objects count
+    apart: the grouping never compares values, so it cannot change them).
+
+    Examples
+    --------
+    >>> words = np.array(["a", "bc"], dtype=object)[np.arange(1 << 16) % 2]
+    >>> rep = repeats(words)
+    >>> rep.distinct.tolist(), rep.indices[:3].to_pylist()
+    (['a', 'bc'], [0, 1, 0])
+    """
+    n = len(arr)
+    if arr.dtype != object or arr.ndim != 1 or n < _REPEAT_MIN:
+        return None
+    try:
+        ptrs = np.frombuffer(arr.data.cast("B"), dtype=np.uintp)
+    except TypeError:  # not C-contiguous
+        return None
+    sample = ptrs[np.random.default_rng(0).choice(n, _SAMPLE, replace=False)]
+    if len(np.unique(sample)) == _SAMPLE:
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+    except ImportError:
+        return None  # the conversion will say pyarrow is needed
+    try:
+        encoded = pc.dictionary_encode(pa.array(ptrs))
+    except pa.ArrowException:  # e.g. more distinct objects than int32 indices can number
+        return None
+    k = len(encoded.dictionary)
+    if k > n // _DISTINCT_SHARE:
+        return None
+    # Arrow numbers the objects in order of first appearance, so a row is a
+    # first appearance where the running maximum of the indices grows.
+    indices = encoded.indices.to_numpy()
+    running = np.maximum.accumulate(indices)
+    first = np.concatenate(([0], np.flatnonzero(running[1:] != running[:-1]) + 1))
+    if len(first) != k or not np.array_equal(ptrs[first], encoded.dictionary.to_numpy()):
+        return None  # pragma: no cover - an Arrow that numbered them otherwise
+    return Repeats(arr[first], encoded.indices)
+
+
+def is_string_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     """True if *arr* (1-d, object) holds only ``str`` and missing values.
 
     An empty or all-missing array counts as strings. (pandas' notion of
     missing is used: None, NaN, pd.NA, NaT; the conversion to Arrow turns them
-    all into nulls.)
+    all into nulls.) With *rep* (`repeats` of *arr*), only its distinct
+    objects are looked at.
 
     Examples
     --------
@@ -97,6 +165,8 @@ def is_string_array(arr: np.ndarray) -> bool:
     """
     if arr.dtype != object or arr.ndim != 1:
         return False
+    if rep is not None:
+        arr = rep.distinct
     try:
         from pandas.api.types import infer_dtype
     except ImportError:
@@ -104,12 +174,13 @@ def is_string_array(arr: np.ndarray) -> bool:
     return infer_dtype(arr, skipna=True) in ("string", "empty")
 
 
-def is_bytes_array(arr: np.ndarray) -> bool:
+def is_bytes_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     """True if *arr* (1-d, object) holds ``bytes`` (at least one) and otherwise only missing values.
 
     ``bytearray`` and ``memoryview`` are not bytes (mutable, or a view of
     something else): such columns stay unsupported. (An all-missing array is
-    a string column, see `is_string_array`.)
+    a string column, see `is_string_array`.) With *rep*, only its distinct
+    objects are looked at.
 
     Examples
     --------
@@ -118,6 +189,8 @@ def is_bytes_array(arr: np.ndarray) -> bool:
     """
     if arr.dtype != object or arr.ndim != 1:
         return False
+    if rep is not None:
+        arr = rep.distinct
     try:
         from pandas.api.types import infer_dtype
     except ImportError:
@@ -131,16 +204,28 @@ def is_bytes_array(arr: np.ndarray) -> bool:
     return bool(infer_dtype(arr, skipna=True) == "bytes")
 
 
-def to_large_binary(arr: np.ndarray) -> Any:
-    """Convert an object array of bytes (with None/NaN/pd.NA as nulls) to an Arrow large_binary array."""
+def _to_arrow(pa: Any, arr: np.ndarray, typ: Any, rep: Repeats | None) -> Any:
+    if rep is None:
+        return pa.array(arr, type=typ, from_pandas=True)
+    return pa.array(rep.distinct, type=typ, from_pandas=True).take(rep.indices)
+
+
+def to_large_binary(arr: np.ndarray, rep: Repeats | None = None) -> Any:
+    """Convert an object array of bytes (with None/NaN/pd.NA as nulls) to an Arrow large_binary array.
+
+    With *rep* (`repeats` of *arr*), each distinct object is converted once.
+    """
     pa = pyarrow("sharing bytes")
-    return pa.array(arr, type=pa.large_binary(), from_pandas=True)
+    return _to_arrow(pa, arr, pa.large_binary(), rep)
 
 
-def to_large_strings(arr: np.ndarray) -> Any:
-    """Convert an object array of str (with None/NaN/pd.NA as nulls) to an Arrow large_string array."""
+def to_large_strings(arr: np.ndarray, rep: Repeats | None = None) -> Any:
+    """Convert an object array of str (with None/NaN/pd.NA as nulls) to an Arrow large_string array.
+
+    With *rep* (`repeats` of *arr*), each distinct object is converted once.
+    """
     pa = pyarrow("sharing strings")
-    return pa.array(arr, type=pa.large_string(), from_pandas=True)
+    return _to_arrow(pa, arr, pa.large_string(), rep)
 
 
 def _bitmap(chunk: Any) -> np.ndarray | None:
@@ -267,28 +352,29 @@ def decode_large_binary(dec: Decoder, node: dict[str, Any]) -> Any:
     return _decode_chunks(dec, node, pyarrow("reading shared bytes").large_binary())
 
 
-def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str) -> Any:
+def encode_object_strings(enc: Encoder, arr: np.ndarray, path: str, rep: Repeats | None = None) -> Any:
     """Plan a 1-d object ndarray of str: stored once as Arrow large_string.
 
     get() rebuilds an object ndarray (new Python str objects: a copy per
-    get); missing values come back as the same None / NaN / pd.NA.
+    get); missing values come back as the same None / NaN / pd.NA. *rep*:
+    `repeats` of *arr*, if known.
     """
     return _encode_object_values(
-        enc, arr, path, "str", "pa.objstr",
+        enc, arr, rep, path, "str", "pa.objstr",
         "stored once as Arrow large_string (never fixed-width); get() rebuilds Python str "
         "objects: share a pandas str column or an Arrow array for a zero-copy view",
         to_large_strings, encode_large_strings,
     )
 
 
-def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
+def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str, rep: Repeats | None = None) -> Any:
     """Plan a 1-d object ndarray of bytes: stored once as Arrow large_binary.
 
     Like `encode_object_strings`: get() rebuilds an object ndarray
     (new Python bytes objects: a copy per get), missing values as they were.
     """
     return _encode_object_values(
-        enc, arr, path, "bytes", "pa.objbin",
+        enc, arr, rep, path, "bytes", "pa.objbin",
         "stored once as Arrow large_binary; get() rebuilds Python bytes objects: share an Arrow "
         "array or a pandas column of bytes for a zero-copy view",
         to_large_binary, encode_large_binary,
@@ -296,8 +382,8 @@ def encode_object_bytes(enc: Encoder, arr: np.ndarray, path: str) -> Any:
 
 
 def _encode_object_values(
-    enc: Encoder, arr: np.ndarray, path: str, what: str, kind: str, detail: str,
-    convert: Callable[[np.ndarray], Any], encode_values: Callable[[Encoder, Any], dict[str, Any]],
+    enc: Encoder, arr: np.ndarray, rep: Repeats | None, path: str, what: str, kind: str, detail: str,
+    convert: Callable[[np.ndarray, Repeats | None], Any], encode_values: Callable[[Encoder, Any], dict[str, Any]],
 ) -> Any:
     # One plan for object arrays of str or bytes: converted once to Arrow, rebuilt per get().
     enc.note(path, f"object ({what})", "converted", detail)
@@ -305,7 +391,7 @@ def _encode_object_values(
         return {"k": "py", "v": None}
     pa = pyarrow(f"sharing {what}")
     try:
-        values = convert(arr)
+        values = convert(arr, rep)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(arr, path, f"object array of {what} Arrow cannot store ({exc})", dtype="object")
     return _with_null_kinds(enc, arr, path, what, {"k": kind, "s": encode_values(enc, values)}, values)
