@@ -59,6 +59,21 @@ def test_repeats_groups_by_identity_in_order_of_first_appearance() -> None:
     assert all(rep.distinct[idx[i]] is arr[i] for i in range(0, ROWS, 97))
 
 
+@pytest.mark.parametrize(
+    ("distinct", "rows"),
+    [(1, 1), (3, 10), (1000, 1 << 20), (1 << 18, 1 << 20), (50, 3 * _arrow._BLOCK + 7)],
+)
+def test_first_appearances_match_a_running_maximum(distinct: int, rows: int) -> None:
+    # Indices numbered in order of first appearance, as Arrow's dictionary_encode gives them.
+    raw = np.random.default_rng(distinct).integers(0, distinct, rows)
+    _, at, inverse = np.unique(raw, return_index=True, return_inverse=True)
+    rank = np.empty(len(at), np.int32)
+    rank[np.argsort(at)] = np.arange(len(at))
+    indices = rank[inverse]
+    assert _arrow._first_appearances(indices).tolist() == sorted(at.tolist())
+    assert _arrow._first_appearances(indices[:0]).tolist() == []
+
+
 def test_repeats_leaves_short_unique_and_strided_arrays_alone() -> None:
     assert _arrow.repeats(_repeating()[: _arrow._REPEAT_MIN - 1]) is None
     assert _arrow.repeats(np.array([f"w{i}" for i in range(ROWS)], dtype=object)) is None

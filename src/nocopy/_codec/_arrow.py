@@ -140,14 +140,42 @@ def repeats(arr: np.ndarray) -> Repeats | None:
     k = len(encoded.dictionary)
     if k > n // _DISTINCT_SHARE:
         return None
-    # Arrow numbers the objects in order of first appearance, so a row is a
-    # first appearance where the running maximum of the indices grows.
-    indices = encoded.indices.to_numpy()
-    running = np.maximum.accumulate(indices)
-    first = np.concatenate(([0], np.flatnonzero(running[1:] != running[:-1]) + 1))
+    first = _first_appearances(encoded.indices.to_numpy())
     if len(first) != k or not np.array_equal(ptrs[first], encoded.dictionary.to_numpy()):
         return None  # pragma: no cover - an Arrow that numbered them otherwise
     return Repeats(arr[first], encoded.indices)
+
+
+_BLOCK = 1 << 12
+
+
+def _first_appearances(indices: np.ndarray) -> np.ndarray:
+    """The rows where each index appears first, *indices* being numbered in order of first appearance.
+
+    Such a row is one where the running maximum grows. Computed block by block,
+    and only in the blocks whose maximum exceeds every earlier block's: in a
+    repetitive column the distinct objects mostly appear early, so most blocks
+    are skipped after one vectorised maximum.
+
+    Examples
+    --------
+    >>> _first_appearances(np.array([0, 1, 0, 2, 1, 3], dtype=np.int32)).tolist()
+    [0, 1, 3, 5]
+    """
+    if not len(indices):
+        return np.empty(0, np.intp)
+    peaks = np.maximum.reduceat(indices, np.arange(0, len(indices), _BLOCK))
+    before = np.concatenate(([-1], np.maximum.accumulate(peaks)[:-1]))
+    growing = np.flatnonzero(peaks > before)
+    if len(growing) > len(peaks) // 8:  # spread out: one pass over all is cheaper
+        running = np.maximum.accumulate(indices)
+        return np.concatenate(([0], np.flatnonzero(running[1:] > running[:-1]) + 1))
+    found = []
+    for b in growing.tolist():
+        block = indices[b * _BLOCK : (b + 1) * _BLOCK]
+        running = np.maximum.accumulate(np.concatenate(([before[b]], block)).astype(np.int64))
+        found.append(np.flatnonzero(running[1:] > running[:-1]) + b * _BLOCK)
+    return np.concatenate(found) if found else np.empty(0, np.intp)
 
 
 def is_string_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
