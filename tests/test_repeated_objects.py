@@ -161,3 +161,18 @@ def test_python_backed_string_columns_are_grouped_too(pa_array_sizes: list[int])
     assert max(pa_array_sizes) <= len(WORDS) + 1, pa_array_sizes
     assert got.dtype == pd.StringDtype("pyarrow", na_value=pd.NA)
     tm.assert_series_equal(got, s.astype(got.dtype).rename("s"))
+
+
+def test_get_rebuilds_a_grouped_array_with_one_object_per_distinct_value() -> None:
+    # As pickle does: a column of repeated objects comes back as repeated objects,
+    # not as one new str per row.
+    arr = _repeating([None, pd.NA])
+    with nocopy.share(arr) as ref:
+        got = ref.get()
+    assert got.tolist() == arr.tolist()
+    assert len({id(x) for x in got}) == len(WORDS) + 2
+    arr_b = np.array([b"ab", b""], dtype=object)[np.arange(ROWS) % 2]
+    with nocopy.share(arr_b) as ref:
+        got_b = ref.get()
+    assert got_b.tolist() == arr_b.tolist() and len({id(x) for x in got_b}) == 2
+

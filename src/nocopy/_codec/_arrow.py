@@ -422,7 +422,10 @@ def _encode_object_values(
         values = convert(arr, rep)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(arr, path, f"object array of {what} Arrow cannot store ({exc})", dtype="object")
-    return _with_null_kinds(enc, arr, path, what, {"k": kind, "s": encode_values(enc, values)}, values)
+    node: dict[str, Any] = {"k": kind, "s": encode_values(enc, values)}
+    if rep is not None:
+        node["g"] = len(rep.distinct)  # few distinct values: get() builds one object per value
+    return _with_null_kinds(enc, arr, path, what, node, values)
 
 
 def _with_null_kinds(enc: Encoder, arr: np.ndarray, path: str, what: str, node: dict[str, Any], values: Any) -> Any:
@@ -441,9 +444,11 @@ def _with_null_kinds(enc: Encoder, arr: np.ndarray, path: str, what: str, node: 
 
 def _objects(dec: Decoder, node: dict[str, Any], values: Any) -> np.ndarray:
     """*values* (Arrow strings or bytes over the segment) as an object ndarray, missing values as stored."""
-    out: np.ndarray = values.to_numpy()
-    if out.dtype != object:
-        out = out.astype(object)
+    out = _grouped_objects(values) if node.get("g") else None
+    if out is None:
+        out = values.to_numpy()
+        if out.dtype != object:
+            out = out.astype(object)
     nulls = values.null_count
     if nulls:
         where = np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))
@@ -456,8 +461,30 @@ def _objects(dec: Decoder, node: dict[str, Any], values: Any) -> np.ndarray:
             kind = node.get("na")
             if type(kind) is not int or not 0 <= kind <= 2:
                 raise dec.corrupt("bad null kind")
-            if kind:
-                out[where] = _missing_values(kind)[kind]
+            out[where] = _missing_values(kind)[kind]
+    return out
+
+
+def _grouped_objects(values: Any) -> np.ndarray | None:
+    """*values* as an object ndarray holding one object per distinct value (as pickle
+    rebuilds a column of repeated objects), or None to convert row by row.
+
+    For a column the encoder found repetitive (its ``g``): hashing the values
+    is then cheaper than making an object for each row. (A forged ``g`` on
+    distinct values only makes this slower, bounded by the segment's size.)
+    Null rows hold the first value: the caller puts the missing values there.
+    """
+    if values.num_chunks != 1:
+        return None
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(values.chunk(0))
+    if not len(encoded.dictionary):
+        return None
+    distinct: np.ndarray = encoded.dictionary.to_numpy(zero_copy_only=False)
+    if distinct.dtype != object:
+        distinct = distinct.astype(object)
+    out: np.ndarray = distinct[encoded.indices.fill_null(0).to_numpy()]
     return out
 
 
