@@ -91,6 +91,20 @@ def test_object_strings_sharing_their_buffers_are_refused() -> None:
     assert peak < 4 * len(data) + MiB
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_forged_grouping_hint_on_object_strings_changes_no_value(trusted: bool) -> None:
+    # "g" only says the encoder found few distinct objects (get() then hashes the
+    # values): on distinct ones a forged "g" makes get() slower, never different.
+    arr = np.array(["a", None, "b", "é", float("nan"), "a", pd.NA], dtype=object)
+    mem, _ = _planted(arr)
+    doc, data = _split(mem)
+    assert doc["tree"]["k"] == "pa.objstr" and "g" not in doc["tree"]
+    doc["tree"]["g"] = 1
+    got = decode_buffer(forge(doc, data), trusted=trusted)
+    assert got[[0, 2, 3, 5]].tolist() == ["a", "b", "é", "a"]
+    assert got[1] is None and isinstance(got[4], float) and np.isnan(got[4]) and got[6] is pd.NA
+
+
 def test_an_array_view_and_a_copying_node_cannot_share_a_buffer() -> None:
     doc = {"tree": {"k": "list", "items": [
         {"k": "nd", "b": 0, "dt": "|u1", "sh": [64]}, {"k": "bytes", "b": 0},

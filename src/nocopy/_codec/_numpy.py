@@ -146,10 +146,11 @@ def _encode_object_array(enc: Encoder, arr: np.ndarray, path: str) -> Any:
         # would). One of bytes likewise, as large_binary.
         from . import _arrow  # imports pyarrow only if there are strings to store
 
-        if _arrow.is_string_array(arr):
-            return _arrow.encode_object_strings(enc, arr, path)
-        if _arrow.is_bytes_array(arr):
-            return _arrow.encode_object_bytes(enc, arr, path)
+        rep = _arrow.repeats(arr)
+        if _arrow.is_string_array(arr, rep):
+            return _arrow.encode_object_strings(enc, arr, path, rep)
+        if _arrow.is_bytes_array(arr, rep):
+            return _arrow.encode_object_bytes(enc, arr, path, rep)
     return enc.unsupported(
         arr, path, f"ndarray of dtype {arr.dtype} (Python objects)", dtype=str(arr.dtype)
     )

@@ -217,7 +217,8 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
             "python-backed strings stored once as Arrow large_string; "
             "get() returns the pyarrow-backed string dtype",
         )
-        return _strings_from_objects(enc, values, path, label, str(dtype), na)
+        values = np.asarray(values, dtype=object)
+        return _strings_from_objects(enc, values, _arrow.repeats(values), path, label, str(dtype), na)
     chunked = _compat.arrow_chunks(values)
     if chunked is None:
         chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
@@ -228,26 +229,27 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
     return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, chunked)}
 
 
-def _strings_from_objects(enc: Encoder, values: Any, path: str, label: str, dname: str, na: str) -> Any:
+def _strings_from_objects(
+    enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str, dname: str, na: str,
+) -> Any:
     """Python str objects (and missing values) converted once to Arrow large_string."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the string {label}")
-    values = np.asarray(values, dtype=object)
     try:
-        strings = _arrow.to_large_strings(values)
+        strings = _arrow.to_large_strings(values, rep)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(values, path, f"{label} of dtype {dname} (strings Arrow cannot store: {exc})", dtype=dname)
     return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, strings)}
 
 
-def _bytes_from_objects(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
+def _bytes_from_objects(enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str) -> Any:
     """Python bytes objects (and missing values) converted once to Arrow large_binary."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the bytes {label}")
     try:
-        binary = _arrow.to_large_binary(values)
+        binary = _arrow.to_large_binary(values, rep)
     except pa.ArrowException as exc:
         return enc.unsupported(values, path, f"{label} of dtype object (bytes Arrow cannot store: {exc})", dtype="object")
     return {"k": "pd.bin", "s": _arrow.encode_large_binary(enc, binary)}
@@ -259,25 +261,26 @@ def _describe_object(values: np.ndarray) -> str:
 
 
 def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
-    if values.ndim == 1 and _arrow.is_string_array(values):
+    rep = _arrow.repeats(values)
+    if values.ndim == 1 and _arrow.is_string_array(values, rep):
         _arrow.pyarrow(f"sharing the object string {label}")
         enc.note(
             path, "object (str)", "converted",
             "stored once as Arrow large_string at share (never fixed-width); "
             "get() returns it zero-copy as pandas' str dtype",
         )
-        return _strings_from_objects(enc, values, path, label, "object", "nan")
-    if values.ndim == 1 and _arrow.is_bytes_array(values):
+        return _strings_from_objects(enc, values, rep, path, label, "object", "nan")
+    if values.ndim == 1 and _arrow.is_bytes_array(values, rep):
         _arrow.pyarrow(f"sharing the object bytes {label}")
         enc.note(
             path, "object (bytes)", "converted",
             "stored once as Arrow large_binary at share; get() returns it zero-copy as "
             "pd.ArrowDtype(pa.large_binary()), missing values as <NA> (a pool's tasks get object back)",
         )
-        return _bytes_from_objects(enc, values, path, label)
+        return _bytes_from_objects(enc, values, rep, path, label)
     return enc.unsupported(
         values, path,
-        f"{label} of dtype object holding {_describe_object(values)}",
+        f"{label} of dtype object holding {_describe_object(values if rep is None else rep.distinct)}",
         dtype="object",
     )
 
