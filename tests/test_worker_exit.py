@@ -119,3 +119,14 @@ def test_a_worker_ended_by_max_tasks_per_child_exits_cleanly(tmp_path: Path) -> 
         second = ex.submit(os.getpid).result()
     assert first != second
     assert handler.read_text() == str(first)
+
+
+def test_a_spawned_pool_worker_runs_atexit_handlers_and_skips_teardown(tmp_path: Path) -> None:
+    handler, marker = tmp_path / "atexit", tmp_path / "del"
+    pool = nocopy.Pool(1, context=mp.get_context("spawn"))
+    pid = pool.apply(register_atexit, (str(handler),))
+    assert pool.apply(keep_object_with_del, (str(marker),)) == pid
+    pool.close()
+    pool.join()
+    assert handler.read_text() == str(pid)
+    assert not marker.exists()

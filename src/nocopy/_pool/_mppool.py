@@ -35,7 +35,7 @@ from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver, check_sh
 from ._resources import PoolResources
 from ._results import Reply
 from ._task import Call, fn_name, prepare, unpickling_stopped
-from ._worker import caller, worker_init
+from ._worker import caller, run_then_exit, worker_init
 
 __all__ = ["Pool"]
 
@@ -249,6 +249,14 @@ class Pool(_StdPool):
     def share_threshold(self) -> int:
         """Arguments and results of at least this many bytes go through shared memory."""
         return self._nocopy.threshold
+
+    @staticmethod
+    def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
+        """The stdlib's, except that a spawned worker ends through ``run_then_exit`` (as the executor's)."""
+        if ctx.get_start_method(allow_none=False) == "spawn" and "target" in kwds:
+            kwds["args"] = (kwds["target"], *kwds.get("args", ()))
+            kwds["target"] = run_then_exit
+        return ctx.Process(*args, **kwds)
 
     def _setup_queues(self) -> None:
         super()._setup_queues()  # type: ignore[misc]
