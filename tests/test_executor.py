@@ -411,6 +411,19 @@ def test_a_task_has_one_future_the_one_the_stdlibs_manager_settles(monkeypatch: 
         assert len(created) == 2
 
 
+def test_submit_does_what_the_stdlibs_submit_of_this_python_does() -> None:
+    # The executor re-does the stdlib's submit() with its own future (_enqueue_locked):
+    # a Python whose submit() touches anything else must be looked at again.
+    known = {
+        "_shutdown_lock", "_broken", "BrokenProcessPool", "_shutdown_thread", "RuntimeError",
+        "_global_shutdown", "_base", "Future", "_WorkItem", "_pending_work_items", "_queue_count",
+        "_work_ids", "put", "_executor_manager_thread_wakeup", "wakeup",
+        "_safe_to_dynamically_spawn_children", "_adjust_process_count", "_start_executor_manager_thread",
+        "_idle_worker_lock", "_idle_worker_number",  # 3.14
+    }
+    assert set(concurrent.futures.ProcessPoolExecutor.submit.__code__.co_names) <= known
+
+
 def touch_shared(ref: nocopy.Shared[np.ndarray]) -> float:
     return float(ref.get().sum())
 
