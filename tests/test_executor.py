@@ -391,6 +391,39 @@ def test_futures_cancel_wait_and_as_completed_like_the_stdlib() -> None:
         assert list(ex.map(sleep_then, [0.0] * 5, chunksize=2)) == [0.0] * 5
 
 
+def test_a_task_has_one_future_the_one_the_stdlibs_manager_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No second future following the stdlib's through a done callback: the
+    # future submit() returns is the one on the stdlib's work item.
+    created: list[concurrent.futures.Future[Any]] = []
+    init = concurrent.futures.Future.__init__
+
+    def counted(self: concurrent.futures.Future[Any]) -> None:
+        created.append(self)
+        init(self)
+
+    monkeypatch.setattr(concurrent.futures.Future, "__init__", counted)
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        future = ex.submit(pow, 2, 5)
+        assert future.result() == 32
+        assert created == [future] and not future._done_callbacks
+        created.clear()
+        assert list(ex.map(pow, [2, 3], [2, 2])) == [4, 9]
+        assert len(created) == 2
+
+
+def test_submit_does_what_the_stdlibs_submit_of_this_python_does() -> None:
+    # The executor re-does the stdlib's submit() with its own future (_enqueue_locked):
+    # a Python whose submit() touches anything else must be looked at again.
+    known = {
+        "_shutdown_lock", "_broken", "BrokenProcessPool", "_shutdown_thread", "RuntimeError",
+        "_global_shutdown", "_base", "Future", "_WorkItem", "_pending_work_items", "_queue_count",
+        "_work_ids", "put", "_executor_manager_thread_wakeup", "wakeup",
+        "_safe_to_dynamically_spawn_children", "_adjust_process_count", "_start_executor_manager_thread",
+        "_idle_worker_lock", "_idle_worker_number",  # 3.14
+    }
+    assert set(concurrent.futures.ProcessPoolExecutor.submit.__code__.co_names) <= known
+
+
 def touch_shared(ref: nocopy.Shared[np.ndarray]) -> float:
     return float(ref.get().sum())
 

@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -353,6 +354,34 @@ def test_the_inbox_forgets_a_released_executors_tag() -> None:
     finally:
         os.close(fd)
     assert _eventually(lambda: _fds_named(name) == 0)
+
+
+
+class _CountingLock:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self) -> bool:
+        self.taken += 1
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+
+def test_every_task_finds_the_inbox_and_its_tag_without_taking_a_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each task asks for the inbox and opens its executor's tag: only the first may lock.
+    inbox = _results.get_inbox()
+    made, opened = _CountingLock(), _CountingLock()
+    monkeypatch.setattr(_results._inbox, "_lock", made)
+    monkeypatch.setattr(inbox, "_lock", opened)
+    tag = secrets.token_hex(8)
+    try:
+        assert [_results.get_inbox().open_tag(tag) for _ in range(3)] == [inbox.address] * 3
+        assert (made.taken, opened.taken) == (0, 1)
+    finally:
+        inbox.drop(tag)
 
 
 @needs_root

@@ -43,6 +43,23 @@ def test_walk_stops_at_max_depth_and_goes_into_partials() -> None:
 
 
 
+def test_walk_calls_no_leaf_for_atomics_and_callables() -> None:
+    # A task's function, ex.map's partial(_process_chunk, f) and plain items:
+    # no leaf can change them, so the per-task walk calls none for them.
+    seen: list[Any] = []
+
+    def leaf(x: Any) -> Any:
+        seen.append(x)
+        return x
+
+    value = (1, "s", print, functools.partial(len), [Leaf, _mark, str.upper], {"f": sum, "n": None})
+    assert _walk.walk(value, leaf) is value
+    assert _walk.walk(value[3], leaf) is value[3]
+    assert seen == []
+    leaf_obj = Leaf()
+    assert _walk.walk((print, leaf_obj), leaf) == (print, leaf_obj) and seen == [leaf_obj]
+
+
 def _call(fn: Any, *args: Any) -> Any:
     from multiprocessing.reduction import ForkingPickler
 

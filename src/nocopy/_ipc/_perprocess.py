@@ -32,6 +32,9 @@ class PerProcess(Generic[T]):
         os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def get(self) -> T:
+        obj = self._obj
+        if obj is not None:  # made already: no lock needed to read it (every task asks)
+            return obj
         with self._lock:
             if self._obj is None:
                 self._obj = self._factory()

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Future
 from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
+from concurrent.futures import process as _stdlib_process
 from concurrent.futures.process import (
-    BrokenProcessPool,
     _ExecutorManagerThread,
     _process_chunk,
     _threads_wakeups,
+    _WorkItem,
 )
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar, cast
@@ -41,6 +42,8 @@ DEFAULT_SHARE_THRESHOLD = 1 << 20
 # Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
 _STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
 _STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
+# Python 3.14's submit() also counts idle workers down (_adjust_process_count counts them up).
+_STDLIB_COUNTS_IDLE_WORKERS = "_idle_worker_number" in _StdProcessPoolExecutor.submit.__code__.co_names
 
 
 def check_share_threshold(value: object) -> None:
@@ -209,12 +212,37 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             task_id=next(self._task_ids), tag=resources.tag, name=name,
         )
         future = TaskFuture(resources, call, label)
-        try:
-            inner: Future[Any] = super().submit(cast(Callable[[], Any], call))
-        except BrokenProcessPool:
-            raise resources.tasks.crash_error(None, None) from None
-        future.attach(inner)
+        self._enqueue(_WorkItem(future, cast(Callable[[], Any], call), (), {}))
         return future
+
+    def _enqueue(self, item: Any) -> None:
+        # The stdlib's submit() with our work item, whose future is the one the
+        # caller gets: the manager thread settles it directly (no second
+        # future following the first). Same checks, same order, same lock.
+        with self._shutdown_lock:
+            if not self._broken:
+                self._enqueue_locked(item)
+                return
+        # Outside the lock: naming the crash may wait a moment for a dying worker.
+        raise self._resources.tasks.crash_error(None, None)
+
+    def _enqueue_locked(self, item: Any) -> None:
+        if self._shutdown_thread:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if _stdlib_process._global_shutdown:  # noqa: SLF001 - the stdlib's submit checks it
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        work_id = self._queue_count
+        self._pending_work_items[work_id] = item
+        self._work_ids.put(work_id)
+        self._queue_count = work_id + 1
+        self._executor_manager_thread_wakeup.wakeup()
+        if getattr(self, "_safe_to_dynamically_spawn_children", True):
+            self._adjust_process_count()
+            if _STDLIB_COUNTS_IDLE_WORKERS:
+                # 3.14: submit() takes the idle worker _adjust_process_count() counted.
+                with self._idle_worker_lock:  # type: ignore[attr-defined]
+                    self._idle_worker_number -= 1  # type: ignore[attr-defined]
+        self._start_executor_manager_thread()
 
     # -- Python 3.14's API on every Python ----------------------------------
     def map(

@@ -1,4 +1,4 @@
-"""The future the caller gets: mirrors the stdlib's, with results opened and crashes named."""
+"""The future of one task: the stdlib's own, with results opened and crashes named as they arrive."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ __all__ = ["TaskFuture"]
 
 
 class TaskFuture(Future[Any]):
-    """Follows the stdlib's future of one task (``attach``); unpickles its reply, names its crash.
+    """The future the stdlib's work item carries and the caller gets: one per task.
 
-    Its result is the task's value with every big leaf opened as a private
-    view; a broken pool becomes a `nocopy.errors.WorkerCrashedError`
-    naming the worker and, when the table knows it, the task.
+    The manager thread settles it as it settles any stdlib future; on the way
+    in, the worker's reply is unpickled (every big leaf opened as a private
+    view) and a broken pool becomes a `nocopy.errors.WorkerCrashedError`
+    naming the worker and, when the table knows it, the task. ``cancel`` and
+    ``running`` are the stdlib's.
     """
 
     def __init__(self, pool: PoolResources, call: Call, label: str | None) -> None:
@@ -31,12 +33,6 @@ class TaskFuture(Future[Any]):
         self._call: Call | None = call
         self._task_id = call.task_id
         self._label = label
-        self._inner: Future[Any] | None = None
-
-    def attach(self, inner: Future[Any]) -> None:
-        """Follow *inner*, the stdlib's future of this task."""
-        self._inner = inner
-        inner.add_done_callback(self._inner_done)
 
     def label(self) -> str:
         """The task's name in errors: its label, else ``task #N (function)``."""
@@ -46,37 +42,15 @@ class TaskFuture(Future[Any]):
         return f"task #{self._task_id} ({call.fn_name() if call is not None else '?'})"
 
     def cancel(self) -> bool:
-        inner = self._inner
-        if inner is not None and inner.cancel():
-            return True
-        return self.cancelled()
+        if not super().cancel():
+            return False
+        self._call = None  # its arguments are not needed any more
+        return True
 
-    def running(self) -> bool:
-        inner = self._inner
-        return bool(inner is not None and inner.running() and not self.done())
-
-    def _inner_done(self, inner: Future[Any]) -> None:
-        if self.done():
-            return
+    def set_result(self, result: Any) -> None:
+        """The worker's reply: unpickled here (see `_results.Reply`); a failure becomes the task's error."""
         try:
-            if inner.cancelled():
-                if Future.cancel(self):
-                    self.set_running_or_notify_cancel()
-                return
-            exc = inner.exception()
-            if exc is not None:
-                self.set_exception(self._translate(exc))
-                return
-            self._set_reply(inner.result())
-        except BaseException as err:  # pragma: no cover - a callback must never leave it pending
-            if not self.done():
-                self.set_exception(err)
-        finally:
-            self._call = None
-
-    def _set_reply(self, reply: Any) -> None:
-        try:
-            value = pickle.loads(reply.data) if type(reply) is Reply else reply
+            value = pickle.loads(result.data) if type(result) is Reply else result
         except Exception as err:
             err.add_note(f"nocopy: while unpickling the result of {self.label()} in the caller")
             self.set_exception(err)
@@ -87,7 +61,15 @@ class TaskFuture(Future[Any]):
             wrapped.__cause__ = err
             self.set_exception(wrapped)
             return
-        self.set_result(value)
+        self._call = None
+        super().set_result(value)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """The task's error; a broken pool's is named (see `_translate`)."""
+        if exception is not None:
+            exception = self._translate(exception)
+        self._call = None
+        super().set_exception(exception)
 
     def _translate(self, exc: BaseException) -> BaseException:
         if not isinstance(exc, BrokenProcessPool) or isinstance(exc, WorkerCrashedError):

@@ -32,7 +32,12 @@ __all__ = ["ATOMIC", "MAX_DEPTH", "POPULATE_MAX", "ArgumentSharer", "AutoArg", "
 
 ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 # Callables, never data: the function of every task skips the cache and the size check.
-_CODE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
+_CODE = (
+    types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.MethodDescriptorType,
+    types.WrapperDescriptorType, type,
+)
+# What no leaf function changes: the walk passes it by without calling one.
+_SKIP = frozenset(ATOMIC + _CODE)
 # Containers deeper than this travel as they are (pickled), as with the stdlib.
 MAX_DEPTH = 4
 # Arguments up to this size arrive with every page mapped (Shared.get's
@@ -46,7 +51,7 @@ POPULATE_MAX = 1 << 30
 def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
     """*value* with ``leaf(x)`` in place of each leaf; a container nothing changed in is kept as is."""
     t = type(value)
-    if t in ATOMIC:
+    if t in _SKIP:
         return value
     if depth >= MAX_DEPTH:
         return leaf(value)
@@ -56,8 +61,8 @@ def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
         return _walk_dict(value, leaf, depth)
     if t is functools.partial:
         func = walk(value.func, leaf, depth + 1)
-        args = walk(value.args, leaf, depth + 1)
-        keywords = walk(value.keywords, leaf, depth + 1)
+        args = walk(value.args, leaf, depth + 1) if value.args else value.args
+        keywords = walk(value.keywords, leaf, depth + 1) if value.keywords else value.keywords
         if func is value.func and args is value.args and keywords is value.keywords:
             return value
         return functools.partial(func, *args, **keywords)
@@ -68,7 +73,7 @@ def _walk_sequence(value: list[Any] | tuple[Any, ...], leaf: Callable[[Any], Any
     # Most arguments change nowhere: copy only from the first item that did.
     items: list[Any] | None = None
     for i, v in enumerate(value):
-        w = v if type(v) in ATOMIC else walk(v, leaf, depth + 1)
+        w = v if type(v) in _SKIP else walk(v, leaf, depth + 1)
         if items is None:
             if w is v:
                 continue
@@ -82,7 +87,7 @@ def _walk_sequence(value: list[Any] | tuple[Any, ...], leaf: Callable[[Any], Any
 def _walk_dict(value: dict[Any, Any], leaf: Callable[[Any], Any], depth: int) -> Any:
     changed: dict[Any, Any] | None = None
     for k, v in value.items():
-        w = v if type(v) in ATOMIC else walk(v, leaf, depth + 1)
+        w = v if type(v) in _SKIP else walk(v, leaf, depth + 1)
         if w is not v:
             if changed is None:
                 changed = {}
