@@ -243,6 +243,20 @@ def test_seed_cold_runs_each_method_once_per_fresh_interpreter_round_robin(tmp_p
     assert (tmp_path / "cold.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_seed_without_warm_up_runs_no_warm_up_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._bench import _methods, _seed
+    from nocopy._bench._report import seed_table
+
+    def no_barrier(self: Any) -> str:
+        raise AssertionError("a warm-up ran although warm_up is off")
+
+    monkeypatch.setattr(_methods.RunContext, "barrier", no_barrier)
+    cfg = _seed.SeedConfig(rows=2000, workers=2, repeat=1, cold_repeat=0, methods=["stdlib", "nocopy-executor"], warm_up=False)
+    result = _seed.run_seed(cfg, log=lambda s: None)
+    assert result["failed"] == {} and result["config"]["warm_up"] is False
+    assert "no warm-up" in seed_table(result)
+
+
 def test_seed_cold_repeat_zero_is_warm_only() -> None:
     from nocopy._bench import _seed
     from nocopy._bench._report import seed_table

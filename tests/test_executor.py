@@ -580,3 +580,27 @@ def test_functions_defined_in_the_main_script_run_under_every_start_method(metho
     out = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(2 * float(np.arange(400_000.0).sum())), "30.0"]
+
+
+def test_workers_start_before_a_big_argument_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # They boot (import numpy, nocopy) while the copy runs, not after it.
+    from nocopy._pool import _cache
+
+    seen: list[int] = []
+    real_share = _cache.share
+
+    def spying_share(value: Any) -> Any:
+        seen.append(len(ex._processes))
+        return real_share(value)
+
+    monkeypatch.setattr(_cache, "share", spying_share)
+    with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
+        assert ex.submit(total, make_array(1 << 18, 1.0)).result() == float(1 << 18)
+        assert seen == [3]
+
+
+def test_small_tasks_start_workers_as_the_stdlib_does() -> None:
+    # Nothing to share: one worker per submit while none is idle, as the stdlib (spawn) does.
+    with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
+        assert ex.submit(abs, -1).result() == 1
+        assert len(ex._processes) == 1

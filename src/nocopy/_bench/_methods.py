@@ -55,6 +55,9 @@ class RunContext:
     extra: dict[str, float] = field(default_factory=dict)
     # Memory runs: asks the sampler for a sample at the end of the work phase.
     on_checkpoint: Callable[[], None] | None = None
+    # False: no warm-up task before the work, as a script runs it; the workers
+    # then boot inside the work phase (start-up is only the pool's construction).
+    warm_up: bool = True
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -112,7 +115,9 @@ def _nocopy_feature(name: str) -> Callable[[], str | None]:
 
 
 def _warm(submit: Callable[..., Any], ctx: RunContext, preload: tuple[str, ...] = ()) -> None:
-    """One warm-up task per worker; each waits for all, so each lands on its own worker."""
+    """One warm-up task per worker; each waits for all, so each lands on its own worker (unless ``ctx.warm_up`` is off)."""
+    if not ctx.warm_up:
+        return
     where = ctx.barrier()
     futures = [submit(_tasks.arrive, where, ctx.workers, preload) for _ in range(ctx.workers)]
     pids = {f.result() for f in futures}

@@ -107,6 +107,11 @@ def seed_table(result: dict[str, Any]) -> str:
         "warm s: the same method repeated in one process (start-up + work + teardown), warm/floor against "
         "the floor's warm work; cold/warm: the method's phases cold over warm"
     )
+    if not cfg.get("warm_up", True):
+        notes.append(
+            "no warm-up (as a script runs it): start-up is only the pool's construction; the workers boot "
+            "during the work phase, so compare end to end (cold s), not the phases"
+        )
     notes.append(
         "peak memory: Σ PSS of the parent and all its descendants + shared memory, each page once; "
         "added: over the same sum just before the run (the parent with the data and its imports, "

@@ -66,6 +66,7 @@ class SeedConfig:
     interval: float = 0.01  # memory sampling period, seconds
     cold_repeat: int = 2  # runs per method in a fresh interpreter each (0: no cold runs)
     cold_timeout: float = 600.0  # seconds one cold run may take before it is killed
+    warm_up: bool = True  # False: no warm-up task before the work (as a script runs it)
 
 
 def select_methods(names: list[str] | None) -> list[Method]:
@@ -142,7 +143,7 @@ def _one_run(
 ) -> dict[str, Any]:
     gc.collect()
     before = _children()
-    ctx = RunContext(data, cfg.workers, cfg.start_method, tempfile.mkdtemp(dir=scratch))
+    ctx = RunContext(data, cfg.workers, cfg.start_method, tempfile.mkdtemp(dir=scratch), warm_up=cfg.warm_up)
     record: dict[str, Any] = {"kind": kind}
     globs = method.shm_globs()
     try:
@@ -340,7 +341,9 @@ def cold_main(argv: list[str]) -> int:
         "launch_s": ready - spec["launched"],
         "load_s": time.perf_counter() - t0,
     }
-    ctx = RunContext(data, spec["workers"], spec["start_method"], tempfile.mkdtemp(dir=spec["scratch"]))
+    ctx = RunContext(
+        data, spec["workers"], spec["start_method"], tempfile.mkdtemp(dir=spec["scratch"]), warm_up=spec["warm_up"]
+    )
     t0 = time.perf_counter()
     try:
         sums = method.run(ctx)
@@ -362,7 +365,7 @@ def cold_main(argv: list[str]) -> int:
 def _cold_run(method: Method, data_path: str, cfg: SeedConfig, expected: float, scratch: str) -> dict[str, Any]:
     spec = {
         "method": method.name, "data": data_path, "rows": cfg.rows, "workers": cfg.workers,
-        "start_method": cfg.start_method, "scratch": scratch,
+        "start_method": cfg.start_method, "scratch": scratch, "warm_up": cfg.warm_up,
     }
     # ray.init() without an address joins whatever `ray start` cluster this machine
     # runs at that moment (and then refuses num_cpus): a fresh script starts its own.
@@ -516,6 +519,7 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             "repeat": cfg.repeat,
             "memory_repeat": memory_repeat,
             "cold_repeat": cfg.cold_repeat,
+            "warm_up": cfg.warm_up,
             "methods": [m.name for m in chosen],
             "memory_interval_ms": cfg.interval * 1e3,
         },

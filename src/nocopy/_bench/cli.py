@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
         help="cold runs per method (default 2), each in a fresh interpreter, round-robin over the methods, "
         "before the warm runs; 0: warm runs only",
     )
+    seed.add_argument(
+        "--no-warm-up", dest="warm_up", action="store_false",
+        help="no warm-up task before the work, as a script runs it: start-up is then the pool's construction "
+        "only, and the workers boot during the work phase (compare methods end to end)",
+    )
     seed.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
     seed.add_argument("--plot", metavar="PATH", help="write a PNG of time and memory per method")
     seed.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (for CI)")
@@ -192,7 +197,7 @@ def _seed(args: argparse.Namespace) -> int:
     cfg = SeedConfig(
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
         repeat=args.repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
-        cold_repeat=args.cold_repeat,
+        cold_repeat=args.cold_repeat, warm_up=args.warm_up,
     )
     return _run_and_report("seed", args, lambda: run_seed(cfg, _log(args.quiet)), seed_table, plot_seed)
 

@@ -9,6 +9,7 @@ import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .._shared import Shared, share
@@ -43,6 +44,9 @@ class ShareCache:
         # Reentrant: a garbage collection during share() may run _forget here.
         self._lock = threading.RLock()
         self._warned = False
+        # Called (without the lock) before an object is copied: the executor
+        # starts its workers then, so that they boot while the copy runs.
+        self.before_share: Callable[[], object] | None = None
 
     def cached(self, value: Any) -> tuple[bool, Shared[Any] | None]:
         """(known?, its Shared or None): a repeat argument skips even measuring its size."""
@@ -58,6 +62,8 @@ class ShareCache:
     def lookup(self, value: Any) -> Shared[Any] | None:
         """The Shared of *value*, sharing it on first sight (None: it travels pickled)."""
         key = id(value)
+        if self.before_share is not None and not self.cached(value)[0]:
+            self.before_share()
         with self._lock:
             known, shared = self.cached(value)
             if known:

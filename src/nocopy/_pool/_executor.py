@@ -15,6 +15,7 @@ import functools
 import inspect
 import itertools
 import time
+import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Future
 from concurrent.futures import ProcessPoolExecutor as _StdProcessPoolExecutor
@@ -96,6 +97,18 @@ class _ManagerThread(_ExecutorManagerThread):
             # Every future is settled by now (results are claimed in its done
             # callbacks, which run in this thread) and every worker is joined.
             self.resources.release(reclaim=self.broke)
+
+
+def _start_workers_hook(executor: ProcessPoolExecutor) -> Callable[[], None]:
+    """The share cache's ``before_share``: it holds the executor weakly, as the manager thread does."""
+    ref = weakref.ref(executor)
+
+    def hook() -> None:
+        ex = ref()
+        if ex is not None:
+            ex._start_workers_early()  # noqa: SLF001 - same module
+
+    return hook
 
 
 class _QuickExitContext:
@@ -183,6 +196,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         self._resources.tasks.procs = self._processes
         self._procs: MutableMapping[int, Any] = self._processes
         self._mp_context = _QuickExitContext(self._mp_context)  # type: ignore[assignment]
+        self._resources.cache.before_share = _start_workers_hook(self)
 
     @property
     def share_threshold(self) -> int:
@@ -243,6 +257,19 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
                 with self._idle_worker_lock:  # type: ignore[attr-defined]
                     self._idle_worker_number -= 1  # type: ignore[attr-defined]
         self._start_executor_manager_thread()
+
+    def _start_workers_early(self) -> None:
+        # A big argument is about to be copied into shared memory (~0.1 s per
+        # 220 MB here): start every worker first, so that they boot while it is
+        # copied rather than after. The stdlib starts spawned workers one per
+        # submit as they are needed; work that shares big data needs them all.
+        if not getattr(self, "_safe_to_dynamically_spawn_children", True):
+            return  # fork: all of them start with the manager thread already
+        with self._shutdown_lock:
+            if self._broken or self._shutdown_thread:
+                return
+            while len(self._processes) < self._max_workers:  # type: ignore[attr-defined]
+                self._spawn_process()  # type: ignore[attr-defined]
 
     # -- Python 3.14's API on every Python ----------------------------------
     def map(
