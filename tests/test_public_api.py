@@ -133,7 +133,7 @@ def test_a_workers_imports_stay_lean() -> None:
         "import sys, numpy, concurrent.futures.process; base = set(sys.modules); "
         "import nocopy._pool._worker, nocopy._pool._task; "
         "print(sorted(m for m in ('pandas', 'pyarrow', 'polars', 'cloudpickle', 'psutil', 'hmac', 'hashlib', "
-        "'secrets', 'tqdm', 'joblib', 'ray') if m in sys.modules and m not in base))"
+        "'secrets', 'pathlib', 'tqdm', 'joblib', 'ray') if m in sys.modules and m not in base))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

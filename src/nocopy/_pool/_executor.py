@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import inspect
 import itertools
 import time
 import weakref
@@ -41,7 +40,7 @@ R = TypeVar("R")
 
 DEFAULT_SHARE_THRESHOLD = 1 << 20
 # Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
-_STDLIB_HAS_BUFFERSIZE = "buffersize" in inspect.signature(_StdProcessPoolExecutor.map).parameters
+_STDLIB_HAS_BUFFERSIZE = "buffersize" in _StdProcessPoolExecutor.map.__code__.co_varnames
 _STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
 # Python 3.14's submit() also counts idle workers down (_adjust_process_count counts them up).
 _STDLIB_COUNTS_IDLE_WORKERS = "_idle_worker_number" in _StdProcessPoolExecutor.submit.__code__.co_names

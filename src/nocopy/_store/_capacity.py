@@ -10,10 +10,13 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._text import format_bytes
 from ..errors import InsufficientMemoryError
+
+if TYPE_CHECKING:  # pathlib costs a worker ~4 ms to import: only made when a limit is read
+    from pathlib import Path
 
 __all__ = [
     "Cgroup",
@@ -40,8 +43,8 @@ _FIX_MEMORY = (
 
 
 # Where the kernel shows them (module attributes so tests can point at a fake tree).
-_CGROUP_FS = Path("/sys/fs/cgroup")
-_PROC_CGROUP = Path("/proc/self/cgroup")
+_CGROUP_FS: str | Path = "/sys/fs/cgroup"
+_PROC_CGROUP: str | Path = "/proc/self/cgroup"
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def _read_int(path: Path) -> int | None:
 
 def _cgroup_paths() -> list[tuple[int, str]]:
     try:
-        lines = _PROC_CGROUP.read_text().splitlines()
+        with open(_PROC_CGROUP) as f:
+            lines = f.read().splitlines()
     except OSError:
         return []
     out = []
@@ -108,11 +112,14 @@ class Cgroup:
 
 
 def _root(version: int) -> Path:
+    from pathlib import Path
+
+    fs = Path(_CGROUP_FS)
     if version == 1:
-        return _CGROUP_FS / "memory"
-    if not (_CGROUP_FS / "cgroup.controllers").exists():
-        return _CGROUP_FS / "unified"
-    return _CGROUP_FS
+        return fs / "memory"
+    if not (fs / "cgroup.controllers").exists():
+        return fs / "unified"
+    return fs
 
 
 # (limit, usage, inactive page cache in memory.stat) file names per cgroup version.
@@ -164,7 +171,8 @@ def cgroup_memory() -> Limit | None:
 def mem_available() -> Limit | None:
     """MemAvailable and MemTotal from /proc/meminfo, or None off Linux."""
     try:
-        text = Path("/proc/meminfo").read_text()
+        with open("/proc/meminfo") as f:
+            text = f.read()
     except OSError:
         return None
     values = {}

@@ -10,12 +10,12 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
-from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .._text import format_bytes
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _hugepages, _names, _orphans, _procs
+from . import _capacity, _names, _orphans, _procs
 from ._segment import (
     Advice,
     Checkup,
@@ -156,7 +156,8 @@ def _mount_of(path: str) -> dict[str, Any]:
     real = os.path.realpath(path)
     best: dict[str, Any] = {"mount": None, "fstype": None, "options": None}
     try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
+        with open("/proc/self/mounts") as f:
+            lines = f.read().splitlines()
     except OSError:
         return best
     best_len = -1
@@ -182,7 +183,7 @@ def _shm_report(directory: str) -> dict[str, Any]:
         rep["size"] = rep["free"] = None
         rep["error"] = exc.strerror
     rep["writable"] = os.access(directory, os.W_OK | os.X_OK)
-    rep["huge_pages"] = _hugepages.tmpfs_huge_pages(rep.get("options"))
+    rep["huge_pages"] = _huge_pages().tmpfs_huge_pages(rep.get("options"))
     return rep
 
 
@@ -364,3 +365,10 @@ def _what_is(path: str) -> str:
         if test(mode):
             return what
     return "not a regular file"
+
+
+def _huge_pages() -> ModuleType:
+    # Only `nocopy doctor` reads huge-page support: workers need not import it (or pathlib).
+    from . import _hugepages
+
+    return _hugepages
