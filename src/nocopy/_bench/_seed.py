@@ -10,7 +10,7 @@ with threads is unsafe (the fork method).
 
 Cold runs (``cold_repeat`` per method, 0: none) come first: each runs one
 method once in a fresh interpreter (``python -c``, see `cold_main`),
-round-robin over the methods, with the data loaded from a file before the
+in rounds (every method once per round, in a shuffled order), with the data loaded from a file before the
 clock starts, as a user's script would have it. Beside the method's own
 phases they time the interpreter's exit after the run (``exit_s``: atexit
 handlers, finalizers), which a script pays too; ``end_to_end_s`` is the
@@ -24,6 +24,7 @@ import gc
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -408,17 +409,25 @@ def _describe_cold(rec: dict[str, Any]) -> str:
 def _run_cold(
     runnable: list[Method], data: np.ndarray, cfg: SeedConfig, expected: float, log: Log
 ) -> dict[str, list[dict[str, Any]]]:
-    """``cold_repeat`` rounds over the floor and every method, each run in a fresh interpreter."""
+    """``cold_repeat`` rounds over the floor and every method, each run in a fresh interpreter.
+
+    Each round runs every method once, in an order shuffled per round (seeded
+    by the round: the same in every invocation). A run is slower right after
+    a memory-hungry one (the kernel is still reclaiming its pages): a fixed
+    order would always hand that cost to the same method.
+    """
     runs: dict[str, list[dict[str, Any]]] = {m.name: [] for m in (FLOOR, *runnable)}
     if not cfg.cold_repeat:
         return runs
-    order = [FLOOR, *runnable]
+    methods = [FLOOR, *runnable]
     with tempfile.TemporaryDirectory(prefix="nocopy-bench-cold-") as scratch:
         data_path = os.path.join(scratch, "records.bin")
         data.tofile(data_path)
-        total = cfg.cold_repeat * len(order)
+        total = cfg.cold_repeat * len(methods)
         width = len(str(total))
         for r in range(cfg.cold_repeat):
+            order = list(methods)
+            random.Random(r).shuffle(order)
             for i, method in enumerate(order, r * len(order) + 1):
                 rec = _cold_run(method, data_path, cfg, expected, scratch)
                 rec["repeat"] = r

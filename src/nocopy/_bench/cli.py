@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     seed.add_argument(
         "--cold-repeat", type=_non_negative, default=2,
-        help="cold runs per method (default 2), each in a fresh interpreter, round-robin over the methods, "
+        help="cold runs per method (default 2), each in a fresh interpreter, in rounds of every method in a shuffled order, "
         "before the warm runs; 0: warm runs only",
     )
     seed.add_argument(
