@@ -600,3 +600,25 @@ def test_a_missing_package_is_named_with_its_extra(
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real_find_spec(name, *a))
     assert main([command]) == 2
     assert f"nocopy bench {command} needs {module}: pip install 'nocopy[{extra}]'" in capsys.readouterr().err
+
+
+def test_benchmarks_time_nocopy_with_its_bytecode_written(tmp_path: Path) -> None:
+    # A stale .pyc would be recompiled by every spawned worker, inside the timings.
+    import importlib.util
+
+    from nocopy._bench import cli
+    from nocopy._store import _mapping
+
+    src = Path(_mapping.__file__)
+    pyc = Path(importlib.util.cache_from_source(str(src)))
+    if not os.access(src.parent, os.W_OK):
+        pytest.skip("nocopy is installed read-only here")
+    st = src.stat()
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # now newer than its .pyc
+    try:
+        cli._compile_nocopy()
+        header = pyc.read_bytes()[:16]
+        assert int.from_bytes(header[8:12], "little") == int(src.stat().st_mtime)
+    finally:
+        os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+        cli._compile_nocopy()
