@@ -199,10 +199,36 @@ def test_bad_parameters_get_clear_errors() -> None:
         joblib.Parallel(backend="nocopy", n_jobs=2, colour="red")(joblib.delayed(abs)(-1) for _ in range(2))
     with pytest.raises(TypeError, match="colour"), joblib.parallel_config(backend="nocopy", colour="red"):
         pass
-    with pytest.raises(ValueError, match="inner_max_num_threads"):
-        nocopy.joblib.NocopyBackend(inner_max_num_threads=2)
     with pytest.raises(TypeError, match="mp_context"):
         nocopy.joblib.NocopyBackend(mp_context=3)  # type: ignore[arg-type]
+
+
+def thread_limits(_: Any) -> tuple[str | None, list[int]]:
+    from threadpoolctl import threadpool_info
+
+    return os.environ.get("OMP_NUM_THREADS"), [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize(("inner", "expected"), [(None, max(joblib.cpu_count() // 2, 1)), (2, 2)])
+def test_workers_numerical_libraries_get_a_share_of_the_cpus_as_with_loky(
+    inner: int | None, expected: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers each running a BLAS with a thread per CPU oversubscribe the machine;
+    # loky gives each worker cpu_count // n_jobs threads (or inner_max_num_threads).
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    with joblib.parallel_config(backend="nocopy", n_jobs=2, inner_max_num_threads=inner, mp_context="spawn"):
+        got = joblib.Parallel()(joblib.delayed(thread_limits)(i) for i in range(2))
+    for env, blas in got:
+        assert env == str(expected)
+        assert blas and all(n == expected for n in blas), blas
+
+
+def test_the_callers_own_thread_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="spawn"):
+        got = joblib.Parallel()(joblib.delayed(thread_limits)(i) for i in range(2))
+    assert [env for env, _ in got] == ["2", "2"]
 
 
 def own_segments() -> list[Any]:

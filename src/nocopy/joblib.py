@@ -27,6 +27,12 @@ Parameters (``parallel_config(backend="nocopy", n_jobs=..., **params)``):
   ``"forkserver"``) or a multiprocessing context; default: multiprocessing's.
 * ``share_threshold``: bytes (default 1 MiB), as for the executor.
 * ``max_tasks_per_child``: as for the executor.
+* ``inner_max_num_threads``: threads each worker's numerical libraries may
+  use (BLAS, OpenMP...); default, as with joblib's loky backend: the CPUs
+  divided by the workers, unless ``OMP_NUM_THREADS`` and friends are set.
+  Applied when a worker starts (environment variables, and ``threadpoolctl``
+  for libraries already loaded), so that N workers do not each start a
+  thread per CPU.
 
 Workers live for one ``Parallel`` call (or one ``with Parallel(...) as p``
 block), and every segment is freed when it ends. A ``Parallel`` call inside a
@@ -38,6 +44,7 @@ methods) run with threads, as joblib decides for every process backend.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -54,7 +61,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._pool import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, fn_name, submit_labelled
 
-__all__ = ["NocopyBackend", "register"]
+__all__ = ["NocopyBackend", "limit_threads", "register"]
 
 BACKEND_NAME = "nocopy"
 # What Parallel passes every backend for its own options (memory-mapping of arrays, verbosity).
@@ -99,7 +106,7 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
     supports_retrieve_callback = True
     supports_timeout = True
-    supports_inner_max_num_threads = False
+    supports_inner_max_num_threads = True
     uses_threads = False
     supports_sharedmem = False
 
@@ -112,13 +119,7 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         share_threshold: int = DEFAULT_SHARE_THRESHOLD,
         max_tasks_per_child: int | None = None,
     ) -> None:
-        if inner_max_num_threads is not None:
-            raise ValueError(
-                "the nocopy joblib backend does not limit the threads of its workers' libraries "
-                "(inner_max_num_threads). Fix: leave it out, or set OMP_NUM_THREADS and friends "
-                "in the environment before the workers start."
-            )
-        super().__init__(nesting_level=nesting_level)
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self._options: dict[str, Any] = {
             "mp_context": _context(mp_context), "share_threshold": share_threshold,
             "max_tasks_per_child": max_tasks_per_child,
@@ -197,6 +198,7 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
             n_jobs, mp_context=options["mp_context"],
             share_threshold=options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
             max_tasks_per_child=options.get("max_tasks_per_child"),
+            initializer=limit_threads, initargs=(self._prepare_worker_env(n_jobs),),
         )
 
     # -- running -------------------------------------------------------------------
@@ -292,3 +294,32 @@ def register() -> None:
 
 
 register()
+
+
+def limit_threads(env: dict[str, str]) -> None:
+    """Worker start: cap the thread pools of numerical libraries, as joblib's loky backend does.
+
+    *env* is joblib's own choice (``OMP_NUM_THREADS`` and friends: the CPUs
+    divided by the workers, or ``inner_max_num_threads``, or the caller's
+    own settings). Libraries loaded later read the variables; those already
+    loaded (numpy's BLAS: nocopy imports numpy before any task) are limited
+    through ``threadpoolctl`` when it is installed (scikit-learn brings it).
+
+    Examples
+    --------
+    >>> limit_threads({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})   # doctest: +SKIP
+    """
+    os.environ.update(env)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    limits: dict[str, int] = {}
+    blas = env.get("OPENBLAS_NUM_THREADS") or env.get("MKL_NUM_THREADS")
+    if blas and blas.isdigit():
+        limits["blas"] = int(blas)
+    omp = env.get("OMP_NUM_THREADS")
+    if omp and omp.isdigit():
+        limits["openmp"] = int(omp)
+    if limits:
+        threadpool_limits(limits=limits)
