@@ -382,3 +382,22 @@ def test_lambdas_closures_and_notebook_functions_under_every_start_method(method
     assert out.stdout.splitlines() == [
         str(halves), str([h * 3.0 for h in halves]), str([499.0 * 2, 999.0 * 2])
     ]
+
+
+def test_spawned_workers_start_before_the_data_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    # They boot (import numpy, nocopy) during the copy, not after it.
+    import multiprocessing as mp
+
+    from nocopy import _map
+
+    seen: list[int] = []
+    real_share = _map.share
+
+    def spying_share(value: Any) -> Any:
+        seen.append(len(ex._processes))
+        return real_share(value)
+
+    monkeypatch.setattr(_map, "share", spying_share)
+    with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
+        assert sum(nocopy.parallel_map(rows_len, np.arange(3000), chunks=3, executor=ex)) == 3000
+    assert seen == [3]

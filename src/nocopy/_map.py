@@ -62,7 +62,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ._kinds import row_count, take_rows
-from ._pool import ProcessPoolExecutor, fn_name, submit_labelled, usable
+from ._pool import ProcessPoolExecutor, fn_name, start_workers, submit_labelled, usable
 from ._pool import abort as abort_pool
 from ._shared import Shared, share
 from .errors import SegmentClosedError
@@ -245,6 +245,8 @@ class ProcessBackend(MapBackend):
     def prepare(self, data: Any) -> Shared[Any]:
         if isinstance(data, Shared):
             return data
+        if isinstance(self._pool, ProcessPoolExecutor):
+            start_workers(self._pool)  # they boot while the data is copied
         self._owned = share(data)
         return self._owned
 

@@ -31,13 +31,23 @@ How a task travels (caller -> worker -> caller), module by module:
 same pieces: its tasks are made by the same ``_task.prepare``, its results
 come back through ``_results``, its workers start with ``_worker``.
 
-Besides the executor, the layer offers `submit_labelled`, `abort`
+Besides the executor, the layer offers `submit_labelled`, `start_workers`, `abort`
 and `usable` (what ``parallel_map`` needs beyond the stdlib's methods)
 and `fn_name`.
 """
 
-from ._executor import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, submit_labelled, usable
+from ._executor import (
+    DEFAULT_SHARE_THRESHOLD,
+    ProcessPoolExecutor,
+    abort,
+    start_workers,
+    submit_labelled,
+    usable,
+)
 from ._mppool import Pool
 from ._task import fn_name
 
-__all__ = ["DEFAULT_SHARE_THRESHOLD", "Pool", "ProcessPoolExecutor", "abort", "fn_name", "submit_labelled", "usable"]
+__all__ = [
+    "DEFAULT_SHARE_THRESHOLD", "Pool", "ProcessPoolExecutor", "abort", "fn_name", "start_workers", "submit_labelled",
+    "usable",
+]

@@ -33,7 +33,7 @@ from ._resources import PoolResources
 from ._task import prepare
 from ._worker import caller, run_then_exit, worker_init
 
-__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "submit_labelled", "usable"]
+__all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "start_workers", "submit_labelled", "usable"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -447,6 +447,16 @@ def submit_labelled(
     >>> submit_labelled(ex, "chunk 3 (rows 30:40)", "parallel_map(f)", f, rows)  # doctest: +SKIP
     """
     return executor._submit(label, fn, args, {}, name=name)  # noqa: SLF001 - same module
+
+
+def start_workers(executor: ProcessPoolExecutor) -> None:
+    """Start every worker *executor* may have, now: call it before copying big data, so they boot meanwhile.
+
+    Examples
+    --------
+    >>> start_workers(ex); ref = nocopy.share(big)   # doctest: +SKIP
+    """
+    executor._start_workers_early()  # noqa: SLF001 - same module
 
 
 def abort(executor: ProcessPoolExecutor) -> None:
