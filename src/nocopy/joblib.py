@@ -61,7 +61,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 
 from ._pool import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, fn_name, submit_labelled
 
-__all__ = ["NocopyBackend", "limit_threads", "register"]
+__all__ = ["NocopyBackend", "register"]
 
 BACKEND_NAME = "nocopy"
 # What Parallel passes every backend for its own options (memory-mapping of arrays, verbosity).
@@ -198,7 +198,7 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
             n_jobs, mp_context=options["mp_context"],
             share_threshold=options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
             max_tasks_per_child=options.get("max_tasks_per_child"),
-            initializer=limit_threads, initargs=(self._prepare_worker_env(n_jobs),),
+            initializer=_limit_threads, initargs=(self._prepare_worker_env(n_jobs),),
         )
 
     # -- running -------------------------------------------------------------------
@@ -296,7 +296,7 @@ def register() -> None:
 register()
 
 
-def limit_threads(env: dict[str, str]) -> None:
+def _limit_threads(env: dict[str, str]) -> None:
     """Worker start: cap the thread pools of numerical libraries, as joblib's loky backend does.
 
     *env* is joblib's own choice (``OMP_NUM_THREADS`` and friends: the CPUs
@@ -307,7 +307,7 @@ def limit_threads(env: dict[str, str]) -> None:
 
     Examples
     --------
-    >>> limit_threads({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})   # doctest: +SKIP
+    >>> _limit_threads({"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})   # doctest: +SKIP
     """
     os.environ.update(env)
     try:
