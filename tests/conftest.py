@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +170,16 @@ def segment_of(arr: object) -> str | None:
                 path = " ".join(fields[5:])
                 return path.split("nocopy-", 1)[1].split()[0] if "nocopy-" in path else None
     return None
+
+
+def workers_at_each_share(monkeypatch: pytest.MonkeyPatch, module: Any, executor: Callable[[], Any]) -> list[int]:
+    """Record, at each call of *module*'s ``share``, how many workers *executor()* has started by then."""
+    seen: list[int] = []
+    real_share = module.share
+
+    def spying_share(value: Any) -> Any:
+        seen.append(len(executor()._processes))
+        return real_share(value)
+
+    monkeypatch.setattr(module, "share", spying_share)
+    return seen

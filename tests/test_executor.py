@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import nocopy
-from conftest import own_posix_segments, segment_of
+from conftest import own_posix_segments, segment_of, workers_at_each_share
 from nocopy.errors import WorkerCrashedError
 
 METHODS = ["spawn", "forkserver", "fork"]
@@ -586,14 +586,7 @@ def test_workers_start_before_a_big_argument_is_copied(monkeypatch: pytest.Monke
     # They boot (import numpy, nocopy) while the copy runs, not after it.
     from nocopy._pool import _cache
 
-    seen: list[int] = []
-    real_share = _cache.share
-
-    def spying_share(value: Any) -> Any:
-        seen.append(len(ex._processes))
-        return real_share(value)
-
-    monkeypatch.setattr(_cache, "share", spying_share)
+    seen = workers_at_each_share(monkeypatch, _cache, lambda: ex)
     with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
         assert ex.submit(total, make_array(1 << 18, 1.0)).result() == float(1 << 18)
         assert seen == [3]

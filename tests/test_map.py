@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 import nocopy
-from conftest import own_posix_segments, segment_of
+from conftest import own_posix_segments, segment_of, workers_at_each_share
 from nocopy._map import MapBackend, register_backend, take_rows
 from nocopy.errors import UnsupportedTypeError, WorkerCrashedError
 
@@ -390,14 +390,7 @@ def test_spawned_workers_start_before_the_data_is_copied(monkeypatch: pytest.Mon
 
     from nocopy import _map
 
-    seen: list[int] = []
-    real_share = _map.share
-
-    def spying_share(value: Any) -> Any:
-        seen.append(len(ex._processes))
-        return real_share(value)
-
-    monkeypatch.setattr(_map, "share", spying_share)
+    seen = workers_at_each_share(monkeypatch, _map, lambda: ex)
     with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
         assert sum(nocopy.parallel_map(rows_len, np.arange(3000), chunks=3, executor=ex)) == 3000
     assert seen == [3]

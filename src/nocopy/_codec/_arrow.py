@@ -191,19 +191,17 @@ def is_string_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     >>> is_string_array(np.array(["a", None, "é"], dtype=object))
     True
     """
-    if arr.dtype != object or arr.ndim != 1:
+    values = _objects_to_check(arr, rep)
+    if values is None:
         return False
-    if rep is not None:
-        arr = rep.distinct
-    try:
-        from pandas.api.types import infer_dtype
-    except ImportError:
-        return all(isinstance(x, str) or _na_kind(x) >= 0 for x in arr)
-    return infer_dtype(arr, skipna=True) in ("string", "empty")
+    kind = _inferred(values)
+    if kind is None:
+        return all(isinstance(x, str) or _na_kind(x) >= 0 for x in values)
+    return kind in ("string", "empty")
 
 
 def is_bytes_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
-    """True if *arr* (1-d, object) holds ``bytes`` (at least one) and otherwise only missing values.
+    r"""True if *arr* (1-d, object) holds ``bytes`` (at least one) and otherwise only missing values.
 
     ``bytearray`` and ``memoryview`` are not bytes (mutable, or a view of
     something else): such columns stay unsupported. (An all-missing array is
@@ -215,21 +213,35 @@ def is_bytes_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     >>> is_bytes_array(np.array([b"\x00\xff", None], dtype=object))
     True
     """
-    if arr.dtype != object or arr.ndim != 1:
+    values = _objects_to_check(arr, rep)
+    if values is None:
         return False
-    if rep is not None:
-        arr = rep.distinct
-    try:
-        from pandas.api.types import infer_dtype
-    except ImportError:
+    kind = _inferred(values)
+    if kind is None:
         seen = False
-        for x in arr:
+        for x in values:
             if isinstance(x, bytes):
                 seen = True
             elif _na_kind(x) < 0:
                 return False
         return seen
-    return bool(infer_dtype(arr, skipna=True) == "bytes")
+    return kind == "bytes"
+
+
+def _objects_to_check(arr: np.ndarray, rep: Repeats | None) -> np.ndarray | None:
+    """The objects whose types decide what *arr* is: its distinct ones if grouped; None if not 1-d object."""
+    if arr.dtype != object or arr.ndim != 1:
+        return None
+    return rep.distinct if rep is not None else arr
+
+
+def _inferred(values: np.ndarray) -> str | None:
+    """pandas' ``infer_dtype`` of *values* (missing values skipped), or None without pandas."""
+    try:
+        from pandas.api.types import infer_dtype
+    except ImportError:
+        return None
+    return str(infer_dtype(values, skipna=True))
 
 
 def _to_arrow(pa: Any, arr: np.ndarray, typ: Any, rep: Repeats | None) -> Any:
