@@ -86,7 +86,9 @@ if __name__ == "__main__":
     with nocopy.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
         ex.submit(say).result()
 """
-    out = run_python(code)
+    # Buffered, as outside this test environment (PYTHONUNBUFFERED would hide a missing flush).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    out = run_python(code, env=env)
     assert out.returncode == 0, out.stderr
     assert "from the worker, no newline" in out.stdout
     assert "err, no newline" in out.stderr

@@ -191,13 +191,7 @@ def is_string_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     >>> is_string_array(np.array(["a", None, "é"], dtype=object))
     True
     """
-    values = _objects_to_check(arr, rep)
-    if values is None:
-        return False
-    kind = _inferred(values)
-    if kind is None:
-        return all(isinstance(x, str) or _na_kind(x) >= 0 for x in values)
-    return kind in ("string", "empty")
+    return _holds_only(arr, rep, str, ("string", "empty"), at_least_one=False)
 
 
 def is_bytes_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
@@ -213,35 +207,27 @@ def is_bytes_array(arr: np.ndarray, rep: Repeats | None = None) -> bool:
     >>> is_bytes_array(np.array([b"\x00\xff", None], dtype=object))
     True
     """
-    values = _objects_to_check(arr, rep)
-    if values is None:
-        return False
-    kind = _inferred(values)
-    if kind is None:
-        seen = False
-        for x in values:
-            if isinstance(x, bytes):
-                seen = True
-            elif _na_kind(x) < 0:
-                return False
-        return seen
-    return kind == "bytes"
+    return _holds_only(arr, rep, bytes, ("bytes",), at_least_one=True)
 
 
-def _objects_to_check(arr: np.ndarray, rep: Repeats | None) -> np.ndarray | None:
-    """The objects whose types decide what *arr* is: its distinct ones if grouped; None if not 1-d object."""
+def _holds_only(
+    arr: np.ndarray, rep: Repeats | None, typ: type, kinds: tuple[str, ...], *, at_least_one: bool
+) -> bool:
+    """Whether 1-d object *arr* holds only *typ* and missing values (and one *typ* at least, if asked).
+
+    pandas' ``infer_dtype`` (one of *kinds*) decides where pandas is installed.
+    With *rep*, only the distinct objects are looked at.
+    """
     if arr.dtype != object or arr.ndim != 1:
-        return None
-    return rep.distinct if rep is not None else arr
-
-
-def _inferred(values: np.ndarray) -> str | None:
-    """pandas' ``infer_dtype`` of *values* (missing values skipped), or None without pandas."""
+        return False
+    values = rep.distinct if rep is not None else arr
     try:
         from pandas.api.types import infer_dtype
     except ImportError:
-        return None
-    return str(infer_dtype(values, skipna=True))
+        if not all(isinstance(x, typ) or _na_kind(x) >= 0 for x in values):
+            return False
+        return not at_least_one or any(isinstance(x, typ) for x in values)
+    return infer_dtype(values, skipna=True) in kinds
 
 
 def _to_arrow(pa: Any, arr: np.ndarray, typ: Any, rep: Repeats | None) -> Any:

@@ -62,8 +62,8 @@ class ShareCache:
     def lookup(self, value: Any) -> Shared[Any] | None:
         """The Shared of *value*, sharing it on first sight (None: it travels pickled)."""
         key = id(value)
-        if self.before_share is not None and not self.cached(value)[0]:
-            self.before_share()
+        if self.before_share is not None:
+            self.before_share()  # idempotent: a second caller racing for the same object is harmless
         with self._lock:
             known, shared = self.cached(value)
             if known:

@@ -31,7 +31,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from ._future import TaskFuture
 from ._resources import PoolResources
 from ._task import prepare
-from ._worker import caller, run_then_exit, worker_init
+from ._worker import caller, quick_exit_process, worker_init
 
 __all__ = ["DEFAULT_SHARE_THRESHOLD", "ProcessPoolExecutor", "abort", "start_workers", "submit_labelled", "usable"]
 
@@ -105,29 +105,24 @@ def _start_workers_hook(executor: ProcessPoolExecutor) -> Callable[[], None]:
     def hook() -> None:
         ex = ref()
         if ex is not None:
-            ex._start_workers_early()  # noqa: SLF001 - same module
+            start_workers(ex)
 
     return hook
 
 
 class _QuickExitContext:
-    """The executor's multiprocessing context, but spawned workers end through `run_then_exit`.
+    """The executor's multiprocessing context, but its workers are made by `quick_exit_process`.
 
     The stdlib makes each worker with ``ctx.Process(target=_process_worker,
-    args=...)``; wrapping the target here keeps the stdlib's own code for
-    everything else, on every Python version. Forked workers (fork,
-    forkserver) already leave with ``os._exit`` and must not run the atexit
-    handlers they inherited: they keep the stdlib's target.
+    args=...)``; wrapping the context keeps the stdlib's own code for
+    everything else, on every Python version.
     """
 
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
-        self._spawned = ctx.get_start_method(allow_none=False) == "spawn"
 
-    def Process(self, *, target: Callable[..., object], args: tuple[Any, ...] = (), **kw: Any) -> Any:
-        if self._spawned:
-            target, args = run_then_exit, (target, *args)
-        return self._ctx.Process(target=target, args=args, **kw)
+    def Process(self, *args: Any, **kwds: Any) -> Any:
+        return quick_exit_process(self._ctx, *args, **kwds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)

@@ -35,7 +35,7 @@ from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver, check_sh
 from ._resources import PoolResources
 from ._results import Reply
 from ._task import Call, fn_name, prepare, unpickling_stopped
-from ._worker import caller, run_then_exit, worker_init
+from ._worker import caller, quick_exit_process, worker_init
 
 __all__ = ["Pool"]
 
@@ -253,10 +253,7 @@ class Pool(_StdPool):
     @staticmethod
     def Process(ctx: Any, *args: Any, **kwds: Any) -> Any:
         """The stdlib's, except that a spawned worker ends through ``run_then_exit`` (as the executor's)."""
-        if ctx.get_start_method(allow_none=False) == "spawn" and "target" in kwds:
-            kwds["args"] = (kwds["target"], *kwds.get("args", ()))
-            kwds["target"] = run_then_exit
-        return ctx.Process(*args, **kwds)
+        return quick_exit_process(ctx, *args, **kwds)
 
     def _setup_queues(self) -> None:
         super()._setup_queues()  # type: ignore[misc]

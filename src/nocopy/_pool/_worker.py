@@ -26,7 +26,7 @@ from .._process import process_start_time
 from .._shared import Shared, is_alive, map_now
 from ..errors import NocopyError
 
-__all__ = ["caller", "keep_warm", "run_then_exit", "task_table", "worker_init"]
+__all__ = ["caller", "keep_warm", "quick_exit_process", "run_then_exit", "task_table", "worker_init"]
 
 _table: np.ndarray | None = None
 _table_handle: Shared[np.ndarray] | None = None
@@ -173,3 +173,15 @@ def run_then_exit(target: Callable[..., object], *args: Any) -> None:
         except (OSError, ValueError):
             pass
     os._exit(0)
+
+
+def quick_exit_process(ctx: Any, *args: Any, **kwds: Any) -> Any:
+    """``ctx.Process(...)``, but a spawned worker ends through `run_then_exit`.
+
+    Forked workers (fork, forkserver) already leave with ``os._exit`` and must
+    not run the atexit handlers they inherited: they keep their target.
+    """
+    if ctx.get_start_method(allow_none=False) == "spawn" and "target" in kwds:
+        kwds["args"] = (kwds["target"], *kwds.get("args", ()))
+        kwds["target"] = run_then_exit
+    return ctx.Process(*args, **kwds)

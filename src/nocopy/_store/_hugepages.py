@@ -19,23 +19,29 @@ Reading only: changing these is the host administrator's decision.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 __all__ = ["memfd_huge_pages", "tmpfs_huge_pages"]
 
-# Module attribute so tests can point at a fake tree.
-_THP = Path("/sys/kernel/mm/transparent_hugepage")
-_MEMINFO = Path("/proc/meminfo")
+# Module attributes so tests can point at a fake tree. Plain paths, not pathlib:
+# the stores import this module in every worker, and pathlib costs ~4 ms to import.
+_THP: str | os.PathLike[str] = "/sys/kernel/mm/transparent_hugepage"
+_MEMINFO: str | os.PathLike[str] = "/proc/meminfo"
 
 # shmem_enabled values that give huge pages to plain writes (pwrite) without a mapping.
 _FOR_WRITES = ("always", "within_size", "force")
 
 
-def _selected(path: Path) -> str | None:
+def _read(path: str | os.PathLike[str]) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _selected(path: str | os.PathLike[str]) -> str | None:
     """The bracketed choice of a sysfs setting such as ``always within_size advise [never] deny force``."""
     try:
-        text = path.read_text()
+        text = _read(path)
     except OSError:
         return None
     for word in text.split():
@@ -47,7 +53,7 @@ def _selected(path: Path) -> str | None:
 def _hugetlb() -> dict[str, int | None]:
     values: dict[str, int] = {}
     try:
-        for line in _MEMINFO.read_text().splitlines():
+        for line in _read(_MEMINFO).splitlines():
             key, _, rest = line.partition(":")
             if key in ("HugePages_Total", "HugePages_Free", "Hugepagesize"):
                 values[key] = int(rest.split()[0])
@@ -65,13 +71,13 @@ def _per_size() -> dict[str, str]:
     """Per-size shmem THP settings (Linux >= 6.11): size -> setting; empty on older kernels."""
     out: dict[str, str] = {}
     try:
-        dirs = sorted(_THP.glob("hugepages-*kB"))
+        names = sorted(n for n in os.listdir(_THP) if n.startswith("hugepages-") and n.endswith("kB"))
     except OSError:
         return out
-    for d in dirs:
-        value = _selected(d / "shmem_enabled")
+    for name in names:
+        value = _selected(os.path.join(_THP, name, "shmem_enabled"))
         if value is not None:
-            out[d.name.removeprefix("hugepages-")] = value
+            out[name.removeprefix("hugepages-")] = value
     return out
 
 
@@ -81,7 +87,7 @@ def memfd_huge_pages() -> dict[str, Any]:
     ``writes``: True when share()'s pwrite gets huge pages; ``mapped_advise``:
     True when only a mapping madvised MADV_HUGEPAGE would; None where the kernel has no THP.
     """
-    shmem = _selected(_THP / "shmem_enabled")
+    shmem = _selected(os.path.join(_THP, "shmem_enabled"))
     sizes = _per_size()
     if sizes:
         # Per-size knobs decide; "inherit" follows the global setting.
@@ -104,7 +110,7 @@ def tmpfs_huge_pages(mount_options: str | None) -> dict[str, Any]:
     for opt in (mount_options or "").split(","):
         if opt.startswith("huge="):
             huge = opt.removeprefix("huge=")
-    shmem = _selected(_THP / "shmem_enabled")
+    shmem = _selected(os.path.join(_THP, "shmem_enabled"))
     if shmem in ("deny", "force"):
         huge = {"deny": "never", "force": "always"}[shmem]
     return {"huge": huge, "writes": huge in _FOR_WRITES}

@@ -11,12 +11,11 @@ import fcntl
 import os
 import subprocess
 import sys
-from types import ModuleType
 from typing import Any
 
 from .._ipc import _fdserver
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _names, _procs
+from . import _capacity, _hugepages, _names, _procs
 from ._segment import (
     Advice,
     Checkup,
@@ -111,7 +110,7 @@ class MemfdStore:
         # it, so a reader can never be killed by SIGBUS through it.
         isolation = "sealed (no process can shrink or grow one, nor write into a share()d one)"
         report = _probe()
-        report["huge_pages"] = _huge_pages().memfd_huge_pages()
+        report["huge_pages"] = _hugepages.memfd_huge_pages()
         return Checkup("memfd", report, {"memfd": isolation})
 
     def advice(self, report: dict[str, Any], *, in_use: bool) -> list[Advice]:
@@ -321,10 +320,3 @@ def _open(loc: Locator, flags: int, token: str) -> int:
         os.close(fd)
         raise _gone(loc, link)
     return fd
-
-
-def _huge_pages() -> ModuleType:
-    # Only `nocopy doctor` reads huge-page support: workers need not import it (or pathlib).
-    from . import _hugepages
-
-    return _hugepages

@@ -10,12 +10,11 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
-from types import ModuleType
 from typing import Any
 
 from .._text import format_bytes
 from ..errors import SegmentAccessError, SegmentNotFoundError
-from . import _capacity, _names, _orphans, _procs
+from . import _capacity, _hugepages, _names, _orphans, _procs
 from ._segment import (
     Advice,
     Checkup,
@@ -183,7 +182,7 @@ def _shm_report(directory: str) -> dict[str, Any]:
         rep["size"] = rep["free"] = None
         rep["error"] = exc.strerror
     rep["writable"] = os.access(directory, os.W_OK | os.X_OK)
-    rep["huge_pages"] = _huge_pages().tmpfs_huge_pages(rep.get("options"))
+    rep["huge_pages"] = _hugepages.tmpfs_huge_pages(rep.get("options"))
     return rep
 
 
@@ -365,10 +364,3 @@ def _what_is(path: str) -> str:
         if test(mode):
             return what
     return "not a regular file"
-
-
-def _huge_pages() -> ModuleType:
-    # Only `nocopy doctor` reads huge-page support: workers need not import it (or pathlib).
-    from . import _hugepages
-
-    return _hugepages
