@@ -622,3 +622,21 @@ def test_benchmarks_time_nocopy_with_its_bytecode_written(tmp_path: Path) -> Non
     finally:
         os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
         cli._compile_nocopy()
+
+
+def test_the_sampler_reports_the_lowest_point_so_a_run_is_not_charged_for_memory_freed_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A finished run's pages released during the next one made "added" negative
+    # (peak below the baseline sampled just before): the lowest sample bounds it.
+    from nocopy._bench import _monitor
+
+    sampler = _monitor._Sampler(os.getpid(), 0.01)
+    totals = iter([300, 120, 200, 150])
+    monkeypatch.setattr(sampler, "take", lambda globs=None: _monitor.Sample(total=next(totals)))
+    sampler.command("start", "[]")
+    sampler.command("mark", "")
+    sampler.command("mark", "")
+    sampler.command("mark", "")
+    answer = sampler.command("stop", "")
+    assert answer["peak"]["total"] == 300 and answer["low"] == 120

@@ -236,6 +236,7 @@ class _Sampler:
         self.sampling = False
         self.globs: list[str] = []
         self.peak = Sample()
+        self.low: int | None = None  # the lowest total sampled while measuring
         self.count = 0
         self.gaps: list[float] = []
         self.last = 0.0
@@ -252,6 +253,8 @@ class _Sampler:
         self.count += 1
         if s.total > self.peak.total:
             self.peak = s
+        if self.low is None or s.total < self.low:
+            self.low = s.total
 
     def tick(self) -> None:
         """A periodic sample, if sampling and one is due."""
@@ -274,7 +277,7 @@ class _Sampler:
             return "ok"
         if cmd == "start":
             self.globs = json.loads(arg or "[]")
-            self.peak, self.count, self.gaps, self.last = Sample(), 0, [], 0.0
+            self.peak, self.low, self.count, self.gaps, self.last = Sample(), None, 0, [], 0.0
             self.sampling = True
             return "ok"
         if cmd == "stop":
@@ -283,6 +286,7 @@ class _Sampler:
             gaps = sorted(self.gaps)
             return {
                 "peak": asdict(self.peak),
+                "low": self.low,
                 "samples": self.count,
                 "interval_ms_median": 1e3 * gaps[len(gaps) // 2] if gaps else None,
                 "interval_ms_max": 1e3 * gaps[-1] if gaps else None,
@@ -318,6 +322,9 @@ class PeakResult:
     """What the sampler reports for one measured stretch."""
 
     peak: Sample
+    # The lowest total sampled: below the baseline when memory from before the
+    # stretch (a finished run's processes or pages) was freed during it.
+    low: int | None
     samples: int
     interval_ms_median: float | None
     interval_ms_max: float | None
@@ -403,6 +410,7 @@ class MemoryMonitor:
         answer = self._ask("stop")
         return PeakResult(
             peak=Sample(**answer["peak"]),
+            low=answer["low"],
             samples=answer["samples"],
             interval_ms_median=answer["interval_ms_median"],
             interval_ms_max=answer["interval_ms_max"],

@@ -165,6 +165,11 @@ def _one_run(
                 record["tracemalloc_peak_bytes"] = tracemalloc.get_traced_memory()[1]
                 tracemalloc.stop()
                 record["peak_bytes"] = peak.peak.total
+                # Memory held before the run and freed during it (a finished run's
+                # pages still being released) is no part of this run's baseline:
+                # "added" is measured from the lowest point, never understated.
+                if peak.low is not None and peak.low < record["baseline_bytes"]:
+                    record["baseline_bytes"] = peak.low
                 record["added_bytes"] = peak.peak.total - record["baseline_bytes"]
                 record["pss_private_bytes_at_peak"] = peak.peak.pss_private
                 record["shm_bytes_at_peak"] = peak.peak.shm_bytes
