@@ -486,11 +486,15 @@ def test_scaling_small(tmp_path: Path) -> None:
         p["share_gbps"] > 0 and p["memcpy_shm_gbps"] > 0 and p["pwrite_shm_gbps"] > 0 for p in result["share_throughput"]
     )
     for p in result["share_throughput"]:
+        assert set(p["share_modes"]) == {"4k_1", "huge_1", "default"}
+        for mode in p["share_modes"].values():
+            assert mode["gbps"] > 0 and mode["over_4k_1"] > 0
         assert p["fill_threads"] == os.cpu_count()
         for how in ("pwrite", "mmap"):
             f = p["fill"][how]
             assert f["gbps_1"] > 0 and f["gbps_n"] > 0 and f["speedup"] == pytest.approx(f["gbps_n"] / f["gbps_1"])
     assert "filling one memfd: pwrite fill 1 thread" in proc.stdout
+    assert "share() / share() with 4 KiB pages from one thread" in proc.stdout
     assert set(result["task_overhead"]) == {"concurrent.futures", "nocopy"}
     sweep = {(p["method"], p["workers"]) for p in result["workers"]}
     assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}

@@ -325,7 +325,10 @@ def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) 
     store = get_store(backend or default_backend())
     seg = store.create(plan.size, what=f"a {kind} of {format_bytes(plan.nbytes)}")
     try:
-        plan.write_to_fd(seg.fd)
+        if seg.mapping is not None:
+            plan.write_into(np.asarray(seg.mapping))
+        else:
+            plan.write_to_fd(seg.fd)
         store.seal(seg, plan.token.hex(), writable=writable)
     except BaseException:
         seg.release()

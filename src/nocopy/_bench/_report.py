@@ -96,7 +96,8 @@ def seed_table(result: dict[str, Any]) -> str:
     floor_extra = result["floor"]["extra"]
     if floor_extra.get("memcpy_shm_s"):
         notes.append(
-            "floor: copy into fresh shared memory (pwrite into a memfd) "
+            "floor: copy into fresh shared memory (as share() copies: into 2 MiB pages where the kernel allows, "
+            "else pwrite into a memfd) "
             f"{floor_extra['memcpy_shm_s']['median']:.3f} s + nansum {floor_extra['nansum_s']['median']:.3f} s; "
             f"for reference, memcpy through a fresh shared mapping {floor_extra['memcpy_shm_mapped_s']['median']:.3f} s, "
             f"into fresh private memory {floor_extra['memcpy_private_s']['median']:.3f} s"

@@ -2,7 +2,10 @@
 
 - ``get``: ``get()`` latency in a worker vs data size (1 MB ... 4 GB): attaching
   maps the segment and parses its header, so it must not grow with size;
-- ``share``: ``nocopy.share()`` throughput vs a memcpy into fresh shared
+- ``share``: ``nocopy.share()`` throughput as it runs by default (2 MiB
+  pages where the kernel allows, filled by several threads), with 2 MiB pages
+  from one thread, and with 4 KiB pages from one thread (share() before
+  either: the baseline its ratio is to), vs a memcpy into fresh shared
   memory (memfd + ftruncate + mmap + copy, page faults included) and vs the
   seed floor's copy (pwrite into a fresh memfd); and how filling one fresh
   memfd scales with threads over disjoint ranges (fallocate + pwrite, or a
@@ -16,6 +19,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import mmap
 import multiprocessing
 import os
@@ -23,7 +27,7 @@ import pickle
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -126,29 +130,62 @@ def time_parallel_fill(src: np.ndarray, pool: cf.ThreadPoolExecutor, threads: in
         os.close(fd)
 
 
-def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
+# share() as it was before huge pages and fill threads (the baseline), with 2 MiB
+# pages from one thread, and as it is by default: one run of each per round, interleaved.
+SHARE_MODES: dict[str, dict[str, str]] = {
+    "4k_1": {"NOCOPY_HUGE_PAGES": "off", "NOCOPY_FILL_THREADS": "1"},
+    "huge_1": {"NOCOPY_HUGE_PAGES": "auto", "NOCOPY_FILL_THREADS": "1"},
+    "default": {},
+}
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _time_share(src: np.ndarray, mode: str) -> float:
     import nocopy
 
+    with _environ(SHARE_MODES[mode]):
+        t0 = time.perf_counter()
+        ref = nocopy.share(src)
+        took = time.perf_counter() - t0
+    ref.close()
+    return took
+
+
+def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     out = []
     cores = os.cpu_count() or 1
     pool = cf.ThreadPoolExecutor(cores)
     for n in sizes(cfg.min_size, cfg.max_size):
         src = np.ones(n, np.uint8)  # real pages: the copy reads memory
-        share_s, memcpy_s, pwrite_s = [], [], []
+        modes: dict[str, list[float]] = {mode: [] for mode in SHARE_MODES}
+        memcpy_s, pwrite_s = [], []
         fill: dict[str, dict[int, list[float]]] = {how: {1: [], cores: []} for how in FILL_WAYS}
         for _ in range(cfg.repeat):
-            t0 = time.perf_counter()
-            ref = nocopy.share(src)
-            share_s.append(time.perf_counter() - t0)
-            ref.close()
+            for mode, times in modes.items():
+                times.append(_time_share(src, mode))
             memcpy_s.append(time_mapped_copy(src))
             pwrite_s.append(time_pwrite_copy(src))
             for how in FILL_WAYS:
                 for threads in fill[how]:
                     fill[how][threads].append(time_parallel_fill(src, pool, threads, how))
         del src
+        share_s = modes["default"]
         s, m, w = (float(np.median(x)) for x in (share_s, memcpy_s, pwrite_s))
-        point = {
+        base = float(np.median(modes["4k_1"]))
+        point: dict[str, Any] = {
             "nbytes": n,
             "share_s": summary(share_s),
             "memcpy_shm_s": summary(memcpy_s),
@@ -158,6 +195,15 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             "pwrite_shm_gbps": n / w / 1e9,
             "share_over_memcpy": ratio(s, m),
             "share_over_pwrite": ratio(s, w),
+            # share() per mode: GB/s, and its time over share() with 4 KiB pages from one thread.
+            "share_modes": {
+                mode: {
+                    "s": summary(times),
+                    "gbps": n / float(np.median(times)) / 1e9,
+                    "over_4k_1": ratio(float(np.median(times)), base),
+                }
+                for mode, times in modes.items()
+            },
             # Filling one memfd: GB/s with 1 thread and with one per core, and the speed-up.
             "fill_threads": cores,
             "fill": {
@@ -170,8 +216,11 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
             },
         }
         out.append(point)
+        sm = point["share_modes"]
         log(
-            f"  share() {format_bytes(n):>8}: {point['share_gbps']:.2f} GB/s; memcpy into fresh shm "
+            f"  share() {format_bytes(n):>8}: {point['share_gbps']:.2f} GB/s = {sm['default']['over_4k_1']:.2f}x "
+            f"the time with 4 KiB pages from one thread ({sm['4k_1']['gbps']:.2f} GB/s; 2 MiB pages, one "
+            f"thread: {sm['huge_1']['gbps']:.2f} GB/s); memcpy into fresh shm "
             f"{point['memcpy_shm_gbps']:.2f} GB/s, pwrite into a fresh memfd {point['pwrite_shm_gbps']:.2f} GB/s; "
             + _fill_text(point)
         )
@@ -340,6 +389,13 @@ def scaling_table(result: dict[str, Any]) -> str:
                 f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
                 f" / pwrite {p['share_over_pwrite']:.2f}x"
             )
+            if "share_modes" in p:
+                sm = p["share_modes"]
+                lines.append(
+                    f"  {'':>9}  share() / share() with 4 KiB pages from one thread (the former share(), "
+                    f"{sm['4k_1']['gbps']:.2f} GB/s): 2 MiB pages, one thread {sm['huge_1']['over_4k_1']:.2f}x; "
+                    f"default {sm['default']['over_4k_1']:.2f}x"
+                )
             if "fill" in p:
                 lines.append(f"  {'':>9}  filling one memfd: {_fill_text(p)}")
         lines.append("")

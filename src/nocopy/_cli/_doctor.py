@@ -179,10 +179,14 @@ def render(r: dict[str, Any]) -> str:
     h = m.get("huge_pages")
     if h is not None:
         pool = h["hugetlb"]
+        collapse = h.get("collapse", {})
         verdict = {True: "yes", False: "no", None: "no THP in this kernel"}[h["writes"]]
+        if collapse.get("available") and not h["writes"]:
+            verdict = "yes, share() collapses them"
+        posix = "yes" if r["shm"]["huge_pages"]["writes"] or collapse.get("available") else "no"
         row("huge pages", f"memfd segments: {verdict} (shmem_enabled {h['shmem_enabled'] or '-'}"
                           + "".join(f", {k} {v}" for k, v in h["per_size"].items())
-                          + f"); posix segments: {'yes' if r['shm']['huge_pages']['writes'] else 'no'} "
+                          + f"; {collapse.get('detail', 'MADV_COLLAPSE not tried')}); posix segments: {posix} "
                           f"(tmpfs huge={r['shm']['huge_pages']['huge']}); hugetlb pool "
                           f"{pool['pages_total'] or 0} pages, {pool['pages_free'] or 0} free")
     s = r["shm"]

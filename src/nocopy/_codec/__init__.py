@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import SegmentCorruptError
 from . import _numpy, _python, _registry
 from ._layout import MAGIC, PREFIX, Header, parse_header
-from ._plan import Plan, plan, plan_output, write_at
+from ._plan import Plan, copy_bytes, plan, plan_output, write_at
 from ._registry import Decoder, Encoder, Note
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Header",
     "Note",
     "Plan",
+    "copy_bytes",
     "decode",
     "decode_buffer",
     "decode_parts",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from ..errors import SegmentNotFoundError
+from ._hugepages import collapse as huge_mapping
 from ._mapping import Mapping
 from ._memfd import MemfdStore
 from ._posix import PosixStore, shm_dir
@@ -35,6 +36,7 @@ __all__ = [
     "descriptor_path",
     "format_uri",
     "get_store",
+    "huge_mapping",
     "is_alive",
     "leaves_orphans",
     "open_segment",

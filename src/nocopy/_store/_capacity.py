@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from .._text import format_bytes
 from ..errors import InsufficientMemoryError
+from . import _hugepages
+from ._mapping import Mapping, huge_page_size
 
 if TYPE_CHECKING:  # pathlib costs a worker ~4 ms to import: only made when a limit is read
     from pathlib import Path
@@ -228,18 +230,28 @@ def check_room(what: str, requested: int, *, shm_dir: str | None = None) -> None
             raise_no_room(what, requested, lim, shm_dir=shm_dir)
 
 
-def reserve(fd: int, size: int, what: str, *, shm_dir: str | None) -> None:
+def reserve(fd: int, size: int, what: str, *, shm_dir: str | None) -> Mapping | None:
     """Size *fd* to *size* bytes and reserve its pages: a full tmpfs is an error now, not SIGBUS later.
 
-    *shm_dir* is the tmpfs holding the file (None for memfd).
+    *shm_dir* is the tmpfs holding the file (None for memfd). Returns a
+    writable mapping of the file when its pages are huge (filling through
+    it beats pwrite; see `_hugepages.collapse`), else None.
     """
     os.ftruncate(fd, size)
     if not size:
-        return
+        return None
+    mapping = _hugepages.collapse(fd, size)
+    # A collapsed file needs only its tail beyond the last huge page reserved.
+    block = huge_page_size()
+    start = size // block * block if mapping is not None else 0
     try:
-        os.posix_fallocate(fd, 0, size)
+        if start < size:
+            os.posix_fallocate(fd, start, size - start)
     except OSError as exc:
+        if mapping is not None:
+            mapping.close()
         if exc.errno not in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
             raise
         lim = tmpfs_room(shm_dir) if shm_dir is not None else Limit("memfd (kernel refused fallocate)", 0, 0)
         raise_no_room(what, size, lim, shm_dir=shm_dir)
+    return mapping

@@ -14,15 +14,31 @@ time. Which pages a segment gets is decided by the kernel, per store:
 - ``MFD_HUGETLB`` memfds need pages reserved in the hugetlb pool
   (``vm.nr_hugepages``), usually 0.
 
-Reading only: changing these is the host administrator's decision.
+Those settings are the host administrator's decision, and nocopy only reads
+them. But ``madvise(MADV_COLLAPSE)`` (Linux 6.1+) may turn a range of a shmem
+file into 2 MiB pages whatever ``shmem_enabled`` says, short of ``deny``:
+`collapse` does that for a fresh segment before it is filled, so share()
+allocates and zeroes 2 MiB at a time instead of 4 KiB, and readers map the
+segment with one page-table entry per 2 MiB (populating 220 MB: 15 ms -> 0.3 ms).
+The memory is the same: only whole 2 MiB blocks inside the file are collapsed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import mmap
 import os
 from typing import Any
 
-__all__ = ["memfd_huge_pages", "tmpfs_huge_pages"]
+from ._mapping import Mapping, huge_page_size
+
+__all__ = ["collapse", "collapse_state", "memfd_huge_pages", "tmpfs_huge_pages", "wanted"]
+
+MADV_COLLAPSE = 25  # Linux 6.1+; not in Python 3.11's mmap module
+# Kernels that do not know the call, or a host that denies shmem huge pages:
+# asking again would only be refused again.
+_REFUSED_FOR_GOOD = (errno.EINVAL, errno.ENOSYS, errno.EPERM)
 
 # Module attributes so tests can point at a fake tree. Plain paths, not pathlib:
 # the stores import this module in every worker, and pathlib costs ~4 ms to import.
@@ -31,6 +47,82 @@ _MEMINFO: str | os.PathLike[str] = "/proc/meminfo"
 
 # shmem_enabled values that give huge pages to plain writes (pwrite) without a mapping.
 _FOR_WRITES = ("always", "within_size", "force")
+
+
+class _State:
+    """What this process learned about MADV_COLLAPSE (a refusal for good is not asked again)."""
+
+    refused: str | None = None
+
+
+def collapse(fd: int, size: int) -> Mapping | None:
+    """Give the fresh, empty shmem file *fd* of *size* bytes huge pages; a writable mapping of it, or None.
+
+    Every whole huge-page block of the file is allocated as one zeroed 2 MiB
+    page (``MADV_COLLAPSE`` needs one small page present in a block: a zero
+    byte is written at each block's start). On success the returned
+    mapping, aligned so that each block maps as one huge page, is the fast
+    way to fill the segment (no allocation per page left to do); the caller
+    still reserves the tail beyond the last whole block. None when nothing
+    was collapsed, or not all of it (the kernel had no free huge page, a
+    cgroup or tmpfs limit, an old kernel): the caller reserves and writes
+    as without huge pages, and what was collapsed stays valid.
+    """
+    block = huge_page_size()
+    whole = size // block * block if block else 0
+    if not whole or _State.refused is not None or not wanted():
+        return None
+    mapping = Mapping(fd, size, mmap.ACCESS_WRITE)  # aligned: one entry per huge page
+    try:
+        for offset in range(0, whole, block):
+            os.pwrite(fd, b"\0", offset)
+        if mapping.advise(MADV_COLLAPSE, whole):
+            return mapping
+        err = ctypes.get_errno()
+        if err in _REFUSED_FOR_GOOD:
+            _State.refused = f"madvise(MADV_COLLAPSE) refused: {os.strerror(err)}"
+    except OSError:
+        pass  # a full tmpfs or memory limit: the caller's reservation reports it
+    mapping.close()
+    return None
+
+
+_OFF = ("0", "off", "no", "false", "never")
+_ON = ("", "1", "on", "yes", "true", "auto")
+
+
+def wanted() -> bool:
+    """Whether $NOCOPY_HUGE_PAGES lets share() collapse segments (default: yes, where the kernel can)."""
+    value = os.environ.get("NOCOPY_HUGE_PAGES", "").strip().lower()
+    if value in _OFF:
+        return False
+    if value in _ON:
+        return True
+    raise ValueError(
+        f"NOCOPY_HUGE_PAGES={value!r} is not understood: set it to 'off' (segments get 4 KiB "
+        "pages) or 'auto' (the default: 2 MiB pages where the kernel allows MADV_COLLAPSE)"
+    )
+
+
+def collapse_state() -> dict[str, Any]:
+    """For ``nocopy doctor``: whether share() can give segments huge pages by collapsing them here."""
+    block = huge_page_size()
+    if not block:
+        return {"available": False, "detail": "this kernel has no transparent huge pages"}
+    if not wanted():
+        return {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}
+    if _State.refused is None:
+        probe = os.memfd_create("nocopy-doctor-collapse", os.MFD_CLOEXEC) if hasattr(os, "memfd_create") else -1
+        if probe >= 0:
+            try:
+                os.ftruncate(probe, block)
+                mapping = collapse(probe, block)
+                if mapping is not None:
+                    mapping.close()
+                    return {"available": True, "detail": f"segments get {block >> 20} MiB pages (MADV_COLLAPSE)"}
+            finally:
+                os.close(probe)
+    return {"available": False, "detail": _State.refused or "madvise(MADV_COLLAPSE) failed (no free huge page?)"}
 
 
 def _read(path: str | os.PathLike[str]) -> str:

@@ -16,7 +16,9 @@ import mmap
 import os
 from typing import Any
 
-__all__ = ["MADV_POPULATE_READ", "Mapping"]
+__all__ = ["MADV_POPULATE_READ", "Mapping", "huge_page_size"]
+
+_MAP_FIXED = 0x10  # Linux; the mmap module does not export it
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap
@@ -57,11 +59,15 @@ class Mapping:
         prot, flags = _MODES[access]
         if size <= 0:
             raise ValueError(f"cannot map {size} bytes")
-        addr = _mmap(None, size, prot, flags, fd, 0)
-        if addr is None or addr == _MAP_FAILED:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-        self.address: int = addr
+        # Aligned to the huge-page size when it spans one: a segment's 2 MiB
+        # pages (see _hugepages) then map with one page-table entry each.
+        # The kernel aligns some shmem mappings itself, not all (a tmpfs
+        # mounted huge=never, the default).
+        block = huge_page_size()
+        if block and size >= block:
+            self.address: int = _map_aligned(fd, size, prot, flags, block)
+        else:
+            self.address = _map(None, size, prot, flags, fd)
         self.size = size
         self.readonly = access == mmap.ACCESS_READ
 
@@ -76,7 +82,24 @@ class Mapping:
         when a page cannot be read (a truncated file): the pages are then
         faulted on access as usual, and a truncation is reported as it would be.
         """
-        return bool(self.address) and _madvise(self.address, self.size, MADV_POPULATE_READ) == 0
+        return self.advise(MADV_POPULATE_READ)
+
+    def advise(self, advice: int, length: int | None = None) -> bool:
+        """``madvise`` the first *length* bytes (all by default); False when the kernel refused.
+
+        The refusal's errno is left in ``ctypes.get_errno()``.
+        """
+        if not self.address:
+            return False
+        return bool(_madvise(self.address, self.size if length is None else length, advice) == 0)
+
+    def close(self) -> None:
+        """Unmap now. Only for the mapping's maker, once no array built over it is left.
+
+        (A writer must unmap before the segment is sealed against writes:
+        the kernel refuses F_SEAL_WRITE while a writable shared mapping exists.)
+        """
+        self.__del__()
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
@@ -88,3 +111,48 @@ class Mapping:
         if address:
             self.address = 0
             _unmap(address, self.size)
+
+
+_THP = "/sys/kernel/mm/transparent_hugepage"
+_huge_page_size: list[int] = []
+
+
+def huge_page_size() -> int:
+    """The size of a huge page that maps with one page-table entry (2 MiB on x86-64); 0 without THP."""
+    if not _huge_page_size:
+        try:
+            with open(os.path.join(_THP, "hpage_pmd_size")) as f:
+                _huge_page_size.append(int(f.read()))
+        except (OSError, ValueError):
+            _huge_page_size.append(0)
+    return _huge_page_size[0]
+
+
+def _map(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
+    got = _mmap(addr, size, prot, flags, fd, 0)
+    if got is None or got == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(got)
+
+
+def _map_aligned(fd: int, size: int, prot: int, flags: int, align: int) -> int:
+    """Map *fd* at an address that is a multiple of *align* (a huge page maps only at its own alignment).
+
+    Reserves *align* bytes more than needed with no access, maps the file over
+    the aligned part, then gives back the slack on both sides.
+    """
+    anon = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+    span = size + align
+    reserved = _map(None, span, 0, anon, -1)  # PROT_NONE
+    start = (reserved + align - 1) & ~(align - 1)
+    try:
+        _map(start, size, prot, flags | _MAP_FIXED, fd)
+    except OSError:
+        _munmap(reserved, span)
+        raise
+    if start > reserved:
+        _munmap(reserved, start - reserved)
+    if reserved + span > start + size:
+        _munmap(start + size, reserved + span - start - size)
+    return start

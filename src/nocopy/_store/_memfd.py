@@ -49,16 +49,17 @@ class MemfdStore:
             raise
         try:
             os.fchmod(fd, 0o600)  # memfd starts 0777; keep it private like a posix segment
-            _capacity.reserve(fd, size, what, shm_dir=None)
+            mapping = _capacity.reserve(fd, size, what, shm_dir=None)
         except BaseException:
             os.close(fd)
             raise
         loc = Locator(self.name, name, os.getpid(), fd, _fdserver.server().address)
-        return OwnedSegment(loc, fd, size, None)
+        return OwnedSegment(loc, fd, size, None, mapping)
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
         # Shared outputs stay writable but may never shrink (a shrink is SIGBUS for readers).
         # (The F_SEAL_* names exist only on Linux: read here, not at import.)
+        seg.end_writes()
         seals = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
         if not writable:
             seals |= fcntl.F_SEAL_WRITE
@@ -111,6 +112,7 @@ class MemfdStore:
         isolation = "sealed (no process can shrink or grow one, nor write into a share()d one)"
         report = _probe()
         report["huge_pages"] = _hugepages.memfd_huge_pages()
+        report["huge_pages"]["collapse"] = _hugepages.collapse_state()
         return Checkup("memfd", report, {"memfd": isolation})
 
     def advice(self, report: dict[str, Any], *, in_use: bool) -> list[Advice]:
@@ -136,15 +138,16 @@ class MemfdStore:
 
 
 def _huge_page_advice(huge: dict[str, Any]) -> list[Advice]:
-    """share() fills a segment one 4 KiB page at a time unless shmem huge pages are on for writes."""
-    if huge["writes"] is not False:
-        return []  # on, or a kernel without THP (nothing to enable)
+    """share() fills a segment one 4 KiB page at a time unless it can collapse it or shmem huge pages are on."""
+    if huge["writes"] is not False or huge.get("collapse", {}).get("available"):
+        return []  # on, share() collapses segments itself, or a kernel without THP (nothing to enable)
     pool = huge["hugetlb"]
     return [Advice(
         "info",
         f"shared memory gets 4 KiB pages here (shmem transparent huge pages: {huge['shmem_enabled']}; "
-        f"hugetlb pool: {pool['pages_total'] or 0} pages): share() allocates and fills one small page "
-        "at a time, the main cost of publishing large data"
+        f"hugetlb pool: {pool['pages_total'] or 0} pages; "
+        f"{huge.get('collapse', {}).get('detail', 'MADV_COLLAPSE not tried')}): share() allocates and "
+        "fills one small page at a time, the main cost of publishing large data"
         + ("; 'advise' gives huge pages only to madvised mappings, not to share()'s writes"
            if huge["mapped_advise"] else ""),
         "optional, host-wide and the administrator's call: "

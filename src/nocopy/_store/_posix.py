@@ -55,8 +55,9 @@ class PosixStore:
         name = _names.make_name()
         path = os.path.join(directory, name)
         fd, visible = _create_locked(directory, path)
+        mapping = None
         try:
-            _capacity.reserve(fd, size, what, shm_dir=directory)
+            mapping = _capacity.reserve(fd, size, what, shm_dir=directory)
             if not visible:
                 # Sized and reserved while nobody can see it: the name appears with
                 # the owner's lock already held, so no reclaim (in any pid
@@ -68,14 +69,18 @@ class PosixStore:
                 visible = True
                 fd = _reopen_locked(fd, path)
         except BaseException:
+            if mapping is not None:
+                mapping.close()
             os.close(fd)
             if visible:
                 os.unlink(path)
             raise
-        return OwnedSegment(Locator(self.name, name, os.getpid()), fd, size, path)
+        # The mapping maps the file, not the descriptor: still valid after the reopen.
+        return OwnedSegment(Locator(self.name, name, os.getpid()), fd, size, path, mapping)
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
         # A file on tmpfs cannot be sealed: read-only is its mode, which open() checks.
+        seg.end_writes()
         if not writable:
             os.fchmod(seg.fd, 0o400)
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from .._ipc import _fdserver
 from ..errors import SegmentAccessError, SegmentNotFoundError
+from ._mapping import Mapping
 
 __all__ = [
     "Advice",
@@ -48,14 +49,19 @@ class OwnedSegment:
     """A segment this process holds a descriptor of. Releasing it is idempotent and fork-safe.
 
     *path* is the name to remove on release (the creator of a posix segment),
-    None when closing the descriptor is all there is to do.
+    None when closing the descriptor is all there is to do. *mapping*, until
+    the segment is sealed, is a writable mapping of the fresh segment when its
+    pages are huge: writing through it is faster than pwrite (None otherwise).
     """
 
-    def __init__(self, locator: Locator, fd: int, size: int, path: str | None) -> None:
+    def __init__(
+        self, locator: Locator, fd: int, size: int, path: str | None, mapping: Mapping | None = None
+    ) -> None:
         self.locator = locator
         self.fd = fd
         self.size = size
         self.path = path
+        self.mapping = mapping
         self.owner_pid = os.getpid()
         self.released = False
 
@@ -63,10 +69,17 @@ class OwnedSegment:
         """Whether this process still holds the descriptor (not released, not a forked copy)."""
         return not self.released and self.owner_pid == os.getpid()
 
+    def end_writes(self) -> None:
+        """Unmap the writer's mapping (before sealing: no writable mapping may outlive the fill)."""
+        mapping, self.mapping = self.mapping, None
+        if mapping is not None:
+            mapping.close()
+
     def release(self) -> None:
         if self.released:
             return
         self.released = True
+        self.end_writes()
         if self.locator.sock and os.getpid() == self.owner_pid:
             _fdserver.server().unregister(self.locator.name)
         try:

@@ -1,0 +1,198 @@
+"""share() gives large segments 2 MiB pages (MADV_COLLAPSE) and fills them from several threads."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import nocopy
+from nocopy._codec import _plan, decode_buffer, plan
+from nocopy._store import _hugepages
+from nocopy._store._mapping import Mapping
+
+MiB = 1 << 20
+
+
+def _kernel_can_collapse() -> str | None:
+    """Why this kernel cannot collapse shmem into huge pages, or None when it must be able to."""
+    release = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if release is None or (int(release[1]), int(release[2])) < (6, 1):
+        return f"MADV_COLLAPSE needs Linux 6.1+ (this is {os.uname().release})"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            if "[deny]" in f.read():
+                return "the host denies shmem huge pages"
+    except OSError:
+        return "no transparent huge pages in this kernel"
+    return None
+
+
+needs_collapse = pytest.mark.skipif(_kernel_can_collapse() is not None, reason=str(_kernel_can_collapse()))
+
+
+def _pmd_mapped_bytes(address: int) -> int:
+    """Bytes of the mapping holding *address* that this process maps with huge-page entries."""
+    with open("/proc/self/smaps") as f:
+        text = f.read()
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        lo, hi = (int(x, 16) for x in block.split(" ", 1)[0].split("-"))
+        if lo <= address < hi:
+            return 1024 * sum(int(kb) for kb in re.findall(r"(?:Shmem|File)PmdMapped:\s+(\d+) kB", block))
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _writable_shared_mappings_of(name: str) -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if name in line and line.split()[1][1:2] == "w" and line.split()[1][3] == "s"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_collapse_state() -> Iterator[None]:
+    # A refusal "for good" is remembered per process: give every test a clean slate.
+    saved = _hugepages._State.refused
+    _hugepages._State.refused = None
+    yield
+    _hugepages._State.refused = saved
+
+
+@needs_collapse
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_large_segments_get_huge_pages_and_readers_map_them_so(backend: str) -> None:
+    data = np.arange(16 * MiB // 8, dtype=np.int64)
+    with nocopy.share(data, backend=backend) as ref:
+        got = ref.get(populate=True)
+        np.testing.assert_array_equal(got, data)
+        # 16 MiB of data plus a header: at least 7 whole 2 MiB blocks, each one page-table entry.
+        assert _pmd_mapped_bytes(got.__array_interface__["data"][0]) >= 14 * MiB
+        assert not _writable_shared_mappings_of(ref.name), "the writer's mapping outlived the fill"
+
+
+@needs_collapse
+def test_a_shared_huge_segment_is_still_sealed_against_writes() -> None:
+    with nocopy.share(np.ones(8 * MiB, np.uint8), backend="memfd") as ref:
+        fd = ref._owner.fd  # type: ignore[attr-defined]
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        assert seals & fcntl.F_SEAL_WRITE and seals & fcntl.F_SEAL_SHRINK
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+
+
+def test_huge_pages_off_gives_small_pages_and_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NOCOPY_HUGE_PAGES", "off")
+    data = np.arange(8 * MiB // 8, dtype=np.int64)
+    with nocopy.share(data) as ref:
+        got = ref.get(populate=True)
+        np.testing.assert_array_equal(got, data)
+        assert _pmd_mapped_bytes(got.__array_interface__["data"][0]) == 0
+
+
+@pytest.mark.parametrize(
+    ("err", "for_good"), [(errno.EAGAIN, False), (errno.ENOMEM, False), (errno.EINVAL, True)]
+)
+def test_a_refused_collapse_falls_back_to_reserved_small_pages(
+    err: int, for_good: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Mapping, advice: int, length: int | None = None) -> bool:
+        ctypes.set_errno(err)
+        return False
+
+    monkeypatch.setattr(Mapping, "advise", refuse)
+    data = np.arange(6 * MiB // 8, dtype=np.int64)
+    for backend in ("memfd", "posix"):
+        with nocopy.share(data, backend=backend) as ref:
+            np.testing.assert_array_equal(ref.get(), data)
+            # Every page reserved all the same (a later shortage is an error now, not SIGBUS).
+            assert os.fstat(ref._owner.fd).st_blocks * 512 >= ref.size  # type: ignore[attr-defined]
+    # A kernel that does not know the call is not asked again; a busy one is.
+    assert (_hugepages._State.refused is not None) is for_good
+    assert _hugepages.collapse_state()["available"] is False
+
+
+def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = np.zeros(4 * MiB, np.uint8)
+    monkeypatch.setenv("NOCOPY_HUGE_PAGES", "sometimes")
+    with pytest.raises(ValueError, match="NOCOPY_HUGE_PAGES='sometimes'"):
+        nocopy.share(data)
+    monkeypatch.delenv("NOCOPY_HUGE_PAGES")
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", "0")
+    with pytest.raises(ValueError, match="NOCOPY_FILL_THREADS='0'"):
+        _plan.fill_threads(_plan.PARALLEL_MIN)
+
+
+def _mixed() -> dict[str, Any]:
+    rng = np.random.default_rng(7)
+    grid = rng.random((300, 200))
+    rec = np.zeros(5000, dtype=[("a", "i8"), ("b", "f4"), ("c", "S3")])
+    rec["a"] = np.arange(5000)
+    return {
+        "c": rng.integers(0, 1 << 30, 300_000),
+        "f": np.asfortranarray(grid),
+        "strided": grid[::3, ::2],  # neither C- nor F-contiguous
+        "rec": rec,
+        "bytes": b"abc" * 50_000,
+    }
+
+
+def test_threads_fill_the_same_bytes_as_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    obj = _mixed()
+    p1 = plan(obj)
+    one = np.zeros(p1.size, np.uint8)
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", "1")
+    p1.write_into(one)
+
+    # Every piece split into many small ranges, copied by 3 threads.
+    monkeypatch.setattr(_plan, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(_plan, "_PIECE", 4096)
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", "3")
+    seen: set[str] = set()
+    copy = _plan._copy_range
+
+    def spy(*args: Any) -> None:
+        seen.add(threading.current_thread().name)
+        copy(*args)
+
+    monkeypatch.setattr(_plan, "_copy_range", spy)
+    p3 = plan(obj)
+    many = np.zeros(p3.size, np.uint8)
+    p3.write_into(many)
+    assert len(seen) > 1, "one thread did all the copying"
+    # The token differs per plan; everything after the header is the same.
+    head = p1.size - p1.nbytes
+    assert p3.size == p1.size and bytes(many[head:]) == bytes(one[head:])
+    back = decode_buffer(many, trusted=True)
+    for key, value in obj.items():
+        if isinstance(value, bytes):
+            assert bytes(back[key]) == value
+        else:
+            np.testing.assert_array_equal(back[key], value)
+
+
+def test_an_error_in_a_fill_thread_is_raised_in_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_plan, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(_plan, "_PIECE", 4096)
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", "3")
+    calls = 0
+    lock = threading.Lock()
+
+    def fail_once(*args: Any) -> None:
+        nonlocal calls
+        with lock:
+            calls += 1
+            n = calls
+        if n == 5:
+            raise OSError(errno.EFAULT, "simulated")
+
+    monkeypatch.setattr(_plan, "_copy_range", fail_once)
+    p = plan(np.arange(100_000))
+    with pytest.raises(OSError, match="simulated"):
+        p.write_into(np.zeros(p.size, np.uint8))
+    assert not [t for t in threading.enumerate() if t.name == "nocopy-fill"]
