@@ -101,7 +101,7 @@ def test_huge_pages_off_gives_small_pages_and_the_same_bytes(monkeypatch: pytest
 def test_a_refused_collapse_falls_back_to_reserved_small_pages(
     err: int, for_good: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(self: Mapping, advice: int, length: int | None = None) -> bool:
+    def refuse(self: Mapping, advice: int, length: int | None = None, *, offset: int = 0) -> bool:
         ctypes.set_errno(err)
         return False
 

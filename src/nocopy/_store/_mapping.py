@@ -84,14 +84,15 @@ class Mapping:
         """
         return self.advise(MADV_POPULATE_READ)
 
-    def advise(self, advice: int, length: int | None = None) -> bool:
-        """``madvise`` the first *length* bytes (all by default); False when the kernel refused.
+    def advise(self, advice: int, length: int | None = None, *, offset: int = 0) -> bool:
+        """``madvise`` *length* bytes from *offset* (page-aligned; all by default); False when refused.
 
         The refusal's errno is left in ``ctypes.get_errno()``.
         """
         if not self.address:
             return False
-        return bool(_madvise(self.address, self.size if length is None else length, advice) == 0)
+        length = self.size - offset if length is None else length
+        return bool(_madvise(self.address + offset, length, advice) == 0)
 
     def close(self) -> None:
         """Unmap now. Only for the mapping's maker, once no array built over it is left.
