@@ -196,3 +196,45 @@ def test_an_error_in_a_fill_thread_is_raised_in_the_caller(monkeypatch: pytest.M
     with pytest.raises(OSError, match="simulated"):
         p.write_into(np.zeros(p.size, np.uint8))
     assert not [t for t in threading.enumerate() if t.name == "nocopy-fill"]
+
+
+def _spy_on_collapse(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    calls: list[tuple[int, int]] = []
+    real = Mapping.advise
+
+    def spy(self: Mapping, advice: int, length: int | None = None, *, offset: int = 0) -> bool:
+        if advice == _hugepages.MADV_COLLAPSE:
+            calls.append((offset, length or 0))
+        return real(self, advice, length, offset=offset)
+
+    monkeypatch.setattr(Mapping, "advise", spy)
+    return calls
+
+
+@needs_collapse
+def test_collapsing_goes_in_growing_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_on_collapse(monkeypatch)
+    monkeypatch.setattr(_hugepages.time, "thread_time", lambda: 0.0)  # every step fast
+    data = np.arange(41 * MiB // 8, dtype=np.int64)  # 41 MiB + header: 20 whole blocks
+    with nocopy.share(data) as ref:
+        got = ref.get(populate=True)
+        np.testing.assert_array_equal(got, data)
+        assert _pmd_mapped_bytes(got.__array_interface__["data"][0]) >= 38 * MiB
+    assert [length // MiB for _, length in calls] == [2, 4, 8, 16, 10]
+    assert [offset // MiB for offset, _ in calls] == [0, 2, 6, 14, 30]
+
+
+@needs_collapse
+def test_collapsing_stops_at_the_first_step_slower_than_small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Huge pages that cost more than 4 KiB ones (a VM's host backing them again):
+    # one block is tried, the rest gets small pages, written with pwrite.
+    calls = _spy_on_collapse(monkeypatch)
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(_hugepages.time, "thread_time", lambda: float(next(ticks)))  # 1 s per step
+    data = np.arange(16 * MiB // 8, dtype=np.int64)
+    with nocopy.share(data) as ref:
+        np.testing.assert_array_equal(ref.get(), data)
+        assert os.fstat(ref._owner.fd).st_blocks * 512 >= ref.size  # type: ignore[attr-defined]
+        assert not _writable_shared_mappings_of(ref.name)
+    assert calls == [(0, 2 * MiB)]
+    assert _hugepages._State.refused is None  # slow now is not refused for good: asked again next time
