@@ -194,11 +194,16 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         if self._executor is not None:  # configured again without terminate(): no pool left behind
             self.terminate()
         self._n_jobs, self._started_with = n_jobs, options
+        env = self._prepare_worker_env(n_jobs)
+        inner = env.get("OMP_NUM_THREADS", "")
         self._executor = ProcessPoolExecutor(
             n_jobs, mp_context=options["mp_context"],
             share_threshold=options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
             max_tasks_per_child=options.get("max_tasks_per_child"),
-            initializer=_limit_threads, initargs=(self._prepare_worker_env(n_jobs),),
+            # Spawned workers start with joblib's choice in their environment (before
+            # their numpy loads); the initializer applies it to what is loaded already.
+            inner_max_num_threads=int(inner) if inner.isdigit() and int(inner) > 0 else None,
+            initializer=_limit_threads, initargs=(env,),
         )
 
     # -- running -------------------------------------------------------------------

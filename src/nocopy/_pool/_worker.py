@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import numpy as np
 from .._process import process_start_time
 from .._shared import Shared, is_alive, map_now
 from ..errors import NocopyError
+from ._threads import spawn_environment
 
 __all__ = ["caller", "keep_warm", "quick_exit_process", "run_then_exit", "task_table", "worker_init"]
 
@@ -175,13 +177,31 @@ def run_then_exit(target: Callable[..., object], *args: Any) -> None:
     os._exit(0)
 
 
-def quick_exit_process(ctx: Any, *args: Any, **kwds: Any) -> Any:
-    """``ctx.Process(...)``, but a spawned worker ends through `run_then_exit`.
+class _SpawnProcess(SpawnProcess):
+    """A spawned worker started with numerical libraries' thread limits in its environment."""
+
+    _child_env: dict[str, str]
+
+    def start(self) -> None:
+        with spawn_environment(self._child_env):
+            super().start()
+
+
+def quick_exit_process(ctx: Any, *args: Any, child_env: dict[str, str] | None = None, **kwds: Any) -> Any:
+    """``ctx.Process(...)``, but a spawned worker ends through `run_then_exit`
+    and starts with *child_env* added to its environment (see ``_threads``).
 
     Forked workers (fork, forkserver) already leave with ``os._exit`` and must
-    not run the atexit handlers they inherited: they keep their target.
+    not run the atexit handlers they inherited: they keep their target; and
+    they inherit the libraries already loaded, so *child_env* would come too late.
     """
-    if ctx.get_start_method(allow_none=False) == "spawn" and "target" in kwds:
+    if ctx.get_start_method(allow_none=False) != "spawn":
+        return ctx.Process(*args, **kwds)
+    if "target" in kwds:
         kwds["args"] = (kwds["target"], *kwds.get("args", ()))
         kwds["target"] = run_then_exit
+    if child_env and ctx.Process is SpawnProcess:
+        proc = _SpawnProcess(*args, **kwds)
+        proc._child_env = child_env  # noqa: SLF001 - our own subclass
+        return proc
     return ctx.Process(*args, **kwds)
