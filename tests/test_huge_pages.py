@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,18 +56,25 @@ def _writable_shared_mappings_of(name: str) -> list[str]:
         return [line for line in f if name in line and line.split()[1][1:2] == "w" and line.split()[1][3] == "s"]
 
 
+@pytest.fixture
+def never_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judge no collapse slow: whether huge pages are cheap right now depends on the host
+    (on a VM, on whether it still backs the free memory), not on the code under test."""
+    monkeypatch.setattr(_hugepages.time, "thread_time", lambda: 0.0)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_collapse_state() -> Iterator[None]:
     # A refusal "for good" is remembered per process: give every test a clean slate.
-    saved = _hugepages._State.refused
-    _hugepages._State.refused = None
+    saved = _hugepages._State.refused, _hugepages._State.slow_until
+    _hugepages._State.refused, _hugepages._State.slow_until = None, 0.0
     yield
-    _hugepages._State.refused = saved
+    _hugepages._State.refused, _hugepages._State.slow_until = saved
 
 
 @needs_collapse
 @pytest.mark.parametrize("backend", ["memfd", "posix"])
-def test_large_segments_get_huge_pages_and_readers_map_them_so(backend: str) -> None:
+def test_large_segments_get_huge_pages_and_readers_map_them_so(backend: str, never_slow: None) -> None:
     data = np.arange(16 * MiB // 8, dtype=np.int64)
     with nocopy.share(data, backend=backend) as ref:
         got = ref.get(populate=True)
@@ -77,7 +85,7 @@ def test_large_segments_get_huge_pages_and_readers_map_them_so(backend: str) -> 
 
 
 @needs_collapse
-def test_a_shared_huge_segment_is_still_sealed_against_writes() -> None:
+def test_a_shared_huge_segment_is_still_sealed_against_writes(never_slow: None) -> None:
     with nocopy.share(np.ones(8 * MiB, np.uint8), backend="memfd") as ref:
         fd = ref._owner.fd  # type: ignore[attr-defined]
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -212,9 +220,8 @@ def _spy_on_collapse(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 @needs_collapse
-def test_collapsing_goes_in_growing_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collapsing_goes_in_growing_steps(monkeypatch: pytest.MonkeyPatch, never_slow: None) -> None:
     calls = _spy_on_collapse(monkeypatch)
-    monkeypatch.setattr(_hugepages.time, "thread_time", lambda: 0.0)  # every step fast
     data = np.arange(41 * MiB // 8, dtype=np.int64)  # 41 MiB + header: 20 whole blocks
     with nocopy.share(data) as ref:
         got = ref.get(populate=True)
@@ -237,4 +244,12 @@ def test_collapsing_stops_at_the_first_step_slower_than_small_pages(monkeypatch:
         assert os.fstat(ref._owner.fd).st_blocks * 512 >= ref.size  # type: ignore[attr-defined]
         assert not _writable_shared_mappings_of(ref.name)
     assert calls == [(0, 2 * MiB)]
-    assert _hugepages._State.refused is None  # slow now is not refused for good: asked again next time
+    # Slow now is not refused for good: the next shares for a while do not try,
+    # later ones try again.
+    assert _hugepages._State.refused is None
+    nocopy.share(data).close()
+    assert calls == [(0, 2 * MiB)]
+    now = time.monotonic()
+    monkeypatch.setattr(_hugepages.time, "monotonic", lambda: now + _hugepages._SLOW_FOR + 1)
+    nocopy.share(data).close()
+    assert len(calls) == 2

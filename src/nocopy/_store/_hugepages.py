@@ -54,6 +54,8 @@ class _State:
     """What this process learned about MADV_COLLAPSE (a refusal for good is not asked again)."""
 
     refused: str | None = None
+    # After a slow collapse, segments get small pages until then (time.monotonic()).
+    slow_until = 0.0
 
 
 # Collapsing costs ~0.06 ms per MiB where free huge pages are at hand. Where
@@ -63,9 +65,11 @@ class _State:
 # stayed at ~0.3 ms per MiB, copy included. So the file is collapsed in
 # growing steps (one block, then twice as many, up to _STEP_MAX), and a step
 # slower than _SLOW_PER_MIB of CPU ends the collapse. CPU time, not wall time:
-# a thread preempted by booting workers is not slow memory.
+# a thread preempted by booting workers is not slow memory. Once slow, the
+# next shares for _SLOW_FOR seconds do not try (each try costs one block).
 _SLOW_PER_MIB = 0.25e-3
 _STEP_MAX = 16 << 20
+_SLOW_FOR = 2.0
 
 
 def collapse(fd: int, size: int) -> Mapping | None:
@@ -84,7 +88,7 @@ def collapse(fd: int, size: int) -> Mapping | None:
     """
     block = huge_page_size()
     whole = size // block * block if block else 0
-    if not whole or _State.refused is not None or not wanted():
+    if not whole or _State.refused is not None or time.monotonic() < _State.slow_until or not wanted():
         return None
     mapping = Mapping(fd, size, mmap.ACCESS_WRITE)  # aligned: one entry per huge page
     try:
@@ -111,6 +115,7 @@ def _collapse_in_steps(mapping: Mapping, whole: int, block: int) -> bool:
             return False
         done += n
         if done < whole and time.thread_time() - started > _SLOW_PER_MIB * n / (1 << 20):
+            _State.slow_until = time.monotonic() + _SLOW_FOR
             return False
         step = min(2 * step, _STEP_MAX)
     return True
