@@ -253,3 +253,16 @@ def test_collapsing_stops_at_the_first_step_slower_than_small_pages(monkeypatch:
     monkeypatch.setattr(_hugepages.time, "monotonic", lambda: now + _hugepages._SLOW_FOR + 1)
     nocopy.share(data).close()
     assert len(calls) == 2
+
+
+@needs_collapse
+def test_the_doctor_reports_what_huge_pages_cost_now(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _hugepages.collapse_state()
+    assert state["available"] is True and state["cost_ms_per_mib"] >= 0
+    assert "MADV_COLLAPSE" in state["detail"]
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(_hugepages.time, "thread_time", lambda: float(next(ticks)))  # 1 s per collapse
+    slow = _hugepages.collapse_state()
+    assert slow["cost_ms_per_mib"] > 100 and "share() uses 4 KiB pages while that lasts" in slow["detail"]
+    monkeypatch.setenv("NOCOPY_HUGE_PAGES", "off")
+    assert _hugepages.collapse_state() == {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}

@@ -165,6 +165,10 @@ def _time_share(src: np.ndarray, mode: str) -> float:
 
 
 def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
+    from .._store import huge_pages_now
+
+    state = huge_pages_now()
+    log(f"  huge pages: {state['detail']}")
     out = []
     cores = os.cpu_count() or 1
     pool = cf.ThreadPoolExecutor(cores)
@@ -187,6 +191,7 @@ def _share_throughput(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
         base = float(np.median(modes["4k_1"]))
         point: dict[str, Any] = {
             "nbytes": n,
+            "huge_pages": state,
             "share_s": summary(share_s),
             "memcpy_shm_s": summary(memcpy_s),
             "pwrite_shm_s": summary(pwrite_s),
@@ -366,6 +371,32 @@ def _overhead_lines(over: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _share_lines(share: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "share() vs memcpy into fresh shared memory (memfd + mmap + copy) and pwrite into a fresh memfd "
+        "(the seed floor's copy):"
+    ]
+    if "huge_pages" in share[0]:
+        lines.append(f"  huge pages at the start: {share[0]['huge_pages']['detail']}")
+    for p in share:
+        lines.append(
+            f"  {format_bytes(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
+            f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
+            f" / pwrite {p['share_over_pwrite']:.2f}x"
+        )
+        if "share_modes" in p:
+            sm = p["share_modes"]
+            lines.append(
+                f"  {'':>9}  share() / share() with 4 KiB pages from one thread (the former share(), "
+                f"{sm['4k_1']['gbps']:.2f} GB/s): 2 MiB pages, one thread {sm['huge_1']['over_4k_1']:.2f}x; "
+                f"default {sm['default']['over_4k_1']:.2f}x"
+            )
+        if "fill" in p:
+            lines.append(f"  {'':>9}  filling one memfd: {_fill_text(p)}")
+    lines.append("")
+    return lines
+
+
 def scaling_table(result: dict[str, Any]) -> str:
     lines = ["nocopy bench scaling", ""]
     get = result.get("get_latency")
@@ -379,26 +410,7 @@ def scaling_table(result: dict[str, Any]) -> str:
         lines.append("")
     share = result.get("share_throughput")
     if share:
-        lines.append(
-            "share() vs memcpy into fresh shared memory (memfd + mmap + copy) and pwrite into a fresh memfd "
-            "(the seed floor's copy):"
-        )
-        for p in share:
-            lines.append(
-                f"  {format_bytes(p['nbytes']):>9}  share {p['share_gbps']:6.2f} GB/s   memcpy {p['memcpy_shm_gbps']:6.2f} GB/s"
-                f"   pwrite {p['pwrite_shm_gbps']:6.2f} GB/s   share time / memcpy {p['share_over_memcpy']:.2f}x,"
-                f" / pwrite {p['share_over_pwrite']:.2f}x"
-            )
-            if "share_modes" in p:
-                sm = p["share_modes"]
-                lines.append(
-                    f"  {'':>9}  share() / share() with 4 KiB pages from one thread (the former share(), "
-                    f"{sm['4k_1']['gbps']:.2f} GB/s): 2 MiB pages, one thread {sm['huge_1']['over_4k_1']:.2f}x; "
-                    f"default {sm['default']['over_4k_1']:.2f}x"
-                )
-            if "fill" in p:
-                lines.append(f"  {'':>9}  filling one memfd: {_fill_text(p)}")
-        lines.append("")
+        lines += _share_lines(share)
     over = result.get("task_overhead")
     if over:
         lines += _overhead_lines(over)

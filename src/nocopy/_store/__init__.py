@@ -15,6 +15,7 @@ import os
 
 from ..errors import SegmentNotFoundError
 from ._hugepages import collapse as huge_mapping
+from ._hugepages import collapse_state as huge_pages_now
 from ._mapping import Mapping
 from ._memfd import MemfdStore
 from ._posix import PosixStore, shm_dir
@@ -37,6 +38,7 @@ __all__ = [
     "format_uri",
     "get_store",
     "huge_mapping",
+    "huge_pages_now",
     "is_alive",
     "leaves_orphans",
     "open_segment",
