@@ -7,6 +7,8 @@ import errno
 import fcntl
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,7 +39,14 @@ def _kernel_can_collapse() -> str | None:
     return None
 
 
-needs_collapse = pytest.mark.skipif(_kernel_can_collapse() is not None, reason=str(_kernel_can_collapse()))
+def _collapse_works_now() -> str | None:
+    why = _kernel_can_collapse()
+    if why is None and _hugepages._probe_cost(2 * MiB) is None:
+        why = "MADV_COLLAPSE failed just now (no free huge page, or a memory limit)"
+    return why
+
+
+needs_collapse = pytest.mark.skipif(_collapse_works_now() is not None, reason=str(_collapse_works_now()))
 
 
 def _pmd_mapped_bytes(address: int) -> int:
@@ -94,6 +103,9 @@ def test_a_shared_huge_segment_is_still_sealed_against_writes(never_slow: None) 
             os.pwrite(fd, b"x", 0)
 
 
+@pytest.mark.skipif(
+    bool(_hugepages.memfd_huge_pages()["writes"]), reason="this kernel gives shared memory huge pages on every write"
+)
 def test_huge_pages_off_gives_small_pages_and_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOCOPY_HUGE_PAGES", "off")
     data = np.arange(8 * MiB // 8, dtype=np.int64)
@@ -134,6 +146,15 @@ def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOCOPY_FILL_THREADS", "0")
     with pytest.raises(ValueError, match="NOCOPY_FILL_THREADS='0'"):
         _plan.fill_threads(_plan.PARALLEL_MIN)
+    # Whatever the size, and before anything is allocated.
+    with pytest.raises(ValueError, match="NOCOPY_FILL_THREADS='0'"):
+        nocopy.share(np.zeros(10))
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", "2")
+    monkeypatch.setenv("NOCOPY_HUGE_PAGES", "maybe")
+    with pytest.raises(ValueError, match="NOCOPY_HUGE_PAGES='maybe'"):
+        nocopy.share(np.zeros(10))
+    state = _hugepages.collapse_state()  # the doctor says so instead of failing
+    assert state["available"] is False and "NOCOPY_HUGE_PAGES='maybe'" in state["error"]
 
 
 def _mixed() -> dict[str, Any]:
@@ -162,10 +183,16 @@ def test_threads_fill_the_same_bytes_as_one(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(_plan, "_PIECE", 4096)
     monkeypatch.setenv("NOCOPY_FILL_THREADS", "3")
     seen: set[str] = set()
+    two = threading.Event()
     copy = _plan._copy_range
 
     def spy(*args: Any) -> None:
+        # The first thread to copy waits (up to 10 s) for a second one: no
+        # scheduling luck can let one thread take every piece unnoticed.
         seen.add(threading.current_thread().name)
+        if len(seen) > 1:
+            two.set()
+        two.wait(10)
         copy(*args)
 
     monkeypatch.setattr(_plan, "_copy_range", spy)
@@ -266,3 +293,135 @@ def test_the_doctor_reports_what_huge_pages_cost_now(monkeypatch: pytest.MonkeyP
     assert slow["cost_ms_per_mib"] > 100 and "share() uses 4 KiB pages while that lasts" in slow["detail"]
     monkeypatch.setenv("NOCOPY_HUGE_PAGES", "off")
     assert _hugepages.collapse_state() == {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}
+
+
+_FAILED_FILL = """
+import os, sys, traceback, numpy as np, nocopy
+from nocopy._codec import _plan
+from nocopy._store import _hugepages
+_hugepages.time.thread_time = lambda: 0.0   # the huge-page path, whatever the host's state
+_plan.PARALLEL_MIN = 0
+os.environ["NOCOPY_FILL_THREADS"] = "2"
+calls = [0]
+copy = _plan._copy_range
+def failing(*args):
+    calls[0] += 1
+    if calls[0] == 3:
+        raise OSError(5, "simulated copy failure")
+    copy(*args)
+_plan._copy_range = failing
+try:
+    nocopy.share(np.ones(40 << 20, np.uint8))
+except OSError as exc:
+    # What pytest -l, IDEs and error reporters do: read the failed frames' arrays.
+    traceback.TracebackException.from_exception(exc, capture_locals=True)
+    tb, total = exc.__traceback__, 0
+    while tb is not None:
+        for value in list(tb.tb_frame.f_locals.values()):
+            if isinstance(value, np.ndarray):
+                total += int(value[:4096].sum())
+        tb = tb.tb_next
+    print("read after the failure:", total > 0)
+else:
+    sys.exit("no error")
+"""
+
+
+@needs_collapse
+def test_arrays_left_in_a_failed_fills_traceback_stay_readable() -> None:
+    proc = subprocess.run([sys.executable, "-c", _FAILED_FILL], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"  # -11: read unmapped memory
+    assert "read after the failure: True" in proc.stdout
+
+
+_INTERRUPTED_FILL = """
+import os, sys, threading, time, numpy as np, nocopy
+from nocopy._codec import _plan
+from nocopy._store import _hugepages
+_hugepages.time.thread_time = lambda: 0.0
+_plan.PARALLEL_MIN = 0
+_plan._PIECE = 1 << 20
+os.environ["NOCOPY_FILL_THREADS"] = "2"
+copy = _plan._copy_range
+def slow(*args):
+    if threading.current_thread().name == "nocopy-fill":
+        time.sleep(0.05)   # the helper is still copying when Ctrl-C arrives
+    copy(*args)
+_plan._copy_range = slow
+join = threading.Thread.join
+hits = [0]
+def interrupted_join(self, timeout=None):
+    if self.name == "nocopy-fill" and hits[0] == 0:
+        hits[0] += 1
+        raise KeyboardInterrupt
+    return join(self, timeout)
+threading.Thread.join = interrupted_join
+try:
+    nocopy.share(np.ones(64 << 20, np.uint8))
+except KeyboardInterrupt:
+    print("interrupted; fill threads left:", [t.name for t in threading.enumerate() if t.name == "nocopy-fill"])
+else:
+    sys.exit("no KeyboardInterrupt")
+time.sleep(0.2)
+"""
+
+
+@needs_collapse
+def test_ctrl_c_during_a_fill_waits_for_its_threads() -> None:
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_FILL], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"rc {proc.returncode}: {proc.stderr[-2000:]}"
+    assert "interrupted; fill threads left: []" in proc.stdout
+
+
+@needs_collapse
+def test_a_fork_during_a_fill_does_not_block_the_seal(monkeypatch: pytest.MonkeyPatch, never_slow: None) -> None:
+    # A child forked while share() fills (another thread, a fork-context pool)
+    # must not inherit the writer's mapping: the kernel refuses F_SEAL_WRITE
+    # while any process maps the segment writable.
+    children: list[int] = []
+    copy = _plan._copy_range
+
+    def fork_once(*args: Any) -> None:
+        if not children:
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3)
+                os._exit(0)
+            children.append(pid)
+        copy(*args)
+
+    monkeypatch.setattr(_plan, "_copy_range", fork_once)
+    try:
+        with nocopy.share(np.ones(8 * MiB, np.uint8), backend="memfd") as ref:
+            assert fcntl.fcntl(ref._owner.fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE  # type: ignore[attr-defined]
+            assert int(ref.get()[-1]) == 1
+    finally:
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert children
+
+
+@needs_collapse
+def test_a_failure_midway_is_not_taken_for_a_kernel_without_collapse(
+    monkeypatch: pytest.MonkeyPatch, never_slow: None
+) -> None:
+    # EINVAL from a later step (a tmpfs filling up meanwhile) is not "this kernel cannot".
+    calls = 0
+    real = Mapping.advise
+
+    def third_fails(self: Mapping, advice: int, length: int | None = None, *, offset: int = 0) -> bool:
+        nonlocal calls
+        if advice == _hugepages.MADV_COLLAPSE:
+            calls += 1
+            if calls == 3:
+                ctypes.set_errno(errno.EINVAL)
+                return False
+        return real(self, advice, length, offset=offset)
+
+    monkeypatch.setattr(Mapping, "advise", third_fails)
+    data = np.arange(30 * MiB // 8, dtype=np.int64)
+    with nocopy.share(data) as ref:
+        np.testing.assert_array_equal(ref.get(), data)
+    assert _hugepages._State.refused is None
+    assert calls == 4  # the third step failed, then one probe of a fresh file succeeded

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ._codec import Header, Plan, decode, plan, plan_output, read_header
+from ._codec import Header, Plan, decode, fill_threads, plan, plan_output, read_header
 from ._store import (
     Described,
     Locator,
@@ -323,6 +323,7 @@ def _kind_of(obj: Any) -> str:
 
 def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
     store = get_store(backend or default_backend())
+    fill_threads(plan.nbytes)  # a bad $NOCOPY_FILL_THREADS is an error for every share, before any allocation
     seg = store.create(plan.size, what=f"a {kind} of {format_bytes(plan.nbytes)}")
     try:
         if seg.mapping is not None:

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import SegmentCorruptError
 from . import _numpy, _python, _registry
 from ._layout import MAGIC, PREFIX, Header, parse_header
-from ._plan import Plan, copy_bytes, plan, plan_output, write_at
+from ._plan import Plan, copy_bytes, fill_threads, plan, plan_output, write_at
 from ._registry import Decoder, Encoder, Note
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "decode_buffer",
     "decode_parts",
     "explain_notes",
+    "fill_threads",
     "plan",
     "plan_output",
     "read_header",

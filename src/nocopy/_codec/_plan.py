@@ -178,15 +178,15 @@ def fill_threads(nbytes: int) -> int:
     Measured filling 220 MB of fresh huge-page shared memory on 2 cores: one
     thread 29.6 ms, two 24.6 ms, three and four no better (memory-bound).
     """
+    env = os.environ.get("NOCOPY_FILL_THREADS", "").strip()
+    if env and (not env.isdigit() or int(env) < 1):
+        raise ValueError(
+            f"NOCOPY_FILL_THREADS={env!r} is not a positive number of threads: set it to 1 "
+            "to fill segments from the calling thread only, or unset it (one per CPU, at most 4)"
+        )
     if nbytes < PARALLEL_MIN:
         return 1
-    env = os.environ.get("NOCOPY_FILL_THREADS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(
-                f"NOCOPY_FILL_THREADS={env!r} is not a positive number of threads: set it to 1 "
-                "to fill segments from the calling thread only, or unset it (one per CPU, at most 4)"
-            )
         return int(env)
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -251,11 +251,28 @@ def _run_jobs(jobs: list[Callable[[], None]], *, threads: int) -> None:
         t.start()
     try:
         work()
-    finally:
-        for t in helpers:
-            t.join()
+    except BaseException as exc:  # Ctrl-C in this thread: stop handing out jobs, then wait
+        errors.append(exc)
+    interrupted = _join_all(helpers)
+    if interrupted is not None:
+        raise interrupted
     if errors:
         raise errors[0]
+
+
+def _join_all(threads: list[threading.Thread]) -> BaseException | None:
+    """Join every thread, even through Ctrl-C (retried); the first interruption, if any.
+
+    They write into memory that the caller may unmap as soon as this returns.
+    """
+    interrupted: BaseException | None = None
+    for t in threads:
+        while t.is_alive():
+            try:
+                t.join()
+            except BaseException as exc:
+                interrupted = interrupted or exc
+    return interrupted
 
 
 def _raw_bytes(src: np.ndarray) -> np.ndarray | None:

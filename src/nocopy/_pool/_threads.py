@@ -8,8 +8,14 @@ on cores CPUs. So, as loky (joblib), dask and Ray do, each worker gets
 ``cpus // workers`` threads (at least one) through the variables the
 libraries read when they load -- set in the worker's environment when it is
 spawned, the only moment that comes before its ``import numpy``. A variable
-the caller has set is left as it is. Forked workers inherit the libraries
-already loaded, so only spawned ones are limited.
+the caller has set is left as it is. Workers made by fork or forkserver (the
+default on Linux from Python 3.14) inherit the libraries already loaded in
+their parent or the fork server, so only spawned ones are limited.
+
+multiprocessing has no per-process environment: the variables are in
+``os.environ`` while ``Process.start()`` runs, so another thread that starts a
+subprocess or reads them in those few ms sees them (documented). Passing an
+environment of its own would mean replacing the stdlib's spawn ``Popen``.
 """
 
 from __future__ import annotations

@@ -86,11 +86,17 @@ def collapse(fd: int, size: int) -> Mapping | None:
     the caller then reserves the rest and writes as without huge pages; what
     was collapsed stays valid.
     """
+    if not wanted():  # first: a bad setting is an error for every share, whatever its size
+        return None
     block = huge_page_size()
     whole = size // block * block if block else 0
-    if not whole or _State.refused is not None or time.monotonic() < _State.slow_until or not wanted():
+    if not whole or _State.refused is not None or time.monotonic() < _State.slow_until:
         return None
-    mapping = Mapping(fd, size, mmap.ACCESS_WRITE)  # aligned: one entry per huge page
+    try:
+        mapping = Mapping(fd, size, mmap.ACCESS_WRITE)  # aligned: one entry per huge page
+    except OSError:
+        return None  # out of address space or map count: pwrite needs no mapping
+    mapping.keep_from_children()
     try:
         for offset in range(0, whole, block):
             os.pwrite(fd, b"\0", offset)
@@ -110,7 +116,9 @@ def _collapse_in_steps(mapping: Mapping, whole: int, block: int) -> bool:
         started = time.thread_time()
         if not mapping.advise(MADV_COLLAPSE, n, offset=done):
             err = ctypes.get_errno()
-            if err in _REFUSED_FOR_GOOD:
+            # EINVAL also stands for passing failures of this range (a tmpfs that
+            # filled up meanwhile): refused for good only if a fresh file is too.
+            if err in _REFUSED_FOR_GOOD and _refused_here(block):
                 _State.refused = f"madvise(MADV_COLLAPSE) refused: {os.strerror(err)}"
             return False
         done += n
@@ -138,6 +146,26 @@ def wanted() -> bool:
     )
 
 
+def _refused_here(block: int) -> bool:
+    """Whether the kernel refuses to collapse even one block of a fresh private memfd."""
+    try:
+        fd = os.memfd_create("nocopy-collapse-probe", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        return True
+    try:
+        os.ftruncate(fd, block)
+        os.pwrite(fd, b"\0", 0)
+        mapping = Mapping(fd, block, mmap.ACCESS_WRITE)
+        try:
+            return not mapping.advise(MADV_COLLAPSE) and ctypes.get_errno() in _REFUSED_FOR_GOOD
+        finally:
+            mapping.close()
+    except OSError:
+        return False  # no room for the probe: nothing learned
+    finally:
+        os.close(fd)
+
+
 def collapse_state() -> dict[str, Any]:
     """For ``nocopy doctor`` and the bench: whether share() can give segments huge pages here, and their cost now.
 
@@ -148,8 +176,11 @@ def collapse_state() -> dict[str, Any]:
     block = huge_page_size()
     if not block:
         return {"available": False, "detail": "this kernel has no transparent huge pages"}
-    if not wanted():
-        return {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}
+    try:
+        if not wanted():
+            return {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}
+    except ValueError as exc:
+        return {"available": False, "detail": str(exc), "error": str(exc)}
     cost = _probe_cost(block) if _State.refused is None else None
     if cost is None:
         return {"available": False, "detail": _State.refused or "madvise(MADV_COLLAPSE) failed (no free huge page?)"}

@@ -19,6 +19,7 @@ from typing import Any
 __all__ = ["MADV_POPULATE_READ", "Mapping", "huge_page_size"]
 
 _MAP_FIXED = 0x10  # Linux; the mmap module does not export it
+_MADV_DONTFORK = 10
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap
@@ -53,7 +54,7 @@ class Mapping:
     this object: it stays mapped while any view of it lives.
     """
 
-    __slots__ = ("__weakref__", "address", "readonly", "size")
+    __slots__ = ("__weakref__", "address", "pid", "readonly", "size")
 
     def __init__(self, fd: int, size: int, access: int) -> None:
         prot, flags = _MODES[access]
@@ -70,6 +71,19 @@ class Mapping:
             self.address = _map(None, size, prot, flags, fd)
         self.size = size
         self.readonly = access == mmap.ACCESS_READ
+        self.pid = 0  # set by keep_from_children: only that process may unmap
+
+    def keep_from_children(self) -> None:
+        """Leave this mapping out of processes forked from now on (``MADV_DONTFORK``).
+
+        A writer's shared mapping inherited by a child (a fork in another
+        thread, a fork-context pool) would make the kernel refuse to seal the
+        segment against writes. In a forked child the object remains but the
+        pages are not there: it never unmaps that address range, which the
+        child may have reused.
+        """
+        self.pid = os.getpid()
+        self.advise(_MADV_DONTFORK)
 
     def populate(self) -> bool:
         """Map every page now, in one system call, instead of one fault per page later.
@@ -111,7 +125,8 @@ class Mapping:
         address = getattr(self, "address", 0)
         if address:
             self.address = 0
-            _unmap(address, self.size)
+            if not self.pid or self.pid == os.getpid():
+                _unmap(address, self.size)
 
 
 _THP = "/sys/kernel/mm/transparent_hugepage"

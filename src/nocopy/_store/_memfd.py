@@ -125,6 +125,9 @@ class MemfdStore:
                 "use Linux >= 3.17, or set NOCOPY_BACKEND=posix and run `nocopy gc` after crashes",
             )]
         out = _huge_page_advice(memfd["huge_pages"]) if in_use else []
+        bad = memfd["huge_pages"].get("collapse", {}).get("error")
+        if bad:
+            out.append(Advice("error", bad, "set NOCOPY_HUGE_PAGES to 'off' or 'auto', or unset it"))
         if memfd["proc_fd"] is False:
             return [*out, Advice(
                 "error" if not memfd["scm_rights"] and in_use else "info",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -70,16 +71,23 @@ class OwnedSegment:
         return not self.released and self.owner_pid == os.getpid()
 
     def end_writes(self) -> None:
-        """Unmap the writer's mapping (before sealing: no writable mapping may outlive the fill)."""
+        """Unmap the writer's mapping (before sealing: no writable mapping may outlive the fill).
+
+        Unmapped now only if nothing else holds it (an array over it would
+        point into freed address space); else when the last holder lets go,
+        and the seal that needs it gone fails cleanly meanwhile.
+        """
         mapping, self.mapping = self.mapping, None
-        if mapping is not None:
+        if mapping is not None and sys.getrefcount(mapping) <= 2:  # this frame's name + the call's argument
             mapping.close()
 
     def release(self) -> None:
         if self.released:
             return
         self.released = True
-        self.end_writes()
+        # Dropped, not unmapped: after a failed fill, arrays over it may live on in
+        # a traceback's frames; it is unmapped with the last of them.
+        self.mapping = None
         if self.locator.sock and os.getpid() == self.owner_pid:
             _fdserver.server().unregister(self.locator.name)
         try:
