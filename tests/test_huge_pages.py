@@ -425,3 +425,24 @@ def test_a_failure_midway_is_not_taken_for_a_kernel_without_collapse(
         np.testing.assert_array_equal(ref.get(), data)
     assert _hugepages._State.refused is None
     assert calls == 4  # the third step failed, then one probe of a fresh file succeeded
+
+
+@needs_collapse
+def test_the_writers_mapping_is_never_unmapped_under_a_live_array(never_slow: None) -> None:
+    from nocopy._store import get_store
+
+    store = get_store("memfd")
+    seg = store.create(8 * MiB, what="a test segment")
+    try:
+        assert seg.mapping is not None
+        arr = np.asarray(seg.mapping)
+        arr[:4] = 7
+        # Something still holds the writer's mapping: sealing fails cleanly...
+        with pytest.raises(OSError) as info:
+            store.seal(seg, "0" * 32, writable=False)
+        assert info.value.errno == errno.EBUSY
+        assert int(arr[:4].sum()) == 28
+    finally:
+        seg.release()
+    # ...and the array stays readable after release: it is unmapped with its last view.
+    assert int(arr[0]) == 7

@@ -160,6 +160,9 @@ def _write_through_mapping(fd: int, start: int, n: int, writer: Callable[[np.nda
     """Let *writer* fill bytes [start, start+n) of *fd* through a mapping of just those pages."""
     base = start - start % mmap.ALLOCATIONGRANULARITY
     mm = mmap.mmap(fd, start + n - base, offset=base)
+    # A child forked meanwhile must not inherit a writable mapping: the kernel
+    # would refuse to seal the segment against writes while it lives.
+    mm.madvise(mmap.MADV_DONTFORK)
     view = np.frombuffer(mm, dtype=np.uint8)
     try:
         writer(view[start - base :])

@@ -173,14 +173,14 @@ def collapse_state() -> dict[str, Any]:
     pages just now (cheap where free huge pages are at hand: ~0.06 ms per MiB;
     share() turns to 4 KiB pages above 0.25).
     """
-    block = huge_page_size()
-    if not block:
-        return {"available": False, "detail": "this kernel has no transparent huge pages"}
     try:
         if not wanted():
             return {"available": False, "detail": "turned off by NOCOPY_HUGE_PAGES"}
     except ValueError as exc:
         return {"available": False, "detail": str(exc), "error": str(exc)}
+    block = huge_page_size()
+    if not block:
+        return {"available": False, "detail": "this kernel has no transparent huge pages"}
     cost = _probe_cost(block) if _State.refused is None else None
     if cost is None:
         return {"available": False, "detail": _State.refused or "madvise(MADV_COLLAPSE) failed (no free huge page?)"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -71,15 +70,14 @@ class OwnedSegment:
         return not self.released and self.owner_pid == os.getpid()
 
     def end_writes(self) -> None:
-        """Unmap the writer's mapping (before sealing: no writable mapping may outlive the fill).
+        """Let go of the writer's mapping (before sealing: no writable mapping may outlive the fill).
 
-        Unmapped now only if nothing else holds it (an array over it would
-        point into freed address space); else when the last holder lets go,
-        and the seal that needs it gone fails cleanly meanwhile.
+        Not unmapped by hand: CPython unmaps it the moment its last holder
+        lets go, which is now unless an array over it still lives (then the
+        seal that needs it gone fails cleanly instead of a view pointing into
+        freed address space).
         """
-        mapping, self.mapping = self.mapping, None
-        if mapping is not None and sys.getrefcount(mapping) <= 2:  # this frame's name + the call's argument
-            mapping.close()
+        self.mapping = None
 
     def release(self) -> None:
         if self.released:
