@@ -247,15 +247,15 @@ def _spy_on_collapse(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
 
 @needs_collapse
-def test_collapsing_goes_in_growing_steps(monkeypatch: pytest.MonkeyPatch, never_slow: None) -> None:
+def test_collapsing_goes_in_steps(monkeypatch: pytest.MonkeyPatch, never_slow: None) -> None:
     calls = _spy_on_collapse(monkeypatch)
     data = np.arange(41 * MiB // 8, dtype=np.int64)  # 41 MiB + header: 20 whole blocks
     with nocopy.share(data) as ref:
         got = ref.get(populate=True)
         np.testing.assert_array_equal(got, data)
         assert _pmd_mapped_bytes(got.__array_interface__["data"][0]) >= 38 * MiB
-    assert [length // MiB for _, length in calls] == [2, 4, 8, 16, 10]
-    assert [offset // MiB for offset, _ in calls] == [0, 2, 6, 14, 30]
+    assert [length // MiB for _, length in calls] == [2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 2]
+    assert [offset // MiB for offset, _ in calls] == [0, 2, 6, 10, 14, 18, 22, 26, 30, 34, 38]
 
 
 @needs_collapse

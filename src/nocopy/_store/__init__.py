@@ -16,6 +16,7 @@ import os
 from ..errors import SegmentNotFoundError
 from ._hugepages import collapse as huge_mapping
 from ._hugepages import collapse_state as huge_pages_now
+from ._hugepages import forget_cost as forget_huge_page_cost
 from ._mapping import Mapping
 from ._memfd import MemfdStore
 from ._posix import PosixStore, shm_dir
@@ -35,6 +36,7 @@ __all__ = [
     "check_backend",
     "default_backend",
     "descriptor_path",
+    "forget_huge_page_cost",
     "format_uri",
     "get_store",
     "huge_mapping",

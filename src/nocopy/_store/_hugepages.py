@@ -34,7 +34,7 @@ from typing import Any
 
 from ._mapping import Mapping, huge_page_size
 
-__all__ = ["collapse", "collapse_state", "memfd_huge_pages", "tmpfs_huge_pages", "wanted"]
+__all__ = ["collapse", "collapse_state", "forget_cost", "memfd_huge_pages", "tmpfs_huge_pages", "wanted"]
 
 MADV_COLLAPSE = 25  # Linux 6.1+; not in Python 3.11's mmap module
 # Kernels that do not know the call, or a host that denies shmem huge pages:
@@ -63,12 +63,13 @@ class _State:
 # once the process holds ~1 GB, every further huge page took ~2.2 ms per MiB
 # (the host backs them again, one small page at a time), while 4 KiB pages
 # stayed at ~0.3 ms per MiB, copy included. So the file is collapsed in
-# growing steps (one block, then twice as many, up to _STEP_MAX), and a step
-# slower than _SLOW_PER_MIB of CPU ends the collapse. CPU time, not wall time:
+# steps (one block, then _STEP_MAX: a slow step wastes at most ~8 ms, and
+# 4 MiB steps cost ~1 ms more per 220 MB than one call), and a step slower
+# than _SLOW_PER_MIB of CPU ends the collapse. CPU time, not wall time:
 # a thread preempted by booting workers is not slow memory. Once slow, the
 # next shares for _SLOW_FOR seconds do not try (each try costs one block).
 _SLOW_PER_MIB = 0.25e-3
-_STEP_MAX = 16 << 20
+_STEP_MAX = 4 << 20
 _SLOW_FOR = 2.0
 
 
@@ -144,6 +145,11 @@ def wanted() -> bool:
         f"NOCOPY_HUGE_PAGES={value!r} is not understood: set it to 'off' (segments get 4 KiB "
         "pages) or 'auto' (the default: 2 MiB pages where the kernel allows MADV_COLLAPSE)"
     )
+
+
+def forget_cost() -> None:
+    """Forget that huge pages were found dear a moment ago (the benchmark measures each way afresh)."""
+    _State.slow_until = 0.0
 
 
 def _refused_here(block: int) -> bool:
