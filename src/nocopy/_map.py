@@ -64,6 +64,7 @@ import numpy as np
 from ._kinds import row_count, take_rows
 from ._pool import ProcessPoolExecutor, fn_name, start_workers, submit_labelled, usable
 from ._pool import abort as abort_pool
+from ._process import usable_cpus
 from ._shared import Shared, share
 from .errors import SegmentClosedError
 
@@ -303,10 +304,7 @@ class ThreadBackend(MapBackend):
 # parallel_map
 # ---------------------------------------------------------------------------
 def _default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def _progress_bar(total: int) -> Any:

@@ -2,11 +2,22 @@
 
 A pid alone is recycled; its start time (clock ticks since boot, from /proc) is not. Segment
 names, the stores' liveness checks and a pool worker's watch on its caller all use this pair.
+Also what this process may run on: `usable_cpus`.
 """
 
 from __future__ import annotations
 
-__all__ = ["pid_alive", "process_start_time"]
+import os
+
+__all__ = ["pid_alive", "process_start_time", "usable_cpus"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), at least 1."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def process_start_time(pid: int) -> int | None:

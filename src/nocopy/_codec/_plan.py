@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._process import usable_cpus
 from ..errors import UnsupportedTypeError
 from ._layout import FLAG_PICKLE, pack_header
 from ._numpy import array_node
@@ -191,11 +192,7 @@ def fill_threads(nbytes: int) -> int:
         return 1
     if env:
         return int(env)
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
+    return min(usable_cpus(), 4)
 
 
 # Below this, starting threads costs more than they save.

@@ -44,8 +44,9 @@ class ShareCache:
         # Reentrant: a garbage collection during share() may run _forget here.
         self._lock = threading.RLock()
         self._warned = False
-        # Called (without the lock) before an object is copied: the executor
-        # starts its workers then, so that they boot while the copy runs.
+        # Called (without the lock) before every big argument is looked up, so
+        # before any is copied: the executor starts its workers then, so that
+        # they boot while the copy runs. It must be cheap once they all run.
         self.before_share: Callable[[], object] | None = None
 
     def cached(self, value: Any) -> tuple[bool, Shared[Any] | None]:

@@ -274,6 +274,8 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         # submit as they are needed; work that shares big data needs them all.
         if not getattr(self, "_safe_to_dynamically_spawn_children", True):
             return  # fork: all of them start with the manager thread already
+        if len(self._processes) >= self._max_workers:  # type: ignore[attr-defined]
+            return  # every big argument asks: once all run, no lock on that path
         with self._shutdown_lock:
             if self._broken or self._shutdown_thread:
                 return

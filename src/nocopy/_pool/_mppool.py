@@ -237,7 +237,7 @@ class Pool(_StdPool):
         # Before the stdlib's __init__: its _setup_queues (ours) wraps the queues with it.
         self._nocopy = _PoolState(share_threshold)
         # The stdlib makes every worker (and every replacement) with self.Process.
-        env = worker_thread_env(processes or os.cpu_count() or 1, inner_max_num_threads)
+        env = worker_thread_env(processes or os.cpu_count() or 1, inner_max_num_threads)  # the stdlib's default count
         self.Process = functools.partial(quick_exit_process, child_env=env)  # type: ignore[method-assign]
         _preload_in_forkserver(context)
         try:

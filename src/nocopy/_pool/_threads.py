@@ -25,6 +25,8 @@ import os
 import threading
 from collections.abc import Iterator
 
+from .._process import usable_cpus
+
 __all__ = ["THREAD_VARS", "check_inner_threads", "spawn_environment", "worker_thread_env"]
 
 # What loky sets (less NUMBA_NUM_THREADS, which numba refuses to see change once loaded).
@@ -48,13 +50,6 @@ def check_inner_threads(value: object) -> None:
         raise ValueError(f"inner_max_num_threads must be at least 1, got {value}")
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def worker_thread_env(workers: int, inner_max_num_threads: int | None) -> dict[str, str]:
     """The variables to set in each spawned worker: *inner_max_num_threads*, else the CPUs / *workers*.
 
@@ -67,7 +62,7 @@ def worker_thread_env(workers: int, inner_max_num_threads: int | None) -> dict[s
     >>> all(v == "1" for v in env.values())
     True
     """
-    n = inner_max_num_threads if inner_max_num_threads is not None else max(_usable_cpus() // max(workers, 1), 1)
+    n = inner_max_num_threads if inner_max_num_threads is not None else max(usable_cpus() // max(workers, 1), 1)
     return {var: str(n) for var in THREAD_VARS if var not in os.environ}
 
 

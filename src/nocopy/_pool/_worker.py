@@ -180,7 +180,9 @@ def run_then_exit(target: Callable[..., object], *args: Any) -> None:
 class _SpawnProcess(SpawnProcess):
     """A spawned worker started with numerical libraries' thread limits in its environment."""
 
-    _child_env: dict[str, str]
+    def __init__(self, *args: Any, child_env: dict[str, str], **kwds: Any) -> None:
+        super().__init__(*args, **kwds)
+        self._child_env = child_env
 
     def start(self) -> None:
         with spawn_environment(self._child_env):
@@ -201,7 +203,5 @@ def quick_exit_process(ctx: Any, *args: Any, child_env: dict[str, str] | None = 
         kwds["args"] = (kwds["target"], *kwds.get("args", ()))
         kwds["target"] = run_then_exit
     if child_env and ctx.Process is SpawnProcess:
-        proc = _SpawnProcess(*args, **kwds)
-        proc._child_env = child_env  # noqa: SLF001 - our own subclass
-        return proc
+        return _SpawnProcess(*args, child_env=child_env, **kwds)
     return ctx.Process(*args, **kwds)

@@ -154,20 +154,33 @@ def forget_cost() -> None:
 
 def _refused_here(block: int) -> bool:
     """Whether the kernel refuses to collapse even one block of a fresh private memfd."""
+    tried = _collapse_fresh(block)
+    return tried is not None and tried[0] in _REFUSED_FOR_GOOD
+
+
+def _collapse_fresh(size: int) -> tuple[int, float] | None:
+    """Collapse a fresh private memfd of *size* bytes (whole blocks): (errno or 0, CPU seconds it took).
+
+    None when the probe itself could not be made (no memfd, no room, no address space).
+    """
+    block = huge_page_size()
     try:
         fd = os.memfd_create("nocopy-collapse-probe", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
-        return True
+        return None
     try:
-        os.ftruncate(fd, block)
-        os.pwrite(fd, b"\0", 0)
-        mapping = Mapping(fd, block, mmap.ACCESS_WRITE)
+        os.ftruncate(fd, size)
+        for offset in range(0, size, block):
+            os.pwrite(fd, b"\0", offset)
+        mapping = Mapping(fd, size, mmap.ACCESS_WRITE)
         try:
-            return not mapping.advise(MADV_COLLAPSE) and ctypes.get_errno() in _REFUSED_FOR_GOOD
+            started = time.thread_time()
+            ok = mapping.advise(MADV_COLLAPSE)
+            return (0 if ok else ctypes.get_errno()), time.thread_time() - started
         finally:
             mapping.close()
     except OSError:
-        return False  # no room for the probe: nothing learned
+        return None
     finally:
         os.close(fd)
 
@@ -201,26 +214,11 @@ def collapse_state() -> dict[str, Any]:
 
 def _probe_cost(block: int) -> float | None:
     """ms of CPU per MiB to collapse a fresh 4-block memfd, or None if the kernel refused."""
-    if not hasattr(os, "memfd_create"):  # pragma: no cover - not Linux
-        return None
     size = 4 * block
-    fd = os.memfd_create("nocopy-doctor-collapse", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        mapping = Mapping(fd, size, mmap.ACCESS_WRITE)
-        try:
-            for offset in range(0, size, block):
-                os.pwrite(fd, b"\0", offset)
-            started = time.thread_time()
-            if not mapping.advise(MADV_COLLAPSE, size):
-                return None
-            return (time.thread_time() - started) * 1e3 / (size >> 20)
-        finally:
-            mapping.close()
-    except OSError:
+    tried = _collapse_fresh(size)
+    if tried is None or tried[0]:
         return None
-    finally:
-        os.close(fd)
+    return tried[1] * 1e3 / (size >> 20)
 
 
 def _read(path: str | os.PathLike[str]) -> str:

@@ -12,6 +12,7 @@ buffer built over it is gone (each holds a reference to it), never before.
 from __future__ import annotations
 
 import ctypes
+import functools
 import mmap
 import os
 from typing import Any
@@ -129,19 +130,14 @@ class Mapping:
                 _unmap(address, self.size)
 
 
-_THP = "/sys/kernel/mm/transparent_hugepage"
-_huge_page_size: list[int] = []
-
-
+@functools.cache
 def huge_page_size() -> int:
     """The size of a huge page that maps with one page-table entry (2 MiB on x86-64); 0 without THP."""
-    if not _huge_page_size:
-        try:
-            with open(os.path.join(_THP, "hpage_pmd_size")) as f:
-                _huge_page_size.append(int(f.read()))
-        except (OSError, ValueError):
-            _huge_page_size.append(0)
-    return _huge_page_size[0]
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def _map(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
