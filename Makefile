@@ -2,7 +2,8 @@
 #   make demo   -- the classic experiment (nocopy vs every peer: nocopy bench seed)
 #   make test   -- ruff, mypy --strict on src/, the sdist and wheel (built, checked,
 #                  installed in a fresh venv and smoke-tested there), and the pytest
-#                  suite under coverage (child interpreters and spawned workers included)
+#                  suite under coverage (child interpreters and spawned workers included),
+#                  then the suite again on every other CPython the machine has (3.12, 3.13)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 DIST := dist
 WHEEL_VENV := .venv-wheel
 
-.PHONY: demo test lint typecheck docs dist smoke pytest coverage venv clean
+.PHONY: demo test lint typecheck docs dist smoke pytest coverage venv clean other-pythons pytest-on
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -80,7 +81,29 @@ coverage: pytest
 	rm -f .coverage.*
 	$(BIN)/python -m coverage report
 
-test: lint typecheck docs smoke coverage
+# The suite on every other CPython the machine has: a venv each (.venv-3.12, ...) with the
+# same install as .venv (less the docs tools), pytest without coverage (coverage is measured
+# and enforced once, above). scripts/find-python.sh looks in pyenv's versions and on PATH; a
+# version the machine lacks is skipped with a note, never silently.
+OTHER_PYTHONS ?= 3.12 3.13 3.14
+
+other-pythons:
+	@for v in $(OTHER_PYTHONS); do \
+	  py=$$(scripts/find-python.sh $$v); \
+	  if [ -z "$$py" ]; then echo "note: no Python $$v on this machine: the suite does not run on it"; continue; fi; \
+	  $(MAKE) --no-print-directory pytest-on PY_VERSION=$$v PY_EXE=$$py || exit 1; \
+	done
+
+pytest-on:
+	@echo "== the suite on Python $(PY_VERSION) ($(PY_EXE))"
+	test -x .venv-$(PY_VERSION)/bin/python || $(PY_EXE) -m venv .venv-$(PY_VERSION)
+	test -f .venv-$(PY_VERSION)/.installed -a .venv-$(PY_VERSION)/.installed -nt pyproject.toml || { \
+	  .venv-$(PY_VERSION)/bin/python -m pip install -q --upgrade pip && \
+	  .venv-$(PY_VERSION)/bin/python -m pip install -q -e '.[all,dev]' && \
+	  touch .venv-$(PY_VERSION)/.installed; }
+	.venv-$(PY_VERSION)/bin/python -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck docs smoke coverage other-pythons
 
 clean:
-	rm -rf $(VENV) $(WHEEL_VENV) $(DIST) .mypy_cache .ruff_cache .pytest_cache bench-out .coverage .coverage.*
+	rm -rf $(VENV) .venv-3.* $(WHEEL_VENV) $(DIST) .mypy_cache .ruff_cache .pytest_cache bench-out .coverage .coverage.*

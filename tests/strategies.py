@@ -78,10 +78,10 @@ def column(draw: Any, n: int, kind: str | None = None) -> Any:
         ints = _ints(draw, n, "int32").astype("int64") * draw(st.sampled_from([1, 1000, 86400]))
         if kind == "timedelta":
             arr = ints.astype(f"m8[{unit}]")
-            arr[np.array(nulls, dtype=bool)] = np.timedelta64("NaT")
+            arr[np.array(nulls, dtype=bool)] = np.timedelta64("NaT", unit)
             return pd.array(arr)
         arr = ints.astype(f"M8[{unit}]")
-        arr[np.array(nulls, dtype=bool)] = np.datetime64("NaT")
+        arr[np.array(nulls, dtype=bool)] = np.datetime64("NaT", unit)
         series = pd.Series(pd.array(arr))
         if kind == "datetime_tz":
             series = series.dt.tz_localize("UTC").dt.tz_convert(draw(st.sampled_from(TIMEZONES)))
