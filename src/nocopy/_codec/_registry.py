@@ -28,7 +28,7 @@ import numpy as np
 
 from .._kinds import family_of
 from ..errors import NocopyError, SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
-from ._layout import Header, align
+from ._layout import FLAG_PICKLE, Header, align
 
 __all__ = [
     "PYTHON",
@@ -230,6 +230,7 @@ class Decoder:
         *,
         name: str,
         trusted: bool,
+        allow_pickle: bool,
         parts: Sequence[np.ndarray] | None = None,
         reopen: Callable[[], AbstractContextManager[str]] | None = None,
     ) -> None:
@@ -243,6 +244,10 @@ class Decoder:
         self.header = header
         self.name = name
         self.trusted = trusted
+        # Whether the handle says its segment may hold pickled parts (set by
+        # share(..., allow_pickle=True) alone, and carried by the handle): never
+        # inferred from the segment's own bytes, which anyone able to write them controls.
+        self.allow_pickle = allow_pickle
         # Buffers read by a node that copies, scans or owns them (anything but a
         # plain array view): each at most once, and never also as an array
         # view. The encoder only ever shares a buffer between array nodes (the
@@ -370,10 +375,20 @@ class Decoder:
         return fn(self, node)
 
     def unpickle(self, node: dict[str, Any]) -> Any:
+        # Both the handle and the header must say so: a pickle node in a segment whose
+        # handle was not made by share(..., allow_pickle=True) was written by someone
+        # else (a rewritten posix file, a writer of an output), never by nocopy.
+        if not self.allow_pickle or not self.header.flags & FLAG_PICKLE:
+            raise self.corrupt(
+                "it holds a pickled part, but its handle was not made by share(..., "
+                "allow_pickle=True) (or its header does not say so): nocopy never wrote it, so "
+                "the segment was rewritten by another process. Nothing was unpickled"
+            )
         if not self.trusted:
             raise SegmentAccessError(
                 f"segment {self.name} holds pickled data and was attached from a URI: nocopy "
                 "refuses to unpickle it (unpickling runs code). Fix: nocopy.attach(uri, "
                 "trusted=True) if you trust whoever created it."
             )
-        return pickle.loads(self.buffer(node.get("b")).tobytes())  # only when trusted
+        # Only when the handle allows it and the caller trusts it.
+        return pickle.loads(self.buffer(node.get("b")).tobytes())
