@@ -209,7 +209,7 @@ class Shared(Generic[T]):
                 base = self._map(mmap.ACCESS_COPY)
                 header = self._plan(base)
         else:
-            base, header = self._shared_attached()
+            base, header = self._shared_mapping()
         if populate:
             _populate(base)
         result: T = self._decode(base, header)
@@ -271,7 +271,11 @@ class Shared(Generic[T]):
                 f"{self!r} is closed. Fix: call get() before close(), or keep the handle open."
             )
 
-    def _shared_attached(self) -> tuple[np.ndarray, Header]:
+    def _shared_base(self) -> np.ndarray:
+        """The shared mapping this handle keeps (uint8, the whole segment)."""
+        return self._shared_mapping()[0]
+
+    def _shared_mapping(self) -> tuple[np.ndarray, Header]:
         """The shared mapping this handle keeps and its decode plan."""
         with self._lock:
             self._check_open()
@@ -479,7 +483,7 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
     [0, 1, 2]
     """
     handle = _from_uri(uri, trusted=trusted)
-    handle._shared_attached()  # noqa: SLF001 - same module; fail here, not at the first get()
+    handle._shared_mapping()  # noqa: SLF001 - same module; fail here, not at the first get()
     return handle
 
 
@@ -526,4 +530,4 @@ def map_now(handle: Shared[Any]) -> None:
 
     Later get() calls reuse it (no remapping, pages already faulted in).
     """
-    handle._shared_attached()  # noqa: SLF001 - same module
+    handle._shared_mapping()  # noqa: SLF001 - same module
