@@ -226,3 +226,71 @@ def test_a_descriptor_handed_over_unsealed_is_refused() -> None:
         adopt(fd, uri)
     with pytest.raises(OSError):
         os.fstat(fd)  # adopt() owned it: closed on refusal
+
+
+# -- n4: what the compressed-IPC refusal checks is what Arrow reads ----------------------------
+
+
+def _compressed_stream(rows: int) -> tuple[bytes, int, bytes]:
+    """An IPC stream of one zstd-compressed batch of *rows* int8 zeros, its compression field
+    dropped from the batch's vtable; the stream offset of that vtable slot and its bytes
+    (restoring them makes the batch compressed again)."""
+    pa = pytest.importorskip("pyarrow")
+    from nocopy._codec._arrow import _fb_field, _fb_int, _fb_table
+
+    schema = pa.schema([("v", pa.int8())])
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_stream(sink, schema, options=options) as w:
+        w.write_batch(pa.record_batch([pa.array(np.zeros(rows, np.int8))], schema=schema))
+    stream = bytearray(sink.getvalue().to_pybytes())
+    schema_len = 8 + int.from_bytes(stream[4:8], "little")
+    meta = bytes(stream[schema_len + 8 :])
+    header = _fb_table(meta, _fb_int(meta, 0, 4), 2)
+    assert header is not None and _fb_field(meta, header, 3) is not None
+    vtable = header - _fb_int(meta, header, 4, signed=True)
+    slot = schema_len + 8 + vtable + 4 + 2 * 3  # RecordBatch field 3: compression
+    original = bytes(stream[slot : slot + 2])
+    stream[slot : slot + 2] = b"\0\0"
+    return bytes(stream), slot, original
+
+
+def test_a_writer_cannot_change_arrow_stream_metadata_between_check_and_read(
+    shm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nocopy._codec import _arrow
+
+    rows = 1 << 22
+    stream, slot, original = _compressed_stream(rows)
+    body = json.dumps(
+        {"tree": {"k": "pa.ipc", "what": "table", "b": 0}, "buffers": [[0, len(stream)]]}, separators=(",", ":")
+    ).encode()
+    token = secrets.token_bytes(16)
+    off = align(PREFIX.size + len(body))
+    size = off + len(stream)
+    name = f"nocopy-{os.getpid()}-0-{secrets.token_hex(16)}"
+    path = shm / name
+    path.write_bytes(PREFIX.pack(MAGIC, VERSION, 0, len(body), token, size, off) + body.ljust(off - PREFIX.size, b"\0") + stream)
+    os.chmod(path, 0o400)
+    uri = (
+        f"nocopy://posix/{name}?pid=1&fd=-1&sock=&token={token.hex()}&size={size}"
+        f"&nbytes={len(stream)}&kind=Table&w=0&p=0"
+    )
+    check = _arrow._ipc_refusal
+
+    def racing_writer(raw: np.ndarray, *, freeze: bool) -> str:
+        refusal = check(raw, freeze=freeze)
+        # A same-user process restores the compression field right after the check.
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, original, off + slot)
+        finally:
+            os.close(fd)
+        return refusal
+
+    monkeypatch.setattr(_arrow, "_ipc_refusal", racing_writer)
+    try:
+        table = nocopy.attach(uri).get()
+    except SegmentCorruptError:
+        return  # the frozen (uncompressed-looking) metadata does not describe valid data: refused
+    assert table.num_rows != rows, "Arrow read a compressed batch the check never saw"

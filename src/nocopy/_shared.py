@@ -19,6 +19,7 @@ from ._store import (
     Locator,
     Mapping,
     OwnedSegment,
+    bytes_can_change,
     check_sealed,
     default_backend,
     descriptor_path,
@@ -212,7 +213,7 @@ class Shared(Generic[T]):
             base, header = self._shared_mapping()
         if populate:
             _populate(base)
-        result: T = self._decode(base, header)
+        result: T = self._decode(base, header, private=private)
         return result
 
     def close(self) -> None:
@@ -343,13 +344,24 @@ class Shared(Generic[T]):
             os.close(fd)
         return np.asarray(mapping)
 
-    def _decode(self, base: np.ndarray, header: Header) -> Any:
+    def _decode(self, base: np.ndarray, header: Header, *, private: bool) -> Any:
         # Pickled nodes are refused by the decoder itself unless this handle allows
         # them (share(..., allow_pickle=True)) and is trusted.
+        remap = None
+        if bytes_can_change(self._locator):
+            # What the decoder must check and then use (Arrow stream metadata) is
+            # frozen in a copy-on-write mapping first: *base* itself when it is one.
+            remap = (lambda: base) if private else self._cow_mapping
         return decode(
             base, header, name=self._locator.name, trusted=self._trusted,
-            allow_pickle=self._pickled, reopen=self._reopen,
+            allow_pickle=self._pickled, reopen=self._reopen, remap=remap,
         )
+
+    def _cow_mapping(self) -> np.ndarray:
+        """A new copy-on-write mapping of the segment (uint8, writable, private to this process)."""
+        with self._lock:  # as in get(private=True): the owner's descriptor stays open meanwhile
+            self._check_open()
+            return self._map(mmap.ACCESS_COPY)
 
 
 def _populate(base: np.ndarray) -> None:

@@ -87,6 +87,7 @@ def decode(
     trusted: bool,
     allow_pickle: bool,
     reopen: Callable[[], AbstractContextManager[str]] | None = None,
+    remap: Callable[[], np.ndarray] | None = None,
 ) -> Any:
     """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
 
@@ -94,9 +95,13 @@ def decode(
     handle was made by ``share(..., allow_pickle=True)``), SegmentAccessError
     unless *trusted*. *reopen*, if given, opens the segment file again (a new
     read-only descriptor): Arrow data is then read from a mapping Arrow owns
-    (see `Decoder.arrow_buffer`).
+    (see `Decoder.arrow_buffer`). *remap*, given when the segment's bytes may
+    change after they are checked, maps it copy-on-write (uint8, writable; see
+    `Decoder.frozen_buffer`).
     """
-    dec = Decoder(base, header, name=name, trusted=trusted, allow_pickle=allow_pickle, reopen=reopen)
+    dec = Decoder(
+        base, header, name=name, trusted=trusted, allow_pickle=allow_pickle, reopen=reopen, remap=remap
+    )
     try:
         return dec.decode(header.tree)
     finally:

@@ -233,9 +233,14 @@ class Decoder:
         allow_pickle: bool,
         parts: Sequence[np.ndarray] | None = None,
         reopen: Callable[[], AbstractContextManager[str]] | None = None,
+        remap: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.base = base
         self._reopen = reopen
+        # Given when the segment's bytes may change after they were checked (a posix
+        # file): maps it copy-on-write, see `frozen_buffer`.
+        self._remap = remap
+        self._cow: np.ndarray | None = None
         self._arrow_file: Any = None
         # Set while a Polars object is decoded: see arrow_buffer.
         self.arrow_owned = False
@@ -278,6 +283,26 @@ class Decoder:
             return self.parts[index]
         start = self.header.data_offset + off
         view: np.ndarray = self.base[start : start + n]
+        return view
+
+    def frozen_buffer(self, index: Any) -> np.ndarray | None:
+        """Buffer *index* (already taken with `buffer`) in a copy-on-write mapping of the segment,
+        or None when its bytes cannot change after they are checked (a sealed segment, a layout
+        held in memory).
+
+        The view is writable: writing a byte of a page gives this process its own
+        copy of that page, which no other process can change any more. A reader
+        freezes what it is about to check this way, then reads through the same
+        view, so what it checked is exactly what it uses (`_arrow` does so for
+        the metadata of Arrow IPC streams).
+        """
+        if self._remap is None or self.parts is not None:
+            return None
+        if self._cow is None:
+            self._cow = self._remap()
+        off, n = self.header.buffers[index]
+        start = self.header.data_offset + off
+        view: np.ndarray = self._cow[start : start + n]
         return view
 
     def arrow_buffer(self, index: Any, view: np.ndarray) -> Any:

@@ -33,6 +33,7 @@ __all__ = [
     "Mapping",
     "OwnedSegment",
     "Store",
+    "bytes_can_change",
     "check_backend",
     "check_sealed",
     "default_backend",
@@ -112,6 +113,11 @@ def open_segment(loc: Locator, *, writable: bool, token: str, output: bool = Fal
         os.close(fd)
         raise
     return fd
+
+
+def bytes_can_change(loc: Locator) -> bool:
+    """Whether the bytes of segment *loc* may change after a reader checked them (an unsealable store)."""
+    return not _locate(loc).sealed
 
 
 def check_sealed(loc: Locator, fd: int, *, output: bool) -> None:

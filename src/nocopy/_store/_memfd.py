@@ -72,6 +72,10 @@ class MemfdStore:
             loc, lambda flags: _open(loc, flags, token), lambda fd, _: _write_granted(fd), writable=writable
         )
 
+    @property
+    def sealed(self) -> bool:
+        return True
+
     def check_sealed(self, loc: Locator, fd: int, *, output: bool) -> None:
         # Read once, from the kernel: seals only ever grow, so what is checked here holds for good.
         need = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL

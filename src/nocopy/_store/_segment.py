@@ -166,6 +166,12 @@ class Store(Protocol):
         """A new descriptor of the segment *loc* names, checked (regular file, this user, grant)."""
         ...
 
+    @property
+    def sealed(self) -> bool:
+        """Whether a published segment's size, and a share()d one's bytes, can never change
+        (readers then need not freeze what they check; see `check_sealed`)."""
+        ...
+
     def check_sealed(self, loc: Locator, fd: int, *, output: bool) -> None:
         """Refuse descriptor *fd* of *loc* unless the store guarantees what readers rely on.
 
