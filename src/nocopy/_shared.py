@@ -412,7 +412,10 @@ def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> 
     included), a pandas or Arrow object, or dicts/lists/tuples of those.
     *backend* is ``"memfd"`` (Linux default) or ``"posix"``;
     ``$NOCOPY_BACKEND`` sets the default. ``allow_pickle=True`` stores
-    unsupported parts pickled instead of raising UnsupportedTypeError.
+    unsupported parts pickled instead of raising UnsupportedTypeError, and
+    gives the handle (its pickle and its URI) the permission to unpickle
+    them: only such a handle ever unpickles anything, and one made by
+    `attach` only with ``trusted=True``.
 
     Examples
     --------
