@@ -45,11 +45,15 @@ class _Attached:
     is never read again from the mapping: every get() decodes from this plan.
     """
 
-    __slots__ = ("__weakref__", "base", "header")
+    __slots__ = ("__weakref__", "base", "cow", "header")
 
     def __init__(self, base: np.ndarray, header: Header) -> None:
         self.base = base
         self.header = header
+        # A copy-on-write mapping of the same segment, made on first need where its
+        # bytes can change (posix): the decoder freezes there what it checks, once
+        # for every get() of this mapping (see Decoder.frozen_buffer).
+        self.cow: np.ndarray | None = None
 
 
 # One read-only (or, for outputs, writable) mapping per segment per process,
@@ -358,10 +362,16 @@ class Shared(Generic[T]):
         )
 
     def _cow_mapping(self) -> np.ndarray:
-        """A new copy-on-write mapping of the segment (uint8, writable, private to this process)."""
+        """A copy-on-write mapping of the segment (uint8, writable, private to this process),
+        one per shared mapping: what was frozen in it stays frozen for later get() calls."""
         with self._lock:  # as in get(private=True): the owner's descriptor stays open meanwhile
             self._check_open()
-            return self._map(mmap.ACCESS_COPY)
+            attached = self._attached
+            if attached is None:
+                return self._map(mmap.ACCESS_COPY)
+            if attached.cow is None:
+                attached.cow = self._map(mmap.ACCESS_COPY)
+            return attached.cow
 
 
 def _populate(base: np.ndarray) -> None:
