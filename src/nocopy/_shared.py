@@ -19,6 +19,8 @@ from ._store import (
     Locator,
     Mapping,
     OwnedSegment,
+    bytes_can_change,
+    check_sealed,
     default_backend,
     descriptor_path,
     format_uri,
@@ -34,11 +36,31 @@ __all__ = ["Shared", "attach", "empty", "share", "zeros"]
 
 T = TypeVar("T")
 
+
+class _Attached:
+    """One mapping of a segment and its decode plan: the header, copied out and checked once.
+
+    Bytes in shared memory are hostile also after they were checked (a posix
+    file or a writable output can be rewritten at any moment), so the header
+    is never read again from the mapping: every get() decodes from this plan.
+    """
+
+    __slots__ = ("__weakref__", "base", "cow", "header")
+
+    def __init__(self, base: np.ndarray, header: Header) -> None:
+        self.base = base
+        self.header = header
+        # A copy-on-write mapping of the same segment, made on first need where its
+        # bytes can change (posix): the decoder freezes there what it checks, once
+        # for every get() of this mapping (see Decoder.frozen_buffer).
+        self.cow: np.ndarray | None = None
+
+
 # One read-only (or, for outputs, writable) mapping per segment per process,
-# alive while any handle or view still uses it. Keyed by access too: a
+# with its plan, alive while any handle still uses it. Keyed by access too: a
 # writable mapping must never be handed to a read-only handle. Private
 # (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
-_mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], np.ndarray] = weakref.WeakValueDictionary()
+_mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], _Attached] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
 
 
@@ -70,6 +92,7 @@ class Shared(Generic[T]):
         pickled: bool = False,
         trusted: bool = True,
         owner: OwnedSegment | None = None,
+        head: bytes | None = None,
     ) -> None:
         self._locator = locator
         self._token = token
@@ -77,11 +100,19 @@ class Shared(Generic[T]):
         self._nbytes = nbytes
         self._kind = kind
         self._writable = writable
+        # Whether the segment may hold pickled parts: set only by share(...,
+        # allow_pickle=True), travelling with the handle (its pickle and URI).
         self._pickled = pickled
         self._trusted = trusted
         self._owner = owner
+        # The prefix and header as the owner wrote them, when this handle has them
+        # privately (the owner's own handle; any handle of a writable output,
+        # whose pickle carries them): then the segment's header bytes are never read.
+        self._head = head
+        # The decode plan, decided once per handle (from _head or the first mapping).
+        self._header: Header | None = None
         # The mapping this handle keeps (None until the first get()); dropped by close().
-        self._base: np.ndarray | None = None
+        self._attached: _Attached | None = None
         self._closed = False  # for good once close() ran (in any thread)
         self._lock = threading.Lock()
         if owner is not None:
@@ -181,11 +212,12 @@ class Shared(Generic[T]):
             with self._lock:
                 self._check_open()
                 base = self._map(mmap.ACCESS_COPY)
+                header = self._plan(base)
         else:
-            base = self._shared_base()
+            base, header = self._shared_mapping()
         if populate:
             _populate(base)
-        result: T = self._decode(base)
+        result: T = self._decode(base, header, private=private)
         return result
 
     def close(self) -> None:
@@ -206,7 +238,7 @@ class Shared(Generic[T]):
         try:
             with self._lock:
                 self._closed = True
-                self._base = None
+                self._attached = None
                 if self._owner is not None:
                     # New handles in this process must fail like anywhere else.
                     with _mappings_lock:
@@ -225,12 +257,15 @@ class Shared(Generic[T]):
     def __reduce__(self) -> tuple[Any, ...]:
         # The handle travels, never the data; the receiver is not the owner.
         # Trust travels too: a handle attach()ed untrusted must not unpickle
-        # (or skip validation) in the process it is sent to.
+        # (or skip validation) in the process it is sent to. So does the permission
+        # to unpickle (_pickled), and an output's header: whoever can write an
+        # output's pages must not decide what the receiver's get() builds.
         loc = self._locator
+        head = self._head if self._writable else None
         return (
             _rebuild,
             (loc.store, loc.name, loc.pid, loc.fd, loc.sock, self._token, self._size,
-             self._nbytes, self._kind, self._writable, self._pickled, self._trusted),
+             self._nbytes, self._kind, self._writable, self._pickled, self._trusted, head),
         )
 
     # -- internals ---------------------------------------------------
@@ -242,26 +277,48 @@ class Shared(Generic[T]):
             )
 
     def _shared_base(self) -> np.ndarray:
+        """The shared mapping this handle keeps (uint8, the whole segment)."""
+        return self._shared_mapping()[0]
+
+    def _shared_mapping(self) -> tuple[np.ndarray, Header]:
+        """The shared mapping this handle keeps and its decode plan."""
         with self._lock:
             self._check_open()
-            base = self._base
-            if base is None:
+            attached = self._attached
+            if attached is None:
                 key = (self._locator.name, self._token, self._writable)
                 with _mappings_lock:
-                    base = _mappings.get(key)
-                if base is None:
+                    attached = _mappings.get(key)
+                if attached is None:
                     base = self._map(mmap.ACCESS_WRITE if self._writable else mmap.ACCESS_READ)
+                    attached = _Attached(base, self._plan(base))
                     with _mappings_lock:
-                        _mappings[key] = base
-                self._base = base
-            return base
+                        _mappings[key] = attached
+                elif self._header is None and self._head is None:
+                    self._header = attached.header  # decided once, by whoever mapped it first here
+                self._attached = attached
+            return attached.base, self._plan(attached.base)
+
+    def _plan(self, base: np.ndarray) -> Header:
+        """The decode plan, decided once per handle (callers hold the lock).
+
+        From the header the owner wrote, when this handle holds it privately,
+        else copied out of the first mapping (*base*) and checked there, once.
+        """
+        if self._header is None:
+            name, token, size = self._locator.name, self._token, self._size
+            if self._head is not None:
+                self._header = read_header(self._head, name=name, token=token, size=size, detached=True)
+            else:
+                self._header = read_header(base.data, name=name, token=token, size=size, output=self._writable)
+        return self._header
 
     def _open(self, *, writable: bool = False) -> int:
         """A new descriptor of the segment file (the caller closes it)."""
         owner = self._owner
         if owner is not None and owner.held():
             return os.dup(owner.fd)
-        return open_segment(self._locator, writable=writable, token=self._token.hex())
+        return open_segment(self._locator, writable=writable, token=self._token.hex(), output=self._writable)
 
     @contextlib.contextmanager
     def _reopen(self) -> Iterator[str]:
@@ -291,13 +348,30 @@ class Shared(Generic[T]):
             os.close(fd)
         return np.asarray(mapping)
 
-    def _header(self, base: np.ndarray) -> Header:
-        return read_header(base.data, name=self._locator.name, token=self._token, size=self._size)
+    def _decode(self, base: np.ndarray, header: Header, *, private: bool) -> Any:
+        # Pickled nodes are refused by the decoder itself unless this handle allows
+        # them (share(..., allow_pickle=True)) and is trusted.
+        remap = None
+        if bytes_can_change(self._locator):
+            # What the decoder must check and then use (Arrow stream metadata) is
+            # frozen in a copy-on-write mapping first: *base* itself when it is one.
+            remap = (lambda: base) if private else self._cow_mapping
+        return decode(
+            base, header, name=self._locator.name, trusted=self._trusted,
+            allow_pickle=self._pickled, reopen=self._reopen, remap=remap,
+        )
 
-    def _decode(self, base: np.ndarray) -> Any:
-        # Pickled nodes are refused by the decoder itself unless trusted.
-        header = self._header(base)
-        return decode(base, header, name=self._locator.name, trusted=self._trusted, reopen=self._reopen)
+    def _cow_mapping(self) -> np.ndarray:
+        """A copy-on-write mapping of the segment (uint8, writable, private to this process),
+        one per shared mapping: what was frozen in it stays frozen for later get() calls."""
+        with self._lock:  # as in get(private=True): the owner's descriptor stays open meanwhile
+            self._check_open()
+            attached = self._attached
+            if attached is None:
+                return self._map(mmap.ACCESS_COPY)
+            if attached.cow is None:
+                attached.cow = self._map(mmap.ACCESS_COPY)
+            return attached.cow
 
 
 def _populate(base: np.ndarray) -> None:
@@ -310,10 +384,11 @@ def _populate(base: np.ndarray) -> None:
 def _rebuild(
     store: str, name: str, pid: int, fd: int, sock: str, token: bytes, size: int,
     nbytes: int, kind: str, writable: bool, pickled: bool, trusted: bool = True,
+    head: bytes | None = None,
 ) -> Shared[Any]:
     return Shared(
         Locator(store, name, pid, fd, sock), token=token, size=size, nbytes=nbytes,
-        kind=kind, writable=writable, pickled=pickled, trusted=trusted,
+        kind=kind, writable=writable, pickled=pickled, trusted=trusted, head=head,
     )
 
 
@@ -336,7 +411,7 @@ def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) 
         raise
     return Shared(
         seg.locator, token=plan.token, size=plan.size, nbytes=plan.nbytes, kind=kind,
-        writable=writable, pickled=plan.pickled, trusted=True, owner=seg,
+        writable=writable, pickled=plan.pickled, trusted=True, owner=seg, head=plan.head,
     )
 
 
@@ -347,7 +422,10 @@ def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> 
     included), a pandas or Arrow object, or dicts/lists/tuples of those.
     *backend* is ``"memfd"`` (Linux default) or ``"posix"``;
     ``$NOCOPY_BACKEND`` sets the default. ``allow_pickle=True`` stores
-    unsupported parts pickled instead of raising UnsupportedTypeError.
+    unsupported parts pickled instead of raising UnsupportedTypeError, and
+    gives the handle (its pickle and its URI) the permission to unpickle
+    them: only such a handle ever unpickles anything, and one made by
+    `attach` only with ``trusted=True``.
 
     Examples
     --------
@@ -418,8 +496,10 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
 
     The segment is opened and its header checked at once, so a closed or
     foreign segment fails here (SegmentNotFoundError, SegmentAccessError).
-    Data stored pickled (``allow_pickle=True``) is only unpickled with
-    ``trusted=True``: unpickling runs code.
+    Data stored pickled is only unpickled when both the URI says it was made
+    by ``share(..., allow_pickle=True)`` and the caller passes
+    ``trusted=True`` (unpickling runs code: trust whoever gave you the URI).
+    Without ``trusted=True`` nothing is ever unpickled.
 
     Examples
     --------
@@ -428,7 +508,7 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
     [0, 1, 2]
     """
     handle = _from_uri(uri, trusted=trusted)
-    handle._header(handle._shared_base())  # noqa: SLF001 - same module; fail here, not at the first get()
+    handle._shared_mapping()  # noqa: SLF001 - same module; fail here, not at the first get()
     return handle
 
 
@@ -453,6 +533,12 @@ def adopt(fd: int, uri: str) -> Shared[Any]:
     d = parse_uri(uri)
     loc = d.locator
     seg = OwnedSegment(Locator(loc.store, loc.name, os.getpid(), fd, ""), fd, d.size, None)
+    try:
+        # Sent by another process: sealed like any segment this process attaches.
+        check_sealed(loc, fd, output=d.writable)
+    except BaseException:
+        seg.release()
+        raise
     return Shared(
         seg.locator, token=d.token, size=d.size, nbytes=d.nbytes,
         kind=d.kind, writable=d.writable, pickled=d.pickled, trusted=True, owner=seg,
@@ -469,4 +555,4 @@ def map_now(handle: Shared[Any]) -> None:
 
     Later get() calls reuse it (no remapping, pages already faulted in).
     """
-    handle._shared_base()  # noqa: SLF001 - same module
+    handle._shared_mapping()  # noqa: SLF001 - same module

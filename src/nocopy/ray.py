@@ -297,11 +297,12 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
             f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into, "
             f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
         )
-    # trusted: whatever is in Ray's store is already unpickled by ray.get
-    # itself, so refusing nocopy's own pickled nodes here would protect nothing.
+    # trusted, pickles allowed: whatever is in Ray's (immutable) store is already
+    # unpickled by ray.get itself, so refusing nocopy's own pickled nodes here
+    # would protect nothing. (The header's flag must still say so.)
     if isinstance(mem, _Layout):
         parts = [_aligned_read_only(np.asarray(part)) for part in mem.parts]
-        return decode_parts(mem.head, parts, trusted=True, name=name)
+        return decode_parts(mem.head, parts, trusted=True, allow_pickle=True, name=name)
     if not (
         isinstance(mem, np.ndarray)
         and mem.dtype == np.uint8
@@ -316,7 +317,7 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
             "Fix: read it with ray.get(), or put it with nocopy.ray.put()."
         )
     # A whole layout in one buffer (nocopy 0.1's put, or a buffer written with Plan.write_into).
-    return decode_buffer(_aligned_read_only(mem), trusted=True, name=name)
+    return decode_buffer(_aligned_read_only(mem), trusted=True, allow_pickle=True, name=name)
 
 
 # -- parallel_map(..., backend="ray") -----------------------------------------

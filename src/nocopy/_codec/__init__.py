@@ -12,7 +12,7 @@ Examples
 >>> p = plan(np.arange(3))
 >>> mem = np.zeros(p.size, dtype=np.uint8)
 >>> p.write_into(mem)
->>> decode_buffer(mem, trusted=True)
+>>> decode_buffer(mem, trusted=True, allow_pickle=False)
 array([0, 1, 2])
 """
 
@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import SegmentCorruptError
 from . import _numpy, _python, _registry
 from ._layout import MAGIC, PREFIX, Header, parse_header
+from ._numpy import is_output_node
 from ._plan import Plan, copy_bytes, fill_threads, plan, plan_output, write_at
 from ._registry import Decoder, Encoder, Note
 
@@ -54,35 +55,66 @@ _registry.register_lazy("arrow", "nocopy._codec._arrow", prefix="pa.")
 _registry.register_lazy("polars", "nocopy._codec._polars", prefix="pl.")
 
 
-def read_header(mem: memoryview, *, name: str, token: bytes, size: int) -> Header:
+def read_header(
+    mem: memoryview | bytes, *, name: str, token: bytes, size: int, output: bool = False, detached: bool = False
+) -> Header:
     """Validate and parse the header at the start of a mapping of *size* bytes.
 
+    The prefix and header are copied out of *mem* once and parsed from that
+    copy: the returned Header is the decode plan, kept by the caller, so
+    nothing decided from it is read again from shared memory.
     SegmentCorruptError if anything in it is inconsistent, SegmentAccessError
-    if *token* is not the segment's.
+    if *token* is not the segment's. *output*: the segment is a writable
+    output of empty()/zeros(), which holds one plain array and nothing else
+    (any other tree was written by someone else). *detached*: *mem* holds only
+    the prefix and header (the owner's private copy of what it wrote).
     """
-    return parse_header(mem, name=name, token=token, size=size)
+    header = parse_header(memoryview(mem), name=name, token=token, size=size, detached=detached)
+    if output and not is_output_node(header.tree, len(header.buffers)):
+        raise SegmentCorruptError(
+            f"segment {name} is a writable output of nocopy.empty()/zeros(), but its header "
+            "describes something else: another process holding it rewrote the header. "
+            "Fix: use the Shared the owner pickled (it carries the header), or make the output again."
+        )
+    return header
 
 
 def decode(
-    base: np.ndarray, header: Header, *, name: str, trusted: bool, reopen: Callable[[], AbstractContextManager[str]] | None = None,
+    base: np.ndarray,
+    header: Header,
+    *,
+    name: str,
+    trusted: bool,
+    allow_pickle: bool,
+    reopen: Callable[[], AbstractContextManager[str]] | None = None,
+    remap: Callable[[], np.ndarray] | None = None,
 ) -> Any:
     """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
 
-    Pickled parts are refused (SegmentAccessError) unless *trusted*. *reopen*,
-    if given, opens the segment file again (a new read-only descriptor):
-    Arrow data is then read from a mapping Arrow owns (see `Decoder.arrow_buffer`).
+    Pickled parts are refused: SegmentCorruptError unless *allow_pickle* (the
+    handle was made by ``share(..., allow_pickle=True)``), SegmentAccessError
+    unless *trusted*. *reopen*, if given, opens the segment file again (a new
+    read-only descriptor): Arrow data is then read from a mapping Arrow owns
+    (see `Decoder.arrow_buffer`). *remap*, given when the segment's bytes may
+    change after they are checked, maps it copy-on-write (uint8, writable; see
+    `Decoder.frozen_buffer`).
     """
-    dec = Decoder(base, header, name=name, trusted=trusted, reopen=reopen)
+    dec = Decoder(
+        base, header, name=name, trusted=trusted, allow_pickle=allow_pickle, reopen=reopen, remap=remap
+    )
     try:
         return dec.decode(header.tree)
     finally:
         dec.close()
 
 
-def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> Any:
+def decode_buffer(mem: np.ndarray, *, trusted: bool, allow_pickle: bool = False, name: str = "<buffer>") -> Any:
     """Rebuild the object from *mem* (uint8, holding a whole layout) without copying.
 
-    Every returned array is a view of *mem* (so keeps it alive).
+    Every returned array is a view of *mem* (so keeps it alive). *mem* must not
+    change while it is decoded (an immutable store's buffer, or private memory).
+    Pickled parts need *allow_pickle* (the holder knows they were put with
+    ``allow_pickle=True``) and *trusted*, as in `decode`.
     """
     if mem.dtype != np.uint8 or mem.ndim != 1:
         raise ValueError("decode_buffer needs a 1-d uint8 array")
@@ -91,10 +123,12 @@ def decode_buffer(mem: np.ndarray, *, trusted: bool, name: str = "<buffer>") -> 
     # The buffer carries its own token: here it checks consistency, not access.
     token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
     header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
-    return decode(mem[: header.payload_size], header, name=name, trusted=trusted)
+    return decode(mem[: header.payload_size], header, name=name, trusted=trusted, allow_pickle=allow_pickle)
 
 
-def decode_parts(head: bytes, parts: Sequence[np.ndarray], *, trusted: bool, name: str) -> Any:
+def decode_parts(
+    head: bytes, parts: Sequence[np.ndarray], *, trusted: bool, name: str, allow_pickle: bool = False
+) -> Any:
     """Rebuild the object from its prefix and header (*head*) and its buffers held apart.
 
     *parts* are 1-d uint8 arrays, one per buffer of the header's table and in
@@ -117,7 +151,8 @@ def decode_parts(head: bytes, parts: Sequence[np.ndarray], *, trusted: bool, nam
                 "Fix: put the data again."
             )
     empty = np.empty(0, dtype=np.uint8)
-    return Decoder(empty, header, name=name, trusted=trusted, parts=parts).decode(header.tree)
+    dec = Decoder(empty, header, name=name, trusted=trusted, allow_pickle=allow_pickle, parts=parts)
+    return dec.decode(header.tree)
 
 
 def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:

@@ -25,6 +25,7 @@ pyarrow is imported lazily: ``import nocopy`` never imports it.
 from __future__ import annotations
 
 import math
+import mmap
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -599,7 +600,7 @@ def _fb_table(buf: bytes, table: int, field: int) -> int | None:
     return None if pos is None else pos + _fb_int(buf, pos, 4)
 
 
-def _ipc_refusal(pa: Any, raw: np.ndarray) -> str:
+def _ipc_refusal(raw: np.ndarray, *, freeze: bool) -> str:
     """Why the IPC stream in *raw* cannot be read in place ("" if it can).
 
     Read from the messages' metadata before Arrow builds anything: a
@@ -608,28 +609,71 @@ def _ipc_refusal(pa: Any, raw: np.ndarray) -> str:
     one (quadratic in the stream's size). The encoder writes neither, so they
     can only come from a forged segment. (Big-endian data is byte-swapped into
     a copy of at most the stream's size: slower, but bounded.)
+
+    The stream is walked here as Arrow walks it (continuation marker, metadata
+    length, metadata, body). With *freeze* (*raw* is a copy-on-write view of a
+    segment whose bytes may change) each prefix and metadata is made private to
+    this process before it is read, and Arrow then reads the same view: a writer
+    cannot change what was checked before Arrow uses it.
     """
-    reader = pa.ipc.MessageReader.open_stream(pa.py_buffer(raw))
-    for message in reader:
-        meta = message.metadata.to_pybytes()
-        root = _fb_int(meta, 0, 4)
-        kind_pos = _fb_field(meta, root, 1)
-        kind = _fb_int(meta, kind_pos, 1) if kind_pos is not None else 0
-        header = _fb_table(meta, root, 2)
-        if header is None:
-            continue
-        if kind == _FB_DICTIONARY:
-            pos = _fb_field(meta, header, 2)  # isDelta
-            if pos is not None and _fb_int(meta, pos, 1):
-                return "it holds a dictionary delta (concatenated into new memory)"
-            header = _fb_table(meta, header, 1)  # its RecordBatch
-            if header is None:
-                continue
-        elif kind != _FB_RECORD_BATCH:
-            continue
-        if _fb_field(meta, header, 3) is not None:  # compression
-            return "its buffers are compressed (inflated into new memory, never zero-copy)"
+    pos, end = 0, len(raw)
+    while pos < end:
+        if end - pos < 8:
+            raise ValueError(f"a message prefix is cut at byte {pos}")
+        if freeze:
+            _freeze(raw, pos, 8)
+        prefix = raw[pos : pos + 8].tobytes()
+        length = int.from_bytes(prefix[4:], "little", signed=True)
+        if prefix[:4] != b"\xff\xff\xff\xff":
+            raise ValueError("not an IPC stream with continuation markers (as nocopy writes)")
+        if length == 0:  # the end-of-stream marker
+            return ""
+        if not 0 < length <= end - pos - 8:
+            raise ValueError(f"a message of {length} bytes at byte {pos} exceeds the stream")
+        if freeze:
+            _freeze(raw, pos + 8, length)
+        meta = raw[pos + 8 : pos + 8 + length].tobytes()
+        refusal, body = _message_refusal(meta)
+        if refusal:
+            return refusal
+        if not 0 <= body <= end - pos - 8 - length:
+            raise ValueError(f"a message body of {body} bytes at byte {pos} exceeds the stream")
+        pos += 8 + length + body
     return ""
+
+
+def _message_refusal(meta: bytes) -> tuple[str, int]:
+    """(why the message whose metadata is *meta* is refused or "", its body length)."""
+    root = _fb_int(meta, 0, 4)
+    body_pos = _fb_field(meta, root, 3)  # Message.bodyLength
+    body = _fb_int(meta, body_pos, 8, signed=True) if body_pos is not None else 0
+    kind_pos = _fb_field(meta, root, 1)
+    kind = _fb_int(meta, kind_pos, 1) if kind_pos is not None else 0
+    header = _fb_table(meta, root, 2)
+    if header is None:
+        return "", body
+    if kind == _FB_DICTIONARY:
+        pos = _fb_field(meta, header, 2)  # isDelta
+        if pos is not None and _fb_int(meta, pos, 1):
+            return "it holds a dictionary delta (concatenated into new memory)", body
+        header = _fb_table(meta, header, 1)  # its RecordBatch
+        if header is None:
+            return "", body
+    elif kind != _FB_RECORD_BATCH:
+        return "", body
+    if _fb_field(meta, header, 3) is not None:  # compression
+        return "its buffers are compressed (inflated into new memory, never zero-copy)", body
+    return "", body
+
+
+def _freeze(view: np.ndarray, start: int, n: int) -> None:
+    """Give this process its own copy of every page of *view* (copy-on-write) that [start, start+n) touches."""
+    page = mmap.PAGESIZE
+    addr = view.__array_interface__["data"][0]
+    i = start
+    while i < start + n:
+        view[i] = view[i]  # a write fault copies the page; the value stays
+        i = ((addr + i) // page + 1) * page - addr
 
 
 def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
@@ -639,14 +683,17 @@ def decode_ipc(dec: Decoder, node: dict[str, Any]) -> Any:
         raise dec.corrupt(f"unknown Arrow object {what!r:.40}")
     index = node.get("b")
     raw = dec.buffer(index)
+    # A segment whose bytes may change (posix): check and read one frozen view (see _ipc_refusal).
+    frozen = None if dec.arrow_owned else dec.frozen_buffer(index)
     try:
-        refusal = _ipc_refusal(pa, raw)
-    except (pa.ArrowException, OSError, ValueError) as exc:
+        refusal = _ipc_refusal(raw if frozen is None else frozen, freeze=frozen is not None)
+    except ValueError as exc:
         raise dec.corrupt(f"invalid Arrow IPC stream ({exc})"[:300]) from None
     if refusal:
         raise dec.corrupt(f"Arrow IPC stream refused: {refusal}")
     try:
-        reader = pa.ipc.open_stream(dec.arrow_buffer(index, raw))
+        source = dec.arrow_buffer(index, raw) if frozen is None else pa.py_buffer(frozen)
+        reader = pa.ipc.open_stream(source)
         if what in ("array", "batch"):
             batches = list(reader)
             if len(batches) != 1:

@@ -10,7 +10,9 @@ import numpy as np
 if TYPE_CHECKING:
     from ._registry import DecodeFn, Decoder, Encoder
 
-__all__ = ["DECODERS", "array_node", "dtype_from_json", "dtype_to_json", "encode", "encode_array"]
+__all__ = [
+    "DECODERS", "array_node", "dtype_from_json", "dtype_to_json", "encode", "encode_array", "is_output_node",
+]
 
 _MAX_NDIM = 64
 
@@ -100,6 +102,18 @@ def array_node(buffer: int, dt: np.dtype[Any], shape: tuple[int, ...], *, fortra
     if fortran:
         node["o"] = "F"
     return node
+
+
+def is_output_node(tree: Any, buffers: int) -> bool:
+    """Whether *tree* is what `plan_output` writes: one plain array node over buffer 0, the only buffer."""
+    return (
+        isinstance(tree, dict)
+        and tree.get("k") == "nd"
+        and type(tree.get("b")) is int
+        and tree["b"] == 0
+        and buffers == 1
+        and set(tree) <= {"k", "b", "dt", "sh", "o"}
+    )
 
 
 def encode_array(enc: Encoder, arr: np.ndarray, path: str, *, note: bool = True) -> dict[str, Any]:

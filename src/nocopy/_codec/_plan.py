@@ -41,6 +41,11 @@ class Plan:
         self.nbytes = sum(n for _, n in enc.table)
         self.pickled = enc.pickled
 
+    @property
+    def head(self) -> bytes:
+        """The prefix and header written at the start of the segment (private: the owner's decode plan)."""
+        return self._head
+
     def _pieces(self) -> Iterator[tuple[int, int, Any]]:
         for (off, n), src in zip(self._enc.table, self._enc.sources, strict=True):
             if n and src is not UNWRITTEN:

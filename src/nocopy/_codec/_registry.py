@@ -28,7 +28,7 @@ import numpy as np
 
 from .._kinds import family_of
 from ..errors import NocopyError, SegmentAccessError, SegmentCorruptError, UnsupportedTypeError
-from ._layout import Header, align
+from ._layout import FLAG_PICKLE, Header, align
 
 __all__ = [
     "PYTHON",
@@ -230,11 +230,17 @@ class Decoder:
         *,
         name: str,
         trusted: bool,
+        allow_pickle: bool,
         parts: Sequence[np.ndarray] | None = None,
         reopen: Callable[[], AbstractContextManager[str]] | None = None,
+        remap: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.base = base
         self._reopen = reopen
+        # Given when the segment's bytes may change after they were checked (a posix
+        # file): maps it copy-on-write, see `frozen_buffer`.
+        self._remap = remap
+        self._cow: np.ndarray | None = None
         self._arrow_file: Any = None
         # Set while a Polars object is decoded: see arrow_buffer.
         self.arrow_owned = False
@@ -243,6 +249,10 @@ class Decoder:
         self.header = header
         self.name = name
         self.trusted = trusted
+        # Whether the handle says its segment may hold pickled parts (set by
+        # share(..., allow_pickle=True) alone, and carried by the handle): never
+        # inferred from the segment's own bytes, which anyone able to write them controls.
+        self.allow_pickle = allow_pickle
         # Buffers read by a node that copies, scans or owns them (anything but a
         # plain array view): each at most once, and never also as an array
         # view. The encoder only ever shares a buffer between array nodes (the
@@ -273,6 +283,26 @@ class Decoder:
             return self.parts[index]
         start = self.header.data_offset + off
         view: np.ndarray = self.base[start : start + n]
+        return view
+
+    def frozen_buffer(self, index: Any) -> np.ndarray | None:
+        """Buffer *index* (already taken with `buffer`) in a copy-on-write mapping of the segment,
+        or None when its bytes cannot change after they are checked (a sealed segment, a layout
+        held in memory).
+
+        The view is writable: writing a byte of a page gives this process its own
+        copy of that page, which no other process can change any more. A reader
+        freezes what it is about to check this way, then reads through the same
+        view, so what it checked is exactly what it uses (`_arrow` does so for
+        the metadata of Arrow IPC streams).
+        """
+        if self._remap is None or self.parts is not None:
+            return None
+        if self._cow is None:
+            self._cow = self._remap()
+        off, n = self.header.buffers[index]
+        start = self.header.data_offset + off
+        view: np.ndarray = self._cow[start : start + n]
         return view
 
     def arrow_buffer(self, index: Any, view: np.ndarray) -> Any:
@@ -370,10 +400,20 @@ class Decoder:
         return fn(self, node)
 
     def unpickle(self, node: dict[str, Any]) -> Any:
+        # Both the handle and the header must say so: a pickle node in a segment whose
+        # handle was not made by share(..., allow_pickle=True) was written by someone
+        # else (a rewritten posix file, a writer of an output), never by nocopy.
+        if not self.allow_pickle or not self.header.flags & FLAG_PICKLE:
+            raise self.corrupt(
+                "it holds a pickled part, but its handle was not made by share(..., "
+                "allow_pickle=True) (or its header does not say so): nocopy never wrote it, so "
+                "the segment was rewritten by another process. Nothing was unpickled"
+            )
         if not self.trusted:
             raise SegmentAccessError(
                 f"segment {self.name} holds pickled data and was attached from a URI: nocopy "
                 "refuses to unpickle it (unpickling runs code). Fix: nocopy.attach(uri, "
                 "trusted=True) if you trust whoever created it."
             )
-        return pickle.loads(self.buffer(node.get("b")).tobytes())  # only when trusted
+        # Only when the handle allows it and the caller trusts it.
+        return pickle.loads(self.buffer(node.get("b")).tobytes())

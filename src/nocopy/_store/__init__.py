@@ -33,7 +33,9 @@ __all__ = [
     "Mapping",
     "OwnedSegment",
     "Store",
+    "bytes_can_change",
     "check_backend",
+    "check_sealed",
     "default_backend",
     "descriptor_path",
     "forget_huge_page_cost",
@@ -94,14 +96,34 @@ def leaves_orphans(name: str) -> bool:
     return store is not None and store.leaves_orphans
 
 
-def open_segment(loc: Locator, *, writable: bool, token: str) -> int:
+def open_segment(loc: Locator, *, writable: bool, token: str, output: bool = False) -> int:
     """Open another (or this) process's segment; returns a new fd.
 
     *writable* is what the handle asks for; the segment itself says whether
     its owner granted writes (an output of empty()/zeros()), so a handle or
-    URI that claims more is refused with SegmentAccessError.
+    URI that claims more is refused with SegmentAccessError. *output*: the
+    handle is of such an output; else a memfd must also be sealed against
+    writes (see `check_sealed`).
     """
-    return _locate(loc).open(loc, writable=writable, token=token)
+    store = _locate(loc)
+    fd = store.open(loc, writable=writable, token=token)
+    try:
+        store.check_sealed(loc, fd, output=output)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def bytes_can_change(loc: Locator) -> bool:
+    """Whether the bytes of segment *loc* may change after a reader checked them (an unsealable store)."""
+    return not _locate(loc).sealed
+
+
+def check_sealed(loc: Locator, fd: int, *, output: bool) -> None:
+    """SegmentAccessError unless *fd* (a descriptor of *loc* received from elsewhere) is sealed as
+    its store promises: a memfd against resizing, and against writes unless *output*."""
+    _locate(loc).check_sealed(loc, fd, output=output)
 
 
 def descriptor_path(fd: int) -> str:

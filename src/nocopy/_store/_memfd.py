@@ -72,6 +72,29 @@ class MemfdStore:
             loc, lambda flags: _open(loc, flags, token), lambda fd, _: _write_granted(fd), writable=writable
         )
 
+    @property
+    def sealed(self) -> bool:
+        return True
+
+    def check_sealed(self, loc: Locator, fd: int, *, output: bool) -> None:
+        # Read once, from the kernel: seals only ever grow, so what is checked here holds for good.
+        need = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        if not output:
+            need |= fcntl.F_SEAL_WRITE
+        try:
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        except OSError:
+            seals = 0  # not a memfd made for sealing
+        missing = [n for n, bit in _SEALS if need & bit and not seals & bit]
+        if missing:
+            raise SegmentAccessError(
+                f"segment {loc.name} (pid {loc.pid}) is not sealed against {', '.join(missing)}: "
+                "nocopy seals every segment it makes before anyone can attach, so this one was "
+                "made by another program or is not finished. nocopy refuses it: whoever holds it "
+                "could shrink it under this process (SIGBUS) or change data after it was checked. "
+                "Fix: attach only the uri of a Shared made by nocopy.share()/empty()/zeros()."
+            )
+
     def is_alive(self, loc: Locator) -> bool:
         try:
             return os.readlink(_procs.fd_path(loc.pid, loc.fd)) == _names.memfd_link(loc.name)
@@ -273,6 +296,16 @@ def _probe_scm_rights(fd: int) -> tuple[bool, str]:
         return True, "SCM_RIGHTS fd server works"
     except Exception as exc:  # any failure is the finding
         return False, f"SCM_RIGHTS fd server failed: {exc}"
+
+
+# (name, bit) of each seal a reader may require; the F_SEAL_* names exist only on Linux.
+_SEALS: tuple[tuple[str, int], ...] = tuple(
+    (what, getattr(fcntl, attr, 0))
+    for what, attr in (
+        ("shrinking", "F_SEAL_SHRINK"), ("growing", "F_SEAL_GROW"),
+        ("more seals", "F_SEAL_SEAL"), ("writes", "F_SEAL_WRITE"),
+    )
+)
 
 
 def _write_granted(fd: int) -> bool:

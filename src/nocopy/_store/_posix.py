@@ -91,6 +91,16 @@ class PosixStore:
             writable=writable,
         )
 
+    @property
+    def sealed(self) -> bool:
+        return False
+
+    def check_sealed(self, loc: Locator, fd: int, *, output: bool) -> None:
+        # A named file cannot be sealed: any process of its owner's uid can chmod it,
+        # rewrite or truncate it. What readers are not protected from here is
+        # documented (docs/concepts/security.md); the decode plan stays private.
+        return None
+
     def is_alive(self, loc: Locator) -> bool:
         return os.path.exists(os.path.join(shm_dir(), loc.name))
 

@@ -166,6 +166,22 @@ class Store(Protocol):
         """A new descriptor of the segment *loc* names, checked (regular file, this user, grant)."""
         ...
 
+    @property
+    def sealed(self) -> bool:
+        """Whether a published segment's size, and a share()d one's bytes, can never change
+        (readers then need not freeze what they check; see `check_sealed`)."""
+        ...
+
+    def check_sealed(self, loc: Locator, fd: int, *, output: bool) -> None:
+        """Refuse descriptor *fd* of *loc* unless the store guarantees what readers rely on.
+
+        A segment that can shrink kills its readers with SIGBUS, and one whose
+        bytes can change after they were checked can make them read out of
+        bounds. *output*: an output of empty()/zeros(), whose data its holders
+        write (only its size must be fixed).
+        """
+        ...
+
     def is_alive(self, loc: Locator) -> bool:
         """Whether the segment still exists (its owner has not closed it or exited)."""
         ...
