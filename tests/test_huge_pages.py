@@ -150,6 +150,14 @@ def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     # Whatever the size, and before anything is allocated.
     with pytest.raises(ValueError, match="NOCOPY_FILL_THREADS='0'"):
         nocopy.share(np.zeros(10))
+    # Not ASCII digits (int() refuses "²", which isdigit() accepts), or absurdly many:
+    # the same clear error, at once (10**7 once built that many threads first).
+    for bad in ("\u00b2", "\u0663", "10000000", str(_plan.MAX_FILL_THREADS + 1), "-2", "2.5"):
+        monkeypatch.setenv("NOCOPY_FILL_THREADS", bad)
+        with pytest.raises(ValueError, match=f"NOCOPY_FILL_THREADS={bad!r} is not a number of threads from 1 to"):
+            nocopy.share(np.zeros(10))
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", str(_plan.MAX_FILL_THREADS))
+    assert _plan.fill_threads(_plan.PARALLEL_MIN) == _plan.MAX_FILL_THREADS
     monkeypatch.setenv("NOCOPY_FILL_THREADS", "2")
     monkeypatch.setenv("NOCOPY_HUGE_PAGES", "maybe")
     with pytest.raises(ValueError, match="NOCOPY_HUGE_PAGES='maybe'"):
