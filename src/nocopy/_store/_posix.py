@@ -54,10 +54,13 @@ class PosixStore:
         _capacity.check_room(what, size, shm_dir=directory)
         name = _names.make_name()
         path = os.path.join(directory, name)
-        fd, visible = _create_locked(directory, path)
-        mapping = None
+        # Made before the file: whatever interrupts from here on (Ctrl-C
+        # included), each descriptor is closed once and the name removed.
+        seg = OwnedSegment(Locator(self.name, name, os.getpid()), -1, size, None)
         try:
-            mapping = _capacity.reserve(fd, size, what, shm_dir=directory)
+            visible = _create_locked(seg, directory, path)
+            # The mapping maps the file, not the descriptor: still valid after the reopen.
+            seg.mapping = _capacity.reserve(seg.fd, size, what, shm_dir=directory)
             if not visible:
                 # Sized and reserved while nobody can see it: the name appears with
                 # the owner's lock already held, so no reclaim (in any pid
@@ -65,18 +68,13 @@ class PosixStore:
                 # Never overwrites (EEXIST). A src_dir_fd (ignored for an absolute
                 # path) makes CPython call linkat(AT_SYMLINK_FOLLOW): plain link()
                 # would link the /proc symlink itself and fail with EXDEV.
-                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
-                visible = True
-                fd = _reopen_locked(fd, path)
+                seg.path = path  # first: a release removes it only if it names this file
+                os.link(f"/proc/self/fd/{seg.fd}", path, src_dir_fd=seg.fd, follow_symlinks=True)
+                _reopen_locked(seg, path)
         except BaseException:
-            if mapping is not None:
-                mapping.close()
-            os.close(fd)
-            if visible:
-                os.unlink(path)
+            seg.release()
             raise
-        # The mapping maps the file, not the descriptor: still valid after the reopen.
-        return OwnedSegment(Locator(self.name, name, os.getpid()), fd, size, path, mapping)
+        return seg
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
         # A file on tmpfs cannot be sealed: read-only is its mode, which open() checks.
@@ -246,8 +244,8 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 _no_tmpfile: set[str] = set()
 
 
-def _create_locked(directory: str, path: str) -> tuple[int, bool]:
-    """A new segment file for *path*, holding the owner's lock; and whether *path* names it yet.
+def _create_locked(seg: OwnedSegment, directory: str, path: str) -> bool:
+    """Open a new segment file for *path* into *seg*, holding the owner's lock; whether *path* names it yet.
 
     Where the kernel allows it (Linux: O_TMPFILE and /proc/self/fd), the file
     starts with no name and create() links it at *path* only after
@@ -260,7 +258,7 @@ def _create_locked(directory: str, path: str) -> tuple[int, bool]:
     tmpfile = getattr(os, "O_TMPFILE", 0)
     if tmpfile and directory not in _no_tmpfile and os.path.isdir("/proc/self/fd"):
         try:
-            fd = os.open(directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fd = seg.open_fd(os.open, directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             note_fd_limit(exc)
             if exc.errno not in _NO_TMPFILE:
@@ -268,39 +266,37 @@ def _create_locked(directory: str, path: str) -> tuple[int, bool]:
             _no_tmpfile.add(directory)  # this filesystem cannot: do not ask again
         else:
             _orphans.lock_owned(fd)
-            return fd, False
+            return False
+    seg.path = path  # first: a release removes it only if this process made the file
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = seg.open_fd(os.open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         note_fd_limit(exc)
         raise
     _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
-    return fd, True
+    return True
 
 
-def _reopen_locked(fd: int, path: str) -> int:
-    """A descriptor of the same file opened by *path*, holding the owner's lock; closes *fd*.
+def _reopen_locked(seg: OwnedSegment, path: str) -> None:
+    """Give *seg* a descriptor of its file opened by *path*, holding the owner's lock, in place of the nameless one.
 
-    The file was opened nameless, so /proc/<pid>/fd and maps lines of *fd*
-    show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks find a
-    segment by its name. The new descriptor takes its lock before the old
-    one lets go, so the file is never unlocked. On failure *fd* stays open.
+    The file was opened nameless, so /proc/<pid>/fd and maps lines of that
+    descriptor show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks
+    find a segment by its name. The new descriptor takes its lock before the
+    old one lets go, so the file is never unlocked.
     """
+    old = seg.fd
     try:
-        new = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        new = seg.open_fd(os.open, path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         note_fd_limit(exc)
         raise
-    try:
-        a, b = os.fstat(fd), os.fstat(new)
-        if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
-            raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
-        _orphans.lock_owned(new)
-    except BaseException:
-        os.close(new)
-        raise
-    os.close(fd)
-    return new
+    a, b = os.fstat(old), os.fstat(new)
+    if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
+        seg.close_fd(new, same_file=False)
+        raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
+    _orphans.lock_owned(new)
+    seg.close_fd(old)
 
 
 def invisible_until_locked(directory: str) -> bool:
