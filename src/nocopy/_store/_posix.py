@@ -1,8 +1,11 @@
-"""The posix store: named segment files in the shm directory ($NOCOPY_SHM_DIR, else /dev/shm).
+"""The posix store: named segment files in a private directory of the shm directory ($NOCOPY_SHM_DIR, else /dev/shm).
 
-The default off Linux. Names carry the owner's pid and start time, and every
-owner holds a lock on its file, so a crashed owner's segments are found and
-reclaimed (see _orphans).
+The default off Linux. Each user's segments live in ``<shm dir>/nocopy-<uid>``,
+mode 0700: another user can neither open, list nor hard-link them (a link in
+the shared sticky /dev/shm would pin the memory after the owner freed it).
+Names carry the owner's pid and start time, and every owner holds a lock on
+its file, so a crashed owner's segments are found and reclaimed (see
+_orphans), there and in the shm directory itself, where nocopy 0.2 made them.
 """
 
 from __future__ import annotations
@@ -26,12 +29,58 @@ from ._segment import (
     read_only_error,
 )
 
-__all__ = ["PosixStore", "invisible_until_locked", "shm_dir"]
+__all__ = ["PosixStore", "invisible_until_locked", "segment_dir", "shm_dir"]
 
 
 def shm_dir() -> str:
-    """Directory of posix segments: $NOCOPY_SHM_DIR, else /dev/shm."""
+    """The tmpfs directory posix segments live under: $NOCOPY_SHM_DIR, else /dev/shm."""
     return os.environ.get("NOCOPY_SHM_DIR", "/dev/shm")
+
+
+def segment_dir(base: str | None = None) -> str:
+    """This user's private directory of posix segments in *base* (default `shm_dir`)."""
+    return os.path.join(shm_dir() if base is None else base, f"nocopy-{os.geteuid()}")
+
+
+def _private_dir(base: str) -> str:
+    """`segment_dir`, made if missing (mode 0700) and checked: a directory of this user, private, not a symlink.
+
+    Made by whoever comes first: another user could make it first in the
+    world-writable shm directory to read or pin this user's segments, so an
+    existing one must be this user's own, closed to everyone else, in a
+    directory where nobody else can rename it away (sticky, like /dev/shm).
+    """
+    d = segment_dir(base)
+    uid = os.geteuid()
+    fix = (
+        f"Fix: remove {d} (it is not one nocopy made for this user), point NOCOPY_SHM_DIR at a "
+        "directory only this user can write, or use backend='memfd'."
+    )
+    parent = os.stat(base)
+    if parent.st_mode & 0o022 and not parent.st_mode & _stat.S_ISVTX:
+        raise SegmentAccessError(
+            f"cannot make a posix segment in {base}: other users may write there and it is not "
+            "sticky (mode 1777 like /dev/shm), so they could replace this user's segment directory. "
+            "Fix: use /dev/shm or a directory of this user (NOCOPY_SHM_DIR), or backend='memfd'."
+        )
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(d)
+    if _stat.S_ISLNK(st.st_mode) or not _stat.S_ISDIR(st.st_mode):
+        raise SegmentAccessError(f"cannot make a posix segment: {d} is {_what_is(d)}, not a directory. {fix}")
+    if st.st_uid != uid:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: {d} belongs to uid {st.st_uid}, not to this process's "
+            f"uid {uid}: another user made it, perhaps to read or pin this user's segments. {fix}"
+        )
+    if st.st_mode & 0o077:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: {d} has mode {_stat.S_IMODE(st.st_mode):o}, open to other "
+            f"users: nocopy makes it 0700. Fix: `chmod 700 {d}`, or use backend='memfd'."
+        )
+    return d
 
 
 class PosixStore:
@@ -43,15 +92,16 @@ class PosixStore:
         return None
 
     def create(self, size: int, *, what: str) -> OwnedSegment:
-        directory = shm_dir()
-        if not os.path.isdir(directory):
+        base = shm_dir()
+        if not os.path.isdir(base):
             raise SegmentNotFoundError(
-                f"cannot make a posix segment: the shm directory {directory} ($NOCOPY_SHM_DIR, "
+                f"cannot make a posix segment: the shm directory {base} ($NOCOPY_SHM_DIR, "
                 "default /dev/shm) does not exist or is not a directory. Fix: point "
                 "NOCOPY_SHM_DIR at a tmpfs directory, or use backend='memfd'."
             )
-        _gc_once(directory)
-        _capacity.check_room(what, size, shm_dir=directory)
+        directory = _private_dir(base)
+        _gc_once(base)
+        _capacity.check_room(what, size, shm_dir=base)
         name = _names.make_name()
         path = os.path.join(directory, name)
         # Made before the file: whatever interrupts from here on (Ctrl-C
@@ -60,7 +110,7 @@ class PosixStore:
         try:
             visible = _create_locked(seg, directory, path)
             # The mapping maps the file, not the descriptor: still valid after the reopen.
-            seg.mapping = _capacity.reserve(seg.fd, size, what, shm_dir=directory)
+            seg.mapping = _capacity.reserve(seg.fd, size, what, shm_dir=base)
             if not visible:
                 # Sized and reserved while nobody can see it: the name appears with
                 # the owner's lock already held, so no reclaim (in any pid
@@ -90,14 +140,14 @@ class PosixStore:
         )
 
     def is_alive(self, loc: Locator) -> bool:
-        return os.path.exists(os.path.join(shm_dir(), loc.name))
+        return os.path.exists(os.path.join(segment_dir(), loc.name))
 
     def find(self) -> list[Found]:
-        directory = shm_dir()
-        files = _orphans.scan(directory)
+        base = shm_dir()
+        files = [f for d in _dirs(base) for f in _orphans.scan(d)]
         holders: dict[str, set[int]] = {}
         if files:
-            prefix = os.path.join(directory, "nocopy-")
+            prefix = os.path.join(base, "nocopy-")  # both places: <base>/nocopy-<uid>/ and <base>/
             for pid in _procs.pids():
                 for _, path, _ in _procs.mapped(pid, prefix):
                     if path.startswith(prefix):
@@ -112,7 +162,7 @@ class PosixStore:
         return out
 
     def reclaim(self, *, dry_run: bool = False) -> list[Found]:
-        return [_found(f, False, ()) for f in _orphans.reclaim(shm_dir(), dry_run=dry_run)]
+        return [_found(f, False, ()) for d in _dirs(shm_dir()) for f in _orphans.reclaim(d, dry_run=dry_run)]
 
     @property
     def leaves_orphans(self) -> bool:
@@ -311,24 +361,31 @@ def invisible_until_locked(directory: str) -> bool:
     return True
 
 
+def _dirs(base: str) -> tuple[str, str]:
+    """Where this user's posix segments are: the private directory, and *base* itself (nocopy 0.2)."""
+    return segment_dir(base), base
+
+
 _gc_done: set[str] = set()
 
 
-def _gc_once(directory: str) -> None:
-    """Reclaim posix orphans of dead owners the first time this process creates one there."""
-    if directory in _gc_done:
+def _gc_once(base: str) -> None:
+    """Reclaim posix orphans of dead owners the first time this process creates one under *base*."""
+    if base in _gc_done:
         return
-    _gc_done.add(directory)
-    _orphans.reclaim(directory)
+    _gc_done.add(base)
+    for d in _dirs(base):
+        _orphans.reclaim(d)
 
 
 def _open(loc: Locator, flags: int) -> int:
-    path = os.path.join(shm_dir(), loc.name)
+    directory = segment_dir()
+    path = os.path.join(directory, loc.name)
     try:
         return os.open(path, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise SegmentNotFoundError(
-            f"segment {loc.name} does not exist in {shm_dir()}: its owner (pid {loc.pid}) "
+            f"segment {loc.name} does not exist in {directory}: its owner (pid {loc.pid}) "
             "closed it or exited. Fix: keep the owner's Shared open while other processes attach."
         ) from None
     except PermissionError:
