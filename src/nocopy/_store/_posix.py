@@ -67,6 +67,11 @@ def _private_dir(base: str) -> str:
         os.mkdir(d, 0o700)
     except FileExistsError:
         pass
+    except PermissionError:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: this user (uid {uid}) may not create {d}. Fix: point "
+            "NOCOPY_SHM_DIR at a tmpfs directory this user can write, or use backend='memfd'."
+        ) from None
     st = os.lstat(d)
     if _stat.S_ISLNK(st.st_mode) or not _stat.S_ISDIR(st.st_mode):
         raise SegmentAccessError(f"cannot make a posix segment: {d} is {_what_is(d)}, not a directory. {fix}")
@@ -84,7 +89,7 @@ def _private_dir(base: str) -> str:
 
 
 class PosixStore:
-    """Segments that are files in `shm_dir`, made 0400 once written (0600 for outputs)."""
+    """Segments that are files in this user's `segment_dir`, made 0400 once written (0600 for outputs)."""
 
     name = "posix"
 
@@ -384,6 +389,14 @@ def _open(loc: Locator, flags: int) -> int:
     try:
         return os.open(path, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
+        owner_uid = _owner_uid(loc.name)
+        if owner_uid is not None and owner_uid != os.geteuid():
+            # Not in this user's directory because it is in its owner's, closed to others.
+            raise SegmentAccessError(
+                f"segment {loc.name} belongs to uid {owner_uid} (its owner, pid {loc.pid}, runs as that "
+                f"user), not to this process's uid {os.geteuid()}: posix segments are private to "
+                f"their owner's user (in its 0700 directory). Fix: attach as uid {owner_uid}."
+            ) from None
         raise SegmentNotFoundError(
             f"segment {loc.name} does not exist in {directory}: its owner (pid {loc.pid}) "
             "closed it or exited. Fix: keep the owner's Shared open while other processes attach."
@@ -408,6 +421,17 @@ def _open(loc: Locator, flags: int) -> int:
             f"segment {loc.name}: {path} is not a nocopy segment ({_what_is(path)}): the name "
             "was taken by something else. Fix: use the uri of a live Shared."
         ) from None
+
+
+def _owner_uid(name: str) -> int | None:
+    """The uid of the live process that made segment *name* (pid and start time), or None."""
+    parsed = _names.parse_name(name)
+    if parsed is None or not _names.pid_alive(parsed.pid, parsed.start):
+        return None
+    try:
+        return os.stat(f"/proc/{parsed.pid}").st_uid
+    except OSError:
+        return None
 
 
 def _what_is(path: str) -> str:
