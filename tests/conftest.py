@@ -84,10 +84,15 @@ def run_python(code: str, *args: str, timeout: float = 120, env: dict[str, str] 
     )
 
 
+def posix_dir() -> Path:
+    """Where this user's posix segments are: ``<$NOCOPY_SHM_DIR or /dev/shm>/nocopy-<uid>``."""
+    return Path(os.environ.get("NOCOPY_SHM_DIR", "/dev/shm"), f"nocopy-{os.geteuid()}")
+
+
 def own_posix_segments(prefix_pid: int) -> list[str]:
-    """Names in /dev/shm of posix segments made by *prefix_pid*."""
+    """Names of posix segments made by *prefix_pid* (in this user's segment directory)."""
     try:
-        names = os.listdir("/dev/shm")
+        names = os.listdir(posix_dir())
     except OSError:
         return []
     return [n for n in names if n.startswith(f"nocopy-{prefix_pid}-")]
@@ -124,17 +129,22 @@ def ray_cluster() -> Iterator[object]:
 
 @pytest.fixture
 def shm(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A private shm directory on the /dev/shm tmpfs, in the environment for children too.
+    """This user's segment directory in a private shm directory on the /dev/shm tmpfs.
 
-    World-traversable like /dev/shm (mode 1777); removed afterwards whatever
-    the test's processes left in it. Posix segments made here cannot be
-    reclaimed by other nocopy processes on the machine, nor reclaim theirs.
+    The shm directory ($NOCOPY_SHM_DIR, in the environment for children too)
+    is world-writable and sticky like /dev/shm (mode 1777); what is yielded is
+    the 0700 directory nocopy keeps this user's posix segments in there.
+    Removed afterwards whatever the test's processes left in it. Posix
+    segments made here cannot be reclaimed by other nocopy processes on the
+    machine, nor reclaim theirs.
     """
     d = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
     os.chmod(d, 0o1777)
     monkeypatch.setenv("NOCOPY_SHM_DIR", str(d))
+    mine = d / f"nocopy-{os.geteuid()}"
+    mine.mkdir(mode=0o700)
     try:
-        yield d
+        yield mine
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 import nocopy
+from conftest import posix_dir
 from nocopy.errors import WorkerCrashedError
 from test_executor_lifecycle import (
     join_new_manager_threads,
@@ -70,7 +71,7 @@ def leaves_nothing() -> Iterator[None]:
     services = service_processes(me)
     descendants = live_descendants(me)
     threads = set(threading.enumerate())
-    shm_dir = Path(os.environ.get("NOCOPY_SHM_DIR", "/dev/shm"))
+    shm_dir = posix_dir()
     segments = made_here(shm_dir)
     yield
     join_new_manager_threads(threads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import re
 import subprocess
@@ -149,6 +150,14 @@ def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     # Whatever the size, and before anything is allocated.
     with pytest.raises(ValueError, match="NOCOPY_FILL_THREADS='0'"):
         nocopy.share(np.zeros(10))
+    # Not ASCII digits (int() refuses "²", which isdigit() accepts), or absurdly many:
+    # the same clear error, at once (10**7 once built that many threads first).
+    for bad in ("\u00b2", "\u0663", "10000000", str(_plan.MAX_FILL_THREADS + 1), "-2", "2.5"):
+        monkeypatch.setenv("NOCOPY_FILL_THREADS", bad)
+        with pytest.raises(ValueError, match=f"NOCOPY_FILL_THREADS={bad!r} is not a number of threads from 1 to"):
+            nocopy.share(np.zeros(10))
+    monkeypatch.setenv("NOCOPY_FILL_THREADS", str(_plan.MAX_FILL_THREADS))
+    assert _plan.fill_threads(_plan.PARALLEL_MIN) == _plan.MAX_FILL_THREADS
     monkeypatch.setenv("NOCOPY_FILL_THREADS", "2")
     monkeypatch.setenv("NOCOPY_HUGE_PAGES", "maybe")
     with pytest.raises(ValueError, match="NOCOPY_HUGE_PAGES='maybe'"):
@@ -446,3 +455,53 @@ def test_the_writers_mapping_is_never_unmapped_under_a_live_array(never_slow: No
         seg.release()
     # ...and the array stays readable after release: it is unmapped with its last view.
     assert int(arr[0]) == 7
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not _hugepages.huge_page_size(), reason="no transparent huge pages: mappings are not aligned")
+def test_mapping_a_segment_of_any_size_gives_back_all_its_address_space() -> None:
+    # A size that is not a multiple of the page size (a header and 64-byte
+    # aligned buffers): the aligned placement once left the tail of its
+    # reservation mapped, up to 2 MiB of address space per mapping ever made.
+    size = 4 * MiB + 100
+    fd = os.memfd_create("nocopy-test-aligned", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        Mapping(fd, size, mmap.ACCESS_READ).close()  # warm up whatever the first call allocates
+        before = _address_space()
+        for _ in range(64):
+            m = Mapping(fd, size, mmap.ACCESS_READ)
+            assert m.address % _hugepages.huge_page_size() == 0
+            m.close()
+        for _ in range(64):
+            np.asarray(Mapping(fd, size, mmap.ACCESS_READ))[0]  # dropped: unmapped by the finalizer
+        grown = _address_space() - before
+    finally:
+        os.close(fd)
+    assert grown < 16 * MiB, f"128 mappings left {grown >> 20} MiB of address space behind"
+
+
+def test_a_refused_munmap_is_an_oserror_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._store import _mapping
+
+    fd = os.memfd_create("nocopy-test-unmap", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, 3 * MiB + 1)
+        m = Mapping(fd, 3 * MiB + 1, mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
+    address, size, real = m.address, m.size, _mapping._munmap
+
+    def refuse(addr: int, length: int) -> int:
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(_mapping, "_munmap", refuse)
+    with pytest.raises(OSError) as info:
+        m.close()
+    assert info.value.errno == errno.EINVAL and "munmap" in str(info.value)
+    assert real(address, size) == 0  # still mapped: the refusal was real, undo it by hand

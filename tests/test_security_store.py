@@ -11,6 +11,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -370,3 +371,84 @@ def test_a_truncated_posix_segment_is_refused_at_attach_not_a_sigbus(shm: Path) 
         """, ref.uri)
         assert out.returncode == 0, out.stderr
         assert "REFUSED" in out.stdout and "truncated" in out.stdout
+
+
+# -- each user's posix segments in a private directory ------------------------------------------
+
+
+def test_posix_segments_live_in_a_0700_directory_of_their_user(shm: Path) -> None:
+    shutil.rmtree(shm)  # made by nocopy itself this time
+    with nocopy.share(np.arange(10), backend="posix") as ref:
+        st = os.lstat(shm)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+        assert (shm / ref.name).is_file()
+        assert not (shm.parent / ref.name).exists()
+        assert {s.name: s.path for s in nocopy.segments()}[ref.name] == str(shm / ref.name)
+
+
+@pytest.mark.parametrize("squat", ["symlink", "open mode", "a file", "other owner"])
+def test_a_squatted_segment_directory_is_refused(shm: Path, squat: str) -> None:
+    shutil.rmtree(shm)
+    elsewhere = shm.parent / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if squat == "symlink":
+        shm.symlink_to(elsewhere)
+    elif squat == "a file":
+        shm.write_bytes(b"")
+    else:
+        shm.mkdir(mode=0o700)
+        if squat == "open mode":
+            os.chmod(shm, 0o755)
+        elif os.geteuid() == 0:
+            os.chown(shm, 65534, 65534)
+        else:
+            pytest.skip("needs root to give the directory to another user")
+    with pytest.raises(SegmentAccessError, match=r"cannot make a posix segment.*Fix:"):
+        nocopy.share(np.arange(10), backend="posix")
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_world_writable_shm_directory_that_is_not_sticky_is_refused(shm: Path) -> None:
+    os.chmod(shm.parent, 0o777)  # others could rename this user's directory away and put theirs
+    try:
+        with pytest.raises(SegmentAccessError, match=r"not sticky"):
+            nocopy.share(np.arange(10), backend="posix")
+    finally:
+        os.chmod(shm.parent, 0o1777)
+
+
+def test_segments_of_nocopy_0_2_in_the_shm_directory_are_still_listed_and_reclaimed(shm: Path) -> None:
+    old = shm.parent / _dead_name()
+    old.write_bytes(b"\0" * 4096)
+    os.chmod(old, 0o600)
+    assert old.name in {s.name for s in nocopy.segments()}
+    assert [s.name for s in nocopy.cleanup()] == [old.name]
+    assert not old.exists()
+
+
+@needs_root
+@pytest.mark.root
+def test_another_user_can_neither_open_nor_hard_link_a_posix_segment(shm: Path) -> None:
+    # Where fs.protected_hardlinks=0, a link in the shared sticky /dev/shm
+    # would pin the owner's memory after close(); the private directory
+    # refuses the path itself, whatever that setting.
+    with nocopy.share(np.arange(1 << 14), backend="posix") as ref:
+        path = shm / ref.name
+        assert path.is_file()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 0
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                for attempt in (lambda: os.link(path, shm.parent / "pinned"), lambda: os.open(path, os.O_RDONLY)):
+                    try:
+                        attempt()
+                        code = 1
+                    except PermissionError:
+                        pass
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "uid 65534 linked or opened the segment"
+        assert not (shm.parent / "pinned").exists()

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import nocopy
-from conftest import run_python
+from conftest import posix_dir, run_python
 from nocopy._codec._layout import FLAG_PICKLE, MAGIC, PREFIX, VERSION, align
 from nocopy._shared import adopt
 from nocopy.errors import SegmentAccessError, SegmentCorruptError
@@ -57,7 +57,7 @@ def _pickle_layout(token: bytes, size: int) -> bytes:
 def _rewrite(ref: nocopy.Shared[Any], raw: bytes) -> None:
     """Overwrite the start of *ref*'s segment through a writable descriptor of it."""
     if ref.backend == "posix":
-        path = Path(os.environ["NOCOPY_SHM_DIR"]) / ref.name
+        path = posix_dir() / ref.name
         os.chmod(path, 0o600)  # a same-user process may: a 0400 file protects nothing
         with open(path, "r+b") as f:
             f.write(raw)

@@ -78,9 +78,13 @@ def test_outputs_cannot_shrink_under_readers() -> None:
 
 def test_posix_segments_are_private_to_the_owner() -> None:
     with nocopy.share(np.arange(10), backend="posix") as ref:
-        st = os.stat(f"/dev/shm/{ref.name}")
-        assert stat.S_IMODE(st.st_mode) & 0o077 == 0
-        assert st.st_uid == os.geteuid()
+        # In this user's own directory, closed to every other user.
+        directory = f"/dev/shm/nocopy-{os.geteuid()}"
+        for path in (directory, f"{directory}/{ref.name}"):
+            st = os.stat(path, follow_symlinks=False)
+            assert stat.S_IMODE(st.st_mode) & 0o077 == 0
+            assert st.st_uid == os.geteuid()
+        assert stat.S_IMODE(os.stat(directory).st_mode) == 0o700
 
 
 def test_names_carry_pid_start_time_and_128_random_bits() -> None:

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 import nocopy
-from conftest import run_python
+from conftest import posix_dir, run_python
 
 ROWS = 200_000_000 // 22  # 200 MB of 22-byte records
 
@@ -107,7 +107,7 @@ def test_unrelated_process_attaches_by_uri(backend: str) -> None:
         assert again.stdout.strip() == f"({len(arr)},)", again.stderr
         np.testing.assert_array_equal(ref.get().float_col, arr.float_col)
         if backend == "posix":
-            assert os.path.exists(f"/dev/shm/{ref.name}")
+            assert (posix_dir() / ref.name).exists()
 
 
 def _write_private(ref: nocopy.Shared[np.ndarray]) -> float:
@@ -178,7 +178,7 @@ def test_5000_cycles_leave_fds_and_mappings_flat(backend: str) -> None:
     assert _fd_count() == fds
     assert _map_count() <= maps + 2, "mappings leaked"
     assert len(names) == 5000
-    assert not names & set(os.listdir("/dev/shm"))
+    assert not posix_dir().exists() or not names & set(os.listdir(posix_dir()))
 
 
 def test_shared_handles_survive_fork_without_unlinking() -> None:
@@ -195,10 +195,10 @@ def test_shared_handles_survive_fork_without_unlinking() -> None:
         os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert os.path.exists(f"/dev/shm/{ref.name}")
+    assert (posix_dir() / ref.name).exists()
     assert nocopy.attach(ref.uri).get().sum() == 45
     ref.close()
-    assert not os.path.exists(f"/dev/shm/{ref.name}")
+    assert not (posix_dir() / ref.name).exists()
 
 
 _ = sys

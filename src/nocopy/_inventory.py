@@ -65,7 +65,8 @@ def segments() -> list[Segment]:
     """Every live nocopy segment of this user on this machine, oldest first.
 
     memfd segments are found through the processes that hold them; posix
-    segments in ``$NOCOPY_SHM_DIR`` (default /dev/shm). A posix segment whose
+    segments in this user's directory ``nocopy-<uid>`` of ``$NOCOPY_SHM_DIR``
+    (default /dev/shm), and in that directory itself (nocopy 0.2). A posix segment whose
     owner died is listed (``owner_alive=False``) until `cleanup`
     removes it; one whose owner's lock is held counts as alive whatever pid
     its name carries (an owner in another pid namespace, or a hard link to

@@ -62,6 +62,27 @@ class _Attached:
 # (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
 _mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], _Attached] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
+# Handles that keep a mapping (for the fork hook below).
+_mapped_handles: weakref.WeakSet[Shared[Any]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child inherits every mapping of the parent. The views it holds
+    # stay valid (each keeps its own mapping), but the handles' cached
+    # mappings would pin each segment's memory for the child's life after
+    # the parent closed it: the child drops them and maps anew on its next
+    # get(), like any process. Locks a parent thread held at the fork would
+    # never be released here: made anew.
+    global _mappings_lock
+    _mappings_lock = threading.Lock()
+    _mappings.clear()
+    for handle in list(_mapped_handles):
+        handle._lock = threading.Lock()  # noqa: SLF001 - same module
+        handle._attached = None  # noqa: SLF001 - same module
+    _mapped_handles.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Shared(Generic[T]):
@@ -297,6 +318,7 @@ class Shared(Generic[T]):
                 elif self._header is None and self._head is None:
                     self._header = attached.header  # decided once, by whoever mapped it first here
                 self._attached = attached
+                _mapped_handles.add(self)
             return attached.base, self._plan(attached.base)
 
     def _plan(self, base: np.ndarray) -> Header:

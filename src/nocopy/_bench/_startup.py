@@ -31,7 +31,7 @@ from typing import Any
 
 from ._stats import ratio, summary
 
-__all__ = ["METHODS", "BASELINE", "StartupConfig", "run_startup", "startup_table"]
+__all__ = ["BASELINE", "METHODS", "StartupConfig", "run_startup", "startup_table"]
 
 # (row name, executor, start method or "default" for the executor's own default)
 METHODS: tuple[tuple[str, str, str], ...] = (

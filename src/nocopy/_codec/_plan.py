@@ -188,10 +188,13 @@ def fill_threads(nbytes: int) -> int:
     thread 29.6 ms, two 24.6 ms, three and four no better (memory-bound).
     """
     env = os.environ.get("NOCOPY_FILL_THREADS", "").strip()
-    if env and (not env.isdigit() or int(env) < 1):
+    # ASCII digits only ("²".isdigit() is true, int() refuses it), and at most
+    # MAX_FILL_THREADS: the copy is memory-bound long before, and a typo'd
+    # 10**7 would build that many threads before any byte is copied.
+    if env and (not (env.isascii() and env.isdigit()) or not 1 <= int(env) <= MAX_FILL_THREADS):
         raise ValueError(
-            f"NOCOPY_FILL_THREADS={env!r} is not a positive number of threads: set it to 1 "
-            "to fill segments from the calling thread only, or unset it (one per CPU, at most 4)"
+            f"NOCOPY_FILL_THREADS={env!r} is not a number of threads from 1 to {MAX_FILL_THREADS}: "
+            "set it to 1 to fill segments from the calling thread only, or unset it (one per CPU, at most 4)"
         )
     if nbytes < PARALLEL_MIN:
         return 1
@@ -202,6 +205,7 @@ def fill_threads(nbytes: int) -> int:
 
 # Below this, starting threads costs more than they save.
 PARALLEL_MIN = 64 << 20
+MAX_FILL_THREADS = 64
 _PIECE = 16 << 20
 
 
@@ -251,7 +255,10 @@ def _run_jobs(jobs: list[Callable[[], None]], *, threads: int) -> None:
             except BaseException as exc:  # re-raised in the caller
                 errors.append(exc)
 
-    helpers = [threading.Thread(target=work, name="nocopy-fill", daemon=True) for _ in range(threads - 1)]
+    # Never more threads than jobs: the others would find nothing to do.
+    helpers = [
+        threading.Thread(target=work, name="nocopy-fill", daemon=True) for _ in range(min(threads, len(jobs)) - 1)
+    ]
     for t in helpers:
         t.start()
     try:

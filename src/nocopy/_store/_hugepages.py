@@ -97,14 +97,14 @@ def collapse(fd: int, size: int) -> Mapping | None:
         mapping = Mapping(fd, size, mmap.ACCESS_WRITE)  # aligned: one entry per huge page
     except OSError:
         return None  # out of address space or map count: pwrite needs no mapping
-    mapping.keep_from_children()
     try:
+        mapping.keep_from_children()
         for offset in range(0, whole, block):
             os.pwrite(fd, b"\0", offset)
         if _collapse_in_steps(mapping, whole, block):
             return mapping
     except OSError:
-        pass  # a full tmpfs or memory limit: the caller's reservation reports it
+        pass  # a full tmpfs or memory limit (the caller's reservation reports it), or MADV_DONTFORK refused
     mapping.close()
     return None
 

@@ -81,10 +81,11 @@ class Mapping:
         thread, a fork-context pool) would make the kernel refuse to seal the
         segment against writes. In a forked child the object remains but the
         pages are not there: it never unmaps that address range, which the
-        child may have reused.
+        child may have reused. OSError if the kernel refuses.
         """
         self.pid = os.getpid()
-        self.advise(_MADV_DONTFORK)
+        if _madvise(self.address, self.size, _MADV_DONTFORK) != 0:
+            raise _errno_error("madvise(MADV_DONTFORK)")
 
     def populate(self) -> bool:
         """Map every page now, in one system call, instead of one fault per page later.
@@ -114,20 +115,28 @@ class Mapping:
 
         (A writer must unmap before the segment is sealed against writes:
         the kernel refuses F_SEAL_WRITE while a writable shared mapping exists.)
+        OSError if the kernel refuses.
         """
-        self.__del__()
+        address = self.address
+        if address:
+            self.address = 0
+            if not self.pid or self.pid == os.getpid():
+                _unmap(address, self.size)
 
     @property
     def __array_interface__(self) -> dict[str, Any]:
         return {"data": (self.address, self.readonly), "shape": (self.size,), "typestr": "|u1", "version": 3}
 
-    def __del__(self, _unmap: Any = _munmap) -> None:
-        # Bound as a default: at interpreter exit the module's globals may be gone.
+    def __del__(self, _munmap: Any = _munmap, _getpid: Any = os.getpid) -> None:
+        # Bound as defaults: at interpreter exit the module's globals may be gone.
+        # The result is deliberately not checked: munmap of a whole mapping this
+        # object made fails only for arguments it never passes (EINVAL), and a
+        # finalizer has no caller to tell; close() reports it.
         address = getattr(self, "address", 0)
         if address:
             self.address = 0
-            if not self.pid or self.pid == os.getpid():
-                _unmap(address, self.size)
+            if not self.pid or self.pid == _getpid():
+                _munmap(address, self.size)
 
 
 @functools.cache
@@ -140,31 +149,49 @@ def huge_page_size() -> int:
         return 0
 
 
+_PAGE = mmap.PAGESIZE
+
+
+def _errno_error(call: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{call}: {os.strerror(err)}")
+
+
 def _map(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
     got = _mmap(addr, size, prot, flags, fd, 0)
     if got is None or got == _MAP_FAILED:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise _errno_error("mmap")
     return int(got)
+
+
+def _unmap(address: int, length: int) -> None:
+    if _munmap(address, length) != 0:
+        raise _errno_error("munmap")
 
 
 def _map_aligned(fd: int, size: int, prot: int, flags: int, align: int) -> int:
     """Map *fd* at an address that is a multiple of *align* (a huge page maps only at its own alignment).
 
     Reserves *align* bytes more than needed with no access, maps the file over
-    the aligned part, then gives back the slack on both sides.
+    the aligned part, then gives back the slack on both sides. The file's
+    mapping ends at *size* rounded up to a whole page (munmap refuses an
+    address inside a page: the tail of the reservation would stay mapped,
+    *align* bytes of address space lost per mapping).
     """
     anon = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
     span = size + align
     reserved = _map(None, span, 0, anon, -1)  # PROT_NONE
     start = (reserved + align - 1) & ~(align - 1)
+    end = start + (size + _PAGE - 1) // _PAGE * _PAGE
     try:
         _map(start, size, prot, flags | _MAP_FIXED, fd)
+        if start > reserved:
+            _unmap(reserved, start - reserved)
+        if reserved + span > end:
+            _unmap(end, reserved + span - end)
     except OSError:
+        # Give back the whole span, the file's part included; this munmap
+        # cannot fail (a whole range this function reserved, page-aligned).
         _munmap(reserved, span)
         raise
-    if start > reserved:
-        _munmap(reserved, start - reserved)
-    if reserved + span > start + size:
-        _munmap(start + size, reserved + span - start - size)
     return start

@@ -42,19 +42,22 @@ class MemfdStore:
     def create(self, size: int, *, what: str) -> OwnedSegment:
         name = _names.make_name()
         _capacity.check_room(what, size)
+        # Made before the descriptor: whatever interrupts from here on
+        # (Ctrl-C included), the segment is released exactly once.
+        seg = OwnedSegment(Locator(self.name, name, os.getpid()), -1, size, None)
         try:
-            fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        except OSError as exc:
-            note_fd_limit(exc)
-            raise
-        try:
+            try:
+                fd = seg.open_fd(os.memfd_create, name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            except OSError as exc:
+                note_fd_limit(exc)
+                raise
             os.fchmod(fd, 0o600)  # memfd starts 0777; keep it private like a posix segment
-            mapping = _capacity.reserve(fd, size, what, shm_dir=None)
+            seg.mapping = _capacity.reserve(fd, size, what, shm_dir=None)
+            seg.locator = Locator(self.name, name, os.getpid(), fd, _fdserver.server().address)
         except BaseException:
-            os.close(fd)
+            seg.release()
             raise
-        loc = Locator(self.name, name, os.getpid(), fd, _fdserver.server().address)
-        return OwnedSegment(loc, fd, size, None, mapping)
+        return seg
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
         # Shared outputs stay writable but may never shrink (a shrink is SIGBUS for readers).

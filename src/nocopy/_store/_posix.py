@@ -1,8 +1,11 @@
-"""The posix store: named segment files in the shm directory ($NOCOPY_SHM_DIR, else /dev/shm).
+"""The posix store: named segment files in a private directory of the shm directory ($NOCOPY_SHM_DIR, else /dev/shm).
 
-The default off Linux. Names carry the owner's pid and start time, and every
-owner holds a lock on its file, so a crashed owner's segments are found and
-reclaimed (see _orphans).
+The default off Linux. Each user's segments live in ``<shm dir>/nocopy-<uid>``,
+mode 0700: another user can neither open, list nor hard-link them (a link in
+the shared sticky /dev/shm would pin the memory after the owner freed it).
+Names carry the owner's pid and start time, and every owner holds a lock on
+its file, so a crashed owner's segments are found and reclaimed (see
+_orphans), there and in the shm directory itself, where nocopy 0.2 made them.
 """
 
 from __future__ import annotations
@@ -26,16 +29,67 @@ from ._segment import (
     read_only_error,
 )
 
-__all__ = ["PosixStore", "invisible_until_locked", "shm_dir"]
+__all__ = ["PosixStore", "invisible_until_locked", "segment_dir", "shm_dir"]
 
 
 def shm_dir() -> str:
-    """Directory of posix segments: $NOCOPY_SHM_DIR, else /dev/shm."""
+    """The tmpfs directory posix segments live under: $NOCOPY_SHM_DIR, else /dev/shm."""
     return os.environ.get("NOCOPY_SHM_DIR", "/dev/shm")
 
 
+def segment_dir(base: str | None = None) -> str:
+    """This user's private directory of posix segments in *base* (default `shm_dir`)."""
+    return os.path.join(shm_dir() if base is None else base, f"nocopy-{os.geteuid()}")
+
+
+def _private_dir(base: str) -> str:
+    """`segment_dir`, made if missing (mode 0700) and checked: a directory of this user, private, not a symlink.
+
+    Made by whoever comes first: another user could make it first in the
+    world-writable shm directory to read or pin this user's segments, so an
+    existing one must be this user's own, closed to everyone else, in a
+    directory where nobody else can rename it away (sticky, like /dev/shm).
+    """
+    d = segment_dir(base)
+    uid = os.geteuid()
+    fix = (
+        f"Fix: remove {d} (it is not one nocopy made for this user), point NOCOPY_SHM_DIR at a "
+        "directory only this user can write, or use backend='memfd'."
+    )
+    parent = os.stat(base)
+    if parent.st_mode & 0o022 and not parent.st_mode & _stat.S_ISVTX:
+        raise SegmentAccessError(
+            f"cannot make a posix segment in {base}: other users may write there and it is not "
+            "sticky (mode 1777 like /dev/shm), so they could replace this user's segment directory. "
+            "Fix: use /dev/shm or a directory of this user (NOCOPY_SHM_DIR), or backend='memfd'."
+        )
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    except PermissionError:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: this user (uid {uid}) may not create {d}. Fix: point "
+            "NOCOPY_SHM_DIR at a tmpfs directory this user can write, or use backend='memfd'."
+        ) from None
+    st = os.lstat(d)
+    if _stat.S_ISLNK(st.st_mode) or not _stat.S_ISDIR(st.st_mode):
+        raise SegmentAccessError(f"cannot make a posix segment: {d} is {_what_is(d)}, not a directory. {fix}")
+    if st.st_uid != uid:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: {d} belongs to uid {st.st_uid}, not to this process's "
+            f"uid {uid}: another user made it, perhaps to read or pin this user's segments. {fix}"
+        )
+    if st.st_mode & 0o077:
+        raise SegmentAccessError(
+            f"cannot make a posix segment: {d} has mode {_stat.S_IMODE(st.st_mode):o}, open to other "
+            f"users: nocopy makes it 0700. Fix: `chmod 700 {d}`, or use backend='memfd'."
+        )
+    return d
+
+
 class PosixStore:
-    """Segments that are files in `shm_dir`, made 0400 once written (0600 for outputs)."""
+    """Segments that are files in this user's `segment_dir`, made 0400 once written (0600 for outputs)."""
 
     name = "posix"
 
@@ -43,21 +97,25 @@ class PosixStore:
         return None
 
     def create(self, size: int, *, what: str) -> OwnedSegment:
-        directory = shm_dir()
-        if not os.path.isdir(directory):
+        base = shm_dir()
+        if not os.path.isdir(base):
             raise SegmentNotFoundError(
-                f"cannot make a posix segment: the shm directory {directory} ($NOCOPY_SHM_DIR, "
+                f"cannot make a posix segment: the shm directory {base} ($NOCOPY_SHM_DIR, "
                 "default /dev/shm) does not exist or is not a directory. Fix: point "
                 "NOCOPY_SHM_DIR at a tmpfs directory, or use backend='memfd'."
             )
-        _gc_once(directory)
-        _capacity.check_room(what, size, shm_dir=directory)
+        directory = _private_dir(base)
+        _gc_once(base)
+        _capacity.check_room(what, size, shm_dir=base)
         name = _names.make_name()
         path = os.path.join(directory, name)
-        fd, visible = _create_locked(directory, path)
-        mapping = None
+        # Made before the file: whatever interrupts from here on (Ctrl-C
+        # included), each descriptor is closed once and the name removed.
+        seg = OwnedSegment(Locator(self.name, name, os.getpid()), -1, size, None)
         try:
-            mapping = _capacity.reserve(fd, size, what, shm_dir=directory)
+            visible = _create_locked(seg, directory, path)
+            # The mapping maps the file, not the descriptor: still valid after the reopen.
+            seg.mapping = _capacity.reserve(seg.fd, size, what, shm_dir=base)
             if not visible:
                 # Sized and reserved while nobody can see it: the name appears with
                 # the owner's lock already held, so no reclaim (in any pid
@@ -65,18 +123,13 @@ class PosixStore:
                 # Never overwrites (EEXIST). A src_dir_fd (ignored for an absolute
                 # path) makes CPython call linkat(AT_SYMLINK_FOLLOW): plain link()
                 # would link the /proc symlink itself and fail with EXDEV.
-                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
-                visible = True
-                fd = _reopen_locked(fd, path)
+                seg.path = path  # first: a release removes it only if it names this file
+                os.link(f"/proc/self/fd/{seg.fd}", path, src_dir_fd=seg.fd, follow_symlinks=True)
+                _reopen_locked(seg, path)
         except BaseException:
-            if mapping is not None:
-                mapping.close()
-            os.close(fd)
-            if visible:
-                os.unlink(path)
+            seg.release()
             raise
-        # The mapping maps the file, not the descriptor: still valid after the reopen.
-        return OwnedSegment(Locator(self.name, name, os.getpid()), fd, size, path, mapping)
+        return seg
 
     def seal(self, seg: OwnedSegment, token: str, *, writable: bool) -> None:
         # A file on tmpfs cannot be sealed: read-only is its mode, which open() checks.
@@ -102,14 +155,14 @@ class PosixStore:
         return None
 
     def is_alive(self, loc: Locator) -> bool:
-        return os.path.exists(os.path.join(shm_dir(), loc.name))
+        return os.path.exists(os.path.join(segment_dir(), loc.name))
 
     def find(self) -> list[Found]:
-        directory = shm_dir()
-        files = _orphans.scan(directory)
+        base = shm_dir()
+        files = [f for d in _dirs(base) for f in _orphans.scan(d)]
         holders: dict[str, set[int]] = {}
         if files:
-            prefix = os.path.join(directory, "nocopy-")
+            prefix = os.path.join(base, "nocopy-")  # both places: <base>/nocopy-<uid>/ and <base>/
             for pid in _procs.pids():
                 for _, path, _ in _procs.mapped(pid, prefix):
                     if path.startswith(prefix):
@@ -124,7 +177,7 @@ class PosixStore:
         return out
 
     def reclaim(self, *, dry_run: bool = False) -> list[Found]:
-        return [_found(f, False, ()) for f in _orphans.reclaim(shm_dir(), dry_run=dry_run)]
+        return [_found(f, False, ()) for d in _dirs(shm_dir()) for f in _orphans.reclaim(d, dry_run=dry_run)]
 
     @property
     def leaves_orphans(self) -> bool:
@@ -256,8 +309,8 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
 _no_tmpfile: set[str] = set()
 
 
-def _create_locked(directory: str, path: str) -> tuple[int, bool]:
-    """A new segment file for *path*, holding the owner's lock; and whether *path* names it yet.
+def _create_locked(seg: OwnedSegment, directory: str, path: str) -> bool:
+    """Open a new segment file for *path* into *seg*, holding the owner's lock; whether *path* names it yet.
 
     Where the kernel allows it (Linux: O_TMPFILE and /proc/self/fd), the file
     starts with no name and create() links it at *path* only after
@@ -270,7 +323,7 @@ def _create_locked(directory: str, path: str) -> tuple[int, bool]:
     tmpfile = getattr(os, "O_TMPFILE", 0)
     if tmpfile and directory not in _no_tmpfile and os.path.isdir("/proc/self/fd"):
         try:
-            fd = os.open(directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            fd = seg.open_fd(os.open, directory, tmpfile | os.O_RDWR | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             note_fd_limit(exc)
             if exc.errno not in _NO_TMPFILE:
@@ -278,39 +331,37 @@ def _create_locked(directory: str, path: str) -> tuple[int, bool]:
             _no_tmpfile.add(directory)  # this filesystem cannot: do not ask again
         else:
             _orphans.lock_owned(fd)
-            return fd, False
+            return False
+    seg.path = path  # first: a release removes it only if this process made the file
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        fd = seg.open_fd(os.open, path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         note_fd_limit(exc)
         raise
     _orphans.lock_owned(fd)  # held until release or death: reclaim skips it
-    return fd, True
+    return True
 
 
-def _reopen_locked(fd: int, path: str) -> int:
-    """A descriptor of the same file opened by *path*, holding the owner's lock; closes *fd*.
+def _reopen_locked(seg: OwnedSegment, path: str) -> None:
+    """Give *seg* a descriptor of its file opened by *path*, holding the owner's lock, in place of the nameless one.
 
-    The file was opened nameless, so /proc/<pid>/fd and maps lines of *fd*
-    show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks find a
-    segment by its name. The new descriptor takes its lock before the old
-    one lets go, so the file is never unlocked. On failure *fd* stays open.
+    The file was opened nameless, so /proc/<pid>/fd and maps lines of that
+    descriptor show "#<inode> (deleted)": `nocopy ls`, lsof and leak checks
+    find a segment by its name. The new descriptor takes its lock before the
+    old one lets go, so the file is never unlocked.
     """
+    old = seg.fd
     try:
-        new = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        new = seg.open_fd(os.open, path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as exc:
         note_fd_limit(exc)
         raise
-    try:
-        a, b = os.fstat(fd), os.fstat(new)
-        if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
-            raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
-        _orphans.lock_owned(new)
-    except BaseException:
-        os.close(new)
-        raise
-    os.close(fd)
-    return new
+    a, b = os.fstat(old), os.fstat(new)
+    if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
+        seg.close_fd(new, same_file=False)
+        raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
+    _orphans.lock_owned(new)
+    seg.close_fd(old)
 
 
 def invisible_until_locked(directory: str) -> bool:
@@ -325,24 +376,39 @@ def invisible_until_locked(directory: str) -> bool:
     return True
 
 
+def _dirs(base: str) -> tuple[str, str]:
+    """Where this user's posix segments are: the private directory, and *base* itself (nocopy 0.2)."""
+    return segment_dir(base), base
+
+
 _gc_done: set[str] = set()
 
 
-def _gc_once(directory: str) -> None:
-    """Reclaim posix orphans of dead owners the first time this process creates one there."""
-    if directory in _gc_done:
+def _gc_once(base: str) -> None:
+    """Reclaim posix orphans of dead owners the first time this process creates one under *base*."""
+    if base in _gc_done:
         return
-    _gc_done.add(directory)
-    _orphans.reclaim(directory)
+    _gc_done.add(base)
+    for d in _dirs(base):
+        _orphans.reclaim(d)
 
 
 def _open(loc: Locator, flags: int) -> int:
-    path = os.path.join(shm_dir(), loc.name)
+    directory = segment_dir()
+    path = os.path.join(directory, loc.name)
     try:
         return os.open(path, flags | os.O_NOFOLLOW)
     except FileNotFoundError:
+        owner_uid = _owner_uid(loc.name)
+        if owner_uid is not None and owner_uid != os.geteuid():
+            # Not in this user's directory because it is in its owner's, closed to others.
+            raise SegmentAccessError(
+                f"segment {loc.name} belongs to uid {owner_uid} (its owner, pid {loc.pid}, runs as that "
+                f"user), not to this process's uid {os.geteuid()}: posix segments are private to "
+                f"their owner's user (in its 0700 directory). Fix: attach as uid {owner_uid}."
+            ) from None
         raise SegmentNotFoundError(
-            f"segment {loc.name} does not exist in {shm_dir()}: its owner (pid {loc.pid}) "
+            f"segment {loc.name} does not exist in {directory}: its owner (pid {loc.pid}) "
             "closed it or exited. Fix: keep the owner's Shared open while other processes attach."
         ) from None
     except PermissionError:
@@ -365,6 +431,17 @@ def _open(loc: Locator, flags: int) -> int:
             f"segment {loc.name}: {path} is not a nocopy segment ({_what_is(path)}): the name "
             "was taken by something else. Fix: use the uri of a live Shared."
         ) from None
+
+
+def _owner_uid(name: str) -> int | None:
+    """The uid of the live process that made segment *name* (pid and start time), or None."""
+    parsed = _names.parse_name(name)
+    if parsed is None or not _names.pid_alive(parsed.pid, parsed.start):
+        return None
+    try:
+        return os.stat(f"/proc/{parsed.pid}").st_uid
+    except OSError:
+        return None
 
 
 def _what_is(path: str) -> str:

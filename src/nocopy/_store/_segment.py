@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as _stat
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,28 +47,74 @@ class Locator:
 
 
 class OwnedSegment:
-    """A segment this process holds a descriptor of. Releasing it is idempotent and fork-safe.
+    """A segment this process holds a descriptor of. Releasing it is idempotent, interrupt-safe and fork-safe.
 
+    *fd* is the descriptor (-1: none yet, the store opens one with `open_fd`).
     *path* is the name to remove on release (the creator of a posix segment),
     None when closing the descriptor is all there is to do. *mapping*, until
     the segment is sealed, is a writable mapping of the fresh segment when its
     pages are huge: writing through it is faster than pwrite (None otherwise).
+
+    Every descriptor of the segment the process opened is recorded here the
+    moment it exists, and closed exactly once: by `release`, or, if an
+    exception (Ctrl-C) cut a release or a creation short, when the object is
+    collected. A process forked from the owner closes its inherited copies at
+    once and never removes the segment (see `_after_fork_in_child`).
     """
 
     def __init__(
         self, locator: Locator, fd: int, size: int, path: str | None, mapping: Mapping | None = None
     ) -> None:
         self.locator = locator
-        self.fd = fd
         self.size = size
         self.path = path
         self.mapping = mapping
         self.owner_pid = os.getpid()
         self.released = False
+        # Descriptors of the segment still to close; the segment's (st_dev, st_ino).
+        self._fds: list[int] = []
+        self._ident: tuple[int, int] | None = None
+        _live.add(self)
+        if fd >= 0:
+            self._fds.append(fd)
+            self._ident = _identity(fd)
+
+    @property
+    def fd(self) -> int:
+        """The descriptor (the newest, after a store reopened the segment by name)."""
+        return self._fds[-1] if self._fds else -1
+
+    def open_fd(self, opener: Callable[..., int], *args: Any) -> int:
+        """``opener(*args)``'s new descriptor of this segment, recorded before anything can interrupt.
+
+        A signal handler's exception (KeyboardInterrupt) is raised between
+        bytecodes, also between a call's return and the store of its result:
+        a descriptor returned that way would be lost. ``list.extend`` runs the
+        ``map`` in C and stores the result with no bytecode in between
+        (CPython runs Python signal handlers only from its evaluation loop),
+        so `release` always finds it.
+        """
+        self._fds.extend(map(opener, *[(a,) for a in args]))
+        fd = self._fds[-1]
+        if self._ident is None:
+            self._ident = _identity(fd)
+        return fd
+
+    def close_fd(self, fd: int, *, same_file: bool = True) -> None:
+        """Close *fd*, one of the recorded descriptors (after a reopen); *same_file*: it is this segment's.
+
+        Closed, then forgotten: a release after an interrupt in between finds
+        the number no longer this segment's and leaves it alone.
+        """
+        if same_file:
+            _close_if(fd, self._ident)
+        else:
+            os.close(fd)
+        self._fds.remove(fd)
 
     def held(self) -> bool:
         """Whether this process still holds the descriptor (not released, not a forked copy)."""
-        return not self.released and self.owner_pid == os.getpid()
+        return not self.released and self.owner_pid == os.getpid() and bool(self._fds)
 
     def end_writes(self) -> None:
         """Let go of the writer's mapping (before sealing: no writable mapping may outlive the fill).
@@ -80,25 +127,98 @@ class OwnedSegment:
         self.mapping = None
 
     def release(self) -> None:
-        if self.released:
-            return
         self.released = True
         # Dropped, not unmapped: after a failed fill, arrays over it may live on in
         # a traceback's frames; it is unmapped with the last of them.
         self.mapping = None
-        if self.locator.sock and os.getpid() == self.owner_pid:
-            _fdserver.server().unregister(self.locator.name)
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
+        self._finish()
+
+    def _finish(self) -> None:
+        """Close what is left and remove the name; each step is idempotent, so a cut-short call can be repeated."""
+        owner = os.getpid() == self.owner_pid
+        if self._fds:
+            if self.locator.sock and owner:
+                # Before closing: the fd server must never send a closed (reused) number.
+                _fdserver.server().unregister(self.locator.name)
+            self._close_all()
         # A process that inherited this object through fork never unlinks
         # the parent's segment.
-        if self.path is not None and os.getpid() == self.owner_pid:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+        if self.path is not None:
+            if owner:
+                _unlink_if(self.path, self._ident)
+            self.path = None
+
+    def _forget_in_child(self) -> None:
+        """In a forked child: close the inherited descriptors, never touch the parent's segment."""
+        self.released = True
+        self.mapping = None  # its pages are not in the child (MADV_DONTFORK): never unmapped here
+        self.path = None
+        self._close_all()
+
+    def _close_all(self) -> None:
+        if self._ident is None and self._fds:
+            # open_fd was cut short before it learned the file: none was closed yet.
+            self._ident = _identity(self._fds[0])
+        while self._fds:
+            _close_if(self._fds[-1], self._ident)
+            self._fds.pop()
+
+    def __del__(self) -> None:
+        # A creation or release cut short by an exception: finish it now. The
+        # mapping, if any, unmaps itself.
+        try:
+            if self._fds or self.path is not None:
+                self._finish()
+        except Exception:  # pragma: no cover - a finalizer must not raise (interpreter exit)
+            pass
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _close_if(fd: int, ident: tuple[int, int] | None) -> None:
+    """Close *fd* if it is still a descriptor of the segment *ident* (None: it must be).
+
+    A number closed earlier (by a release cut short after its close) is free
+    or another file's now: closing it again would close another thread's file.
+    """
+    if ident is not None and _identity(fd) != ident:
+        return
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _unlink_if(path: str, ident: tuple[int, int] | None) -> None:
+    """Remove *path* if it names the segment *ident* (None: this process never opened it, not ours)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if ident is not None and (st.st_dev, st.st_ino) == ident:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# Every OwnedSegment alive in this process, for the fork hook.
+_live: weakref.WeakSet[OwnedSegment] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a fork-context pool worker) inherits every owner
+    # descriptor: kept open, they would hold each segment's memory until the
+    # child exits, whatever the parent's close() does. The child attaches
+    # through the parent like any other process.
+    for seg in list(_live):
+        seg._forget_in_child()  # noqa: SLF001 - same module
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
