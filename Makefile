@@ -36,7 +36,7 @@ venv: $(VENV)/.installed-all
 # The classic experiment against every installed peer: table on stdout,
 # every number in bench-out/seed.json, the plot in bench-out/seed.png.
 demo: $(VENV)/.installed-demo
-	$(BIN)/nocopy bench seed --json bench-out/seed.json --plot bench-out/seed.png
+	$(BIN)/nocopy bench seed --json-out bench-out/seed.json --plot bench-out/seed.png
 
 lint: $(VENV)/.installed-all
 	$(BIN)/ruff check src tests examples
