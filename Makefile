@@ -55,6 +55,8 @@ dist: $(VENV)/.installed-all
 # reference or an undocumented public name an error (docs/_hooks.py).
 docs: $(VENV)/.installed-all
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "The site is in $(CURDIR)/site: open $(CURDIR)/site/index.html," \
+	  "or serve it with $(BIN)/python -m http.server -d site 8000"
 
 # The wheel as users install it: a new venv each time, numpy only (no extras,
 # not editable), run as `python -I` from an empty directory outside the tree.

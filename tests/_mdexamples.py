@@ -179,3 +179,7 @@ def run_block(block: Block, tmp_path: Path, timeout: float = 240, start_method: 
         shutil.rmtree(shm, ignore_errors=True)
     assert proc.returncode == 0, (f"under start method {start_method}:\n"
                                   + proc.stdout[-2000:] + proc.stderr[-3000:])
+    # A warning the page does not show (pandas' ChainedAssignmentError, a DeprecationWarning)
+    # is what a reader who types the example sees first. Ray's daemons log their own noise.
+    if not uses_ray(block.code):
+        assert "Warning" not in proc.stderr, f"under start method {start_method}:\n{proc.stderr[-3000:]}"

@@ -308,3 +308,23 @@ def test_code_on_the_site_fits_in_78_columns() -> None:
             if in_example and len(line) > CODE_WIDTH:
                 wide.append(f"docstring of {name}: {len(line)} columns: {line.strip()[:40]}")
     assert wide == []
+
+
+def test_reference_shows_default_values_and_no_internal_constructor() -> None:
+    """The API reference's Griffe extension (docs/_griffe_nocopy.py): ``share_threshold=1048576``,
+    not a private constant's name; ``Shared`` without its internal constructor."""
+    griffe = pytest.importorskip("griffe", reason="the docs extra is not installed")
+
+    def load(*extensions: str) -> Any:
+        return griffe.load("nocopy", search_paths=[str(ROOT / "src")], resolve_aliases=True,
+                           extensions=griffe.load_extensions(*extensions))
+
+    plain = load()
+    threshold = plain["ProcessPoolExecutor"].members["__init__"].parameters["share_threshold"]
+    assert str(threshold.default) == "DEFAULT_SHARE_THRESHOLD"  # what the reference showed
+    assert "locator" in plain["Shared"].members["__init__"].parameters
+    package = load(f"{DOCS / '_griffe_nocopy.py'}:NocopyReference")
+    for cls in ("ProcessPoolExecutor", "Pool"):
+        param = package[cls].members["__init__"].parameters["share_threshold"]
+        assert param.default == str(1 << 20), cls
+    assert "__init__" not in package["Shared"].members

@@ -75,7 +75,8 @@ class Explanation:
         details = ["detail", "------", *(n.detail for n in self._notes)]
         table = "\n".join(f"{line.ljust(width)}  {detail}".rstrip() for line, detail in zip(lines, details, strict=True))
         counts = ", ".join(f"{k}: {v}" for k, v in self.summary().items())
-        return f"{table}\n({len(rows)} parts; {counts or 'nothing to share'})"
+        parts = f"{len(rows)} part" + ("" if len(rows) == 1 else "s")
+        return f"{table}\n({parts}; {counts or 'nothing to share'})"
 
     def __repr__(self) -> str:
         return str(self)
