@@ -181,5 +181,7 @@ def run_block(block: Block, tmp_path: Path, timeout: float = 240, start_method: 
                                   + proc.stdout[-2000:] + proc.stderr[-3000:])
     # A warning the page does not show (pandas' ChainedAssignmentError, a DeprecationWarning)
     # is what a reader who types the example sees first. Ray's daemons log their own noise.
+    # warnings.showwarning's format: "<file>:<line>: <Category>: <message>".
     if not uses_ray(block.code):
-        assert "Warning" not in proc.stderr, f"under start method {start_method}:\n{proc.stderr[-3000:]}"
+        warned = re.search(r"^\S.*:\d+: [A-Z]\w*: ", proc.stderr, re.M)
+        assert warned is None, f"under start method {start_method}:\n{proc.stderr[-3000:]}"
