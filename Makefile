@@ -36,7 +36,7 @@ venv: $(VENV)/.installed-all
 # The classic experiment against every installed peer: table on stdout,
 # every number in bench-out/seed.json, the plot in bench-out/seed.png.
 demo: $(VENV)/.installed-demo
-	$(BIN)/nocopy bench seed --json bench-out/seed.json --plot bench-out/seed.png
+	$(BIN)/nocopy bench seed --json-out bench-out/seed.json --plot bench-out/seed.png
 
 lint: $(VENV)/.installed-all
 	$(BIN)/ruff check src tests examples
@@ -55,6 +55,8 @@ dist: $(VENV)/.installed-all
 # reference or an undocumented public name an error (docs/_hooks.py).
 docs: $(VENV)/.installed-all
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "The site is in $(CURDIR)/site: open $(CURDIR)/site/index.html," \
+	  "or serve it with $(BIN)/python -m http.server -d site 8000"
 
 # The wheel as users install it: a new venv each time, numpy only (no extras,
 # not editable), run as `python -I` from an empty directory outside the tree.

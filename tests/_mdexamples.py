@@ -2,8 +2,12 @@
 
 A ```` ```python ```` block runs as a script in a fresh interpreter, in its own
 session, from a scratch directory, with ``NOCOPY_SHM_DIR`` a directory of its
-own; a block holding ``>>>`` prompts runs as a doctest, so its printed output
-must match too.
+own -- once under each start method (fork, spawn, forkserver): the script is a
+real file run as ``__main__`` after ``multiprocessing.set_start_method``, so an
+example without ``if __name__ == "__main__":`` or with a worker function a
+child cannot import fails here as it fails on macOS (spawn) or Python 3.14
+(forkserver). A block holding ``>>>`` prompts runs as a doctest, so its printed
+output must match too.
 """
 
 from __future__ import annotations
@@ -62,14 +66,34 @@ def uses_ray(code: str) -> bool:
     return re.search(r"\bray\b", code) is not None
 
 
-def param(block: Block) -> object:
-    """A pytest param for *block*: slow (and skipped without Ray) when it uses Ray."""
+# Every start method a reader's machine may default to: fork (Linux before 3.14),
+# spawn (macOS, Windows), forkserver (Linux from 3.14, and nocopy's pools).
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
+def param(block: Block, start_method: str | None = None) -> object:
+    """A pytest param for *block* (under *start_method*): slow (and skipped without Ray) when it uses Ray."""
     marks: list[pytest.MarkDecorator] = []
     if uses_ray(block.code):
         marks.append(pytest.mark.slow)
         if importlib.util.find_spec("ray") is None:
             marks.append(pytest.mark.skip(reason="ray is not installed"))
-    return pytest.param(block, id=block.id, marks=marks)
+    if start_method is None:
+        return pytest.param(block, id=block.id, marks=marks)
+    return pytest.param(block, start_method, id=f"{block.id}-{start_method}", marks=marks)
+
+
+def params(examples: list[Block]) -> list[object]:
+    """(block, start method) params: a doctest once (it runs in the test's process), a Ray
+    example once under the default (Ray starts its workers its own way), every other
+    script under each start method."""
+    out = []
+    for b in examples:
+        if ">>>" in b.code or uses_ray(b.code):
+            out.append(param(b, "default"))
+        else:
+            out.extend(param(b, m) for m in START_METHODS)
+    return out
 
 
 def reader_env(shm: Path) -> dict[str, str]:
@@ -115,14 +139,31 @@ def run_in_session(
     return subprocess.CompletedProcess((p.pid, args), p.returncode, out, err)
 
 
-def run_script(code: str, cwd: Path, shm: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+def script_command(script: Path, start_method: str = "default") -> list[str]:
+    """``python script`` with *start_method* made the default of multiprocessing first.
+
+    runpy runs the file as ``__main__`` with its ``__file__``, as ``python script`` does, so a
+    spawned or forkserver child re-imports it as ``__mp_main__`` exactly as it would a reader's.
+    """
+    if start_method == "default":
+        return [sys.executable, str(script)]
+    if start_method not in START_METHODS:
+        raise ValueError(f"unknown start method {start_method!r}")
+    wrapper = (f"import multiprocessing, runpy, sys; multiprocessing.set_start_method({start_method!r}); "
+               f"sys.argv = [{str(script)!r}]; runpy.run_path({str(script)!r}, run_name='__main__')")
+    return [sys.executable, "-c", wrapper]
+
+
+def run_script(code: str, cwd: Path, shm: Path, timeout: float,
+               start_method: str = "default") -> subprocess.CompletedProcess[str]:
     script = cwd / "example.py"
     script.write_text(code)
-    return run_in_session([sys.executable, str(script)], timeout, env=reader_env(shm), cwd=cwd)
+    return run_in_session(script_command(script, start_method), timeout, env=reader_env(shm), cwd=cwd)
 
 
-def run_block(block: Block, tmp_path: Path, timeout: float = 240) -> None:
-    """Run *block* as a doctest (``>>>``) or as a script; fail the test if it fails."""
+def run_block(block: Block, tmp_path: Path, timeout: float = 240, start_method: str = "default") -> None:
+    """Run *block* as a doctest (``>>>``) or as a script under *start_method*; fail the test
+    if it fails."""
     if ">>>" in block.code:
         test = doctest.DocTestParser().get_doctest(block.code, {}, block.id, str(block.path), 0)
         report = io.StringIO()
@@ -133,7 +174,14 @@ def run_block(block: Block, tmp_path: Path, timeout: float = 240) -> None:
         return
     shm = Path(tempfile.mkdtemp(prefix="nocopytest-", dir="/dev/shm"))
     try:
-        proc = run_script(block.code, tmp_path, shm, timeout=timeout)
+        proc = run_script(block.code, tmp_path, shm, timeout=timeout, start_method=start_method)
     finally:
         shutil.rmtree(shm, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, (f"under start method {start_method}:\n"
+                                  + proc.stdout[-2000:] + proc.stderr[-3000:])
+    # A warning the page does not show (pandas' ChainedAssignmentError, a DeprecationWarning)
+    # is what a reader who types the example sees first. Ray's daemons log their own noise.
+    # warnings.showwarning's format: "<file>:<line>: <Category>: <message>".
+    if not uses_ray(block.code):
+        warned = re.search(r"^\S.*:\d+: [A-Z]\w*: ", proc.stderr, re.M)
+        assert warned is None, f"under start method {start_method}:\n{proc.stderr[-3000:]}"

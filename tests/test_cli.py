@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,3 +212,114 @@ def test_bench_with_a_missing_dependency_names_the_extra(monkeypatch: pytest.Mon
     monkeypatch.setattr("nocopy._cli.importlib.import_module", boom)
     assert main(["bench"]) == 2
     assert "pip install 'nocopy[bench]'" in capsys.readouterr().err
+
+
+# --- help and conventions: what a newcomer reads first ------------------------------------------
+
+
+def _all_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
+    """(command line, parser) of `nocopy`, `nocopy bench` and every subcommand of each."""
+    import argparse
+
+    from nocopy._bench import cli as bench_cli
+    from nocopy._cli import _parser as nocopy_parser
+
+    out: list[tuple[str, argparse.ArgumentParser]] = []
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
+        out.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    if f"{name} {sub_name}" == "nocopy bench":
+                        continue  # a placeholder: `nocopy bench` has a parser of its own
+                    walk(f"{name} {sub_name}", sub)
+
+    walk("nocopy", nocopy_parser())
+    walk("nocopy bench", bench_cli._parser())
+    return out
+
+
+def test_every_command_has_a_description_and_every_option_a_help_string() -> None:
+    import argparse
+
+    missing = []
+    for name, parser in _all_parsers():
+        if not (parser.description or "").strip():
+            missing.append(f"{name}: no description")
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                subs = {a.dest: a.help for a in action._choices_actions}
+                missing += [f"{name} {s}: no help line" for s, h in subs.items() if not (h or "").strip()]
+            elif not (action.help or "").strip() or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: no help")
+    assert missing == []
+
+
+def test_json_means_print_json_everywhere_and_json_out_writes_a_file() -> None:
+    """One convention: `--json` is a flag that prints JSON (ls, gc, doctor, every bench command);
+    a file is `--json-out PATH`."""
+    seen = 0
+    for name, parser in _all_parsers():
+        options = {o: a for a in parser._actions for o in a.option_strings}
+        if "--json" in options:
+            seen += 1
+            assert options["--json"].nargs == 0, f"{name} --json takes a value"
+        if "--json-out" in options:
+            assert "--json" in options, name
+            assert options["--json-out"].metavar == "PATH", name
+    assert seen >= 9  # ls, gc, doctor and the six bench commands
+
+
+def test_bench_json_prints_only_json_and_json_out_writes_it(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from nocopy._bench import cli as bench_cli
+
+    result = {"config": {"rows": 3}, "value": float("nan")}
+    monkeypatch.setattr(bench_cli, "_compile_nocopy", lambda: None)
+    args = bench_cli._parser().parse_args(["pandas", "--json", "--json-out", str(tmp_path / "r.json")])
+    code = bench_cli._run_and_report("pandas", args, lambda: result, lambda r: "TABLE")
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out) == {"config": {"rows": 3}, "value": None}  # stdout: JSON only
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(out)
+    assert "wrote" in err
+    args = bench_cli._parser().parse_args(["pandas"])
+    bench_cli._run_and_report("pandas", args, lambda: result, lambda r: "TABLE")
+    assert capsys.readouterr().out == "TABLE\n"
+
+
+def test_bench_seed_quick_leaves_ray_out_unless_asked() -> None:
+    from nocopy._bench import cli as bench_cli
+
+    def config(*argv: str) -> Any:
+        return bench_cli.seed_config(bench_cli._parser().parse_args(["seed", *argv]))
+
+    quick = config("--quick")
+    assert quick.methods is not None and "ray" not in quick.methods and "nocopy-executor" in quick.methods
+    assert (quick.rows, quick.repeat, quick.cold_repeat) == (1_000_000, 1, 1)
+    assert "ray" in config("--quick", "--methods", "nocopy-map,ray").methods
+    assert config("--quick", "--repeat", "3").repeat == 3
+    full = config()
+    assert full.methods is None and (full.rows, full.repeat, full.cold_repeat) == (10_000_000, 3, 2)
+
+
+@pytest.mark.parametrize("writes, collapse, expect", [
+    (True, {}, "on: "),
+    (False, {"available": True}, "on: "),
+    (False, {"available": False}, "echo within_size > /sys/kernel/mm/transparent_hugepage/shmem_enabled"),
+    (None, {}, "no transparent huge pages in this kernel"),
+])
+def test_doctor_says_what_huge_pages_mean_without_kernel_jargon(writes: bool | None, collapse: dict[str, Any],
+                                                                expect: str) -> None:
+    from nocopy._cli._doctor import huge_pages_lines
+
+    lines = huge_pages_lines({"writes": writes, "collapse": collapse, "shmem_enabled": "never"},
+                             {"writes": False, "huge": "never"})
+    text = "\n".join(lines)
+    assert expect in text
+    for jargon in ("MADV", "hugetlb", "kB inherit", "shmem_enabled never"):
+        assert jargon not in text
+    # Fits a terminal after the 15-column key (a command to copy is what it is).
+    assert all(len(line) <= 78 - 15 for line in lines if not line.startswith("echo "))

@@ -1,7 +1,8 @@
 """The documentation site (docs/): every example runs, and the Ray cluster recipe works as written.
 
-* Every ```` ```python ```` block on every page runs as a script (``>>>``
-  blocks as doctests), with the machinery of test_readme.py (_mdexamples.py).
+* Every ```` ```python ```` block on every page runs as a script under each
+  start method, fork, spawn and forkserver (``>>>`` blocks as doctests), with
+  the machinery of test_readme.py (_mdexamples.py).
   ```` ```{.python .norun title="..."} ```` blocks are not run: API that has not
   landed yet, and signatures. Any other spelling of a Python fence fails here,
   so no example stops running unnoticed.
@@ -34,7 +35,7 @@ from typing import Any
 import psutil
 import pytest
 
-from _mdexamples import Block, blocks, kill_session, param, run_block
+from _mdexamples import Block, blocks, kill_session, params, run_block
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -53,9 +54,9 @@ def test_every_python_block_either_runs_or_is_marked_norun_with_a_reason() -> No
     assert len(PAGES) >= 20 and len(EXAMPLES) >= 20
 
 
-@pytest.mark.parametrize("block", [param(b) for b in EXAMPLES])
-def test_docs_example_runs(block: Block, tmp_path: Path) -> None:
-    run_block(block, tmp_path)
+@pytest.mark.parametrize(("block", "start_method"), params(EXAMPLES))
+def test_docs_example_runs(block: Block, start_method: str, tmp_path: Path) -> None:
+    run_block(block, tmp_path, start_method=start_method)
 
 
 # --- the build's hook ---------------------------------------------------------------------------
@@ -258,3 +259,72 @@ def test_docstrings_are_numpy_style_for_the_reference() -> None:
         for m in rest.finditer(text)
     ]
     assert offenders == [], f"reST markup in docstrings (use numpy style): {offenders}"
+
+
+# --- code that fits -----------------------------------------------------------------------------
+
+CODE_WIDTH = 78  # columns of code the site shows at 1280 px without a scroll bar (and a terminal)
+
+
+def _public_docstrings() -> list[tuple[str, str]]:
+    """(name, docstring) of every public name the API reference renders, class members included."""
+    import inspect
+
+    import nocopy
+    import nocopy.errors
+
+    modules: list[Any] = [nocopy, nocopy.errors]
+    for optional in ("nocopy.ray", "nocopy.joblib"):
+        try:
+            modules.append(importlib.import_module(optional))
+        except ImportError:
+            pass
+    out = []
+    for module in modules:
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.ismodule(obj) or not (inspect.isclass(obj) or callable(obj)):
+                continue
+            out.append((f"{module.__name__}.{name}", inspect.getdoc(obj) or ""))
+            if inspect.isclass(obj):
+                for member, value in vars(obj).items():
+                    if not member.startswith("_") and (doc := inspect.getdoc(value)):
+                        out.append((f"{module.__name__}.{name}.{member}", doc))
+    return out
+
+
+def test_code_on_the_site_fits_in_78_columns() -> None:
+    """Every line of every code block of the site (pages, README.md, BENCHMARKS.md, the
+    docstring examples the API reference renders) fits in 78 columns: wider ones scroll."""
+    wide = [f"{b.path.relative_to(ROOT)}:{b.line + 1 + i}: {len(line)} columns"
+            for path in [*PAGES, ROOT / "README.md", ROOT / "BENCHMARKS.md"]
+            for b in blocks(path)
+            for i, line in enumerate(b.code.splitlines())
+            if len(line) > CODE_WIDTH]
+    for name, doc in _public_docstrings():
+        in_example = False  # from a ">>>" to the blank line that ends its output
+        for line in doc.splitlines():
+            in_example = line.lstrip().startswith(">>>") or (in_example and line.strip() != "")
+            if in_example and len(line) > CODE_WIDTH:
+                wide.append(f"docstring of {name}: {len(line)} columns: {line.strip()[:40]}")
+    assert wide == []
+
+
+def test_reference_shows_default_values_and_no_internal_constructor() -> None:
+    """The API reference's Griffe extension (docs/_griffe_nocopy.py): ``share_threshold=1048576``,
+    not a private constant's name; ``Shared`` without its internal constructor."""
+    griffe = pytest.importorskip("griffe", reason="the docs extra is not installed")
+
+    def load(*extensions: str) -> Any:
+        return griffe.load("nocopy", search_paths=[str(ROOT / "src")], resolve_aliases=True,
+                           extensions=griffe.load_extensions(*extensions))
+
+    plain = load()
+    threshold = plain["ProcessPoolExecutor"].members["__init__"].parameters["share_threshold"]
+    assert str(threshold.default) == "DEFAULT_SHARE_THRESHOLD"  # what the reference showed
+    assert "locator" in plain["Shared"].members["__init__"].parameters
+    package = load(f"{DOCS / '_griffe_nocopy.py'}:NocopyReference")
+    for cls in ("ProcessPoolExecutor", "Pool"):
+        param = package[cls].members["__init__"].parameters["share_threshold"]
+        assert param.default == str(1 << 20), cls
+    assert "__init__" not in package["Shared"].members

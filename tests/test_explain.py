@@ -48,7 +48,7 @@ def test_prints_as_a_table_and_indexes_by_position_and_path() -> None:
     assert lines[0].split() == ["path", "dtype", "status", "detail"]
     assert set(lines[1].replace(" ", "")) == {"-"}
     assert any(line.startswith("['payload']") and "unsupported" in line for line in lines)
-    assert lines[-1].startswith(f"({len(report)} parts;")
+    assert lines[-1].startswith(f"({len(report)} parts;")  # more than one: the plural
     assert repr(report) == text
     assert "<table>" in report._repr_html_()
     assert report[0] is next(iter(report)) and report[-1] is list(report)[-1]

@@ -253,7 +253,7 @@ def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
 
 # -- bad input --------------------------------------------------------------------------
 def test_bad_arguments_get_clear_errors() -> None:
-    with pytest.raises(UnsupportedTypeError, match="cannot split a list"):
+    with pytest.raises(UnsupportedTypeError, match="cannot split data of type list"):
         nocopy.parallel_map(rows_len, [1, 2, 3])
     with pytest.raises(UnsupportedTypeError, match="0-d array"):
         nocopy.parallel_map(rows_len, np.array(1.0))

@@ -383,7 +383,10 @@ def test_unshareable_columns_name_the_column_and_type(series: Any, type_name: st
     df = pl.DataFrame([pl.Series("ok", range(len(series))), series])
     with pytest.raises(UnsupportedTypeError, match=re.escape(f"column {series.name!r} of type {type_name}")) as err:
         nocopy.share(df)
-    assert "allow_pickle=True" in str(err.value)
+    if type_name == "Object":  # Polars cannot pickle an Object column: no fix that fails again
+        assert "allow_pickle" not in str(err.value)
+    else:
+        assert "allow_pickle=True" in str(err.value)
     with pytest.raises(UnsupportedTypeError, match=rf"{series.name!r}"):
         nocopy.share(series)
     report = nocopy.explain(df)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -137,16 +135,6 @@ def test_a_workers_imports_stay_lean() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
-
-
-def test_readme_quick_start_runs(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    m = re.search(r"## Quick start\n.*?```python\n(.*?)```", readme, re.S)
-    assert m, "README has no quick start block"
-    script = tmp_path / "quick_start.py"
-    script.write_text(m.group(1))
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("extra", ["pandas", "ray", "joblib"])

@@ -75,7 +75,8 @@ class Explanation:
         details = ["detail", "------", *(n.detail for n in self._notes)]
         table = "\n".join(f"{line.ljust(width)}  {detail}".rstrip() for line, detail in zip(lines, details, strict=True))
         counts = ", ".join(f"{k}: {v}" for k, v in self.summary().items())
-        return f"{table}\n({len(rows)} parts; {counts or 'nothing to share'})"
+        parts = f"{len(rows)} part" + ("" if len(rows) == 1 else "s")
+        return f"{table}\n({parts}; {counts or 'nothing to share'})"
 
     def __repr__(self) -> str:
         return str(self)
@@ -105,16 +106,17 @@ def explain(obj: Any, *, allow_pickle: bool = False) -> Explanation:
 
     Examples
     --------
-    >>> import pandas as pd, nocopy
-    >>> df = pd.DataFrame({"x": [1.0, 2.0], "s": pd.Series(["a", "b"], dtype=object)})
-    >>> print(nocopy.explain(df))  # doctest: +NORMALIZE_WHITESPACE
-    path      dtype         status     detail
-    --------  ------------  ---------  ------
-    .index    RangeIndex    zero-copy  metadata only
-    .columns  str           zero-copy  Arrow large_string buffers
-    ['x']     float64       zero-copy
-    ['s']     object (str)  converted  stored once as Arrow large_string at share (never fixed-width); get() returns it zero-copy as pandas' str dtype
-    (4 parts; zero-copy: 3, converted: 1)
+    >>> import numpy as np, pandas as pd, nocopy
+    >>> s = pd.Series(["a", "b"], dtype=object)
+    >>> report = nocopy.explain(pd.DataFrame({"x": [1.0, 2.0], "s": s}))
+    >>> report.summary()
+    {'zero-copy': 3, 'converted': 1}
+    >>> report["['s']"].status, report["['x']"].status
+    ('converted', 'zero-copy')
+
+    ``print(report)`` shows every part as a table: path, dtype, status and
+    why (here: the object column of str is stored once as Arrow
+    large_string, and ``get()`` returns it as pandas' ``str`` dtype).
     """
     if isinstance(obj, Shared):  # share() returns it as it is
         return Explanation([

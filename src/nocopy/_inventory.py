@@ -115,10 +115,12 @@ def cleanup(dry_run: bool = False) -> list[Segment]:
 
     Examples
     --------
+    What a crashed owner left, then the bytes given back:
+
     >>> would = nocopy.cleanup(dry_run=True)       # doctest: +SKIP
-    >>> [(s.name, s.size) for s in would]   # what a crashed owner left  # doctest: +SKIP
+    >>> [(s.name, s.size) for s in would]          # doctest: +SKIP
     [('nocopy-4242-1187263-5f0c...', 80000128)]
-    >>> sum(s.size for s in nocopy.cleanup())   # bytes given back  # doctest: +SKIP
+    >>> sum(s.size for s in nocopy.cleanup())      # doctest: +SKIP
     80000128
     """
     now = time.time()

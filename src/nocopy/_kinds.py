@@ -259,7 +259,7 @@ def _splittable(obj: Any) -> tuple[type[Family], int]:
     rows = None if family is None else family.rows(obj)
     if family is None or rows is None:
         raise UnsupportedTypeError(
-            f"parallel_map cannot split a {type(obj).__qualname__} into row chunks. Fix: pass a "
+            f"parallel_map cannot split data of type {type(obj).__qualname__} into row chunks. Fix: pass a "
             "NumPy array, a pandas or Polars DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
         )
     return family, rows

@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._codec import PICKLE_FIX
 from ._kinds import row_count, take_rows
 from ._pool import ProcessPoolExecutor, fn_name, start_workers, submit_labelled, usable
 from ._pool import abort as abort_pool
@@ -411,8 +412,14 @@ def _run(runner: MapBackend, fn: Callable[[Any], Any], data: Any, spans: list[tu
     futures: list[Future[Any]] = []
     source: Any = None
     prepared = False
+    # parallel_map takes no allow_pickle: an unsupported column's fix is to share first.
+    fix = PICKLE_FIX.set("store it pickled with nocopy.share(data, allow_pickle=True) and pass "
+                         "parallel_map the handle (the pickled part is copied on every get)")
     try:
-        source = runner.prepare(data)
+        try:
+            source = runner.prepare(data)
+        finally:
+            PICKLE_FIX.reset(fix)
         prepared = True
         for i, (start, stop) in enumerate(spans):
             futures.append(runner.submit(fn, source, i, start, stop))

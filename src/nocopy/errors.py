@@ -66,7 +66,7 @@ class UnsupportedTypeError(NocopyError, TypeError):
     An object column holding dicts:
 
     >>> nocopy.share(np.array([{}, {}], dtype=object))  # doctest: +SKIP
-    UnsupportedTypeError: cannot share ndarray of dtype object (Python objects) zero-copy: ...
+    UnsupportedTypeError: cannot share ndarray of dtype object (Python ...
     """
 
 
@@ -157,7 +157,7 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
     --------
     >>> with nocopy.ProcessPoolExecutor(1) as ex:  # doctest: +SKIP
     ...     ex.submit(os._exit, 3).result()
-    WorkerCrashedError: worker pid ... exited with code 3 while running task #1 (posix._exit) ...
+    WorkerCrashedError: worker pid ... exited with code 3 while running ...
     """
 
     exitcode: int | None
@@ -190,7 +190,7 @@ class TaskUnpicklingError(NocopyError, UnpicklingError):
     True
     >>> fut = ex.submit(fn, ExitsWhenUnpickled())  # doctest: +SKIP
     >>> fut.result()  # doctest: +SKIP
-    TaskUnpicklingError: SystemExit(3) was raised while unpickling the arguments of task #1 (fn) ...
+    TaskUnpicklingError: SystemExit(3) was raised while unpickling the ...
     """
 
     task: str | None

@@ -99,7 +99,8 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
     Examples
     --------
-    >>> with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="spawn"):  # doctest: +SKIP
+    >>> with joblib.parallel_config(backend="nocopy", n_jobs=2,
+    ...                             mp_context="spawn"):  # doctest: +SKIP
     ...     joblib.Parallel()(joblib.delayed(len)(big_df) for _ in range(4))
     [1000000, 1000000, 1000000, 1000000]
     """
@@ -135,7 +136,8 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
 
         Examples
         --------
-        >>> NocopyBackend().effective_n_jobs(-1) == joblib.cpu_count()   # doctest: +SKIP
+        >>> n = NocopyBackend().effective_n_jobs(-1)  # doctest: +SKIP
+        >>> n == joblib.cpu_count()                   # doctest: +SKIP
         True
         """
         if n_jobs == 0:

@@ -174,8 +174,9 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
 
     Examples
     --------
-    >>> ref = nocopy.ray.put(np.rec.fromarrays([np.arange(3)], names="a"))  # doctest: +SKIP
-    >>> type(nocopy.ray.get(ref)).__name__                                    # doctest: +SKIP
+    >>> recs = np.rec.fromarrays([np.arange(3)], names="a")
+    >>> ref = nocopy.ray.put(recs)                 # doctest: +SKIP
+    >>> type(nocopy.ray.get(ref)).__name__         # doctest: +SKIP
     'recarray'
     """
     if isinstance(obj, Shared):
@@ -343,7 +344,8 @@ class RayMapBackend(MapBackend):
 
     Examples
     --------
-    >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2, backend="ray")  # doctest: +SKIP
+    >>> nocopy.parallel_map(np.sum, np.arange(100), chunks=2,
+    ...                     backend="ray")         # doctest: +SKIP
     [np.int64(1225), np.int64(3725)]
     """
 

@@ -23,12 +23,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def dump_json(result: dict[str, Any]) -> str:
+    """*result* as the JSON text ``--json`` prints and ``--json-out`` writes (NaN/inf as null)."""
+    return json.dumps(_finite(result), indent=2, allow_nan=False)
+
+
 def write_json(result: dict[str, Any], path: str) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_finite(result), f, indent=2, allow_nan=False)
-        f.write("\n")
+        f.write(dump_json(result) + "\n")
 
 
 def _med(stats: dict[str, float] | None) -> float | None:

@@ -3,10 +3,10 @@
 Examples
 --------
 ```sh
-nocopy bench seed --quick --repeat 1 --cold-repeat 1 --json out.json --plot out.png
-nocopy bench scaling --max-size 256MB --json scaling.json
-nocopy bench pandas --rows 200000 --json pandas.json
-nocopy bench polars --rows 200000 --workers 2 --json polars.json
+nocopy bench seed --quick --json-out out.json --plot out.png
+nocopy bench scaling --max-size 256MB --json-out scaling.json
+nocopy bench pandas --rows 200000 --json > pandas.json
+nocopy bench polars --rows 200000 --workers 2 --json-out polars.json
 nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
 nocopy bench joblib --rows 200000 --frame-rows 20000 --repeat 1
 ```
@@ -59,6 +59,29 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 _positive = _at_least(1)
 _non_negative = _at_least(0)
 
+# Methods `--quick` leaves out unless --methods names them: Ray's start alone takes longer
+# than the whole quick run should (under a minute).
+QUICK_SKIPS = ("ray",)
+QUICK_REPEAT = 1
+QUICK_COLD_REPEAT = 1
+
+
+def _output_options(parser: argparse.ArgumentParser, plot: bool = False) -> None:
+    """The output options every bench command shares: one convention with ``nocopy ls/gc/doctor``
+    (``--json`` prints JSON on stdout), plus ``--json-out PATH`` to keep the numbers in a file."""
+    parser.add_argument("--json", action="store_true",
+                        help="print every number as JSON on stdout instead of the table")
+    parser.add_argument("--json-out", metavar="PATH",
+                        help="also write every number as JSON to PATH (directories are created)")
+    if plot:
+        parser.add_argument("--plot", metavar="PATH", help="write a PNG plot of the results to PATH")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _start_method_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"],
+                        help=f"start method of {what} (default spawn)")
+
 
 def _parser() -> argparse.ArgumentParser:
     from ._methods import METHODS
@@ -81,49 +104,56 @@ def _parser() -> argparse.ArgumentParser:
             + ", ".join(names) + ". Methods whose package or nocopy feature is missing are skipped with a note."
         ),
     )
-    seed.add_argument("--rows", type=_positive, default=None, help="rows of data (default 10,000,000; --quick: 1,000,000)")
+    seed.add_argument("--rows", type=_positive, default=None,
+                      help=f"rows of data (default 10,000,000; --quick: {QUICK_ROWS:,})")
     seed.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="processes (default: cpu_count)")
-    seed.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"], help="for the process pools (default spawn)")
-    seed.add_argument("--methods", default=None, help=f"comma-separated subset of: {','.join(names)} (default: all)")
-    seed.add_argument("--repeat", type=_positive, default=3, help="warm timing runs per method (default 3), all in this process: median and min-max")
+    _start_method_option(seed, "the process pools")
+    seed.add_argument("--methods", default=None,
+                      help=f"comma-separated subset of: {','.join(names)} (default: all; "
+                      f"--quick: all but {', '.join(QUICK_SKIPS)})")
+    seed.add_argument("--repeat", type=_positive, default=None,
+                      help=f"warm timing runs per method (default 3; --quick: {QUICK_REPEAT}), all in this "
+                      "process: median and min-max")
     seed.add_argument(
         "--memory-repeat", type=_positive, default=1,
         help="memory runs per method, apart from the timing runs (default 1: peaks vary far less than times)",
     )
     seed.add_argument(
-        "--cold-repeat", type=_non_negative, default=2,
-        help="cold runs per method (default 2), each in a fresh interpreter, in rounds of every method in a shuffled order, "
-        "before the warm runs; 0: warm runs only",
+        "--cold-repeat", type=_non_negative, default=None,
+        help=f"cold runs per method (default 2; --quick: {QUICK_COLD_REPEAT}), each in a fresh interpreter, "
+        "in rounds of every method in a shuffled order, before the warm runs; 0: warm runs only",
     )
     seed.add_argument(
         "--no-warm-up", dest="warm_up", action="store_false",
         help="no warm-up task before the work, as a script runs it: start-up is then the pool's construction "
         "only, and the workers boot during the work phase (compare methods end to end)",
     )
-    seed.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
-    seed.add_argument("--plot", metavar="PATH", help="write a PNG of time and memory per method")
-    seed.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows (for CI)")
+    seed.add_argument("--quick", action="store_true",
+                      help=f"a run of under a minute: {QUICK_ROWS:,} rows, {QUICK_REPEAT} warm and "
+                      f"{QUICK_COLD_REPEAT} cold run per method, no {', '.join(QUICK_SKIPS)} unless --methods names it")
     seed.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
-    seed.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    _output_options(seed, plot=True)
 
     scaling = sub.add_parser(
         "scaling",
         help="get() latency vs size, share() throughput, per-task overhead, time vs workers",
+        description="How nocopy scales: get() latency in a worker from --min-size to --max-size (it must "
+        "not grow with size), share() throughput against a plain copy into fresh shared memory, the "
+        "per-task overhead of tiny tasks against concurrent.futures, and the classic experiment's time "
+        "for 1, 2, 4, 8... workers. Sizes up to 4 GiB need about 8 GiB of free memory.",
     )
     scaling.add_argument("--max-size", type=parse_size, default=4 << 30, help="largest data size (default 4GB)")
     scaling.add_argument("--min-size", type=parse_size, default=1 << 20, help="smallest data size (default 1MB)")
     scaling.add_argument("--rows", type=_positive, default=10_000_000, help="rows for the workers sweep (default 10,000,000)")
     scaling.add_argument("--workers", default="1,2,4,8", help="worker counts for the sweep (default 1,2,4,8)")
     scaling.add_argument("--tasks", type=_positive, default=2000, help="tiny tasks for the overhead test (default 2000)")
-    scaling.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"])
+    _start_method_option(scaling, "the workers")
     scaling.add_argument("--repeat", type=_positive, default=3, help="runs per point (default 3)")
     scaling.add_argument(
         "--parts", default="get,share,overhead,workers",
         help="comma-separated subset of get,share,overhead,workers (default all)",
     )
-    scaling.add_argument("--json", metavar="PATH")
-    scaling.add_argument("--plot", metavar="PATH")
-    scaling.add_argument("--quiet", action="store_true")
+    _output_options(scaling, plot=True)
 
     pandas = sub.add_parser(
         "pandas",
@@ -132,8 +162,7 @@ def _parser() -> argparse.ArgumentParser:
         "fresh spawned worker, against pa.Table.from_pandas + an IPC stream and pickle protocol 5; one run.",
     )
     pandas.add_argument("--rows", type=_positive, default=8_500_000, help="rows (default 8,500,000: about 1 GB)")
-    pandas.add_argument("--json", metavar="PATH")
-    pandas.add_argument("--quiet", action="store_true")
+    _output_options(pandas)
 
     polars = sub.add_parser(
         "polars",
@@ -146,8 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     polars.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="processes (default: cpu_count)")
     polars.add_argument("--repeat", type=_positive, default=3, help="timing runs per method (default 3): median")
     polars.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
-    polars.add_argument("--json", metavar="PATH")
-    polars.add_argument("--quiet", action="store_true")
+    _output_options(polars)
 
     ray = sub.add_parser(
         "ray",
@@ -159,8 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument("--rows", type=_positive, default=10_000_000, help="classic experiment rows (default 10,000,000)")
     ray.add_argument("--workers", type=_positive, default=2, help="Ray CPUs and classic tasks (default 2)")
     ray.add_argument("--repeat", type=_positive, default=3, help="runs per method (default 3): medians")
-    ray.add_argument("--json", metavar="PATH")
-    ray.add_argument("--quiet", action="store_true")
+    _output_options(ray)
 
     jl = sub.add_parser(
         "joblib",
@@ -173,11 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     jl.add_argument("--rows", type=_positive, default=10_000_000, help="record array rows (default 10,000,000)")
     jl.add_argument("--frame-rows", type=_positive, default=2_000_000, help="string frame rows (default 2,000,000)")
     jl.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="n_jobs and tasks (default: cpu_count)")
-    jl.add_argument("--start-method", default="spawn", choices=["spawn", "forkserver", "fork"], help="nocopy's workers (default spawn)")
+    _start_method_option(jl, "nocopy's workers")
     jl.add_argument("--repeat", type=_positive, default=3, help="timed calls per backend (default 3): medians")
     jl.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
-    jl.add_argument("--json", metavar="PATH")
-    jl.add_argument("--quiet", action="store_true")
+    _output_options(jl)
     return parser
 
 
@@ -187,19 +213,33 @@ def _log(quiet: bool) -> Any:
     return lambda s: print(s, file=sys.stderr, flush=True)
 
 
-def _seed(args: argparse.Namespace) -> int:
-    from ._report import plot_seed, seed_table
-    from ._seed import SeedConfig, run_seed
+def seed_config(args: argparse.Namespace) -> Any:
+    """The SeedConfig *args* ask for: ``--quick`` sets smaller defaults and leaves out
+    QUICK_SKIPS, but an option given explicitly always wins."""
+    from ._methods import METHODS
+    from ._seed import SeedConfig
 
-    rows = args.rows if args.rows is not None else (QUICK_ROWS if args.quick else 10_000_000)
+    quick = args.quick
+    rows = args.rows if args.rows is not None else (QUICK_ROWS if quick else 10_000_000)
     methods = None
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    cfg = SeedConfig(
+    elif quick:
+        methods = [m.name for m in METHODS if m.name not in QUICK_SKIPS]
+    repeat = args.repeat if args.repeat is not None else (QUICK_REPEAT if quick else 3)
+    cold = args.cold_repeat if args.cold_repeat is not None else (QUICK_COLD_REPEAT if quick else 2)
+    return SeedConfig(
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
-        repeat=args.repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
-        cold_repeat=args.cold_repeat, warm_up=args.warm_up,
+        repeat=repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
+        cold_repeat=cold, warm_up=args.warm_up,
     )
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from ._report import plot_seed, seed_table
+    from ._seed import run_seed
+
+    cfg = seed_config(args)
     return _run_and_report("seed", args, lambda: run_seed(cfg, _log(args.quiet)), seed_table, plot_seed)
 
 
@@ -294,8 +334,10 @@ def _run_and_report(
     table: Callable[[dict[str, Any]], str],
     plot: Callable[[dict[str, Any], str], None] | None = None,
 ) -> int:
-    """Run an experiment; print its table, write JSON and PNG if asked; the exit code."""
-    from ._report import write_json
+    """Run an experiment; print its table (or, with ``--json``, its JSON), write the JSON file
+    and PNG if asked; the exit code. With ``--json`` stdout holds only the JSON: the
+    "wrote ..." notes go to stderr."""
+    from ._report import dump_json, write_json
 
     _compile_nocopy()
     try:
@@ -303,13 +345,14 @@ def _run_and_report(
     except ValueError as exc:
         print(f"nocopy bench {command}: {exc}", file=sys.stderr)
         return 2
-    print(table(result))
-    if args.json:
-        write_json(result, args.json)
-        print(f"wrote {args.json}")
+    notes = sys.stderr if args.json else sys.stdout
+    print(dump_json(result) if args.json else table(result))
+    if args.json_out:
+        write_json(result, args.json_out)
+        print(f"wrote {args.json_out}", file=notes)
     if plot is not None and args.plot:
         plot(result, args.plot)
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot}", file=notes)
     return 1 if result.get("failed") else 0
 
 

@@ -17,7 +17,7 @@ from .._store import _capacity, default_backend, leaves_orphans, stores_known
 from .._text import format_bytes
 from .._version import __version__
 
-__all__ = ["add_parser", "collect", "render", "run"]
+__all__ = ["add_parser", "collect", "huge_pages_lines", "render", "run"]
 
 _PACKAGES = ("numpy", "pandas", "pyarrow", "ray", "psutil", "matplotlib", "joblib")
 
@@ -160,6 +160,28 @@ def _memory_warnings(out: list[dict[str, str]], memory: dict[str, Any]) -> None:
         )
 
 
+_THP_SETTING = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+
+
+def huge_pages_lines(memfd: dict[str, Any], tmpfs: dict[str, Any]) -> list[str]:
+    """What the huge-page setup means for the user, and what to do about it.
+
+    The kernel's own words (shmem_enabled, MADV_COLLAPSE, hugetlb) stay in ``--json``.
+    """
+    collapse = memfd.get("collapse", {})
+    if memfd["writes"] is None:
+        return ["off: no transparent huge pages in this kernel: segments get",
+                "4 KiB pages; everything works, with more page faults"]
+    if memfd["writes"] or collapse.get("available"):
+        lines = ["on: big segments get 2 MiB pages: fewer page faults in workers"]
+        if not (tmpfs["writes"] or collapse.get("available")):
+            lines.append("posix segments get 4 KiB pages: prefer the default memfd store")
+        return lines
+    return ["off: segments get 4 KiB pages; everything works. For fewer",
+            "page faults with big data, as root:",
+            f"echo within_size > {_THP_SETTING}"]
+
+
 def render(r: dict[str, Any]) -> str:
     lines = [f"nocopy {r['nocopy']} (Python {r['python']}, {r['platform']})", ""]
 
@@ -178,17 +200,8 @@ def render(r: dict[str, Any]) -> str:
         row("memfd", f"not available: {m.get('detail', '')}")
     h = m.get("huge_pages")
     if h is not None:
-        pool = h["hugetlb"]
-        collapse = h.get("collapse", {})
-        verdict = {True: "yes", False: "no", None: "no THP in this kernel"}[h["writes"]]
-        if collapse.get("available") and not h["writes"]:
-            verdict = "yes, share() collapses them"
-        posix = "yes" if r["shm"]["huge_pages"]["writes"] or collapse.get("available") else "no"
-        row("huge pages", f"memfd segments: {verdict} (shmem_enabled {h['shmem_enabled'] or '-'}"
-                          + "".join(f", {k} {v}" for k, v in h["per_size"].items())
-                          + f"; {collapse.get('detail', 'MADV_COLLAPSE not tried')}); posix segments: {posix} "
-                          f"(tmpfs huge={r['shm']['huge_pages']['huge']}); hugetlb pool "
-                          f"{pool['pages_total'] or 0} pages, {pool['pages_free'] or 0} free")
+        for i, line in enumerate(huge_pages_lines(h, r["shm"]["huge_pages"])):
+            row("" if i else "huge pages", line)
     s = r["shm"]
     if s.get("size") is not None:
         row("shm dir", f"{s['dir']}: {s['fstype'] or '?'} at {s['mount'] or '?'}, "

@@ -29,10 +29,11 @@ from . import _numpy, _python, _registry
 from ._layout import MAGIC, PREFIX, Header, parse_header
 from ._numpy import is_output_node
 from ._plan import Plan, copy_bytes, fill_threads, plan, plan_output, write_at
-from ._registry import Decoder, Encoder, Note
+from ._registry import PICKLE_FIX, Decoder, Encoder, Note
 
 __all__ = [
     "MAGIC",
+    "PICKLE_FIX",
     "Header",
     "Note",
     "Plan",

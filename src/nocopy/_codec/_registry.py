@@ -20,6 +20,7 @@ import os
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -190,17 +191,21 @@ class Encoder:
         return node
 
     def unsupported(self, obj: Any, path: str, what: str, *, dtype: str = "") -> Any:
-        where = f" at {path}" if path else ""
+        # "column 'meta' ... at ['meta']" would name the column twice.
+        where = f" at {path}" if path and path.strip("[]") not in what else ""
         if self.allow_pickle:
             return self.pickle(obj, path, dtype or type(obj).__name__, f"{what} (pickled: allow_pickle=True)")
         if self.explaining:
             self.note(path, dtype or type(obj).__name__, "unsupported", f"{what} cannot be shared zero-copy")
             return {"k": "py", "v": None}
+        fix = _conversion_hint(what)
+        # Only offer pickling where it would work: a generator, a lock or a memoryview would
+        # then fail again with "cannot even be pickled".
+        if _picklable(obj):
+            fix += f", or {PICKLE_FIX.get()}"
         raise UnsupportedTypeError(
-            f"cannot share {what}{where} zero-copy: nocopy shares NumPy arrays of fixed-width "
-            "dtypes, pandas objects, Arrow data and dicts/lists/tuples of them. Fix: convert it "
-            "(e.g. strings to str, dicts to separate columns), or pass allow_pickle=True to "
-            "store it pickled (copied on every get, refused by attach() unless trusted=True)."
+            f"cannot share {what}{where}: nocopy shares NumPy arrays of fixed-width dtypes, "
+            f"pandas objects, Arrow data and dicts/lists/tuples of them. Fix: {fix}."
         )
 
     def pickle(self, obj: Any, path: str, dtype: str, detail: str) -> Any:
@@ -218,6 +223,34 @@ class Encoder:
         self.pickled = True
         self.note(path, dtype, "pickled", detail)
         return {"k": "pickle", "b": self.add(data, len(data))}
+
+
+# How the caller at hand turns pickling on, for the "Fix:" of UnsupportedTypeError: share()'s
+# own keyword by default; parallel_map, which has no such keyword, sets the way that works
+# with it (share first, pass the handle).
+PICKLE_FIX: ContextVar[str] = ContextVar(
+    "nocopy_pickle_fix",
+    default="pass allow_pickle=True to store it pickled (copied on every get, refused by "
+    "attach() unless trusted=True)",
+)
+
+
+def _conversion_hint(what: str) -> str:
+    """How to turn the unsupported part *what* into something nocopy shares."""
+    if "holding dict" in what:
+        return "convert it, e.g. the dicts to one column per key (pandas.json_normalize)"
+    if "dtype object" in what:
+        return "convert it to a fixed-width dtype, or to str or bytes"
+    return "convert it to one of those"
+
+
+def _picklable(obj: Any) -> bool:
+    """Whether pickling *obj* works (only asked on the way to an error)."""
+    try:
+        pickle.dumps(obj, protocol=5)
+    except Exception:  # whatever the object's __reduce__ raises
+        return False
+    return True
 
 
 class Decoder:

@@ -164,10 +164,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     Examples
     --------
     >>> import numpy as np, nocopy
-    >>> big = np.ones(1_000_000)                         # 8 MB: shared, not pickled
-    >>> with nocopy.ProcessPoolExecutor(2) as ex:        # doctest: +SKIP
-    ...     list(ex.map(np.sum, [big] * 4))
-    [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
+    >>> big = np.ones(1_000_000)              # 8 MB: shared, not pickled
+    >>> with nocopy.ProcessPoolExecutor(2) as ex:  # doctest: +SKIP
+    ...     [float(s) for s in ex.map(np.sum, [big] * 4)]
+    [1000000.0, 1000000.0, 1000000.0, 1000000.0]
     """
 
     def __init__(
@@ -218,8 +218,11 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
 
         Examples
         --------
-        >>> fut = ex.submit(np.sum, big)     # doctest: +SKIP
-        >>> fut.result()                     # doctest: +SKIP
+        >>> big = np.ones(1_000_000)
+        >>> with nocopy.ProcessPoolExecutor(2) as ex:  # doctest: +SKIP
+        ...     fut = ex.submit(np.sum, big)           # big: shared once
+        ...     float(fut.result())
+        1000000.0
         """
         return self._submit(None, fn, args, kwargs)
 

@@ -205,10 +205,10 @@ class Pool(_StdPool):
     Examples
     --------
     >>> import numpy as np, nocopy
-    >>> big = np.ones(1_000_000)                      # 8 MB: shared once, not pickled per task
-    >>> with nocopy.Pool(2) as pool:                  # doctest: +SKIP
-    ...     pool.map(np.sum, [big] * 4)
-    [np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0), np.float64(1000000.0)]
+    >>> big = np.ones(1_000_000)        # 8 MB: shared once, not pickled per task
+    >>> with nocopy.Pool(2) as pool:    # doctest: +SKIP
+    ...     [float(s) for s in pool.map(np.sum, [big] * 4)]
+    [1000000.0, 1000000.0, 1000000.0, 1000000.0]
     """
 
     def __init__(
