@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from .._text import format_bytes, render_table
+from ._startup import startup_table
 
 __all__ = ["plot_scaling", "plot_seed", "seed_table", "write_json"]
 
@@ -130,6 +131,8 @@ def seed_table(result: dict[str, Any]) -> str:
     for name, errors in result["failed"].items():
         notes.append(f"FAILED {name}: {errors}")
     lines += [f"  {n}" for n in notes]
+    if result.get("startup"):
+        lines += ["", startup_table(result["startup"])]
     return "\n".join(lines)
 
 

@@ -13,7 +13,9 @@
 - ``overhead``: per-task cost of tiny tasks (``list(ex.map(f, range(N)))``
   and one ``submit`` per item) in a warm pool of 2, nocopy's executor vs
   concurrent.futures, runs interleaved, medians and their ratio;
-- ``workers``: the classic experiment's end-to-end time vs number of workers.
+- ``workers``: the classic experiment's end-to-end time vs number of workers;
+- ``startup``: pool start-up per start method, cold, against the standard
+  library's pools (see ``_startup``), with the largest worker count up to 4.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from .._text import format_bytes
 from . import _tasks
 from ._data import expected_sum, make_records
 from ._methods import time_mapped_copy, time_pwrite_copy
+from ._startup import StartupConfig, run_startup, startup_table
 from ._stats import ratio, summary
 
 __all__ = ["ScalingConfig", "run_scaling", "scaling_table"]
 
 Log = Callable[[str], None]
-PARTS = ("get", "share", "overhead", "workers")
+PARTS = ("get", "share", "overhead", "workers", "startup")
 SWEEP_METHODS = ("pickle", "stdlib", "nocopy-executor", "threads")
 
 
@@ -325,6 +328,11 @@ def _workers_sweep(cfg: ScalingConfig, log: Log) -> list[dict[str, Any]]:
     return out
 
 
+def _startup_part(cfg: ScalingConfig, log: Log) -> dict[str, Any]:
+    workers = max([w for w in cfg.workers if w <= 4] or [min(cfg.workers)])
+    return run_startup(StartupConfig(workers=workers, repeat=cfg.repeat), log)
+
+
 def run_scaling(cfg: ScalingConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Run the requested parts; return the JSON-able result."""
     unknown = [p for p in cfg.parts if p not in PARTS]
@@ -346,6 +354,7 @@ def run_scaling(cfg: ScalingConfig, log: Log = lambda s: print(s, file=sys.stder
         ("share", "share_throughput", _share_throughput),
         ("overhead", "task_overhead", _task_overhead),
         ("workers", "workers", _workers_sweep),
+        ("startup", "startup", _startup_part),
     ]
     for part, key, fn in steps:
         if part not in cfg.parts:
@@ -430,6 +439,8 @@ def scaling_table(result: dict[str, Any]) -> str:
             cells = {p["workers"]: p["total_s"]["median"] for p in wk if p["method"] == m}
             lines.append(f"  {m:<16}" + "".join(f"{cells[c]:9.3f}" if c in cells else f"{'-':>9}" for c in counts))
         lines.append("")
+    if result.get("startup"):
+        lines += [startup_table(result["startup"]), ""]
     for part, why in result.get("failed", {}).items():
         lines.append(f"FAILED {part}: {why}")
     return "\n".join(lines)

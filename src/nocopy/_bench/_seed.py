@@ -42,6 +42,7 @@ from . import _methods
 from ._data import expected_sum, make_records
 from ._methods import FLOOR, METHODS, Method, RunContext, by_name
 from ._monitor import MemoryMonitor
+from ._startup import StartupConfig, run_startup
 from ._stats import ratio, summary
 
 __all__ = ["SeedConfig", "cold_main", "run_seed"]
@@ -68,6 +69,7 @@ class SeedConfig:
     cold_repeat: int = 2  # runs per method in a fresh interpreter each (0: no cold runs)
     cold_timeout: float = 600.0  # seconds one cold run may take before it is killed
     warm_up: bool = True  # False: no warm-up task before the work (as a script runs it)
+    startup_repeat: int = 0  # pool start-up per start method, cold, rounds (0: not measured; the CLI: 2)
 
 
 def select_methods(names: list[str] | None) -> list[Method]:
@@ -517,6 +519,10 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
     runs, baseline = _run_schedule(_schedule(runnable, cfg.repeat, memory_repeat), data, cfg, expected, log)
     elapsed = time.perf_counter() - started
 
+    startup = None
+    if cfg.startup_repeat > 0:
+        log("pool start-up per start method (cold) ...")
+        startup = run_startup(StartupConfig(workers=cfg.workers, repeat=cfg.startup_repeat), log)
     floor_rec, results = _with_ratios(runnable, runs, cold, expected)
     failed: dict[str, list[str]] = {}
     for name, rec in (("floor", floor_rec), *results.items()):
@@ -534,10 +540,12 @@ def run_seed(cfg: SeedConfig, log: Log = lambda s: print(s, file=sys.stderr, flu
             "memory_repeat": memory_repeat,
             "cold_repeat": cfg.cold_repeat,
             "warm_up": cfg.warm_up,
+            "startup_repeat": cfg.startup_repeat,
             "methods": [m.name for m in chosen],
             "memory_interval_ms": cfg.interval * 1e3,
         },
         "machine": _machine(),
+        "startup": startup,
         "data": {
             "rows": cfg.rows,
             "nbytes": int(data.nbytes),

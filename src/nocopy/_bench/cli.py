@@ -124,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         "in rounds of every method in a shuffled order, before the warm runs; 0: warm runs only",
     )
     seed.add_argument(
+        "--startup-repeat", type=_non_negative, default=None,
+        help="rounds of the pool start-up table (default 2; --quick: 1): the standard library's and "
+        "nocopy's executors under each start method, N workers and one numpy task each, each run in a "
+        "fresh interpreter; 0: not measured",
+    )
+    seed.add_argument(
         "--no-warm-up", dest="warm_up", action="store_false",
         help="no warm-up task before the work, as a script runs it: start-up is then the pool's construction "
         "only, and the workers boot during the work phase (compare methods end to end)",
@@ -139,8 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         help="get() latency vs size, share() throughput, per-task overhead, time vs workers",
         description="How nocopy scales: get() latency in a worker from --min-size to --max-size (it must "
         "not grow with size), share() throughput against a plain copy into fresh shared memory, the "
-        "per-task overhead of tiny tasks against concurrent.futures, and the classic experiment's time "
-        "for 1, 2, 4, 8... workers. Sizes up to 4 GiB need about 8 GiB of free memory.",
+        "per-task overhead of tiny tasks against concurrent.futures, the classic experiment's time "
+        "for 1, 2, 4, 8... workers, and pool start-up per start method against the standard library's (cold). Sizes up to 4 GiB need about 8 GiB of free memory.",
     )
     scaling.add_argument("--max-size", type=parse_size, default=4 << 30, help="largest data size (default 4GB)")
     scaling.add_argument("--min-size", type=parse_size, default=1 << 20, help="smallest data size (default 1MB)")
@@ -150,8 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     _start_method_option(scaling, "the workers")
     scaling.add_argument("--repeat", type=_positive, default=3, help="runs per point (default 3)")
     scaling.add_argument(
-        "--parts", default="get,share,overhead,workers",
-        help="comma-separated subset of get,share,overhead,workers (default all)",
+        "--parts", default="get,share,overhead,workers,startup",
+        help="comma-separated subset of get,share,overhead,workers,startup (default all)",
     )
     _output_options(scaling, plot=True)
 
@@ -232,6 +238,7 @@ def seed_config(args: argparse.Namespace) -> Any:
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
         repeat=repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
         cold_repeat=cold, warm_up=args.warm_up,
+        startup_repeat=args.startup_repeat if args.startup_repeat is not None else (1 if quick else 2),
     )
 
 
