@@ -222,7 +222,8 @@ class UnixServer:
             if mine is not None and len(mine) >= self.MAX_PER_PEER:
                 victims = list(mine)
             elif len(self._clients) >= self.MAX_CLIENTS:
-                victims = list(max(self._by_peer.values(), key=len))
+                biggest = max(self._by_peer, key=lambda peer: len(self._by_peer[peer]))
+                victims = list(self._by_peer[biggest])
             else:
                 return
             self._drop_idle(victims)
