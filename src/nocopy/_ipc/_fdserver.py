@@ -72,6 +72,12 @@ def request_fd(address: str, name: str, token: str) -> int:
     try:
         msg, fds = _unixserver.request(address, line, None, _TIMEOUT)
     except _unixserver.ForeignListenerError as exc:
+        if exc.pid is None and exc.uid != os.geteuid():
+            raise SegmentAccessError(
+                f"segment {name}: its owner's socket directory belongs to uid {exc.uid}, not to this "
+                f"process's uid {os.geteuid()}; nothing was asked of it. Fix: attach from a process "
+                "running as the owner's user."
+            ) from None
         raise SegmentAccessError(
             f"segment {name}: its owner's socket is now held by {exc.holder}, "
             "not by the owner; nothing was asked of it. The owner has exited. Fix: keep the "
