@@ -104,6 +104,9 @@ class UnixServer:
     BACKLOG = 256
 
     def __init__(self, prefix: str) -> None:
+        # Here, not in the thread: the sweep's descriptors come and go before this server serves.
+        with contextlib.suppress(OSError):
+            _sockdir.sweep()  # directories of this user's servers that were killed
         self.address, self._path = _sockdir.make(prefix)
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -142,8 +145,6 @@ class UnixServer:
 
     # -- the loop ---------------------------------------------------------
     def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            _sockdir.sweep()  # directories of this user's servers that were killed
         while True:
             try:
                 if not self._serve_once():
