@@ -1,9 +1,10 @@
 """The unix-socket servers (fd server, result inbox) against other users and hostile clients.
 
-Both servers listen on abstract names, which anyone can see and, once the
-owner is gone, bind. Each end authenticates the other (SO_PEERCRED), no
-single client can stop, stall or fill a server, and a worker whose caller is
-gone exits instead of handing its result to whoever holds the name next.
+Both servers listen on a socket in a private directory of their own, which
+other users cannot enter (the kernel refuses their connect()). Each end
+also authenticates the other (SO_PEERCRED), no client can stop, stall or
+fill a server, and a worker whose caller is gone exits instead of handing
+its result to whoever holds the name next.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 import nocopy
 from conftest import Procs, needs_root, run_python
-from nocopy._ipc import _fdserver
+from nocopy._ipc import _fdserver, _sockdir, _unixserver
 from nocopy._pool import _results
 from nocopy.errors import SegmentAccessError, SegmentNotFoundError
 
@@ -35,12 +36,14 @@ prefix, uid, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3] or os.getpid()
 if uid != os.getuid():
     os.setgid(uid); os.setuid(uid)
 name = f"{prefix}-{pid}-{os.urandom(16).hex()}"
-s = socket.socket(socket.AF_UNIX); s.bind("\\0" + name); s.listen(8)
+# Where nocopy would put the socket of that address: a private directory (made by this uid).
+os.mkdir(f"/tmp/{name}", 0o700)
+s = socket.socket(socket.AF_UNIX); s.bind(f"/tmp/{name}/s"); s.listen(8)
 print(name, flush=True)
-s.settimeout(60)
-c, _ = s.accept(); c.settimeout(10)
+s.settimeout(5)  # a client that refuses the directory never connects at all
 got, fds = b"", []
 try:
+    c, _ = s.accept(); c.settimeout(10)
     while True:
         msg, new, _, _ = socket.recv_fds(c, 4096, 4)
         fds += new
@@ -62,11 +65,20 @@ def _squatter(procs: Procs, prefix: str, uid: int, claim_pid: int | None = None)
     return name, p
 
 
-def _squatter_report(p: subprocess.Popen[bytes]) -> dict[str, object]:
+def _squatter_report(p: subprocess.Popen[bytes], name: str) -> dict[str, object]:
     out, err = p.communicate(timeout=60)
+    with contextlib.suppress(OSError):
+        os.unlink(f"/tmp/{name}/s")
+    with contextlib.suppress(OSError):
+        os.rmdir(f"/tmp/{name}")
     lines = out.decode().splitlines()
     assert lines, err.decode()
     return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
+def _path(address: str) -> str:
+    """The socket file of a nocopy server at *address* (this user's)."""
+    return _unixserver.socket_path(address)
 
 
 def _memfd(tag: str) -> int:
@@ -125,7 +137,7 @@ def test_a_worker_hands_no_result_to_a_listener_of_another_user(procs: Procs) ->
             _results.hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
     finally:
         os.close(fd)
-    report = _squatter_report(squatter)
+    report = _squatter_report(squatter, name)
     assert report == {"bytes": "", "fds": 0}
 
 
@@ -140,7 +152,7 @@ def test_a_worker_hands_no_result_to_another_process_holding_the_callers_name(pr
             _results.hand_over(name, secrets.token_hex(8), secrets.token_hex(16), fd)
     finally:
         os.close(fd)
-    assert _squatter_report(squatter) == {"bytes": "", "fds": 0}
+    assert _squatter_report(squatter, name) == {"bytes": "", "fds": 0}
 
 
 @needs_root
@@ -151,7 +163,7 @@ def test_an_attach_asks_nothing_of_a_listener_of_another_user(procs: Procs) -> N
     with pytest.raises(SegmentAccessError, match="uid 65534"):
         _fdserver.request_fd(name, f"nocopy-1-2-{'c' * 32}", token)
     # Not even the token reached it.
-    assert _squatter_report(squatter) == {"bytes": "", "fds": 0}
+    assert _squatter_report(squatter, name) == {"bytes": "", "fds": 0}
 
 
 CALLER = """
@@ -206,16 +218,17 @@ def test_a_worker_exits_when_its_caller_is_killed(procs: Procs, tmp_path: object
 # ---------------------------------------------------------------------------
 # 2. a connect() flood from another user loses nothing
 # ---------------------------------------------------------------------------
-def _flood(addresses: list[str]) -> None:
-    """Child: as uid 65534, connect() to *addresses* over and over (until killed)."""
+def _flood(paths: list[str]) -> None:
+    """Child: as uid 65534, connect() to the sockets at *paths* over and over (until killed)."""
     try:
         os.setgid(65534)
         os.setuid(65534)
         end = time.monotonic() + 300
         while time.monotonic() < end:
-            for a in addresses:
+            for a in paths:
                 with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
-                    s.connect("\0" + a)
+                    s.setblocking(False)
+                    s.connect(a)
     finally:
         os._exit(0)
 
@@ -230,7 +243,7 @@ def _big(i: int) -> np.ndarray:
 def test_a_connect_flood_from_another_user_loses_no_result(shared: nocopy.Shared[np.ndarray]) -> None:
     with nocopy.ProcessPoolExecutor(2) as ex:
         assert ex.submit(_big, 0).result()[0] == 0
-        addresses = [_results.get_inbox().address, shared._locator.sock]
+        addresses = [_path(_results.get_inbox().address), _path(shared._locator.sock)]
         flooders: list[int] = []
         try:
             for _ in range(8):
@@ -260,7 +273,7 @@ def _send(address: str, data: bytes, fds: list[int] | None = None) -> bytes:
     """What a hostile client of this user would do: one raw message; the server's reply."""
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
-        s.connect("\0" + address)
+        s.connect(_path(address))
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             if fds:
                 socket.send_fds(s, [data], fds)
@@ -305,7 +318,7 @@ def test_idle_connections_stall_neither_server(shared: nocopy.Shared[np.ndarray]
         for address in (shared._locator.sock, _results.get_inbox().address):
             for _ in range(150):
                 s = socket.socket(socket.AF_UNIX)
-                s.connect("\0" + address)
+                s.connect(_path(address))
                 idle.append(s)
         _legit_request(shared)
         with nocopy.ProcessPoolExecutor(1) as ex:
@@ -384,27 +397,57 @@ def test_every_task_finds_the_inbox_and_its_tag_without_taking_a_lock(monkeypatc
         inbox.drop(tag)
 
 
-@needs_root
-@pytest.mark.root
-def test_the_inbox_refuses_another_user(procs: Procs) -> None:
-    inbox = _results.get_inbox()
-    code = """
+FOREIGN_CLIENT = """
 import os, socket, sys
 os.setgid(65534); os.setuid(65534)
 fd = os.memfd_create(sys.argv[2])
 with socket.socket(socket.AF_UNIX) as s:
-    s.connect("\\0" + sys.argv[1])
+    try:
+        s.connect(sys.argv[1])
+    except PermissionError:
+        print("EACCES", flush=True)
+        sys.exit(0)
     try:
         socket.send_fds(s, [sys.argv[3].encode() + b"\\n"], [fd])
     except OSError:
         pass
     print(s.recv(1).decode(), flush=True)
 """
+
+
+@needs_root
+@pytest.mark.root
+def test_another_user_cannot_connect_to_either_server(procs: Procs, shared: nocopy.Shared[np.ndarray]) -> None:
+    # The kernel refuses the connect(): no other user can fill a backlog or hold a connection.
+    inbox = _results.get_inbox()
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        assert ex.submit(_big, 1).result()[0] == 1  # its tag is live
+        for address in (inbox.address, shared._locator.sock):
+            path = _path(address)
+            st = os.lstat(os.path.dirname(path))
+            assert (st.st_uid, st.st_mode & 0o777) == (os.geteuid(), 0o700)
+            name = secrets.token_hex(16)
+            p = procs.python(FOREIGN_CLIENT, path, name, f"{ex._resources.tag} {secrets.token_hex(16)}")
+            out, err = p.communicate(timeout=60)
+            assert out.decode().strip() == "EACCES", err.decode()
+
+
+@needs_root
+@pytest.mark.root
+def test_the_inbox_still_refuses_another_user_that_gets_through(procs: Procs) -> None:
+    # SO_PEERCRED stays the second check: with the directory opened up, the inbox still refuses.
+    inbox = _results.get_inbox()
+    path = _path(inbox.address)
     with nocopy.ProcessPoolExecutor(1) as ex:
         assert ex.submit(_big, 1).result()[0] == 1  # its tag is live
         name = secrets.token_hex(16)
-        p = procs.python(code, inbox.address, name, f"{ex._resources.tag} {secrets.token_hex(16)}")
-        out, err = p.communicate(timeout=60)
+        os.chmod(os.path.dirname(path), 0o711)
+        os.chmod(path, 0o777)
+        try:
+            p = procs.python(FOREIGN_CLIENT, path, name, f"{ex._resources.tag} {secrets.token_hex(16)}")
+            out, err = p.communicate(timeout=60)
+        finally:
+            os.chmod(os.path.dirname(path), 0o700)
         assert out.decode().strip() == "N", err.decode()
         assert _eventually(lambda: _fds_named(name) == 0)
 
@@ -412,7 +455,7 @@ with socket.socket(socket.AF_UNIX) as s:
 EMFILE = """
 import os, resource, socket, sys, threading, time
 import numpy as np, nocopy
-from nocopy._ipc import _fdserver
+from nocopy._ipc import _fdserver, _unixserver
 ref = nocopy.share(np.arange(10), backend="memfd")
 address = ref._locator.sock
 legit = f"{ref.name} {ref._token.hex()}\\n".encode()
@@ -424,7 +467,7 @@ while True:  # now this process is out of descriptors: the server's accept() mee
         hog.append(os.open("/dev/null", os.O_RDONLY))
     except OSError:
         break
-busy.connect("\\0" + address)
+busy.connect(_unixserver.socket_path(address))
 busy.sendall(legit)
 time.sleep(0.5)
 for f in hog:
@@ -450,3 +493,332 @@ def test_an_unreachable_owner_is_named_once_not_wrapped(shared: nocopy.Shared[np
     assert "cannot be reached (Connection refused)" in str(err.value)
     assert "None" not in str(err.value)
 
+
+
+# ---------------------------------------------------------------------------
+# 4. the socket's directory: private, removed at exit, swept after a kill
+# ---------------------------------------------------------------------------
+SERVER_THEN_EXIT = """
+import os, sys, time
+from nocopy._ipc import _fdserver, _unixserver
+srv = _fdserver.server()
+print(_unixserver.socket_path(srv.address), flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(600)
+"""
+
+
+def test_a_server_removes_its_directory_when_its_process_exits() -> None:
+    proc = run_python(SERVER_THEN_EXIT, "exit", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    path = proc.stdout.strip()
+    assert path.endswith("/s") and "/nocopy-fds-" in path
+    assert not os.path.lexists(os.path.dirname(path))
+
+
+def test_the_directory_of_a_killed_server_is_swept(procs: Procs, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = procs.python(SERVER_THEN_EXIT, "wait")
+    assert p.stdout is not None
+    path = p.stdout.readline().decode().strip()
+    directory = os.path.dirname(path)
+    assert os.path.isdir(directory)
+    monkeypatch.setattr(_sockdir, "_SWEEP_MIN_AGE", 0.0)
+    _sockdir.sweep()
+    assert os.path.isdir(directory)  # alive: kept
+    p.kill()
+    p.wait(timeout=30)
+    _sockdir.sweep()
+    assert not os.path.lexists(directory)
+    # A live server of this process is kept.
+    mine = _path(_results.get_inbox().address)
+    _sockdir.sweep()
+    assert os.path.exists(mine)
+
+
+def test_a_client_refuses_an_address_whose_directory_is_not_private(tmp_path: object) -> None:
+    name = f"nocopy-fds-{os.getpid()}-{secrets.token_hex(16)}"
+    directory = f"/tmp/{name}"
+    os.mkdir(directory, 0o700)
+    try:
+        os.chmod(directory, 0o755)  # open to others: anyone could have put a socket there
+        with pytest.raises(SegmentAccessError, match=f"directory of uid {os.getuid()}"):
+            _fdserver.request_fd(name, f"nocopy-1-2-{'c' * 32}", secrets.token_hex(16))
+    finally:
+        os.rmdir(directory)
+
+
+# ---------------------------------------------------------------------------
+# 5. same-user floods: no honest request is dropped
+# ---------------------------------------------------------------------------
+def _hold_idle(path: str, ready: int) -> None:
+    """Child: open idle connections to *path* as fast as possible, keep the last 400 (until killed)."""
+    try:
+        held: list[socket.socket] = []
+        os.write(ready, b"x")
+        end = time.monotonic() + 300
+        while time.monotonic() < end:
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+                held.append(s)
+            except OSError:
+                s.close()
+            if len(held) > 400:
+                held.pop(0).close()
+    finally:
+        os._exit(0)
+
+
+@contextlib.contextmanager
+def _idle_flood(address: str, processes: int) -> Iterator[None]:
+    path = _path(address)
+    flooders = []
+    try:
+        for _ in range(processes):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:
+                _hold_idle(path, w)
+            flooders.append(pid)
+            os.read(r, 1)
+            os.close(r)
+            os.close(w)
+        time.sleep(0.3)
+        yield
+    finally:
+        for pid in flooders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def test_a_same_user_flood_of_idle_connections_fails_no_request(shared: nocopy.Shared[np.ndarray]) -> None:
+    # Was: the server dropped the oldest of 128 connections, honest ones among them, and the
+    # client did not retry ECONNRESET: every request failed under 4 flooders.
+    with _idle_flood(shared._locator.sock, 3):
+        for _ in range(15):
+            _legit_request(shared)
+
+
+def test_a_same_user_flood_on_the_inbox_fails_no_task() -> None:
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        assert ex.submit(_big, 0).result()[0] == 0
+        with _idle_flood(_results.get_inbox().address, 3):
+            for i in range(8):
+                assert ex.submit(_big, i).result()[0] == i
+
+
+def test_one_process_holds_at_most_its_share_of_a_servers_connections(shared: nocopy.Shared[np.ndarray]) -> None:
+    server = _fdserver.server()
+    idle = []
+    try:
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(_path(server.address))
+            idle.append(s)
+        # Well before the connections' own deadline (5 s) drops them anyway.
+        deadline = time.monotonic() + 1.0
+        while len(server._by_peer.get(os.getpid(), ())) > server.MAX_PER_PEER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(server._by_peer.get(os.getpid(), ())) <= server.MAX_PER_PEER
+        _legit_request(shared)
+    finally:
+        for s in idle:
+            s.close()
+
+
+class _StillServer(_unixserver.UnixServer):
+    """A server whose loop the test drives itself (no thread): answers every line with b"K"."""
+
+    def _serve(self) -> None:
+        return None
+
+    def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
+        return b"K", None
+
+
+def test_a_request_whose_line_has_come_is_answered_not_dropped() -> None:
+    # A peer at its cap connects again: the connection that makes room must not be one that asked.
+    server = _StillServer("nocopy-tst")
+    asked = socket.socket(socket.AF_UNIX)
+    idle = []
+    try:
+        asked.connect(_path(server.address))
+        asked.sendall(b"hello\n")
+        for _ in range(2 * server.MAX_PER_PEER):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(_path(server.address))
+            idle.append(s)
+        server._accept()  # accepts all of them: the oldest of this peer, `asked`, is the first in line
+        asked.settimeout(10)
+        assert asked.recv(1) == b"K"
+        assert len(server._clients) <= server.MAX_PER_PEER
+    finally:
+        asked.close()
+        for s in idle:
+            s.close()
+        server.close_in_child()
+        server._remove_path()
+
+
+class _ResetsFirst:
+    """A listener at a nocopy-like address that resets its first connection, then answers b"K"."""
+
+    def __init__(self) -> None:
+        self.address, self.path = _sockdir.make("nocopy-tst")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(self.path)
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        c, _ = self.sock.accept()
+        c.recv(1, socket.MSG_PEEK)  # the line is there, unread: closing now resets the client
+        c.close()
+        c, _ = self.sock.accept()
+        c.recv(512)
+        c.sendall(b"K")
+        c.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        _sockdir.remove(self.path)
+
+
+def test_a_client_retries_a_connection_reset_before_its_answer() -> None:
+    server = _ResetsFirst()
+    try:
+        assert _unixserver.request(server.address, b"line", None, 10.0) == (b"K", [])
+    finally:
+        server.thread.join(10)
+        server.close()
+
+
+# ---------------------------------------------------------------------------
+# 6. descriptors: none held ahead of a line, a bounded number across connections
+# ---------------------------------------------------------------------------
+def test_the_inbox_drops_a_connection_that_sends_a_descriptor_before_its_line() -> None:
+    # Was: 513 descriptors per connection held until the line ended or its 5 s deadline passed.
+    inbox = _results.get_inbox()
+    tag = secrets.token_hex(16)
+    fd = _memfd(tag)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(_path(inbox.address))
+            sent = 0
+            with contextlib.suppress(OSError):
+                for _ in range(20):
+                    socket.send_fds(s, [b"a"], [fd])
+                    sent += 1
+            deadline = time.monotonic() + 1.0  # well before the connection's own deadline
+            while _fds_named(tag) > 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _fds_named(tag) == 1  # ours only
+            s.settimeout(5)
+            assert s.recv(1) == b"C"
+    finally:
+        os.close(fd)
+
+
+def test_the_inbox_holds_at_most_its_share_of_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
+    inbox = _results.get_inbox()
+    monkeypatch.setattr(inbox, "max_held", lambda: 3)
+    tag = secrets.token_hex(8)
+    name = secrets.token_hex(16)
+    fd = _memfd(name)
+    inbox.open_tag(tag)
+    keys = [secrets.token_hex(16) for _ in range(5)]
+    try:
+        taken = [_results.hand_over(inbox.address, tag, key, fd) for key in keys]
+        assert taken == [True, True, True, False, False]
+        # Ours, and the three it took (the server closes a refused one just after answering).
+        assert _eventually(lambda: _fds_named(name) == 1 + 3)
+    finally:
+        inbox.drop(tag)
+        os.close(fd)
+    assert _eventually(lambda: _fds_named(name) == 0)
+
+
+MANY_RESULTS = """
+import os, resource, threading, time
+import numpy as np, nocopy
+from nocopy._pool import _results
+
+def many(n):
+    return [np.full(1 << 17, i, "f8") for i in range(n)]  # n x 1 MiB, each handed over on its own
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    failed, stop = [], []
+
+    def probe():  # the caller's own open()s meanwhile: the inbox must leave it descriptors
+        while not stop:
+            try:
+                os.close(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                failed.append(exc.errno)
+            time.sleep(0.01)
+
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        ex.submit(many, 2).result()
+        th = threading.Thread(target=probe); th.start()
+        t = time.monotonic()
+        try:
+            out = ex.submit(many, 200).result()
+        finally:
+            stop.append(1); th.join()
+        print(len(out), all(a[0] == i for i, a in enumerate(out)), round(time.monotonic() - t, 1))
+        print("held", len(_results.get_inbox()._fds), "failed opens", len(failed))
+"""
+
+
+def test_a_result_with_more_big_leaves_than_descriptors_comes_back(tmp_path: object) -> None:
+    # Was: at ulimit -n 128, the caller ran out of descriptors, the worker retried for 60 s and
+    # the task failed with "the parent has exited".
+    script = os.path.join(str(tmp_path), "many.py")
+    with open(script, "w") as f:
+        f.write(MANY_RESULTS)
+    proc = run_python(f"import runpy; runpy.run_path({script!r}, run_name='__main__')", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    count, ok, seconds = proc.stdout.split("\n")[0].split()
+    assert (count, ok) == ("200", "True"), proc.stdout
+    assert float(seconds) < 30, proc.stdout
+    assert proc.stdout.split("\n")[1] == "held 0 failed opens 0", proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# 7. results nobody will claim are closed at once
+# ---------------------------------------------------------------------------
+def _cannot_rebuild() -> None:
+    raise RuntimeError("cannot rebuild this in the caller")
+
+
+class _FailsInCaller:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_cannot_rebuild, ())  # pickled in the worker; unpickled in the caller, it raises
+
+
+class _FailsInWorker:
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("cannot pickle this result")
+
+
+def _fails_in_caller(i: int) -> list[object]:
+    return [np.full(1 << 18, i, "f8"), _FailsInCaller(), np.full(1 << 18, i, "f8")]
+
+
+def _fails_in_worker(i: int) -> list[object]:
+    return [np.full(1 << 18, i, "f8"), _FailsInWorker()]
+
+
+@pytest.mark.parametrize("task", [_fails_in_caller, _fails_in_worker], ids=["unpickling", "pickling"])
+def test_a_failed_results_handed_over_leaves_are_closed_at_once(task: Callable[[int], object]) -> None:
+    # Was: kept in the inbox until the executor shut down (40 failed tasks: 320 MiB held).
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        assert ex.submit(_big, 0).result()[0] == 0
+        inbox = _results.get_inbox()
+        for i in range(5):
+            assert ex.submit(task, i).exception() is not None
+        assert _eventually(lambda: not [k for k, (_, t) in inbox._fds.items() if t == ex._resources.tag])

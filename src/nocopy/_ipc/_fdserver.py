@@ -2,11 +2,10 @@
 
 Opening /proc/<pid>/fd/<n> is the fast path (~4 us) but needs ptrace read
 access, which hardened kernels and some container profiles refuse even to the
-same user. Then the owner's fd server passes the descriptor over an abstract
-UNIX socket. Each end checks the other with SO_PEERCRED: the server answers
-only its own uid, the client asks only a listener of its uid and of the pid
-the address names (an abstract name left by a dead owner may be re-bound by
-anyone).
+same user. Then the owner's fd server passes the descriptor over a UNIX
+socket in a private directory (other users cannot connect). Each end also
+checks the other with SO_PEERCRED: the server answers only its own uid, the
+client asks only a listener of its uid and of the pid the address names.
 """
 
 from __future__ import annotations
@@ -73,8 +72,14 @@ def request_fd(address: str, name: str, token: str) -> int:
     try:
         msg, fds = _unixserver.request(address, line, None, _TIMEOUT)
     except _unixserver.ForeignListenerError as exc:
+        if exc.pid is None and exc.uid != os.geteuid():
+            raise SegmentAccessError(
+                f"segment {name}: its owner's socket directory belongs to uid {exc.uid}, not to this "
+                f"process's uid {os.geteuid()}; nothing was asked of it. Fix: attach from a process "
+                "running as the owner's user."
+            ) from None
         raise SegmentAccessError(
-            f"segment {name}: its owner's socket is now held by pid {exc.pid} of uid {exc.uid}, "
+            f"segment {name}: its owner's socket is now held by {exc.holder}, "
             "not by the owner; nothing was asked of it. The owner has exited. Fix: keep the "
             "owner's Shared open while other processes attach."
         ) from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from concurrent.futures import CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -50,7 +49,7 @@ class TaskFuture(Future[Any]):
     def set_result(self, result: Any) -> None:
         """The worker's reply: unpickled here (see `_results.Reply`); a failure becomes the task's error."""
         try:
-            value = pickle.loads(result.data) if type(result) is Reply else result
+            value = result.load() if type(result) is Reply else result
         except Exception as err:
             err.add_note(f"nocopy: while unpickling the result of {self.label()} in the caller")
             self.set_exception(err)

@@ -24,7 +24,6 @@ import functools
 import itertools
 import multiprocessing.pool
 import os
-import pickle
 import threading
 from collections.abc import Callable
 from multiprocessing import util
@@ -130,7 +129,7 @@ class _PoolState:
     @staticmethod
     def _open(reply: Reply, label: str) -> tuple[bool, Any]:
         try:
-            return True, pickle.loads(reply.data)
+            return True, reply.load()
         except Exception as err:
             err.add_note(f"nocopy: while unpickling the result of {label} in the caller")
             return False, err

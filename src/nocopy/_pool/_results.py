@@ -7,7 +7,15 @@ memory before the task's reply is even sent: a worker that exits (or is
 killed) right after returning loses nothing, and a worker killed earlier
 leaves nothing behind (memfd dies with it; posix files of dead workers are
 reclaimed). When the reply is unpickled in the caller, each `ResultRef`
-claims its descriptor and becomes a private view.
+claims its descriptor and becomes a private view; whatever the reply did
+not claim (its unpickling failed, or the worker failed after handing some
+leaves over) is closed at once, not kept until the executor ends.
+
+The caller's inbox holds at most a quarter of its descriptor limit (see
+`Inbox.MAX_HELD_SHARE`): beyond it, or when the caller is out of
+descriptors, it answers "by value" and the worker pickles the rest of that
+result into its reply instead, so a result with many big leaves never
+exhausts the caller's descriptors nor waits for them.
 
 This is the pool's one door to the socket servers (``UnixServer``,
 ``request``, ``PerProcess``).
@@ -17,7 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
+import resource
 from typing import Any
 
 from .. import _kinds
@@ -26,11 +36,15 @@ from .._ipc._perprocess import PerProcess
 from .._shared import Shared, adopt, owner_fd
 from ..errors import SegmentNotFoundError
 
-__all__ = ["Inbox", "Reply", "ResultRef", "drop_tag", "get_inbox", "hand_over", "sender"]
+__all__ = ["Inbox", "Reply", "ResultRef", "Sender", "drop_tag", "get_inbox", "hand_over", "release"]
 
 # "<executor tag> <result key>" with one descriptor: fixed format, checked before use.
 _HANDOVER = re.compile(rb"^([0-9a-f]{16}) ([0-9a-f]{32})$")
 _HAND_OVER_TIMEOUT = 60.0
+# Taking back what a failed task handed over is a courtesy (the executor's end closes it anyway).
+_WITHDRAW_TIMEOUT = 5.0
+# The inbox's answer when it takes no descriptor now: send that result by value.
+BY_VALUE = b"V"
 
 
 class Inbox(_unixserver.UnixServer):
@@ -39,10 +53,17 @@ class Inbox(_unixserver.UnixServer):
     Only results for the tags of this process's live executors are taken (a
     descriptor sent with any other tag is closed at once), so nothing but a
     worker of ours can make the inbox hold a descriptor; an executor's
-    unclaimed results are closed when it releases its resources.
+    unclaimed results are closed when it releases its resources. A line with
+    a live tag and no descriptor withdraws that key (a worker whose task
+    failed after handing it over).
     """
 
     REFUSED = b"N"
+    # Out of descriptors: the worker sends that result by value instead of waiting.
+    NO_ROOM = BY_VALUE
+    # Descriptors held for results not yet claimed: at most this share of RLIMIT_NOFILE.
+    MAX_HELD_SHARE = 4
+    MIN_HELD = 8
 
     def __init__(self) -> None:
         self._fds: dict[str, tuple[int, str]] = {}
@@ -57,20 +78,35 @@ class Inbox(_unixserver.UnixServer):
             self._tags.add(tag)
         return self.address
 
+    def max_held(self) -> int:
+        """How many handed-over descriptors may wait to be claimed (the caller needs the rest)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 20
+        return max(self.MIN_HELD, soft // self.MAX_HELD_SHARE)
+
     def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
         match = _HANDOVER.match(line)
-        if match is None or len(fds) != 1:
+        if match is None or len(fds) > 1:
             return self.BAD, None
         tag, key = match.group(1).decode("ascii"), match.group(2).decode("ascii")
+        limit = self.max_held() if fds else 0
         with self._lock:
             if tag not in self._tags:
                 return b"N", None
             # A repeat is our worker again after losing the reply: keep the newer descriptor.
             old = self._fds.pop(key, None)
-            self._fds[key] = (fds.pop(), tag)
+            if fds:
+                if len(self._fds) >= limit:
+                    reply = BY_VALUE
+                else:
+                    self._fds[key] = (fds.pop(), tag)
+                    reply = b"K"
+            else:
+                reply = b"K"  # withdrawn
         if old is not None:
             os.close(old[0])
-        return b"K", None
+        return reply, None
 
     def claim(self, key: str) -> int | None:
         """The descriptor handed over under *key*, now the caller's to close (None: never came)."""
@@ -112,18 +148,38 @@ def drop_tag(tag: str) -> None:
         inbox.drop(tag)
 
 
-def hand_over(address: str, tag: str, key: str, fd: int) -> None:
+def release(keys: tuple[str, ...]) -> None:
+    """Caller side: close what was handed over under *keys* and not claimed (a no-op for claimed keys)."""
+    inbox = _inbox.peek()
+    if inbox is None:
+        return
+    for key in keys:
+        fd = inbox.claim(key)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def hand_over(address: str, tag: str, key: str, fd: int) -> bool:
     """Worker side: give the parent its own descriptor of a result segment; wait until it has it.
 
-    The listener must be the parent itself (its uid and the pid in the
-    address): when the parent has died, anyone may have bound its address.
+    False: the parent takes no descriptor now (it holds its share of them,
+    or is out of them): send the result by value. The listener must be the
+    parent itself (its uid and the pid in the address).
     """
     try:
         ack, fds = _unixserver.request(address, f"{tag} {key}".encode("ascii"), fd, _HAND_OVER_TIMEOUT)
     except _unixserver.ForeignListenerError as exc:
         raise SegmentNotFoundError(
-            f"refused to hand a result back: the parent's socket is held by pid {exc.pid} of uid "
-            f"{exc.uid}, not by the parent. The parent has exited; nothing was sent."
+            f"refused to hand a result back: the parent's socket is held by {exc.holder}, not by "
+            "the parent. The parent has exited; nothing was sent."
+        ) from None
+    except TimeoutError:
+        raise SegmentNotFoundError(
+            f"the parent process did not take a result segment within {_HAND_OVER_TIMEOUT:g} s: its "
+            "result inbox stayed busy (flooded with connections by a process of this user, or the "
+            "parent could not accept one). Fix: find what floods the parent's sockets, or what "
+            "holds all its file descriptors (`ulimit -n`)."
         ) from None
     except OSError as exc:
         raise SegmentNotFoundError(
@@ -132,8 +188,11 @@ def hand_over(address: str, tag: str, key: str, fd: int) -> None:
         ) from None
     for extra in fds:
         os.close(extra)
+    if ack == BY_VALUE:
+        return False
     if ack != b"K":
         raise SegmentNotFoundError(f"the parent refused a result segment ({ack!r})")
+    return True
 
 
 def claim_result(
@@ -170,24 +229,57 @@ class ResultRef:
         return (claim_result, self.args)
 
 
-def sender(address: str, tag: str) -> Any:
-    """Worker side: a ``send(handle, columns)`` for ``_walk.ResultSharer`` handing results to *address*."""
+class Sender:
+    """Worker side, one per task: the ``send(handle, columns)`` of ``_walk.ResultSharer``.
 
-    def send(handle: Shared[Any], columns: _kinds.Converted) -> ResultRef:
+    Hands each big leaf to the caller at *address* and remembers its key:
+    the `Reply` names them all, so the caller closes what it does not claim,
+    and `withdraw` takes them back if the task fails before replying.
+    """
+
+    __slots__ = ("address", "keys", "tag")
+
+    def __init__(self, address: str, tag: str) -> None:
+        self.address = address
+        self.tag = tag
+        self.keys: list[str] = []
+
+    def __call__(self, handle: Shared[Any], columns: _kinds.Converted) -> ResultRef | None:
+        """The leaf's marker; None when the caller takes no more descriptors (send it by value)."""
         key = os.urandom(16).hex()
-        hand_over(address, tag, key, owner_fd(handle))
-        return ResultRef(address, key, handle.uri, handle.kind, handle.name, columns)
+        if not hand_over(self.address, self.tag, key, owner_fd(handle)):
+            return None
+        self.keys.append(key)
+        return ResultRef(self.address, key, handle.uri, handle.kind, handle.name, columns)
 
-    return send
+    def withdraw(self) -> None:
+        """The task fails after handing leaves over: have the caller close them now (best effort)."""
+        for key in self.keys:
+            with contextlib.suppress(OSError):
+                _unixserver.request(self.address, f"{self.tag} {key}".encode("ascii"), None, _WITHDRAW_TIMEOUT)
+        self.keys.clear()
 
 
 class Reply:
-    """What a task sends back: its result pickled by the worker (big leaves as ResultRef)."""
+    """What a task sends back: its result pickled by the worker (big leaves as ResultRef).
 
-    __slots__ = ("data",)
+    *keys* name every leaf handed over for it: `load` closes those its
+    unpickling did not claim.
+    """
 
-    def __init__(self, data: bytes) -> None:
+    __slots__ = ("data", "keys")
+
+    def __init__(self, data: bytes, keys: tuple[str, ...] = ()) -> None:
         self.data = data
+        self.keys = keys
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Reply, (self.data,))
+        return (Reply, (self.data, self.keys))
+
+    def load(self) -> Any:
+        """Caller side: the result (every big leaf claimed as a private view); nothing kept if it fails."""
+        try:
+            return pickle.loads(self.data)
+        finally:
+            if self.keys:
+                release(self.keys)

@@ -97,27 +97,33 @@ class WorkerCall:
                 # Nothing in it to share, no function to send by value, nothing that can
                 # fail to unpickle: the stdlib's result queue pickles it once, as it is.
                 return result
-            result = _walk.walk(
-                result, _walk.ResultSharer(self.threshold, _results.sender(self.address, self.tag))
-            )
+            sender = _results.Sender(self.address, self.tag)
             try:
-                # The executor lets a returned lambda or closure travel too; nocopy.Pool
-                # pickles results as multiprocessing does (its own tests expect that).
-                data = (
-                    _functions.dumps(result)
-                    if self.results_by_value
-                    else bytes(ForkingPickler.dumps(result, pickle.HIGHEST_PROTOCOL))
-                )
-            except BaseException as exc:
-                exc.add_note(
-                    f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
-                    f"a {type(result).__qualname__}, to send it back to the caller"
-                )
+                result = _walk.walk(result, _walk.ResultSharer(self.threshold, sender))
+                data = self._dump(result)
+            except BaseException:
+                sender.withdraw()  # no reply will claim what was handed over: the caller closes it now
                 raise
-            return _results.Reply(data)
+            return _results.Reply(data, tuple(sender.keys))
         finally:
             if table is not None:
                 table[row, 2] = _crash.FINISHED
+
+    def _dump(self, result: Any) -> bytes:
+        try:
+            # The executor lets a returned lambda or closure travel too; nocopy.Pool
+            # pickles results as multiprocessing does (its own tests expect that).
+            return (
+                _functions.dumps(result)
+                if self.results_by_value
+                else bytes(ForkingPickler.dumps(result, pickle.HIGHEST_PROTOCOL))
+            )
+        except BaseException as exc:
+            exc.add_note(
+                f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
+                f"a {type(result).__qualname__}, to send it back to the caller"
+            )
+            raise
 
     def _load(self) -> tuple[Any, Any, Any]:
         try:

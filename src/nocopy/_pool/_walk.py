@@ -161,14 +161,18 @@ class ResultSharer:
 
     *send* hands the segment to the caller and returns what travels instead
     of the leaf; the worker's handle is closed right after (the caller holds
-    the segment by then).
+    the segment by then). When *send* returns None (the caller takes no more
+    descriptors now), that leaf and the rest of the result travel by value.
     """
 
     def __init__(self, threshold: int, send: Callable[[Shared[Any], _kinds.Converted], Any]) -> None:
         self.threshold = threshold
         self.send = send
+        self.by_value = False
 
     def __call__(self, value: Any) -> Any:
+        if self.by_value:
+            return value
         nbytes = _kinds.data_nbytes(value)
         if nbytes is None or nbytes < self.threshold:
             return value
@@ -177,6 +181,10 @@ class ResultSharer:
         except (UnsupportedTypeError, ImportError, MemoryError):
             return value
         try:
-            return self.send(handle, _kinds.converted_columns(value))
+            marker = self.send(handle, _kinds.converted_columns(value))
         finally:
             handle.close()
+        if marker is None:
+            self.by_value = True
+            return value
+        return marker
