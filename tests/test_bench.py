@@ -19,6 +19,8 @@ from _mdexamples import run_in_session
 from conftest import Procs
 from nocopy._bench._data import expected_sum, make_records, make_records_literally
 from nocopy._bench._methods import METHODS, Method
+from nocopy._bench._startup import BASELINE as STARTUP_BASELINE
+from nocopy._bench._startup import METHODS as STARTUP_METHODS
 from nocopy._bench.cli import QUICK_SKIPS, parse_size
 
 MiB = 1 << 20
@@ -498,6 +500,15 @@ def test_scaling_small(tmp_path: Path) -> None:
     sweep = {(p["method"], p["workers"]) for p in result["workers"]}
     assert sweep == {(m, w) for m in ("pickle", "stdlib", "nocopy-executor", "threads") for w in (1, 2)}
     assert all(p["sums_ok"] for p in result["workers"])
+    # Start-up per start method: every row measured cold, in a fresh interpreter each.
+    startup = result["startup"]["methods"]
+    assert set(startup) == {name for name, _, _ in STARTUP_METHODS}
+    assert result["startup"]["config"]["workers"] == 2
+    assert startup[STARTUP_BASELINE]["vs_stdlib_spawn"] == 1.0
+    for row in startup.values():
+        assert 0 < row["startup_s"]["median"] < row["script_s"]["median"]
+        assert row["vs_stdlib_spawn"] == pytest.approx(row["startup_s"]["median"] / startup[STARTUP_BASELINE]["startup_s"]["median"])
+    assert "Pool start-up, cold" in proc.stdout
     assert result["failed"] == {}
     assert png.read_bytes()[:4] == b"\x89PNG"
 
