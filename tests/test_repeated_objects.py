@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import nocopy
-from nocopy._codec import _arrow
+from nocopy._codec._arrow import _objects as _arrow
 from nocopy.errors import UnsupportedTypeError
 
 ROWS = 1 << 16  # long enough to be grouped (_arrow._REPEAT_MIN)

@@ -244,7 +244,9 @@ def _decode_owned(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     sub = node.get("t")
     if not isinstance(sub, dict) or sub.get("k") != "pa.ipc" or sub.get("what") != "table":
         raise dec.corrupt("polars column without its Arrow table")
-    table = dec.decode(sub)
+    # Only the types Polars' own export writes: Polars materialises what Arrow keeps
+    # compact (a dictionary of lists: every row a copy of its list).
+    table = _arrow.read_ipc(dec, sub, _arrow.polars_refusal)
     if table.num_columns != 1:
         raise dec.corrupt(f"a polars column's Arrow table has {table.num_columns} columns")
     return _import(dec, pl, pa, lambda: pl.from_arrow(table, rechunk=False).to_series())
