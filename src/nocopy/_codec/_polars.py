@@ -271,7 +271,9 @@ def _decode_frame(dec: Decoder, node: dict[str, Any]) -> Any:
     if len(set(names)) != len(names) or any(len(s) != rows for s in series):
         raise dec.corrupt("the polars frame's columns have duplicate names or unequal lengths")
     # Building a frame from Series takes their chunks as they are: no copy, no rechunk.
-    return pl.DataFrame(series) if series else pl.DataFrame(height=rows)
+    if rows < 0:
+        raise dec.corrupt(f"a polars frame of {rows} rows")
+    return _import(dec, pl, pa, lambda: pl.DataFrame(series) if series else pl.DataFrame(height=rows))
 
 
 def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:
