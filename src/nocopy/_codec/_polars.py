@@ -35,6 +35,15 @@ Int128, UInt128, Object, extensions    UnsupportedTypeError naming the column
                                        pickled with ``allow_pickle=True``
 =====================================  =======================================
 
+On get() a column's stream must hold only the Arrow types of the table above
+(``_arrow.polars_refusal``: e.g. dictionaries only of string_view values, as
+Categorical/Enum export them), checked on its schema before any batch is
+read: Polars expands what Arrow keeps compact (a dictionary of lists would
+make every row a copy of its list). What Polars still copies -- categorical
+codes (4 bytes a row), map offsets (8), struct null bits -- is at most a few
+times the index/offset bytes the stream holds, which the validation of the
+stream charges to the decode's budget.
+
 The buffers come from a mapping of the segment that Arrow owns (see
 `Decoder.arrow_buffer`), so Polars' threads can drop them without the GIL:
 ``serialize()``, and with it ``pickle.dumps``, rechunks in those threads while

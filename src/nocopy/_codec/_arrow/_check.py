@@ -154,9 +154,12 @@ def _check_views(dec: Decoder, pa: Any, arr: Any) -> None:
     if not len(out):
         return
     data = [np.frombuffer(b, dtype=np.uint8) if b is not None else np.empty(0, np.uint8) for b in bufs[2:]]
-    for index in np.unique(out[:, 2]).tolist():
-        mine = out[out[:, 2] == index]
-        _check_utf8_ends(dec, pa, data[index], mine[:, 3].astype(np.int64), mine[:, 0].astype(np.int64))
+    # Grouped by data buffer with one sort (a stream may declare many buffers).
+    out = out[np.argsort(out[:, 2], kind="stable")]
+    cuts = np.flatnonzero(np.diff(out[:, 2])) + 1
+    for mine in np.split(out, cuts):
+        starts, lengths = mine[:, 3].astype(np.int64), mine[:, 0].astype(np.int64)
+        _check_utf8_ends(dec, pa, data[int(mine[0, 2])], starts, lengths)
 
 
 def _check_utf8_ends(dec: Decoder, pa: Any, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
@@ -196,6 +199,10 @@ def _needs_parts(pa: Any, t: Any) -> bool:
         return True
     if ty.is_map(t):
         return _needs_parts(pa, t.key_type) or _needs_parts(pa, t.item_type)
+    if isinstance(t, pa.ExtensionType):
+        return _needs_parts(pa, t.storage_type)
+    if ty.is_run_end_encoded(t):
+        return _needs_parts(pa, t.value_type)
     return any(_needs_parts(pa, t.field(i).type) for i in range(t.num_fields))
 
 
@@ -262,7 +269,7 @@ def _all_parts(pa: Any, arr: Any) -> Iterator[Any]:
     if ty.is_dictionary(t) or ty.is_string_view(t):
         yield arr
         return
-    if ty.is_extension_type(t):
+    if isinstance(t, pa.ExtensionType):
         yield from _all_parts(pa, arr.storage)
     elif ty.is_run_end_encoded(t) or (t.num_fields and hasattr(arr, "values")):
         yield from _all_parts(pa, arr.values)
