@@ -52,7 +52,7 @@ UNWRITTEN: Any = object()
 # segment is refused once the total passes SPEND_FACTOR times its size plus
 # SPEND_FLOOR. Honest segments spend at most about their size (Arrow data is
 # validated once); a forged one is refused early instead of costing more.
-SPEND_FACTOR = 4
+SPEND_FACTOR = 2
 SPEND_FLOOR = 1 << 20
 # What one equality test between dict keys of equal hash is charged (bytes).
 _COLLISION_COST = 64

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["polars_refusal", "validate"]
 
 _INLINE = 12  # a string_view of at most this many bytes holds them in its view
+_VIEW_BLOCK = 1 << 16  # views checked at a time (1 MiB of them)
 
 
 # -- allow-list: what Polars' Arrow export writes ------------------------------
@@ -133,41 +134,47 @@ def _check_dictionary(dec: Decoder, pa: Any, arr: Any, seen: set[tuple[tuple[int
 
 
 def _check_views(dec: Decoder, pa: Any, arr: Any) -> None:
-    """The UTF-8 of a string_view array whose views Arrow checked as binary_view."""
+    """The UTF-8 of a string_view array whose views Arrow checked as binary_view.
+
+    Block by block: the temporaries stay at about a MiB however long the
+    column (a worker's memory must not grow with the frames it reads).
+    """
     n = len(arr)
     if not n:
         return
     bufs = arr.buffers()
-    every = np.frombuffer(bufs[1], dtype=np.int32).reshape(-1, 4)
-    views = every[arr.offset : arr.offset + n]
-    valid = np.asarray(arr.is_valid()) if arr.null_count else np.ones(n, dtype=bool)
-    outside = valid & (views[:, 0] > _INLINE)
-    # Inline strings checked by Arrow over a private copy of the views where
-    # the out-of-line ones are empty (and so cost nothing).
-    dec.spend(every.nbytes, "validating its string views")
-    inline = every.copy()
-    inline[every[:, 0] > _INLINE] = 0
-    pa.Array.from_buffers(
-        pa.string_view(), n, [bufs[0], pa.py_buffer(inline)], null_count=arr.null_count, offset=arr.offset
-    ).validate(full=True)
-    out = views[outside]
-    if not len(out):
-        return
+    views = np.frombuffer(bufs[1], dtype=np.int32).reshape(-1, 4)[arr.offset : arr.offset + n]
     data = [np.frombuffer(b, dtype=np.uint8) if b is not None else np.empty(0, np.uint8) for b in bufs[2:]]
-    # Grouped by data buffer with one sort (a stream may declare many buffers).
-    out = out[np.argsort(out[:, 2], kind="stable")]
-    cuts = np.flatnonzero(np.diff(out[:, 2])) + 1
-    for mine in np.split(out, cuts):
-        starts, lengths = mine[:, 3].astype(np.int64), mine[:, 0].astype(np.int64)
-        _check_utf8_ends(dec, pa, data[int(mine[0, 2])], starts, lengths)
+    utf8: dict[int, bool] = {}
+    for start in range(0, n, _VIEW_BLOCK):
+        block = views[start : start + _VIEW_BLOCK]
+        long = block[:, 0] > _INLINE
+        short = block.copy()
+        if arr.null_count:
+            valid = np.asarray(arr.slice(start, len(block)).is_valid())
+            long &= valid
+            short[~valid] = 0
+        # Inline strings checked by Arrow over a copy of the views where the others are empty.
+        short[long] = 0
+        pa.Array.from_buffers(pa.string_view(), len(block), [None, pa.py_buffer(short)]).validate(full=True)
+        out = block[long]
+        if len(out):
+            # Grouped by data buffer with one sort (a stream may declare many buffers).
+            out = out[np.argsort(out[:, 2], kind="stable")]
+            for mine in np.split(out, np.flatnonzero(np.diff(out[:, 2])) + 1):
+                index = int(mine[0, 2])
+                if index not in utf8:
+                    utf8[index] = _valid_utf8(pa, data[index])
+                _check_ends(dec, pa, data[index], utf8[index], mine[:, 3].astype(np.int64), mine[:, 0].astype(np.int64))
 
 
-def _check_utf8_ends(dec: Decoder, pa: Any, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
-    if _valid_utf8(dec, pa, data):
+def _check_ends(dec: Decoder, pa: Any, data: np.ndarray, whole: bool, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """Out-of-line views (bounds checked by Arrow) into *data*, which is valid UTF-8 if *whole*."""
+    if whole:
         ends = starts + lengths
+        ends = ends[ends < len(data)]
         # A character boundary: not a continuation byte (0b10xxxxxx), or the buffer's end.
-        padded = np.append(data, np.uint8(0))
-        if not ((padded[starts] & 0xC0) != 0x80).all() or not ((padded[ends] & 0xC0) != 0x80).all():
+        if ((data[starts] & 0xC0) == 0x80).any() or ((data[ends] & 0xC0) == 0x80).any():
             raise pa.ArrowInvalid("a string view starts or ends inside a UTF-8 character")
         return
     # Bytes that are not UTF-8 between the strings (no encoder writes them): each view
@@ -180,8 +187,8 @@ def _check_utf8_ends(dec: Decoder, pa: Any, data: np.ndarray, starts: np.ndarray
     ).validate(full=True)
 
 
-def _valid_utf8(dec: Decoder, pa: Any, data: np.ndarray) -> bool:
-    dec.spend(data.nbytes, "validating the UTF-8 of its string data")
+def _valid_utf8(pa: Any, data: np.ndarray) -> bool:
+    # Its bytes were charged with the array's buffers.
     whole = pa.Array.from_buffers(
         pa.large_string(), 1, [None, pa.py_buffer(np.array([0, data.nbytes], np.int64)), pa.py_buffer(data)]
     )
