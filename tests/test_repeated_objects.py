@@ -2,7 +2,7 @@
 
 Pickle writes a repeated object once and then a memo reference; the codec
 gets the same saving by converting only the distinct objects and letting
-Arrow lay out the rows (`nocopy._codec._arrow.repeats`). These tests check
+Arrow lay out the rows (`nocopy._codec._arrow._objects.repeats`). These tests check
 that it does, and that nothing else changes: values, missing-value kinds,
 refusals naming the column.
 """

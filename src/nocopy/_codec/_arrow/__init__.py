@@ -13,6 +13,9 @@ One module per layout, each with its own allow-list of what it reads back:
 * ``_objects`` (``pa.objstr``, ``pa.objbin``) -- object ndarrays of ``str``
   or ``bytes``, stored through ``_raw``, rebuilt as Python objects on get().
 
+The NumPy and pandas codecs use ``_objects`` and ``_raw`` directly; this
+package exports what the registry and the Polars codec need.
+
 pyarrow is imported lazily: ``import nocopy`` never imports it.
 """
 
@@ -24,47 +27,11 @@ from . import _ipc, _objects, _raw
 from ._base import guard, pyarrow
 from ._check import polars_refusal
 from ._ipc import ipc_node, read_ipc
-from ._objects import (
-    Repeats,
-    encode_object_bytes,
-    encode_object_strings,
-    is_bytes_array,
-    is_string_array,
-    repeats,
-    to_large_binary,
-    to_large_strings,
-)
-from ._raw import (
-    decode_large_binary,
-    decode_large_strings,
-    encode_large_binary,
-    encode_large_strings,
-)
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder, Encoder
 
-__all__ = [
-    "DECODERS",
-    "Repeats",
-    "decode_large_binary",
-    "decode_large_strings",
-    "encode",
-    "encode_large_binary",
-    "encode_large_strings",
-    "encode_object_bytes",
-    "encode_object_strings",
-    "guard",
-    "ipc_node",
-    "is_bytes_array",
-    "is_string_array",
-    "polars_refusal",
-    "pyarrow",
-    "read_ipc",
-    "repeats",
-    "to_large_binary",
-    "to_large_strings",
-]
+__all__ = ["DECODERS", "encode", "guard", "ipc_node", "polars_refusal", "pyarrow", "read_ipc"]
 
 
 def _note_fields(enc: Encoder, pa: Any, obj: Any, path: str) -> None:

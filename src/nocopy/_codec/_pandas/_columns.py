@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _arrow
+from .._arrow import _objects, _raw
 from . import _compat
 from ._nodes import check_codes, decode_index, decode_nd, nd, spend_materialised, spend_unless_view
 from ._time import TZ_KINDS, UNITS, tz_from_json, tz_to_json
@@ -179,7 +180,7 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
             "get() returns the pyarrow-backed string dtype",
         )
         values = np.asarray(values, dtype=object)
-        return _strings_from_objects(enc, values, _arrow.repeats(values), path, label, str(dtype), na)
+        return _strings_from_objects(enc, values, _objects.repeats(values), path, label, str(dtype), na)
     chunked = _compat.arrow_chunks(values)
     if chunked is None:
         chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
@@ -187,33 +188,33 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
         enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
     else:
         enc.note(path, str(dtype), "converted", f"Arrow {chunked.type} widened once to large_string at share")
-    return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, chunked)}
+    return {"k": "pd.str", "na": na, "s": _raw.encode_large_strings(enc, chunked)}
 
 
 def _strings_from_objects(
-    enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str, dname: str, na: str,
+    enc: Encoder, values: np.ndarray, rep: _objects.Repeats | None, path: str, label: str, dname: str, na: str,
 ) -> Any:
     """Python str objects (and missing values) converted once to Arrow large_string."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the string {label}")
     try:
-        strings = _arrow.to_large_strings(values, rep)
+        strings = _objects.to_large_strings(values, rep)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(values, path, f"{label} of dtype {dname} (strings Arrow cannot store: {exc})", dtype=dname)
-    return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, strings)}
+    return {"k": "pd.str", "na": na, "s": _raw.encode_large_strings(enc, strings)}
 
 
-def _bytes_from_objects(enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str) -> Any:
+def _bytes_from_objects(enc: Encoder, values: np.ndarray, rep: _objects.Repeats | None, path: str, label: str) -> Any:
     """Python bytes objects (and missing values) converted once to Arrow large_binary."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the bytes {label}")
     try:
-        binary = _arrow.to_large_binary(values, rep)
+        binary = _objects.to_large_binary(values, rep)
     except pa.ArrowException as exc:
         return enc.unsupported(values, path, f"{label} of dtype object (bytes Arrow cannot store: {exc})", dtype="object")
-    return {"k": "pd.bin", "s": _arrow.encode_large_binary(enc, binary)}
+    return {"k": "pd.bin", "s": _raw.encode_large_binary(enc, binary)}
 
 
 def _describe_object(values: np.ndarray) -> str:
@@ -222,8 +223,8 @@ def _describe_object(values: np.ndarray) -> str:
 
 
 def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
-    rep = _arrow.repeats(values)
-    if values.ndim == 1 and _arrow.is_string_array(values, rep):
+    rep = _objects.repeats(values)
+    if values.ndim == 1 and _objects.is_string_array(values, rep):
         _arrow.pyarrow(f"sharing the object string {label}")
         enc.note(
             path, "object (str)", "converted",
@@ -231,7 +232,7 @@ def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: st
             "get() returns it zero-copy as pandas' str dtype",
         )
         return _strings_from_objects(enc, values, rep, path, label, "object", "nan")
-    if values.ndim == 1 and _arrow.is_bytes_array(values, rep):
+    if values.ndim == 1 and _objects.is_bytes_array(values, rep):
         _arrow.pyarrow(f"sharing the object bytes {label}")
         enc.note(
             path, "object (bytes)", "converted",
