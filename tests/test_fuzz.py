@@ -295,51 +295,63 @@ resource.setrlimit(resource.RLIMIT_CPU, (int(sys.argv[3]), int(sys.argv[3]) + 5)
 
 BIG = [0, 1, 2, 7, 255, 2**16, 2**31 - 1, 2**31, 2**34, 2**40, 2**62, -1, -(2**31), (2**61 - 1) * 3]
 ints = st.one_of(st.sampled_from(BIG), st.integers(-5, 300))
+# Lengths a header states for free (metadata) that decoders might materialise.
+lengths = st.one_of(st.sampled_from([0, 1, 100, 2**20, 2**31, 2**34, 2**40]), st.integers(0, 300))
+# Multipliers of dict keys and labels: 2**61 - 1 makes every int hash alike.
+colliding = st.sampled_from([1, 2**61 - 1, -(2**61 - 1)])
+BUFSIZES = [0, 8, 64, 4096]
 
-def rng_node(d):
-    return {"k": "pd.range", "start": d(ints), "stop": d(ints), "step": d(st.sampled_from([1, 2, -1, 7])), "name": None}
+def rng_node(d, n=None):
+    start = d(ints)
+    n = d(lengths) if n is None else n
+    return {"k": "pd.range", "start": start, "stop": start + n, "step": 1, "name": None}
 
-def nd(d, nbuf):
-    return {"k": "nd", "b": d(st.integers(0, max(nbuf - 1, 0))), "dt": d(st.sampled_from(["|i1", "<i8", "<f8", "|u1", "<i4"])),
-            "sh": [d(ints)]}
+def nd(d, sizes):
+    """An array node over one of the buffers: mostly of the shape its buffer holds, else any."""
+    b = d(st.integers(0, max(len(sizes) - 1, 0)))
+    dt, itemsize = d(st.sampled_from([("|i1", 1), ("<i8", 8), ("<f8", 8), ("|u1", 1), ("<i4", 4)]))
+    fits = sizes[b] // itemsize if sizes else 0
+    return {"k": "nd", "b": b, "dt": dt, "sh": [d(st.one_of(st.just(fits), st.just(fits), ints))]}
+
+def labels(d):
+    return [i * d(colliding) for i in range(d(st.sampled_from([0, 3, 20000, 20000, d(st.integers(0, 3000))])))]
 
 @st.composite
-def trees(d, depth=0, nbuf=1):
-    kinds = ["py", "bytes", "nd", "range", "mi", "interval", "cat", "oidx", "dict", "ipc", "pl"]
+def trees(d, sizes, depth=0):
+    kinds = ["py", "bytes", "nd", "range", "mi", "interval", "cat", "oidx", "dict", "ipc", "pl"] * 2
     if depth < 2:
         kinds += ["list", "df", "series"]
     k = d(st.sampled_from(kinds))
-    sub = lambda: d(trees(depth + 1, nbuf))
+    sub = lambda: d(trees(sizes, depth + 1))
     if k == "py":
         return {"k": "py", "v": d(st.one_of(ints, st.none(), st.text(max_size=4)))}
     if k == "bytes":
-        return {"k": "bytes", "b": d(st.integers(0, nbuf))}
+        return {"k": "bytes", "b": d(st.integers(0, len(sizes)))}
     if k == "nd":
-        return nd(d, nbuf)
+        return nd(d, sizes)
     if k == "range":
         return rng_node(d)
     if k == "mi":
-        return {"k": "pd.mi", "levels": [rng_node(d)], "codes": [nd(d, nbuf)], "names": [{"k": "py", "v": None}]}
+        levels = [d(st.sampled_from([rng_node(d), {"k": "pd.oidx", "v": labels(d), "name": None}]))]
+        return {"k": "pd.mi", "levels": levels, "codes": [nd(d, sizes)], "names": [{"k": "py", "v": None}]}
     if k == "interval":
-        return {"k": "pd.array", "v": {"k": "pd.interval", "left": d(st.one_of(st.builds(lambda: rng_node(d)), st.just(nd(d, nbuf)))),
-                "right": rng_node(d), "closed": "right"}}
+        n = d(lengths)
+        left = d(st.sampled_from([rng_node(d, n), {"k": "pd.idx", "v": nd(d, sizes), "name": None}]))
+        return {"k": "pd.array", "v": {"k": "pd.interval", "left": left, "right": rng_node(d, n), "closed": "right"}}
     if k == "cat":
-        cats = d(st.one_of(st.just(rng_node(d)), st.builds(lambda m, n: {"k": "pd.oidx", "v": [i * m for i in range(n)], "name": None},
-                                                        st.sampled_from([1, 2**61 - 1]), st.integers(0, 3000))))
-        return {"k": "pd.cat", "codes": nd(d, nbuf), "cats": cats, "ordered": False}
+        cats = d(st.sampled_from([rng_node(d), {"k": "pd.oidx", "v": labels(d), "name": None}]))
+        return {"k": "pd.cat", "codes": nd(d, sizes), "cats": cats, "ordered": False}
     if k == "oidx":
-        m = d(st.sampled_from([1, 2**61 - 1]))
-        return {"k": "pd.oidx", "v": [i * m for i in range(d(st.integers(0, 5000)))], "name": None}
+        return {"k": "pd.oidx", "v": labels(d), "name": None}
     if k == "dict":
-        m = d(st.sampled_from([1, 2**61 - 1, -(2**61 - 1)]))
-        n = d(st.integers(0, 6000))
-        return {"k": "dict", "keys": [{"k": "py", "v": i * m} for i in range(n)], "vals": [{"k": "py", "v": 0}] * n}
+        keys = labels(d)
+        return {"k": "dict", "keys": [{"k": "py", "v": v} for v in keys], "vals": [{"k": "py", "v": 0}] * len(keys)}
     if k == "ipc":
         return {"k": "pa.ipc", "what": d(st.sampled_from(["table", "batch", "chunked", "array"])), "b": 0}
     if k == "pl":
         return {"k": "pl.df", "cols": [{"k": "pl.col", "t": {"k": "pa.ipc", "what": "table", "b": 0}}], "rows": d(ints)}
     if k == "list":
-        return {"k": "list", "items": d(st.lists(trees(depth + 1, nbuf), max_size=3))}
+        return {"k": "list", "items": d(st.lists(trees(sizes, depth + 1), max_size=3))}
     if k == "df":
         return {"k": "pd.df", "index": rng_node(d), "columns": {"k": "pd.oidx", "v": ["a"], "name": None}, "cols": [sub()]}
     return {"k": "pd.series", "index": rng_node(d), "name": {"k": "py", "v": None}, "v": sub()}
@@ -368,14 +380,15 @@ def stream(table):
 @st.composite
 def arrow_tables(d):
     """Arrow layouts Polars and pandas write, and ones they never do (amplifiers)."""
-    n = d(st.sampled_from([0, 1, 3, 1000, 1 << 16]))
+    n = d(st.sampled_from([0, 3, 1000, 1 << 16, 1 << 18, 1 << 18]))
     kind = d(st.sampled_from(["dict_list", "dict_str", "views", "struct", "ree", "list", "plain"]))
     if kind == "dict_list":
-        arr = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([list(range(d(st.sampled_from([1, 2048]))))], pa.list_(pa.int64())))
+        values = pa.array([list(range(d(st.sampled_from([1, 2048, 2048]))))], pa.list_(pa.int64()))
+        arr = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), values)
     elif kind == "dict_str":
         arr = pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.uint32)), pa.array(["x" * d(st.sampled_from([1, 5000]))], pa.string_view()))
     elif kind == "views":
-        size = d(st.sampled_from([13, 1 << 12, 1 << 20]))
+        size = d(st.sampled_from([13, 1 << 12, 1 << 20, 1 << 20, 1 << 20]))
         views = np.zeros((n, 4), np.int32); views[:, 0] = size; views[:, 1] = int.from_bytes(b"xxxx", "little")
         arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views.tobytes()), pa.py_buffer(b"x" * size)])
     elif kind == "struct":
@@ -391,11 +404,10 @@ def arrow_tables(d):
 
 @st.composite
 def segments(d):
-    which = d(st.sampled_from(["tree", "arrow", "encoded"]))
+    which = d(st.sampled_from(["tree", "arrow", "encoded", "tree", "arrow"]))
     if which == "tree":
-        nbuf = d(st.integers(0, 2))
-        bufs = [bytes(d(st.sampled_from([0, 8, 64, 4096]))) for _ in range(nbuf)]
-        return layout(d(trees(0, max(nbuf, 1))), bufs)
+        sizes = d(st.lists(st.sampled_from(BUFSIZES), min_size=1, max_size=3))
+        return layout(d(trees(sizes)), [bytes(n) for n in sizes])
     if which == "arrow":
         data = stream(d(arrow_tables()))
         node = d(st.sampled_from([{"k": "pa.ipc", "what": "table", "b": 0},
