@@ -1,8 +1,13 @@
-"""Fuzzing: corrupted headers and malformed URIs give a NocopyError, never a crash or a hang.
+"""Fuzzing: corrupted headers and malformed URIs give a NocopyError, never a crash or a hang;
+hostile segments decode in memory and CPU time linear in their size, or are refused.
 
 Each fuzz loop runs in a child interpreter, so a segfault or SIGBUS shows up
 as the child's exit status instead of killing the test run, and a hang as a
-timeout.
+timeout. The decode-budget fuzzer (``BUDGET``) draws segments from the header
+grammar and the Arrow/Polars/pandas layouts with hypothesis, biased toward what
+a decoder might materialise (lengths stated for free, shared views, colliding
+keys), in two workers under ``RLIMIT_AS`` and ``RLIMIT_CPU``: on the code before
+the budget (issue 20) they died by SIGABRT or met MemoryErrors of 16-128 GiB.
 """
 
 from __future__ import annotations
