@@ -367,17 +367,24 @@ class Decoder:
             raise self.corrupt(f"{what} of type {type(value).__name__} is not hashable") from None
         return value
 
-    def keys(self, values: Sequence[Any], what: str) -> None:
+    def keys(self, values: Sequence[Any], what: str, *, unhashable_ok: bool = False) -> None:
         """Charge the hashing of *values* (dict keys or labels) before a dict or hash table is built.
 
         Values of equal hash cost one equality test per pair (a header can
         choose ints that all hash alike: quadratic); each group of them is
         charged that first, so a forged one is refused before it is built.
-        Honest keys hardly ever collide (a dict holds no equal keys).
+        Honest keys hardly ever collide (a dict holds no equal keys). An
+        unhashable value is corrupt, unless *unhashable_ok* (pandas labels may
+        be anything: it hashes them only when asked to).
         """
         groups: dict[int, int] = {}
         for v in values:
-            h = hash(self.hashable(v, what))
+            try:
+                h = hash(v)
+            except TypeError:
+                if unhashable_ok:
+                    continue
+                raise self.corrupt(f"{what} of type {type(v).__name__} is not hashable") from None
             groups[h] = groups.get(h, 0) + 1  # hashes are ints: their own hash spreads them
         pairs = sum(m * (m - 1) // 2 for m in groups.values() if m > 1)
         if pairs:

@@ -7,7 +7,6 @@ are kept as a JSON list, so their dtype and values come back exactly.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,7 +138,7 @@ def _dec_inline(dec: Decoder, node: dict[str, Any]) -> Any:
         return pd.Index(pd.array(items, dtype=sdtype), name=name)
     # pandas hashes object labels (uniqueness of categories and column names):
     # colliding ones are charged first, as dict keys are.
-    dec.keys([v for v in items if isinstance(v, Hashable)], "label")
+    dec.keys(items, "label", unhashable_ok=True)
     arr = np.empty(len(items), dtype=object)
     for i, v in enumerate(items):
         arr[i] = v  # item by item: tuples stay scalars
