@@ -2,7 +2,7 @@
 
 Pickle writes a repeated object once and then a memo reference; the codec
 gets the same saving by converting only the distinct objects and letting
-Arrow lay out the rows (`nocopy._codec._arrow.repeats`). These tests check
+Arrow lay out the rows (`nocopy._codec._arrow._objects.repeats`). These tests check
 that it does, and that nothing else changes: values, missing-value kinds,
 refusals naming the column.
 """
@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 import nocopy
-from nocopy._codec import _arrow
+from nocopy._codec._arrow import _objects as _arrow
 from nocopy.errors import UnsupportedTypeError
 
 ROWS = 1 << 16  # long enough to be grouped (_arrow._REPEAT_MIN)

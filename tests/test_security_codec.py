@@ -198,7 +198,7 @@ def test_codes_pandas_would_narrow_cannot_be_decoded_into_many_copies() -> None:
     many = forge({"tree": {"k": "list", "items": [mi] * 40}, "buffers": [[0, 8 * n]]}, bytes(8 * n))
     out, peak = peak_while(lambda: decode(many))
     assert isinstance(out, SegmentCorruptError), out
-    assert "would allocate more than" in str(out)
+    assert "would allocate or scan more than" in str(out)
     assert peak < 4 * many.nbytes
 
 
@@ -385,3 +385,157 @@ def test_a_type_error_raised_by_nocopy_code_propagates_with_its_traceback(monkey
 def test_a_header_value_of_the_wrong_type_is_refused_as_corrupt(tree: dict[str, Any]) -> None:
     with pytest.raises(SegmentCorruptError):
         decode(forge({"tree": tree, "buffers": [[0, 0]]}))
+
+
+# -- issue 20, root cause 3: decode cost bounded by the segment's size ---------------------
+
+
+def _polars_column_segment(table: pa.Table) -> np.ndarray:
+    stream = ipc_stream(table)
+    tree = {"k": "pl.df", "cols": [{"k": "pl.col", "t": {"k": "pa.ipc", "what": "table", "b": 0}}], "rows": table.num_rows}
+    return forge({"tree": tree, "buffers": [[0, len(stream)]]}, stream)
+
+
+def test_n5_a_polars_column_of_a_dictionary_of_lists_is_refused_before_polars_expands_it() -> None:
+    pytest.importorskip("polars")
+    # Every row names the one 2,048-long list: Polars made each row a copy (1 GiB from 272 KiB).
+    rows = 1 << 16
+    values = pa.array([list(range(2048))], pa.list_(pa.int64()))
+    arr = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)), values)
+    mem = _polars_column_segment(pa.table([arr], names=["c"]))
+    out, peak = peak_while(lambda: decode(mem))
+    assert isinstance(out, SegmentCorruptError), out
+    assert "Polars writes dictionaries only of string_view values" in str(out)
+    assert peak < 4 * mem.nbytes
+
+
+@pytest.mark.parametrize("typ", [pa.large_string(), pa.string(), pa.int64(), pa.list_(pa.int8()), pa.run_end_encoded(pa.int32(), pa.int8())])
+def test_a_polars_column_of_a_type_polars_never_exports_is_refused(typ: pa.DataType) -> None:
+    pytest.importorskip("polars")
+    values = pa.array([None], typ)
+    mem = _polars_column_segment(pa.table([values], names=["c"]))
+    if typ == pa.int64():
+        assert decode(mem).shape == (1, 1)  # inside the allow-list
+        return
+    with pytest.raises(SegmentCorruptError, match="refused: column 'c' has type"):
+        decode(mem)
+
+
+def _range(n: int, start: int = 0) -> dict[str, Any]:
+    return {"k": "pd.range", "start": start, "stop": start + n, "step": 1, "name": None}
+
+
+@pytest.mark.parametrize("shape", ["interval", "multi"])
+def test_n7_a_range_index_the_decoder_materialises_is_charged_first(shape: str) -> None:
+    # A RangeIndex is three ints in the header; interval and MultiIndex decoders made
+    # pandas turn it into arrays: a 263-byte header asked for 16 GiB.
+    n = 1 << 34
+    if shape == "interval":
+        tree: dict[str, Any] = {"k": "pd.array", "v": {"k": "pd.interval", "left": _range(n), "right": _range(n, 1), "closed": "right"}}
+    else:
+        tree = {"k": "pd.mi", "levels": [_range(n)], "codes": [{"k": "nd", "b": 0, "dt": "|i1", "sh": [0]}],
+                "names": [{"k": "py", "v": None}]}
+    out, peak = peak_while(lambda: decode(forge({"tree": tree, "buffers": [[0, 0]]})))
+    assert isinstance(out, SegmentCorruptError), out
+    assert "would allocate or scan more than" in str(out)
+    assert peak < 16 * MiB
+    if shape == "multi":  # a small level (a few KiB of labels) still decodes: the budget has a floor
+        tree["levels"] = [_range(100)]
+        assert len(decode(forge({"tree": tree, "buffers": [[0, 0]]}))) == 0
+
+
+def test_n6_string_views_sharing_their_bytes_validate_in_time_linear_in_the_segment() -> None:
+    # 2^16 views of one 4 MiB string: Arrow's validate(full=True) read 256 GiB of UTF-8.
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        import numpy as np, pyarrow as pa
+        from test_security_codec import forge, decode, ipc_stream
+        n, size = 1 << 16, 4 << 20
+        views = np.zeros((n, 4), np.int32); views[:, 0] = size; views[:, 1] = int.from_bytes(b"xxxx", "little")
+        arr = pa.Array.from_buffers(pa.string_view(), n, [None, pa.py_buffer(views.tobytes()), pa.py_buffer(b"x" * size)])
+        stream = ipc_stream(pa.table([arr], names=["c"]))
+        mem = forge({{"tree": {{"k": "pa.ipc", "what": "table", "b": 0}}, "buffers": [[0, len(stream)]]}}, stream)
+        t = time.process_time()
+        out = decode(mem)
+        assert out.num_rows == n and out.column(0)[n - 1].as_py() == "x" * size
+        print(time.process_time() - t)
+    """)
+    try:
+        run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("validating 2^16 views of one 4 MiB string ran over 60 s")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.split()[-1]) < 10
+
+
+def _views_table(views: np.ndarray, data: bytes) -> pa.Table:
+    arr = pa.Array.from_buffers(pa.string_view(), len(views), [None, pa.py_buffer(views.tobytes()), pa.py_buffer(data)])
+    return pa.table([arr], names=["c"])
+
+
+def _ipc_segment(table: pa.Table) -> np.ndarray:
+    stream = ipc_stream(table)
+    return forge({"tree": {"k": "pa.ipc", "what": "table", "b": 0}, "buffers": [[0, len(stream)]]}, stream)
+
+
+def test_string_views_are_still_checked_for_utf8() -> None:
+    data = "aé".encode() * 20 + b"\xff" * 16  # 60 bytes of UTF-8, then bytes that are not
+    def view(off: int, n: int) -> list[int]:
+        return [n, int(np.frombuffer(data[off : off + 4].ljust(4, b"\0"), np.int32)[0]), 0, off]
+    good = np.array([view(0, 15), view(3, 21)], np.int32)
+    assert decode(_ipc_segment(_views_table(good, data))).column(0).to_pylist() == [data[0:15].decode(), data[3:24].decode()]
+    for bad in (view(2, 13),  # starts inside "é"
+                view(0, 14),  # ends inside "é"
+                view(50, 14)):  # runs into the bytes that are not UTF-8
+        with pytest.raises(SegmentCorruptError, match="invalid Arrow IPC stream"):
+            decode(_ipc_segment(_views_table(np.array([bad], np.int32), data)))
+    inline = np.array([[2, int.from_bytes(b"\xff\xfe", "little"), 0, 0]], np.int32)
+    with pytest.raises(SegmentCorruptError, match="invalid Arrow IPC stream"):
+        decode(_ipc_segment(_views_table(inline, data)))
+
+
+def test_an_arrow_dictionary_shared_by_many_batches_is_validated_once() -> None:
+    # Arrow validates a dictionary again for every chunk using it: charged once here.
+    dictionary = pa.array([f"word{i}" * 50 for i in range(20_000)], pa.string_view())
+    batch = pa.record_batch([pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int32()), dictionary)], names=["c"])
+    table = pa.Table.from_batches([batch] * 500)
+    out = decode(_ipc_segment(table))
+    assert out.num_rows == 1000 and out.column(0).num_chunks == 500
+
+
+def test_n17_dict_keys_whose_hashes_collide_are_charged_before_hashing() -> None:
+    # Multiples of 2**61 - 1 all hash to 0: building the dict was quadratic (20,000 keys: 7 s).
+    p = (1 << 61) - 1
+    n = 20_000
+    tree = {"k": "dict", "keys": [{"k": "py", "v": k * p} for k in range(1, n + 1)], "vals": [{"k": "py", "v": 0}] * n}
+    mem = forge({"tree": tree, "buffers": []})
+    import time
+
+    t = time.process_time()
+    with pytest.raises(SegmentCorruptError, match="dict keys whose hashes collide"):
+        decode(mem)
+    assert time.process_time() - t < 2
+    tree["keys"] = [{"k": "py", "v": k} for k in range(1, n + 1)]
+    assert len(decode(forge({"tree": tree, "buffers": []}))) == n
+    assert decode(_planted({-1: "a", -2: "b"})[0]) == {-1: "a", -2: "b"}  # hash(-1) == hash(-2): fine
+
+
+def test_index_labels_whose_hashes_collide_are_charged_before_pandas_hashes_them() -> None:
+    p = (1 << 61) - 1
+    n = 20_000
+    cats = {"k": "pd.oidx", "v": [k * p for k in range(1, n + 1)], "name": None}
+    node = {"k": "pd.cat", "codes": {"k": "nd", "b": 0, "dt": "<i8", "sh": [1]}, "cats": cats, "ordered": False}
+    with pytest.raises(SegmentCorruptError, match="labels whose hashes collide"):
+        decode(forge({"tree": node, "buffers": [[0, 8]]}, bytes(8)))
+
+
+def test_honest_views_into_shared_bytes_still_decode_in_place() -> None:
+    # Polars' gather() makes many views of the same bytes: honest, and within the budget
+    # (each byte validated once), though Arrow's own full validation reads 100 MB here.
+    pl = pytest.importorskip("polars")
+    df = pl.DataFrame({"s": pl.Series(["é" * 500]).gather([0] * 100_000), "c": pl.Series(["a", "b"] * 50_000, dtype=pl.Categorical)})
+    mem = _planted(df)[0]
+    assert mem.nbytes < 4 * MiB
+    out = decode(mem)
+    assert out.equals(df)

@@ -236,7 +236,7 @@ def _compressed_stream(rows: int) -> tuple[bytes, int, bytes]:
     dropped from the batch's vtable; the stream offset of that vtable slot and its bytes
     (restoring them makes the batch compressed again)."""
     pa = pytest.importorskip("pyarrow")
-    from nocopy._codec._arrow import _fb_field, _fb_int, _fb_table
+    from nocopy._codec._arrow._ipc import _fb_field, _fb_int, _fb_table
 
     schema = pa.schema([("v", pa.int8())])
     sink = pa.BufferOutputStream()
@@ -258,7 +258,7 @@ def _compressed_stream(rows: int) -> tuple[bytes, int, bytes]:
 def test_a_writer_cannot_change_arrow_stream_metadata_between_check_and_read(
     shm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nocopy._codec import _arrow
+    from nocopy._codec._arrow import _ipc as _arrow
 
     rows = 1 << 22
     stream, slot, original = _compressed_stream(rows)

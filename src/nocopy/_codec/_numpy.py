@@ -158,13 +158,13 @@ def _encode_object_array(enc: Encoder, arr: np.ndarray, path: str) -> Any:
         # A 1-d object array of str is a string column: stored once as Arrow
         # large_string, never truncated to a fixed width (NumPy's S/U dtypes
         # would). One of bytes likewise, as large_binary.
-        from . import _arrow  # imports pyarrow only if there are strings to store
+        from ._arrow import _objects  # imports pyarrow only if there are strings to store
 
-        rep = _arrow.repeats(arr)
-        if _arrow.is_string_array(arr, rep):
-            return _arrow.encode_object_strings(enc, arr, path, rep)
-        if _arrow.is_bytes_array(arr, rep):
-            return _arrow.encode_object_bytes(enc, arr, path, rep)
+        rep = _objects.repeats(arr)
+        if _objects.is_string_array(arr, rep):
+            return _objects.encode_object_strings(enc, arr, path, rep)
+        if _objects.is_bytes_array(arr, rep):
+            return _objects.encode_object_bytes(enc, arr, path, rep)
     return enc.unsupported(
         arr, path, f"ndarray of dtype {arr.dtype} (Python objects)", dtype=str(arr.dtype)
     )

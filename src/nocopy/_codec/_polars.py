@@ -35,6 +35,15 @@ Int128, UInt128, Object, extensions    UnsupportedTypeError naming the column
                                        pickled with ``allow_pickle=True``
 =====================================  =======================================
 
+On get() a column's stream must hold only the Arrow types of the table above
+(``_arrow.polars_refusal``: e.g. dictionaries only of string_view values, as
+Categorical/Enum export them), checked on its schema before any batch is
+read: Polars expands what Arrow keeps compact (a dictionary of lists would
+make every row a copy of its list). What Polars still copies -- categorical
+codes (4 bytes a row), map offsets (8), struct null bits -- is at most a few
+times the index/offset bytes the stream holds, which the validation of the
+stream charges to the decode's budget.
+
 The buffers come from a mapping of the segment that Arrow owns (see
 `Decoder.arrow_buffer`), so Polars' threads can drop them without the GIL:
 ``serialize()``, and with it ``pickle.dumps``, rechunks in those threads while
@@ -244,7 +253,9 @@ def _decode_owned(dec: Decoder, pl: Any, pa: Any, node: Any) -> Any:
     sub = node.get("t")
     if not isinstance(sub, dict) or sub.get("k") != "pa.ipc" or sub.get("what") != "table":
         raise dec.corrupt("polars column without its Arrow table")
-    table = dec.decode(sub)
+    # Only the types Polars' own export writes: Polars materialises what Arrow keeps
+    # compact (a dictionary of lists: every row a copy of its list).
+    table = _arrow.read_ipc(dec, sub, _arrow.polars_refusal)
     if table.num_columns != 1:
         raise dec.corrupt(f"a polars column's Arrow table has {table.num_columns} columns")
     return _import(dec, pl, pa, lambda: pl.from_arrow(table, rechunk=False).to_series())
@@ -269,7 +280,9 @@ def _decode_frame(dec: Decoder, node: dict[str, Any]) -> Any:
     if len(set(names)) != len(names) or any(len(s) != rows for s in series):
         raise dec.corrupt("the polars frame's columns have duplicate names or unequal lengths")
     # Building a frame from Series takes their chunks as they are: no copy, no rechunk.
-    return pl.DataFrame(series) if series else pl.DataFrame(height=rows)
+    if rows < 0:
+        raise dec.corrupt(f"a polars frame of {rows} rows")
+    return _import(dec, pl, pa, lambda: pl.DataFrame(series) if series else pl.DataFrame(height=rows))
 
 
 def _decode_series(dec: Decoder, node: dict[str, Any]) -> Any:

@@ -60,7 +60,9 @@ def _dec_dict(dec: Decoder, node: dict[str, Any]) -> dict[Any, Any]:
     keys, vals = node.get("keys"), node.get("vals")
     if not isinstance(keys, list) or not isinstance(vals, list) or len(keys) != len(vals):
         raise dec.corrupt("dict keys and values do not pair up")
-    return {dec.hashable(dec.decode(k), "dict key"): dec.decode(v) for k, v in zip(keys, vals, strict=True)}
+    built = [dec.decode(k) for k in keys]
+    dec.keys(built, "dict key")  # charged before the dict hashes them (colliding keys: quadratic)
+    return dict(zip(built, [dec.decode(v) for v in vals], strict=True))
 
 
 def _dec_pickle(dec: Decoder, node: dict[str, Any]) -> Any:

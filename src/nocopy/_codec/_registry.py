@@ -46,10 +46,17 @@ __all__ = [
 # A planned buffer left as the kernel gives it: fresh segment pages are zero.
 UNWRITTEN: Any = object()
 
-# Decoding may allocate at most this many times the segment's size for data
-# that could not stay a view (e.g. integer codes pandas narrows to its own
-# dtype). The encoder never writes such data, so honest segments spend nothing.
+# The one budget of a decode, in bytes: whatever decoding a segment allocates
+# (data that cannot stay a view: codes pandas narrows, ranges pandas
+# materialises) or scans beyond reading each byte once (validating Arrow data,
+# hashing dict keys that collide) is charged to it before it happens, and the
+# segment is refused once the total passes SPEND_FACTOR times its size plus
+# SPEND_FLOOR. Honest segments spend at most about their size (Arrow data is
+# validated once); a forged one is refused early instead of costing more.
 SPEND_FACTOR = 2
+SPEND_FLOOR = 1 << 20
+# What one equality test between dict keys of equal hash is charged (bytes).
+_COLLISION_COST = 64
 
 # Containers nested deeper than this are refused at share: decoding recurses
 # (about four frames a level), and a deeper tree would share fine but then
@@ -380,15 +387,17 @@ class Decoder:
             self._arrow_file = None
 
     def spend(self, nbytes: int, what: str) -> None:
-        """Account for *nbytes* allocated by decoding (not a view of the segment).
+        """Charge *nbytes* of work to this decode before doing it: memory allocated
+        (not a view of the segment) or bytes scanned beyond one pass.
 
-        Refuses the segment once the total exceeds ``SPEND_FACTOR`` times its size.
+        Refuses the segment once the total exceeds ``SPEND_FACTOR`` times its
+        size plus ``SPEND_FLOOR``: every materialisation calls this first.
         """
         self._spent += nbytes
-        limit = SPEND_FACTOR * self.header.payload_size
+        limit = SPEND_FACTOR * self.header.payload_size + SPEND_FLOOR
         if self._spent > limit:
             raise self.corrupt(
-                f"decoding it would allocate more than {limit} bytes ({what}), "
+                f"decoding it would allocate or scan more than {limit} bytes ({what}), "
                 f"{SPEND_FACTOR} times the segment's size"
             )
 
@@ -420,6 +429,29 @@ class Decoder:
         except TypeError:
             raise self.corrupt(f"{what} of type {type(value).__name__} is not hashable") from None
         return value
+
+    def keys(self, values: Sequence[Any], what: str, *, unhashable_ok: bool = False) -> None:
+        """Charge the hashing of *values* (dict keys or labels) before a dict or hash table is built.
+
+        Values of equal hash cost one equality test per pair (a header can
+        choose ints that all hash alike: quadratic); each group of them is
+        charged that first, so a forged one is refused before it is built.
+        Honest keys hardly ever collide (a dict holds no equal keys). An
+        unhashable value is corrupt, unless *unhashable_ok* (pandas labels may
+        be anything: it hashes them only when asked to).
+        """
+        groups: dict[int, int] = {}
+        for v in values:
+            try:
+                h = hash(v)
+            except TypeError:
+                if unhashable_ok:
+                    continue
+                raise self.corrupt(f"{what} of type {type(v).__name__} is not hashable") from None
+            groups[h] = groups.get(h, 0) + 1  # hashes are ints: their own hash spreads them
+        pairs = sum(m * (m - 1) // 2 for m in groups.values() if m > 1)
+        if pairs:
+            self.spend(pairs * _COLLISION_COST, f"{what}s whose hashes collide")
 
     def _decode(self, node: Any) -> Any:
         if not isinstance(node, dict):

@@ -3,7 +3,9 @@ column, views on get().
 
 By concept: ``_columns`` (one column's array, every dtype), ``_index``
 (indexes), ``_frame`` (frames and series), ``_time`` (time zones and scalars),
-and ``_compat``, the only module that touches pandas' internals.
+``_nodes`` (node helpers the column and index codecs share: neither imports
+the other's module: columns reach the index codec through the registry), and
+``_compat``, the only module that touches pandas' internals.
 """
 
 from __future__ import annotations

@@ -39,22 +39,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _arrow
-from .._numpy import encode_array
-from . import _compat, _index
+from .._arrow import _objects, _raw
+from . import _compat
+from ._nodes import check_codes, decode_index, decode_nd, nd, spend_materialised, spend_unless_view
 from ._time import TZ_KINDS, UNITS, tz_from_json, tz_to_json
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder, Encoder
 
-__all__ = [
-    "DECODERS",
-    "check_codes",
-    "decode_nd",
-    "decode_values",
-    "encode_values",
-    "nd",
-    "spend_unless_view",
-]
+__all__ = ["DECODERS", "decode_values", "encode_values"]
 
 # The dtype strings pd.masked and pd.period nodes may name: parsed by pandas'
 # extension registry, which would otherwise see any string a header holds.
@@ -64,38 +57,6 @@ _MASKED_DTYPES = frozenset(
 _PERIOD_DTYPE = re.compile(r"^period\[[A-Za-z0-9\-]{1,30}\]$")
 
 ColumnEncoder = Callable[["Encoder", Any, str, str], Any]
-
-
-# -- node helpers shared with the index codec --------------------------------
-
-
-def nd(enc: Encoder, arr: Any, path: str) -> dict[str, Any]:
-    """Plan an array as an ``nd`` node, noted by its owner (not as a leaf of its own)."""
-    return encode_array(enc, np.asarray(arr), path, note=False)
-
-
-def decode_nd(dec: Decoder, node: Any, kinds: str = "") -> np.ndarray:
-    """An ``nd`` node that must be a 1-d array (of a dtype kind in *kinds*, if given)."""
-    if not isinstance(node, dict) or node.get("k") != "nd":
-        raise dec.corrupt("expected an array node")
-    arr = dec.decode(node)
-    if not isinstance(arr, np.ndarray) or arr.ndim != 1 or (kinds and arr.dtype.kind not in kinds):
-        raise dec.corrupt("column data is not a 1-d array of the right kind")
-    return arr
-
-
-def check_codes(dec: Decoder, codes: np.ndarray, n: int, what: str) -> None:
-    # Before pandas sees them: it narrows codes to the smallest integer type
-    # for n first, so 300 for 5 labels would wrap to 44 and pass its checks.
-    if len(codes) and (int(codes.min()) < -1 or int(codes.max()) >= n):
-        raise dec.corrupt(f"{what} codes outside [-1, {n})")
-
-
-def spend_unless_view(dec: Decoder, kept: np.ndarray, stored: np.ndarray, what: str) -> None:
-    # pandas narrows codes stored wider than it keeps them (a copy); the encoder
-    # stores pandas' own codes, so only a forged segment pays this, once per use.
-    if not np.may_share_memory(kept, stored):
-        dec.spend(kept.nbytes, what)
 
 
 def _str(dec: Decoder, node: dict[str, Any], key: str) -> str:
@@ -177,7 +138,8 @@ def _encode_masked(enc: Encoder, values: Any, path: str, label: str) -> Any:
 
 
 def _encode_categorical(enc: Encoder, values: Any, path: str, label: str) -> Any:
-    cats = _index.encode_index(enc, values.categories, f"{path}.categories", f"the categories of {label}")
+    # Through the registry (the pandas codec's Index encoder): this module never imports ``_index``.
+    cats = enc.encode(values.categories, f"{path}.categories")
     detail = f"codes ({values.codes.dtype}) + {len(values.categories)} categories"
     enc.note(path, str(values.dtype), "zero-copy", detail)
     return {"k": "pd.cat", "codes": nd(enc, values.codes, path), "cats": cats, "ordered": bool(values.ordered)}
@@ -197,8 +159,8 @@ def _encode_interval(enc: Encoder, values: Any, path: str, label: str) -> Any:
     enc.note(path, str(values.dtype), "zero-copy", "left + right")
     return {
         "k": "pd.interval",
-        "left": _index.encode_index(enc, values.left, f"{path}.left", label),
-        "right": _index.encode_index(enc, values.right, f"{path}.right", label),
+        "left": enc.encode(values.left, f"{path}.left"),
+        "right": enc.encode(values.right, f"{path}.right"),
         "closed": values.closed,
     }
 
@@ -218,7 +180,7 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
             "get() returns the pyarrow-backed string dtype",
         )
         values = np.asarray(values, dtype=object)
-        return _strings_from_objects(enc, values, _arrow.repeats(values), path, label, str(dtype), na)
+        return _strings_from_objects(enc, values, _objects.repeats(values), path, label, str(dtype), na)
     chunked = _compat.arrow_chunks(values)
     if chunked is None:
         chunked = _arrow.pyarrow().chunked_array([values.__arrow_array__()])
@@ -226,33 +188,33 @@ def _encode_string_column(enc: Encoder, values: Any, path: str, label: str) -> A
         enc.note(path, str(dtype), "zero-copy", "Arrow large_string buffers")
     else:
         enc.note(path, str(dtype), "converted", f"Arrow {chunked.type} widened once to large_string at share")
-    return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, chunked)}
+    return {"k": "pd.str", "na": na, "s": _raw.encode_large_strings(enc, chunked)}
 
 
 def _strings_from_objects(
-    enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str, dname: str, na: str,
+    enc: Encoder, values: np.ndarray, rep: _objects.Repeats | None, path: str, label: str, dname: str, na: str,
 ) -> Any:
     """Python str objects (and missing values) converted once to Arrow large_string."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the string {label}")
     try:
-        strings = _arrow.to_large_strings(values, rep)
+        strings = _objects.to_large_strings(values, rep)
     except (pa.ArrowException, UnicodeError) as exc:
         return enc.unsupported(values, path, f"{label} of dtype {dname} (strings Arrow cannot store: {exc})", dtype=dname)
-    return {"k": "pd.str", "na": na, "s": _arrow.encode_large_strings(enc, strings)}
+    return {"k": "pd.str", "na": na, "s": _raw.encode_large_strings(enc, strings)}
 
 
-def _bytes_from_objects(enc: Encoder, values: np.ndarray, rep: _arrow.Repeats | None, path: str, label: str) -> Any:
+def _bytes_from_objects(enc: Encoder, values: np.ndarray, rep: _objects.Repeats | None, path: str, label: str) -> Any:
     """Python bytes objects (and missing values) converted once to Arrow large_binary."""
     if enc.explaining:
         return {"k": "py", "v": None}
     pa = _arrow.pyarrow(f"sharing the bytes {label}")
     try:
-        binary = _arrow.to_large_binary(values, rep)
+        binary = _objects.to_large_binary(values, rep)
     except pa.ArrowException as exc:
         return enc.unsupported(values, path, f"{label} of dtype object (bytes Arrow cannot store: {exc})", dtype="object")
-    return {"k": "pd.bin", "s": _arrow.encode_large_binary(enc, binary)}
+    return {"k": "pd.bin", "s": _raw.encode_large_binary(enc, binary)}
 
 
 def _describe_object(values: np.ndarray) -> str:
@@ -261,8 +223,8 @@ def _describe_object(values: np.ndarray) -> str:
 
 
 def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: str) -> Any:
-    rep = _arrow.repeats(values)
-    if values.ndim == 1 and _arrow.is_string_array(values, rep):
+    rep = _objects.repeats(values)
+    if values.ndim == 1 and _objects.is_string_array(values, rep):
         _arrow.pyarrow(f"sharing the object string {label}")
         enc.note(
             path, "object (str)", "converted",
@@ -270,7 +232,7 @@ def _encode_object_column(enc: Encoder, values: np.ndarray, path: str, label: st
             "get() returns it zero-copy as pandas' str dtype",
         )
         return _strings_from_objects(enc, values, rep, path, label, "object", "nan")
-    if values.ndim == 1 and _arrow.is_bytes_array(values, rep):
+    if values.ndim == 1 and _objects.is_bytes_array(values, rep):
         _arrow.pyarrow(f"sharing the object bytes {label}")
         enc.note(
             path, "object (bytes)", "converted",
@@ -338,7 +300,7 @@ def _dec_masked(dec: Decoder, node: dict[str, Any]) -> Any:
 def _dec_categorical(dec: Decoder, node: dict[str, Any]) -> Any:
     pd = _compat.pandas()
     codes = decode_nd(dec, node.get("codes"), "i")
-    cats = _index.decode_index(dec, node.get("cats"))
+    cats = decode_index(dec, node.get("cats"))
     ordered = node.get("ordered")
     if type(ordered) is not bool:
         raise dec.corrupt("categorical without a boolean 'ordered'")
@@ -392,11 +354,13 @@ def _dec_period(dec: Decoder, node: dict[str, Any]) -> Any:
 
 
 def _dec_interval(dec: Decoder, node: dict[str, Any]) -> Any:
-    left = _index.decode_index(dec, node.get("left"))
-    right = _index.decode_index(dec, node.get("right"))
+    left = decode_index(dec, node.get("left"))
+    right = decode_index(dec, node.get("right"))
     closed = node.get("closed")
     if closed not in ("left", "right", "both", "neither") or len(left) != len(right):
         raise dec.corrupt("bad interval column")
+    spend_materialised(dec, left, "the left side of an interval column")
+    spend_materialised(dec, right, "the right side of an interval column")
     right_values = _compat.own_base(_compat.values_of(right))
     return _compat.pandas().arrays.IntervalArray.from_arrays(left, right_values, closed=closed, copy=False)
 

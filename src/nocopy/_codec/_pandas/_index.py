@@ -12,6 +12,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _columns, _compat
+from ._nodes import (
+    INDEX_KINDS,
+    check_codes,
+    decode_index,
+    decode_nd,
+    nd,
+    spend_materialised,
+    spend_unless_view,
+)
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder, Encoder
@@ -49,7 +58,7 @@ def _encode_multi(enc: Encoder, idx: Any, path: str, label: str) -> dict[str, An
     return {
         "k": "pd.mi",
         "levels": [encode_index(enc, lev, f"{path}.levels[{i}]", label) for i, lev in enumerate(idx.levels)],
-        "codes": [_columns.nd(enc, c, path) for c in idx.codes],
+        "codes": [nd(enc, c, path) for c in idx.codes],
         "names": [enc.encode(n, f"{path}.names[{i}]") for i, n in enumerate(idx.names)],
     }
 
@@ -75,16 +84,6 @@ def _encode_inline(enc: Encoder, values: Any, path: str, name: Any) -> dict[str,
     return None
 
 
-def decode_index(dec: Decoder, node: Any) -> Any:
-    """An index node (any of the kinds in `DECODERS`) as a pandas Index."""
-    if not isinstance(node, dict):
-        raise dec.corrupt("index node is not an object")
-    kind = node.get("k")
-    if not isinstance(kind, str) or kind not in DECODERS:
-        raise dec.corrupt(f"unknown index kind {kind!r:.30}")
-    return dec.decode(node)
-
-
 def _name(dec: Decoder, node: dict[str, Any]) -> Any:
     return dec.hashable(dec.decode(node.get("name")), "index name") if node.get("name") is not None else None
 
@@ -104,14 +103,16 @@ def _dec_multi(dec: Decoder, node: dict[str, Any]) -> Any:
     if not levels or len(levels) != len(codes) or len(codes) != len(names):
         raise dec.corrupt("MultiIndex levels, codes and names do not pair up")
     levs = [decode_index(dec, lev) for lev in levels]
-    arrays = [_columns.decode_nd(dec, c, "i") for c in codes]
+    for lev in levs:
+        spend_materialised(dec, lev, "a MultiIndex level")
+    arrays = [decode_nd(dec, c, "i") for c in codes]
     for lev, arr in zip(levs, arrays, strict=True):
-        _columns.check_codes(dec, arr, len(lev), "MultiIndex")
+        check_codes(dec, arr, len(lev), "MultiIndex")
     mi = _compat.pandas().MultiIndex(
         levels=levs, codes=arrays, names=[dec.hashable(dec.decode(n), "level name") for n in names], verify_integrity=True, copy=False
     )
     for kept, arr in zip(mi.codes, arrays, strict=True):
-        _columns.spend_unless_view(dec, kept, arr, "MultiIndex codes")
+        spend_unless_view(dec, kept, arr, "MultiIndex codes")
     return mi
 
 
@@ -135,6 +136,9 @@ def _dec_inline(dec: Decoder, node: dict[str, Any]) -> Any:
             raise dec.corrupt("bad string labels")
         sdtype = pd.StringDtype("python", na_value=pd.NA if node.get("na") is True else np.nan)
         return pd.Index(pd.array(items, dtype=sdtype), name=name)
+    # pandas hashes object labels (uniqueness of categories and column names):
+    # colliding ones are charged first, as dict keys are.
+    dec.keys(items, "label", unhashable_ok=True)
     arr = np.empty(len(items), dtype=object)
     for i, v in enumerate(items):
         arr[i] = v  # item by item: tuples stay scalars
@@ -160,3 +164,5 @@ DECODERS: dict[str, DecodeFn] = {
     "pd.oidx": _dec_inline,
     "pd.idx": _dec_values,
 }
+if set(DECODERS) != INDEX_KINDS:  # pragma: no cover - the two lists are kept together
+    raise ImportError("_nodes.INDEX_KINDS and the index decoders differ")
