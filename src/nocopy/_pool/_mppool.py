@@ -32,9 +32,10 @@ from multiprocessing.context import BaseContext
 from multiprocessing.pool import Pool as _StdPool
 from typing import Any
 
-from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver, check_share_threshold
+from ._executor import DEFAULT_SHARE_THRESHOLD, check_share_threshold
 from ._resources import PoolResources
 from ._results import Reply
+from ._start import pool_context
 from ._task import Call, fn_name, prepare, unpickling_stopped
 from ._threads import check_inner_threads, worker_thread_env
 from ._worker import caller, quick_exit_process, worker_init
@@ -239,11 +240,12 @@ class Pool(_StdPool):
         # The stdlib makes every worker (and every replacement) with self.Process.
         env = worker_thread_env(processes or os.cpu_count() or 1, inner_max_num_threads)  # the stdlib's default count
         self.Process = functools.partial(quick_exit_process, child_env=env)  # type: ignore[method-assign]
-        _preload_in_forkserver(context)
+        context = pool_context(context, "Pool")
+        forked_env = env if context.get_start_method() == "forkserver" else None
         try:
             super().__init__(
                 processes, worker_init,
-                (self._nocopy.resources.tasks.shared, initializer, tuple(initargs), caller()),
+                (self._nocopy.resources.tasks.shared, initializer, tuple(initargs), caller(), forked_env),
                 maxtasksperchild, context,
             )
         except BaseException:
