@@ -105,7 +105,8 @@ class _PoolState:
         pending: list[tuple[int, Any]] = list((self.cache or {}).items())
         for job, result in pending:
             if isinstance(result, multiprocessing.pool.IMapIterator):
-                result._set(result._index, (False, err))  # noqa: SLF001 - the stdlib's own path
+                imap: Any = result
+                imap._set(imap._index, (False, err))  # noqa: SLF001 - the stdlib's own path
                 continue
             for _ in range(max(getattr(result, "_number_left", 1), 1)):
                 if self.cache is None or job not in self.cache:
