@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import multiprocessing
 import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
@@ -133,7 +134,14 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     Ctrl-C inside ``with`` stops the workers at once and frees every segment.
     Workers ignore SIGINT: the caller handles it.
 
-    Spawned workers share the CPUs among their numerical libraries, as
+    Workers start from a forkserver preloaded with nocopy, numpy and the heavy
+    libraries the caller has imported, on every Python (3.14's default on
+    Linux), unless ``mp_context`` says otherwise (or ``max_tasks_per_child``
+    is set without one: spawn, as the stdlib's). A fork is refused while
+    Polars' thread pool runs; a main module that starts a pool at import time
+    gets `nocopy.errors.StartMethodError`.
+
+    Spawned and forkserver workers share the CPUs among their numerical libraries, as
     joblib's loky does: each starts with ``OMP_NUM_THREADS``,
     ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and friends set to
     ``inner_max_num_threads``, by default the usable CPUs divided by
@@ -168,6 +176,9 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
         self._task_ids = itertools.count(1)
+        if mp_context is None and max_tasks_per_child is not None:
+            # The stdlib's rule, kept on every version (3.14's too): such a pool spawns.
+            mp_context = multiprocessing.get_context("spawn")
         mp_context = pool_context(mp_context, "ProcessPoolExecutor")
         # Filled below, once the stdlib has counted the workers: pickled as each worker starts.
         forked_env: dict[str, str] = {}
