@@ -223,6 +223,10 @@ class Pool(_StdPool):
     handler sends the task): modifying an object that was shared already is
     not seen by later tasks (pass a new object).
 
+    Workers start from a forkserver preloaded with nocopy, numpy and the heavy
+    libraries the caller has imported unless ``context`` says otherwise (see
+    ``docs/how-to/executor.md``, start methods).
+
     Deliberate differences from the stdlib (see ``docs/how-to/executor.md``):
     workers ignore SIGINT (the caller handles Ctrl-C; ``with`` or
     ``terminate()`` stops them), exit when the caller dies, and an argument
@@ -238,7 +242,7 @@ class Pool(_StdPool):
         Arguments and results of at least this many bytes travel through
         shared memory (keyword only).
     inner_max_num_threads
-        Threads each spawned worker's numerical libraries get
+        Threads each spawned or forkserver worker's numerical libraries get
         (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ... in its
         environment; keyword only); by default the usable CPUs divided by
         ``processes``, as joblib's loky does. A variable set in the caller's
