@@ -318,3 +318,19 @@ def test_a_worker_crash_is_still_a_crash() -> None:
     # Exit code 78 once a task ran is the task's doing, not a missing guard.
     with nocopy.ProcessPoolExecutor(1) as ex, pytest.raises(nocopy.errors.WorkerCrashedError):
         ex.submit(os._exit, _start.EXIT_UNGUARDED_MAIN).result()
+
+
+def test_only_modules_the_server_finds_in_the_same_files_are_preloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The forkserver imports from its own default path: a module found on a directory added at
+    # run time would be another copy there (a nocopy of another tree gave workers a worker_init
+    # of another signature), so it is left to the workers, as a spawned worker imports it.
+    (tmp_path / "added_at_run_time.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import added_at_run_time  # noqa: F401
+
+    try:
+        assert _start._found_alike_in_server(["numpy", "added_at_run_time"]) == ["numpy"]
+    finally:
+        sys.modules.pop("added_at_run_time", None)

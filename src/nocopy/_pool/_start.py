@@ -11,6 +11,9 @@ so its forks are safe, and with the modules preloaded each worker starts warm:
 * ``nocopy`` and ``numpy`` always, plus the heavy libraries the caller has
   imported by the time the server starts (`HEAVY_MODULES`): importing them
   starts no compute thread pool (Polars' starts at its first parallel call).
+  Only those the server finds in the same files as the caller: it imports
+  from its own default path, so one the caller found on a directory it added
+  at run time would be another copy (`_found_alike_in_server`).
 * never ``__main__`` (multiprocessing's default preload): its top-level code
   would run in the server, and a Polars call there would start the very pool
   that hangs every worker forked from it. Workers import the main module
@@ -35,12 +38,14 @@ main module (no ``if __name__ == "__main__":``) exits with
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 import threading
-from multiprocessing import forkserver
+from multiprocessing import forkserver, spawn, util
 from multiprocessing.context import BaseContext
 from typing import Any
 
@@ -113,13 +118,47 @@ def ensure_forkserver() -> None:
         if getattr(server, "_forkserver_pid", None) is not None:
             return  # running (or died: multiprocessing restarts it with the list set below)
         preload = [m for m in getattr(server, "_preload_modules", ()) if m != "__main__"]
-        for name in (*ALWAYS_PRELOADED, *(m for m in HEAVY_MODULES if m in sys.modules)):
-            if name not in preload:
-                preload.append(name)
+        wanted = [m for m in (*ALWAYS_PRELOADED, *HEAVY_MODULES) if m in sys.modules and m not in preload]
+        preload += _found_alike_in_server(wanted)
         forkserver.set_forkserver_preload(preload)
         # The server's BLAS starts no threads; workers set their own share (worker_init).
         with spawn_environment(dict.fromkeys(THREAD_VARS, "1")):
             forkserver.ensure_running()
+
+
+def _found_alike_in_server(names: list[str]) -> list[str]:
+    """The modules of *names* that the server would import from the same files as this process.
+
+    The server is a new interpreter: it imports from its own default path
+    (multiprocessing does not pass it ours), so a module this process found
+    on a directory it added at run time (``sys.path.insert``), or another
+    copy, would be a different module there -- and every worker would run it.
+    One bare interpreter, started with the server's flags, tells (~20 ms, once
+    per process); a module it finds elsewhere is not preloaded (each worker
+    imports ours, as a spawned worker would).
+    """
+    ours = {}
+    for name in names:
+        origin = getattr(getattr(sys.modules.get(name), "__spec__", None), "origin", None)
+        if origin:
+            ours[name] = os.path.realpath(origin)
+    if not ours:
+        return []
+    probe = "import importlib.util as u, sys; print([getattr(u.find_spec(m), 'origin', None) for m in sys.argv[1:]])"
+    exe = spawn.get_executable()
+    flags: list[str] = getattr(util, "_args_from_interpreter_flags")()  # noqa: B009 - the server's own flags (untyped)
+    try:
+        out = subprocess.run(
+            [exe, *flags, "-c", probe, *ours],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+        theirs = ast.literal_eval(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, SyntaxError, IndexError):
+        return []
+    return [
+        name for name, origin in zip(ours, theirs, strict=False)
+        if isinstance(origin, str) and os.path.realpath(origin) == ours[name]
+    ]
 
 
 # -- fork ----------------------------------------------------------------------------
