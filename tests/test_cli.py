@@ -127,6 +127,7 @@ def test_doctor_reports_capacity_limits_start_methods_and_versions() -> None:
     assert r["memfd"]["available"] is True and r["memfd"]["scm_rights"] is True
     assert r["memfd"]["proc_fd"] in (True, False)
     assert set(r["start_methods"]["available"]) >= {"fork", "spawn"}
+    assert r["start_methods"]["default"] == "forkserver"  # nocopy's pools' default, on every Python
     assert r["versions"]["numpy"] == np.__version__
     for pkg in ("pandas", "pyarrow", "ray"):
         assert pkg in r["versions"]

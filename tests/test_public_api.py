@@ -105,6 +105,7 @@ def test_error_tree() -> None:
     import pickle
 
     assert issubclass(e.TaskUnpicklingError, (e.NocopyError, pickle.UnpicklingError))
+    assert issubclass(e.StartMethodError, (e.NocopyError, RuntimeError))
 
 
 def test_use_after_close_error_is_caught_as_not_found_and_as_value_error() -> None:

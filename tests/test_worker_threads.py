@@ -1,4 +1,4 @@
-"""Spawned workers share the CPUs among their numerical libraries' threads, as loky's do."""
+"""Spawned and forkserver workers share the CPUs among their numerical libraries' threads, as loky's do."""
 
 from __future__ import annotations
 
@@ -79,6 +79,26 @@ def test_pool_workers_and_their_replacements_get_a_share_of_the_cpus() -> None:
 
 def _pid(_: object) -> int:
     return os.getpid()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no forkserver here")
+@pytest.mark.parametrize(("workers", "inner", "expected"), [(2, None, max(CPUS // 2, 1)), (1, 2, 2)])
+def test_forkserver_workers_take_their_share_of_what_the_server_loaded(
+    workers: int, inner: int | None, expected: int
+) -> None:
+    # The server loaded numpy with 1 thread: each worker sets its variables and, with
+    # threadpoolctl, the OpenBLAS already loaded (expected 2 > 1 needs the latter).
+    pytest.importorskip("threadpoolctl")
+    before = dict(os.environ)
+    with nocopy.ProcessPoolExecutor(workers, inner_max_num_threads=inner) as ex:
+        assert ex._mp_context.get_start_method() == "forkserver"
+        seen = list(ex.map(_threads_seen, range(workers * 2)))
+    with nocopy.Pool(workers, inner_max_num_threads=inner) as pool:
+        seen += pool.map(_threads_seen, range(workers * 2))
+    for one in seen:
+        _expect(expected, one)
+        assert one[1] is not None
+    assert dict(os.environ) == before
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")

@@ -57,13 +57,21 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
+from multiprocessing.context import BaseContext
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ._codec import PICKLE_FIX
 from ._kinds import row_count, take_rows
-from ._pool import ProcessPoolExecutor, fn_name, start_workers, submit_labelled, usable
+from ._pool import (
+    ProcessPoolExecutor,
+    default_context,
+    fn_name,
+    start_workers,
+    submit_labelled,
+    usable,
+)
 from ._pool import abort as abort_pool
 from ._process import usable_cpus
 from ._shared import Shared, share
@@ -175,8 +183,8 @@ _process_pools: dict[tuple[int, str], ProcessPoolExecutor] = {}
 _thread_pools: dict[int, ThreadPoolExecutor] = {}
 
 
-def _warm_process_pool(workers: int) -> ProcessPoolExecutor:
-    ctx = multiprocessing.get_context()
+def _warm_process_pool(workers: int, mp_context: BaseContext | None) -> ProcessPoolExecutor:
+    ctx = mp_context if mp_context is not None else default_context()
     key = (workers, ctx.get_start_method())
     with _pools_lock:
         pool = _process_pools.get(key)
@@ -238,10 +246,12 @@ class ProcessBackend(MapBackend):
 
     name = "processes"
 
-    def __init__(self, *, workers: int, executor: Executor | None = None) -> None:
+    def __init__(
+        self, *, workers: int, executor: Executor | None = None, mp_context: BaseContext | None = None
+    ) -> None:
         super().__init__(workers=workers, executor=executor)
         self._own_pool = executor is None
-        self._pool: Executor = executor if executor is not None else _warm_process_pool(workers)
+        self._pool: Executor = executor if executor is not None else _warm_process_pool(workers, mp_context)
         self._owned: Shared[Any] | None = None
 
     def prepare(self, data: Any) -> Shared[Any]:
@@ -328,6 +338,7 @@ def parallel_map(
     backend: str | type[MapBackend] = "processes",
     progress: bool = False,
     executor: Executor | None = None,
+    mp_context: BaseContext | str | None = None,
 ) -> list[Any]:
     """Run ``fn`` on row chunks of *data* in parallel; return the results in chunk order.
 
@@ -343,7 +354,11 @@ def parallel_map(
     defaults to the CPUs this process may use. Calls reuse a warm pool per
     (workers, start method) instead of starting new workers; pass
     ``executor=`` to use your own (a ``nocopy.ProcessPoolExecutor`` or a
-    ``ThreadPoolExecutor``). ``progress=True`` shows a tqdm bar (also in
+    ``ThreadPoolExecutor``). Workers start from a forkserver with nocopy,
+    numpy and the heavy libraries already imported preloaded, as every nocopy
+    pool's do; ``mp_context=`` (a multiprocessing context or a start method
+    name: ``"forkserver"``, ``"spawn"``, ``"fork"``) chooses another start
+    method for ``backend="processes"``. ``progress=True`` shows a tqdm bar (also in
     notebooks).
 
     An exception in ``fn`` is re-raised here with the worker's traceback as
@@ -373,7 +388,8 @@ def parallel_map(
         chunks = 4 * workers
     _check_positive("chunks", chunks)
     spans = _spans(_rows_of(data), chunks)
-    runner = cls(workers=workers, executor=executor)
+    ctx = _context(mp_context, cls, executor)
+    runner = cls(workers=workers, executor=executor) if ctx is None else ProcessBackend(workers=workers, mp_context=ctx)
     bar = _progress_bar(len(spans)) if progress else None
     try:
         return _run(runner, fn, data, spans, bar)
@@ -392,6 +408,24 @@ def _chosen_backend(backend: str | type[MapBackend], executor: Executor | None) 
     if executor is not None and cls is ProcessBackend and isinstance(executor, ThreadPoolExecutor):
         cls = ThreadBackend
     return cls
+
+
+def _context(mp_context: BaseContext | str | None, cls: type[MapBackend], executor: Executor | None) -> BaseContext | None:
+    if mp_context is None:
+        return None
+    if cls is not ProcessBackend or executor is not None:
+        raise ValueError(
+            "parallel_map(mp_context=...) chooses how backend='processes' starts its own workers: "
+            "it cannot apply to another backend or to an executor you pass (give that executor the context)"
+        )
+    if isinstance(mp_context, str):
+        return multiprocessing.get_context(mp_context)  # ValueError names the methods there are
+    if isinstance(mp_context, BaseContext):
+        return mp_context
+    raise TypeError(
+        f"mp_context must be a start method name ('forkserver', 'spawn', 'fork') or a "
+        f"multiprocessing context, not {type(mp_context).__name__}"
+    )
 
 
 def _check_positive(what: str, value: object) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "SegmentClosedError",
     "SegmentCorruptError",
     "SegmentNotFoundError",
+    "StartMethodError",
     "TaskUnpicklingError",
     "UnsupportedTypeError",
     "WorkerCrashedError",
@@ -167,6 +168,25 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
         super().__init__(message)
         self.exitcode = exitcode
         self.task = task
+
+
+class StartMethodError(NocopyError, RuntimeError):
+    """A pool cannot start its workers the way it was asked to, in this program.
+
+    Raised instead of a hang or a crash: forking while Polars' thread pool runs
+    (the forked worker would wait for ever in its first Polars call), or a main
+    module that starts a pool at import time, without
+    ``if __name__ == "__main__":`` (forkserver and spawn workers import the main
+    module again, and it would start a pool inside each of them). The message
+    names the cause and the fix.
+
+    Examples
+    --------
+    >>> issubclass(nocopy.errors.StartMethodError, RuntimeError)
+    True
+    >>> nocopy.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))  # doctest: +SKIP
+    StartMethodError: refusing to fork the workers of ProcessPoolExecutor: Polars' thread pool is running ...
+    """
 
 
 class TaskUnpicklingError(NocopyError, UnpicklingError):

@@ -24,7 +24,9 @@ backends.
 Parameters (``parallel_config(backend="nocopy", n_jobs=..., **params)``):
 
 * ``mp_context``: a start method name (``"fork"``, ``"spawn"``,
-  ``"forkserver"``) or a multiprocessing context; default: multiprocessing's.
+  ``"forkserver"``) or a multiprocessing context; default: every nocopy pool's
+  (a forkserver preloaded with nocopy, numpy and the heavy libraries already
+  imported), or joblib's ``JOBLIB_START_METHOD`` when it is set.
 * ``share_threshold``: bytes (default 1 MiB), as for the executor.
 * ``max_tasks_per_child``: as for the executor.
 * ``inner_max_num_threads``: threads each worker's numerical libraries may
@@ -173,7 +175,10 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         2
         """
         options = {**self._options, **backend_kwargs}
-        context = options.pop("context", None)  # joblib's start method (JOBLIB_START_METHOD)
+        # joblib passes multiprocessing's global default unless JOBLIB_START_METHOD chose one:
+        # only that choice is the user's, the global default is not nocopy's (fork before 3.14).
+        context = options.pop("context", None) if os.environ.get("JOBLIB_START_METHOD", "").strip() else None
+        options.pop("context", None)
         for name in _JOBLIB_MEMMAPPING:
             options.pop(name, None)  # joblib's memmapping knobs: share_threshold plays that part
         unknown = sorted(set(options) - {"mp_context", "share_threshold", "max_tasks_per_child"})

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from .._inventory import segments
+from .._pool import default_context
 from .._store import _capacity, default_backend, leaves_orphans, stores_known
 from .._text import format_bytes
 from .._version import __version__
@@ -101,7 +102,8 @@ def collect() -> dict[str, Any]:
         },
         "start_methods": {
             "available": methods,
-            "default": multiprocessing.get_start_method(allow_none=True) or methods[0],
+            # nocopy's pools' default (a preloaded forkserver), not multiprocessing's.
+            "default": default_context().get_start_method(),
         },
         "versions": _versions(),
     })

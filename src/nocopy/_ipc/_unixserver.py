@@ -127,6 +127,11 @@ class UnixServer:
         self._sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ)
+        # Wakes the loop so that it stops before a fork (pause()); resume() starts it again.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._pausing = False
+        self._name = prefix
         self._thread = threading.Thread(target=self._serve, name=prefix, daemon=True)
         self._thread.start()
 
@@ -143,9 +148,40 @@ class UnixServer:
         if os.getpid() == self._pid:
             _sockdir.remove(self._path)
 
+    # -- stopping across fork ----------------------------------------------
+    def pause(self) -> None:
+        """Stop the serving thread and wait until it is gone (before a fork; see ``_perprocess``).
+
+        A fork copies only the forking thread: the child must not inherit a
+        lock this thread holds, and Python 3.12+ warns about forking a
+        multi-threaded process. Clients meanwhile wait in the listen backlog.
+        """
+        thread = self._thread
+        if thread is threading.current_thread() or not thread.is_alive():
+            return
+        self._pausing = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        thread.join(5.0)
+        # join() returns when the thread's Python state is gone, a moment before the OS
+        # thread is: the kernel's count (which 3.12's fork warning reads) must not see it.
+        deadline = time.monotonic() + 1.0
+        while os.path.exists(f"/proc/self/task/{thread.native_id}") and time.monotonic() < deadline:
+            time.sleep(0.0001)
+
+    def resume(self) -> None:
+        """Serve again after `pause` (in the parent, after the fork)."""
+        if not self._pausing:
+            return
+        self._pausing = False
+        if self._thread.is_alive():
+            return  # it did not stop within pause()'s wait: it serves on
+        self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+        self._thread.start()
+
     # -- the loop ---------------------------------------------------------
     def _serve(self) -> None:
-        while True:
+        while not self._pausing:
             try:
                 if not self._serve_once():
                     return
@@ -163,6 +199,10 @@ class UnixServer:
         accept = False
         for key, _ in events:
             sock = key.fileobj
+            if sock == self._wake_r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 64)
+                return True  # pause(): the loop checks the flag
             assert isinstance(sock, socket.socket)
             if sock is self._sock:
                 accept = True
@@ -345,6 +385,9 @@ class UnixServer:
             self._selector.close()
         with contextlib.suppress(OSError):
             self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 # How long one connect() waits in the kernel for room in a full backlog (woken as the server accepts).

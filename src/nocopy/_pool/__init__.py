@@ -31,9 +31,14 @@ How a task travels (caller -> worker -> caller), module by module:
 same pieces: its tasks are made by the same ``_task.prepare``, its results
 come back through ``_results``, its workers start with ``_worker``.
 
+``_start`` decides how workers start: from a forkserver preloaded with
+nocopy, numpy and the caller's heavy libraries unless the caller passes a
+context; a fork is refused while Polars' thread pool runs; a main module
+that starts a pool at import time gets ``StartMethodError``.
+
 Besides the executor, the layer offers `submit_labelled`, `start_workers`, `abort`
-and `usable` (what ``parallel_map`` needs beyond the stdlib's methods)
-and `fn_name`.
+and `usable` (what ``parallel_map`` needs beyond the stdlib's methods),
+`default_context` and `fn_name`.
 """
 
 from ._executor import (
@@ -45,9 +50,10 @@ from ._executor import (
     usable,
 )
 from ._mppool import Pool
+from ._start import default_context
 from ._task import fn_name
 
 __all__ = [
-    "DEFAULT_SHARE_THRESHOLD", "Pool", "ProcessPoolExecutor", "abort", "fn_name", "start_workers", "submit_labelled",
-    "usable",
+    "DEFAULT_SHARE_THRESHOLD", "Pool", "ProcessPoolExecutor", "abort", "default_context", "fn_name", "start_workers",
+    "submit_labelled", "usable",
 ]

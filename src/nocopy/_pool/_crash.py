@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._shared import Shared, zeros
-from ..errors import NocopyError, WorkerCrashedError
+from ..errors import NocopyError, StartMethodError, WorkerCrashedError
+from ._start import EXIT_UNGUARDED_MAIN, unguarded_main_error
 
 __all__ = ["FINISHED", "RING", "STARTED", "TaskTable", "describe_exit"]
 
@@ -102,9 +103,16 @@ class TaskTable:
             self._crash = (dead, running)
             return self._crash
 
-    def crash_error(self, task_id: int | None, label: str | None) -> WorkerCrashedError:
-        """The error for task *task_id* (None: for the pool) of a pool whose worker died."""
+    def crash_error(self, task_id: int | None, label: str | None) -> WorkerCrashedError | StartMethodError:
+        """The error for task *task_id* (None: for the pool) of a pool whose worker died.
+
+        A worker that could not start because the main module starts a pool at
+        import time is not a crash: `nocopy.errors.StartMethodError` names the fix.
+        """
         dead, running = self.crash_info()
+        unguarded = self.unguarded_main(dead)
+        if unguarded is not None:
+            return unguarded_main_error(unguarded)
         exitcode = dead[0][1] if dead else None
         if not dead:
             what = "a worker process terminated abruptly"
@@ -130,6 +138,14 @@ class TaskTable:
             "Fix: start a new executor (and find out why the worker died)."
         )
         return WorkerCrashedError(msg, exitcode=exitcode, task=crashed_task)
+
+    def unguarded_main(self, dead: list[tuple[int, int | None]]) -> int | None:
+        """The pid of a dead worker that exited with `EXIT_UNGUARDED_MAIN` before running any task."""
+        table = self.view()
+        for pid, code in dead:
+            if code == EXIT_UNGUARDED_MAIN and (table is None or not (table[:, 1] == pid).any()):
+                return pid
+        return None
 
     def close(self) -> None:
         """Free the table and let go of the processes (futures hold this long after)."""

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import multiprocessing
 import time
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
@@ -30,6 +31,7 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 from ._future import TaskFuture
 from ._resources import PoolResources
+from ._start import pool_context
 from ._task import prepare
 from ._threads import check_inner_threads, worker_thread_env
 from ._worker import caller, quick_exit_process, worker_init
@@ -51,26 +53,6 @@ def check_share_threshold(value: object) -> None:
     """ValueError unless *value* is a number of bytes (an int >= 0, not a bool)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"share_threshold must be a number of bytes >= 0, not {value!r}")
-
-
-def _preload_in_forkserver(ctx: BaseContext | None) -> None:
-    """Have a forkserver that is not running yet import numpy and nocopy once.
-
-    Every worker it forks then starts with both imported: starting 4 workers
-    takes tens of milliseconds instead of a second (each would import them).
-    The user's own preload list (``__main__`` by default) is kept.
-    """
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    method = (ctx or multiprocessing.get_context()).get_start_method()
-    server = getattr(forkserver, "_forkserver", None)
-    if method != "forkserver" or server is None or getattr(server, "_forkserver_pid", 1) is not None:
-        return
-    preload = list(getattr(server, "_preload_modules", ["__main__"]))
-    missing = [m for m in ("numpy", "nocopy") if m not in preload]
-    if missing:
-        forkserver.set_forkserver_preload(preload + missing)
 
 
 class _ManagerThread(_ExecutorManagerThread):
@@ -124,7 +106,7 @@ class _QuickExitContext:
         self._child_env = child_env
 
     def Process(self, *args: Any, **kwds: Any) -> Any:
-        return quick_exit_process(self._ctx, *args, child_env=self._child_env, **kwds)
+        return quick_exit_process(self._ctx, *args, child_env=self._child_env, what="ProcessPoolExecutor", **kwds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
@@ -152,7 +134,14 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
     Ctrl-C inside ``with`` stops the workers at once and frees every segment.
     Workers ignore SIGINT: the caller handles it.
 
-    Spawned workers share the CPUs among their numerical libraries, as
+    Workers start from a forkserver preloaded with nocopy, numpy and the heavy
+    libraries the caller has imported, on every Python (3.14's default on
+    Linux), unless ``mp_context`` says otherwise (or ``max_tasks_per_child``
+    is set without one: spawn, as the stdlib's). A fork is refused while
+    Polars' thread pool runs; a main module that starts a pool at import time
+    gets `nocopy.errors.StartMethodError`.
+
+    Spawned and forkserver workers share the CPUs among their numerical libraries, as
     joblib's loky does: each starts with ``OMP_NUM_THREADS``,
     ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and friends set to
     ``inner_max_num_threads``, by default the usable CPUs divided by
@@ -187,14 +176,19 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
         self._task_ids = itertools.count(1)
+        if mp_context is None and max_tasks_per_child is not None:
+            # The stdlib's rule, kept on every version (3.14's too): such a pool spawns.
+            mp_context = multiprocessing.get_context("spawn")
+        mp_context = pool_context(mp_context, "ProcessPoolExecutor")
+        # Filled below, once the stdlib has counted the workers: pickled as each worker starts.
+        forked_env: dict[str, str] = {}
         self._resources = PoolResources()
-        _preload_in_forkserver(mp_context)
         try:
             super().__init__(
                 max_workers,
                 mp_context,
                 worker_init,
-                (self._resources.tasks.shared, initializer, tuple(initargs), caller()),
+                (self._resources.tasks.shared, initializer, tuple(initargs), caller(), forked_env),
                 max_tasks_per_child=max_tasks_per_child,
             )
         except BaseException:
@@ -202,9 +196,10 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise
         self._resources.tasks.procs = self._processes
         self._procs: MutableMapping[int, Any] = self._processes
-        self._mp_context = _QuickExitContext(  # type: ignore[assignment]
-            self._mp_context, worker_thread_env(self._max_workers, inner_max_num_threads)  # type: ignore[attr-defined]
-        )
+        env = worker_thread_env(self._max_workers, inner_max_num_threads)  # type: ignore[attr-defined]
+        if mp_context.get_start_method() == "forkserver":
+            forked_env.update(env)
+        self._mp_context = _QuickExitContext(self._mp_context, env)  # type: ignore[assignment]
         self._resources.cache.before_share = _start_workers_hook(self)
 
     @property

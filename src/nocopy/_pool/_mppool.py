@@ -31,9 +31,11 @@ from multiprocessing.context import BaseContext
 from multiprocessing.pool import Pool as _StdPool
 from typing import Any
 
-from ._executor import DEFAULT_SHARE_THRESHOLD, _preload_in_forkserver, check_share_threshold
+from ..errors import StartMethodError
+from ._executor import DEFAULT_SHARE_THRESHOLD, check_share_threshold
 from ._resources import PoolResources
 from ._results import Reply
+from ._start import pool_context, unguarded_main_error
 from ._task import Call, fn_name, prepare, unpickling_stopped
 from ._threads import check_inner_threads, worker_thread_env
 from ._worker import caller, quick_exit_process, worker_init
@@ -72,6 +74,43 @@ class _PoolState:
         # until the worker has replied (the cache forgets a dead object's).
         self.in_flight: dict[tuple[int, int], Call] = {}
         self.lock = threading.Lock()
+        # The stdlib's cache of pending results (job -> result) and every worker started.
+        self.cache: dict[int, Any] | None = None
+        self.workers: list[Any] = []
+        # Set when a worker found the main module starting a pool: every task fails with it.
+        self.unguarded: StartMethodError | None = None
+
+    def new_worker(self, ctx: Any, env: dict[str, str], *args: Any, **kwds: Any) -> Any:
+        """``Pool.Process``: a worker (or a replacement), after checking how the earlier ones ended.
+
+        The stdlib's pool replaces a dead worker for ever; workers that die
+        because the main module starts a pool at import time (no
+        ``if __name__ == "__main__":``) would leave every task pending for
+        ever: those tasks fail with `nocopy.errors.StartMethodError` instead.
+        """
+        if self.unguarded is None:
+            dead = [(p.pid, p.exitcode) for p in self.workers if p.exitcode is not None]
+            pid = self.resources.tasks.unguarded_main(dead)
+            if pid is not None:
+                self.unguarded = unguarded_main_error(pid)
+                self.fail_pending(self.unguarded)
+        self.workers = [p for p in self.workers if p.exitcode is None]
+        worker = quick_exit_process(ctx, *args, child_env=env, what="Pool", **kwds)
+        self.workers.append(worker)
+        return worker
+
+    def fail_pending(self, err: BaseException) -> None:
+        """Fail every result still pending (the stdlib's own ``_set`` of a failed task)."""
+        pending: list[tuple[int, Any]] = list((self.cache or {}).items())
+        for job, result in pending:
+            if isinstance(result, multiprocessing.pool.IMapIterator):
+                imap: Any = result
+                imap._set(imap._index, (False, err))  # noqa: SLF001 - the stdlib's own path
+                continue
+            for _ in range(max(getattr(result, "_number_left", 1), 1)):
+                if self.cache is None or job not in self.cache:
+                    break
+                result._set(0, (False, err))  # noqa: SLF001 - the stdlib's own path
 
     def to_call(self, task: tuple[Any, ...]) -> tuple[Any, ...]:
         """The stdlib's task ``(job, i, func, args, kwds)`` as nocopy's: ``(job, i, Call, (), {})``."""
@@ -97,6 +136,10 @@ class _PoolState:
         def put_call(task: Any) -> None:
             if task is None:  # a worker's stop sentinel
                 put(task)
+                return
+            unguarded, cache = self.unguarded, self.cache
+            if unguarded is not None and cache is not None and task[0] in cache:
+                cache[task[0]]._set(task[1], (False, unguarded))  # noqa: SLF001 - no worker would ever run it
                 return
             task = self.to_call(task)
             try:
@@ -179,6 +222,10 @@ class Pool(_StdPool):
     handler sends the task): modifying an object that was shared already is
     not seen by later tasks (pass a new object).
 
+    Workers start from a forkserver preloaded with nocopy, numpy and the heavy
+    libraries the caller has imported unless ``context`` says otherwise (see
+    ``docs/how-to/executor.md``, start methods).
+
     Deliberate differences from the stdlib (see ``docs/how-to/executor.md``):
     workers ignore SIGINT (the caller handles Ctrl-C; ``with`` or
     ``terminate()`` stops them), exit when the caller dies, and an argument
@@ -194,7 +241,7 @@ class Pool(_StdPool):
         Arguments and results of at least this many bytes travel through
         shared memory (keyword only).
     inner_max_num_threads
-        Threads each spawned worker's numerical libraries get
+        Threads each spawned or forkserver worker's numerical libraries get
         (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ... in its
         environment; keyword only); by default the usable CPUs divided by
         ``processes``, as joblib's loky does. A variable set in the caller's
@@ -237,17 +284,19 @@ class Pool(_StdPool):
         self._nocopy = _PoolState(share_threshold)
         # The stdlib makes every worker (and every replacement) with self.Process.
         env = worker_thread_env(processes or os.cpu_count() or 1, inner_max_num_threads)  # the stdlib's default count
-        self.Process = functools.partial(quick_exit_process, child_env=env)  # type: ignore[method-assign]
-        _preload_in_forkserver(context)
+        self.Process = functools.partial(self._nocopy.new_worker, env=env)  # type: ignore[method-assign]
+        context = pool_context(context, "Pool")
+        forked_env = env if context.get_start_method() == "forkserver" else None
         try:
             super().__init__(
                 processes, worker_init,
-                (self._nocopy.resources.tasks.shared, initializer, tuple(initargs), caller()),
+                (self._nocopy.resources.tasks.shared, initializer, tuple(initargs), caller(), forked_env),
                 maxtasksperchild, context,
             )
         except BaseException:
             self._nocopy.release(reclaim=False)
             raise
+        self._nocopy.cache = getattr(self, "_cache", None)  # the stdlib's (absent from typeshed's stub)
         # The stdlib's finalizer (terminate(), collection, exit) frees the segments too, after it.
         # The stdlib's own attributes (absent from typeshed's stub), kept as the stdlib uses them.
         this: Any = self

@@ -8,9 +8,12 @@ on cores CPUs. So, as loky (joblib), dask and Ray do, each worker gets
 ``cpus // workers`` threads (at least one) through the variables the
 libraries read when they load -- set in the worker's environment when it is
 spawned, the only moment that comes before its ``import numpy``. A variable
-the caller has set is left as it is. Workers made by fork or forkserver (the
-default on Linux from Python 3.14) inherit the libraries already loaded in
-their parent or the fork server, so only spawned ones are limited.
+the caller has set is left as it is. Forkserver workers (nocopy's default)
+are forks of a server that loaded numpy with these variables at 1 (it starts
+no BLAS threads); each worker sets its pool's share in its environment as it
+starts (for libraries a task imports) and, with threadpoolctl, in the
+libraries already loaded. Forked workers inherit the caller's libraries
+and are left as they are.
 
 multiprocessing has no per-process environment: the variables are in
 ``os.environ`` while ``Process.start()`` runs, so another thread that starts a
@@ -27,7 +30,7 @@ from collections.abc import Iterator
 
 from .._process import usable_cpus
 
-__all__ = ["THREAD_VARS", "check_inner_threads", "spawn_environment", "worker_thread_env"]
+__all__ = ["THREAD_VARS", "check_inner_threads", "limit_loaded_libraries", "spawn_environment", "worker_thread_env"]
 
 # What loky sets (less NUMBA_NUM_THREADS, which numba refuses to see change once loaded).
 THREAD_VARS = (
@@ -64,6 +67,21 @@ def worker_thread_env(workers: int, inner_max_num_threads: int | None) -> dict[s
     """
     n = inner_max_num_threads if inner_max_num_threads is not None else max(usable_cpus() // max(workers, 1), 1)
     return {var: str(n) for var in THREAD_VARS if var not in os.environ}
+
+
+def limit_loaded_libraries(n: int) -> None:
+    """Set the thread pools of the numerical libraries loaded in this process to *n* (needs threadpoolctl).
+
+    A forkserver worker inherits libraries the server loaded with 1 thread
+    each. Without threadpoolctl (``pip install threadpoolctl``; scikit-learn
+    and ``nocopy[joblib]`` bring it) they keep 1; libraries loaded later read
+    the variables.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=n)
 
 
 _environ_lock = threading.Lock()

@@ -26,7 +26,8 @@ import numpy as np
 from .._process import process_start_time
 from .._shared import Shared, is_alive, map_now
 from ..errors import NocopyError
-from ._threads import spawn_environment
+from ._start import worker_starting
+from ._threads import limit_loaded_libraries, spawn_environment
 
 __all__ = ["caller", "keep_warm", "quick_exit_process", "run_then_exit", "task_table", "worker_init"]
 
@@ -96,10 +97,16 @@ def _watch_caller(pid: int, start: int) -> None:
 
 def worker_init(
     table: Shared[np.ndarray], initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
-    caller: tuple[int, int] | None = None,
+    caller: tuple[int, int] | None = None, threads: dict[str, str] | None = None,
 ) -> None:
-    """The first thing every worker runs: see the module docstring."""
+    """The first thing every worker runs: see the module docstring.
+
+    *threads*: the numerical libraries' thread variables of a forkserver
+    worker (a spawned one has them in its environment from the start).
+    """
     global _table, _table_handle, _reaper
+    if threads:
+        _take_thread_share(threads)
     # Ctrl-C goes to the whole foreground process group: the caller handles it
     # (cancels, stops the workers); workers must not die mid-queue-operation.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -112,6 +119,16 @@ def worker_init(
     _reaper = None
     if initializer is not None:
         initializer(*initargs)
+
+
+def _take_thread_share(threads: dict[str, str]) -> None:
+    # The forkserver imported numpy (and the caller's heavy libraries) with these
+    # variables at 1; a library the task imports reads the pool's share from the
+    # environment, those loaded already are set to it (threadpoolctl).
+    stale = any(os.environ.get(var) != value for var, value in threads.items())
+    os.environ.update(threads)
+    if stale:
+        limit_loaded_libraries(int(next(iter(threads.values()))))
 
 
 # -- warm handles ------------------------------------------------------------------
@@ -189,14 +206,20 @@ class _SpawnProcess(SpawnProcess):
             super().start()
 
 
-def quick_exit_process(ctx: Any, *args: Any, child_env: dict[str, str] | None = None, **kwds: Any) -> Any:
+def quick_exit_process(
+    ctx: Any, *args: Any, child_env: dict[str, str] | None = None, what: str = "Pool", **kwds: Any
+) -> Any:
     """``ctx.Process(...)``, but a spawned worker ends through `run_then_exit`
     and starts with *child_env* added to its environment (see ``_threads``).
 
     Forked workers (fork, forkserver) already leave with ``os._exit`` and must
     not run the atexit handlers they inherited: they keep their target; and
-    they inherit the libraries already loaded, so *child_env* would come too late.
+    they inherit the libraries already loaded, so *child_env* would come too late
+    (forkserver workers get it in ``worker_init``). A fork is refused while
+    Polars' thread pool runs, and the forkserver is started preloaded
+    (``_start``; *what* names the pool in errors).
     """
+    worker_starting(ctx, what)
     if ctx.get_start_method(allow_none=False) != "spawn":
         return ctx.Process(*args, **kwds)
     if "target" in kwds:
