@@ -139,6 +139,9 @@ def _run_on_nocopy(runner: Path, out: Path) -> tuple[int | None, str, dict[str, 
     assert p.returncode == 0, text[-5000:]
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["python"] == PYTHON
+    # A hang between tests or at exit, or a child that died: the run itself failed.
+    run_failures = {t: v for t, v in result["outcome"].items() if t.startswith("(run)")}
+    assert run_failures == {}, text[-20000:]
     return p.returncode, text, result
 
 
