@@ -1,12 +1,15 @@
-"""Stands in for CPython's ``test`` package, which this Python may ship without its test modules.
+"""Stands in for CPython's ``test`` package, whose test modules this Python may not ship.
 
-The vendored ``test_concurrent_futures`` imports (and its subprocess scripts
-and worker processes unpickle) itself as ``test.test_concurrent_futures``;
-everything else it needs (``test.support``...) is this Python's own, found
-through the stdlib's ``test`` directory appended to this package's path.
+This Python's own ``test`` directory comes first on this package's path, so
+``test.support`` and every test module the interpreter ships are its own (its
+own tests judge its own standard library). The modules vendored here are found
+only where the interpreter ships none of that name: CPython 3.11's
+``test_concurrent_futures`` and the ``test_multiprocessing_{fork,forkserver,spawn}``
+wrappers (see ../README.md). Worker processes and the scripts the tests run in
+a fresh interpreter import them under the same names.
 """
 
 import os
 import sysconfig
 
-__path__.append(os.path.join(sysconfig.get_path("stdlib"), "test"))
+__path__.insert(0, os.path.join(sysconfig.get_path("stdlib"), "test"))
