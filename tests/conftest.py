@@ -193,3 +193,17 @@ def workers_at_each_share(monkeypatch: pytest.MonkeyPatch, module: Any, executor
 
     monkeypatch.setattr(module, "share", spying_share)
     return seen
+
+
+# Modules whose tests may run Polars work in this (pytest's) process. Once Polars'
+# thread pool runs here, nocopy refuses to fork workers from this process (a forked
+# worker would hang in its first Polars call: StartMethodError), so every test that
+# forks a pool in-process must run before them. They run last, in their own order.
+_STARTS_POLARS_POOL = frozenset(
+    {"test_bench.py", "test_fuzz.py", "test_joblib.py", "test_polars.py", "test_ray_polars.py",
+     "test_security_codec.py", "test_start_methods.py"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name in _STARTS_POLARS_POOL)  # stable: order kept within each group

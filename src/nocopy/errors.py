@@ -184,8 +184,10 @@ class StartMethodError(NocopyError, RuntimeError):
     --------
     >>> issubclass(nocopy.errors.StartMethodError, RuntimeError)
     True
-    >>> nocopy.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))  # doctest: +SKIP
-    StartMethodError: refusing to fork the workers of ProcessPoolExecutor: Polars' thread pool is running ...
+    >>> fork = multiprocessing.get_context("fork")
+    >>> nocopy.ProcessPoolExecutor(2, mp_context=fork)  # doctest: +SKIP
+    StartMethodError: refusing to fork the workers of ProcessPoolExecutor:
+    Polars' thread pool is running ...
     """
 
 
