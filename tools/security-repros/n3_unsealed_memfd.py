@@ -71,7 +71,7 @@ import json, pandas as pd, nocopy
 from nocopy._codec._layout import PREFIX
 df = pd.DataFrame({"s": ["abcd"] * n})
 ref = nocopy.share(df, backend="posix")
-path = os.path.join(os.environ.get("NOCOPY_SHM_DIR", "/dev/shm"), ref.name)
+path = os.path.join(os.environ.get("NOCOPY_SHM_DIR", "/dev/shm"), "nocopy-%d" % os.geteuid(), ref.name)  # adapted: posix segments live in nocopy-<uid>/
 raw = open(path, "rb").read()
 _, _, _, hlen, _, _, doff = PREFIX.unpack_from(raw, 0)
 hdr = json.loads(raw[PREFIX.size:PREFIX.size + hlen])

@@ -8,7 +8,7 @@
 import os, subprocess, sys, time, mmap
 import numpy as np, pyarrow as pa
 from seg import memfd_segment
-from nocopy._codec._arrow import _fb_int, _fb_field, _fb_table
+from nocopy._codec._arrow._ipc import _fb_int, _fb_field, _fb_table  # adapted: _arrow is a package
 
 ROWS = 512 << 20
 EMPTY = 20000
