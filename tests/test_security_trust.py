@@ -294,3 +294,34 @@ def test_a_writer_cannot_change_arrow_stream_metadata_between_check_and_read(
     except SegmentCorruptError:
         return  # the frozen (uncompressed-looking) metadata does not describe valid data: refused
     assert table.num_rows != rows, "Arrow read a compressed batch the check never saw"
+
+
+# -- n3 (posix): string offsets rewritten after the checks --------------------------------------
+
+
+def test_string_offsets_rewritten_in_a_posix_file_after_get_never_move_the_reader(shm: Path) -> None:
+    # A same-user process rewrites the offsets of a string column in the posix file after
+    # the reader's get() checked them: the reader must keep reading through the offsets it
+    # checked (its own copy-on-write pages), never through the rewritten ones (SIGSEGV).
+    pytest.importorskip("pandas")
+    out = run_python(
+        """
+        import os
+        import numpy as np, pandas as pd, nocopy
+        n = 20000
+        ref = nocopy.share(pd.DataFrame({"s": ["abcd"] * n}), backend="posix")
+        path = os.path.join(os.environ["NOCOPY_SHM_DIR"], "nocopy-%d" % os.geteuid(), ref.name)
+        offsets = np.arange(0, 4 * (n + 1), 4, dtype=np.int64).tobytes()
+        with open(path, "rb") as f:
+            pos = f.read().find(offsets)
+        assert pos > 0, "the offsets are not in the file"
+        frame = nocopy.attach(ref.uri).get()           # checked here
+        os.chmod(path, 0o600)
+        fd = os.open(path, os.O_WRONLY)
+        os.pwrite(fd, np.full(n, 1 << 40, dtype=np.int64).tobytes(), pos + 8)  # rewritten after
+        os.close(fd)
+        print(sum(len(s) for s in frame["s"].tolist()), flush=True)
+        """
+    )
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    assert out.stdout.split() == [str(4 * 20000)]

@@ -1,14 +1,18 @@
-"""What every part of the Arrow codec needs: importing pyarrow, and Arrow's errors as corrupt segments."""
+"""What every part of the Arrow codec needs: importing pyarrow, Arrow's errors as corrupt segments,
+and freezing bytes another process could still change before they are checked."""
 
 from __future__ import annotations
 
+import mmap
 import sys
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder
 
-__all__ = ["IPC_WHAT", "guard", "pyarrow"]
+__all__ = ["IPC_WHAT", "freeze", "guard", "pyarrow"]
 
 _INSTALL = "pip install 'nocopy[pandas]'"
 # The Arrow objects an IPC node may hold (its "what").
@@ -42,3 +46,12 @@ def guard(fn: DecodeFn) -> DecodeFn:
 
     return run
 
+
+def freeze(view: np.ndarray, start: int, n: int) -> None:
+    """Give this process its own copy of every page of *view* (copy-on-write) that [start, start+n) touches."""
+    page = mmap.PAGESIZE
+    addr = view.__array_interface__["data"][0]
+    i = start
+    while i < start + n:
+        view[i] = view[i]  # a write fault copies the page; the value stays
+        i = ((addr + i) // page + 1) * page - addr

@@ -11,12 +11,12 @@ at a cost charged to the decoder's budget (`._check`).
 
 from __future__ import annotations
 
-import mmap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._base import IPC_WHAT, pyarrow
+from ._base import freeze as freeze_pages
 from ._check import validate
 
 if TYPE_CHECKING:
@@ -127,7 +127,7 @@ def _ipc_refusal(raw: np.ndarray, *, freeze: bool) -> str:
         if end - pos < 8:
             raise ValueError(f"a message prefix is cut at byte {pos}")
         if freeze:
-            _freeze(raw, pos, 8)
+            freeze_pages(raw, pos, 8)
         prefix = raw[pos : pos + 8].tobytes()
         length = int.from_bytes(prefix[4:], "little", signed=True)
         if prefix[:4] != b"\xff\xff\xff\xff":
@@ -137,7 +137,7 @@ def _ipc_refusal(raw: np.ndarray, *, freeze: bool) -> str:
         if not 0 < length <= end - pos - 8:
             raise ValueError(f"a message of {length} bytes at byte {pos} exceeds the stream")
         if freeze:
-            _freeze(raw, pos + 8, length)
+            freeze_pages(raw, pos + 8, length)
         meta = raw[pos + 8 : pos + 8 + length].tobytes()
         refusal, body = _message_refusal(meta)
         if refusal:
@@ -170,16 +170,6 @@ def _message_refusal(meta: bytes) -> tuple[str, int]:
     if _fb_field(meta, header, 3) is not None:  # compression
         return "its buffers are compressed (inflated into new memory, never zero-copy)", body
     return "", body
-
-
-def _freeze(view: np.ndarray, start: int, n: int) -> None:
-    """Give this process its own copy of every page of *view* (copy-on-write) that [start, start+n) touches."""
-    page = mmap.PAGESIZE
-    addr = view.__array_interface__["data"][0]
-    i = start
-    while i < start + n:
-        view[i] = view[i]  # a write fault copies the page; the value stays
-        i = ((addr + i) // page + 1) * page - addr
 
 
 def read_ipc(dec: Decoder, node: dict[str, Any], refusal: Callable[[Any, Any], str] | None = None) -> Any:

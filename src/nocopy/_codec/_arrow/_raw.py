@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import pyarrow
+from ._base import freeze, pyarrow
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder, Encoder
@@ -107,6 +107,15 @@ def _decode_chunk(dec: Decoder, pa: Any, typ: Any, node: Any) -> Any:
     data_raw = dec.buffer(node.get("d"))
     if offsets_raw.nbytes != 8 * (n + 1):
         raise dec.corrupt(f"{n} values need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
+    # Where the segment's bytes can change after this check (posix: any process of the
+    # user can rewrite the file), the offsets Arrow reads through are this process's own
+    # copy-on-write pages, frozen before they are checked: rewritten offsets would point
+    # Arrow outside the data (SIGSEGV). Only the offsets' pages are copied; the data
+    # stays shared (a rewrite there changes values, never where Arrow reads).
+    frozen = dec.frozen_buffer(node.get("o"))
+    if frozen is not None:
+        freeze(frozen, 0, frozen.nbytes)
+        offsets_raw = frozen
     offsets = offsets_raw.view(np.int64)
     # The offsets are data, not header: check them before Arrow reads through them.
     if offsets[0] != 0 or offsets[-1] != data_raw.nbytes or not _monotonic(offsets):
