@@ -184,6 +184,7 @@ class StartMethodError(NocopyError, RuntimeError):
     --------
     >>> issubclass(nocopy.errors.StartMethodError, RuntimeError)
     True
+    >>> import multiprocessing
     >>> fork = multiprocessing.get_context("fork")
     >>> nocopy.ProcessPoolExecutor(2, mp_context=fork)  # doctest: +SKIP
     StartMethodError: refusing to fork the workers of ProcessPoolExecutor:
