@@ -119,8 +119,30 @@ def _ships(name: str) -> bool:
     return (Path(sysconfig.get_path("stdlib")) / "test" / name).exists()
 
 
+def _check_run(result: dict[str, Any], text: str) -> None:
+    """A hang between tests or at exit, or a child that died: the run itself failed.
+
+    One known nocopy defect is reported as xfail instead, after every test's outcome was
+    checked: on 3.13.0 (found 2026-12-07, not fixed yet) the runner's final
+    ``multiprocessing.util._cleanup_tests()`` can wait for ever for the forkserver to exit
+    (``forkserver._stop_unlocked``), after CPython's test that makes every thread start fail
+    (``mock_start_new_thread``) also kept nocopy from restarting its servers after a fork.
+    """
+    run_failures = {t: v for t, v in result["outcome"].items() if t.startswith("(run)")}
+    known = (
+        sys.version_info[:2] == (3, 13) and len(run_failures) == 1
+        and next(iter(run_failures)).startswith("(run) hang after")
+        and "_stop_unlocked" in text and "_cleanup_tests" in text
+    )
+    if known:
+        pytest.xfail("3.13: the forkserver does not stop at the run's exit (known nocopy defect)")
+    assert run_failures == {}, text[-20000:]
+
+
 def _run_on_nocopy(runner: Path, out: Path) -> tuple[int | None, str, dict[str, Any]]:
-    """Run *runner* against nocopy in a subprocess writing *out*: (exit code, its log, its result)."""
+    """Run *runner* against nocopy in a subprocess writing *out*: (exit code, its log, its result).
+
+    The caller checks every test's outcome, then `_check_run`."""
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     # A session of its own: whatever the tests leave running is stopped with it.
@@ -139,9 +161,6 @@ def _run_on_nocopy(runner: Path, out: Path) -> tuple[int | None, str, dict[str, 
     assert p.returncode == 0, text[-5000:]
     result: dict[str, Any] = json.loads(out.read_text())
     assert result["python"] == PYTHON
-    # A hang between tests or at exit, or a child that died: the run itself failed.
-    run_failures = {t: v for t, v in result["outcome"].items() if t.startswith("(run)")}
-    assert run_failures == {}, text[-20000:]
     return p.returncode, text, result
 
 
@@ -161,7 +180,7 @@ def test_cpythons_process_pool_tests_pass_on_nocopy_except_documented_deviations
         pytest.skip(f"Python {PYTHON}'s install ships no test_concurrent_futures, and the vendored 3.11 "
                     "module was checked against the standard library on 3.11 and 3.12 only")
     _, text, result = _run_on_nocopy(RUNNER, tmp_path / "outcome.json")
-    outcome: dict[str, str] = result["outcome"]
+    outcome: dict[str, str] = {t: v for t, v in result["outcome"].items() if not t.startswith("(run)")}
     assert result["vendored"] == (not own), result["files"]
     wrong = {t: (got, expected_outcome(t)) for t, got in outcome.items() if got not in expected_outcome(t)}
     assert wrong == {}, text[-20000:]
@@ -178,6 +197,7 @@ def test_cpythons_process_pool_tests_pass_on_nocopy_except_documented_deviations
     tolerated = sum(v == GH125451 for v in outcome.values())
     assert sum(v.startswith(("error", "fail")) for v in outcome.values()) == len(DEVIATIONS) * len(METHODS)
     _check_counts("executor", outcome, tolerated, len(DEVIATIONS) * len(METHODS))
+    _check_run(result, text)
 
 
 # -- nocopy.Pool -------------------------------------------------------------------
@@ -200,7 +220,7 @@ def test_cpythons_multiprocessing_pool_tests_pass_on_nocopy_pool_except_document
         pytest.skip(f"Python {PYTHON}'s install ships no _test_multiprocessing.py, and the vendored "
                     "one is CPython 3.11's")
     _, text, result = _run_on_nocopy(MP_POOL_RUNNER, tmp_path / "outcome.json")
-    outcome: dict[str, str] = result["outcome"]
+    outcome: dict[str, str] = {t: v for t, v in result["outcome"].items() if not t.startswith("(run)")}
     methods = {t.split(".")[1].removeprefix("test_multiprocessing_") for t in outcome}
     assert methods == {"fork", "forkserver", "spawn"}
     assert {t.split(".")[-2] for t in outcome} == set(MP_POOL_CLASSES)
@@ -210,3 +230,4 @@ def test_cpythons_multiprocessing_pool_tests_pass_on_nocopy_pool_except_document
     wrong = {t: (got, expected[t]) for t, got in outcome.items() if got != expected[t]}
     assert wrong == {}, text[-20000:]
     _check_counts("pool", outcome, 0, 0)
+    _check_run(result, text)
