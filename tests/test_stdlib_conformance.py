@@ -187,6 +187,11 @@ def _check_counts(family: str, outcome: dict[str, str], tolerated: int, deviatio
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~3-6 min on this machine (README); a hang costs the runner's 120 s
+@pytest.mark.xfail(
+    HAS_KNOWN_DEFECTS, run=False,
+    reason="known nocopy defect on 3.13 (tests/cpython/README.md): after CPython's "
+    "test_python_finalization_error under fork, the forkserver does not stop and the rest of the run is lost",
+)
 def test_cpythons_process_pool_tests_pass_on_nocopy_except_documented_deviations(tmp_path: Path) -> None:
     own = _ships("test_concurrent_futures") or _ships("test_concurrent_futures.py")
     if not own and sys.version_info >= (3, 13):
