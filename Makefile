@@ -27,8 +27,16 @@ $(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[$(DEMO_EXTRAS)]'
 	touch $@
 
+# PyTorch (the torch extra, not in "all": a CPU build is GBs) only on the Pythons that
+# have a CPU wheel at hand (this machine: cp311 among pip's find-links); the torch
+# tests skip elsewhere. `make test TORCH_PYTHONS=` installs it nowhere.
+TORCH_PYTHONS ?= 3.11
+
 $(VENV)/.installed-all: pyproject.toml | $(BIN)/python
 	$(PIP) install -q -e '.[all,dev,docs]'
+	v=$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  case " $(TORCH_PYTHONS) " in *" $$v "*) $(PIP) install -q --only-binary torch -e '.[torch]';; \
+	  *) echo "note: no torch on Python $$v here (TORCH_PYTHONS=$(TORCH_PYTHONS)): its tests skip";; esac
 	touch $@ $(VENV)/.installed-demo
 
 venv: $(VENV)/.installed-all

@@ -28,7 +28,7 @@ log = logging.getLogger("mkdocs.hooks.nocopy")
 
 ROOT = Path(__file__).resolve().parent.parent
 # The modules whose __all__ is the public API.
-PUBLIC_MODULES = ["nocopy", "nocopy.errors", "nocopy.ray", "nocopy.joblib"]
+PUBLIC_MODULES = ["nocopy", "nocopy.errors", "nocopy.ray", "nocopy.joblib", "nocopy.torch"]
 # Public by __all__ but not API objects with a docstring of their own.
 NOT_DOCUMENTED = {"nocopy.__version__", "nocopy.errors"}
 # Public names still without a docstring, owned by src/'s maintainers: this list must end empty

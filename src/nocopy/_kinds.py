@@ -1,4 +1,4 @@
-"""The one place that knows data families: NumPy, pandas, Arrow, Polars (and what comes next).
+"""The one place that knows data families: NumPy, pandas, Arrow, Polars, PyTorch (and what comes next).
 
 Everything above the codec asks this module about a data object instead of
 re-detecting it: how big it is (is it worth sharing?), how many rows it has and
@@ -7,7 +7,7 @@ converts and how to turn them back (the executor restores what a pickled copy
 would have had), and which codec module encodes it.
 
 A family is detected from the module its type comes from, so this module never
-imports pandas, pyarrow or polars: ``import nocopy`` stays light, and an object
+imports pandas, pyarrow, polars or torch: ``import nocopy`` stays light, and an object
 of a library that is not installed cannot exist.
 
 Adding a family is one `Family` subclass plus one line in
@@ -34,6 +34,7 @@ __all__ = [
     "FAMILIES",
     "Converted",
     "Family",
+    "TorchFamily",
     "converted_columns",
     "data_nbytes",
     "family_of",
@@ -222,9 +223,43 @@ class PolarsFamily(Family):
         return obj.slice(start, stop - start)
 
 
+class TorchFamily(Family):
+    name = codec = "torch"
+    module = "torch"
+
+    @classmethod
+    def problem(cls, obj: Any) -> str | None:
+        """Why share() refuses *obj*, a torch object (None: a plain CPU tensor it stores)."""
+        t = type(obj)
+        if t.__name__ != "Tensor" or t.__module__ != "torch":
+            if any(k.__name__ == "Tensor" and k.__module__ == "torch" for k in t.__mro__):
+                return (f"tensor subclass {t.__qualname__} (pass a plain tensor: "
+                        "tensor.detach() or torch.Tensor(tensor))")
+            return f"objects of type {t.__module__}.{t.__qualname__}"
+        if obj.device.type != "cpu":
+            return f"a tensor on device {obj.device} (only CPU tensors: tensor.cpu() first)"
+        if str(obj.layout) != "torch.strided" or obj.is_nested:
+            what = "nested" if obj.is_nested else str(obj.layout).removeprefix("torch.")
+            return f"a {what} tensor (only dense tensors: tensor.to_dense() first)"
+        if obj.is_quantized:
+            return "a quantized tensor (tensor.dequantize() or tensor.int_repr() first)"
+        if obj.requires_grad and not obj.is_leaf:
+            return ("a tensor that requires grad and is not a leaf (its graph cannot travel: "
+                    "tensor.detach() first)")
+        if any(n is not None for n in getattr(obj, "names", ())):  # torch < 2.13
+            return "a named tensor (tensor.rename(None) first)"
+        return None
+
+    @classmethod
+    def nbytes(cls, obj: Any) -> int | None:
+        if cls.problem(obj) is not None:
+            return None
+        return int(obj.numel() * obj.element_size())
+
+
 #: Every family nocopy knows, by the top-level module of their types.
 FAMILIES: dict[str, type[Family]] = {
-    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily)
+    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily, TorchFamily)
 }
 
 

@@ -210,6 +210,10 @@ class Shared(Generic[T]):
         read-only"), except for outputs from `empty`/`zeros`.
         With ``private=True`` the view is writable copy-on-write: writes stay
         in this process, reads still come from the shared pages.
+        PyTorch tensors are copy-on-write whatever *private* says (PyTorch has
+        no read-only tensors): each get() maps them anew, so a write to one
+        stays in that get()'s tensors, never reaches another process, and
+        never crashes.
 
         ``populate=True`` maps every page of the segment before returning, in
         one system call: a task about to read all of the data saves the page
@@ -381,7 +385,14 @@ class Shared(Generic[T]):
         return decode(
             base, header, name=self._locator.name, trusted=self._trusted,
             allow_pickle=self._pickled, reopen=self._reopen, remap=remap,
+            private_map=None if private else self._private_mapping,
         )
+
+    def _private_mapping(self) -> np.ndarray:
+        """A new copy-on-write mapping of the segment (uint8, writable), for one get()."""
+        with self._lock:  # as in get(private=True): the owner's descriptor stays open meanwhile
+            self._check_open()
+            return self._map(mmap.ACCESS_COPY)
 
     def _cow_mapping(self) -> np.ndarray:
         """A copy-on-write mapping of the segment (uint8, writable, private to this process),

@@ -4,7 +4,7 @@ This facade is the only part of the codec other layers import. The codec
 modules behind it are wired here, and only here: each exports
 ``encode(enc, obj, path)`` and ``DECODERS`` (node kind -> decoder) and is
 registered under its family's ``codec`` name (see ``_kinds``). pandas,
-Arrow and Polars are registered lazily: ``import nocopy`` imports none of them.
+Arrow, Polars and PyTorch are registered lazily: ``import nocopy`` imports none of them.
 
 Examples
 --------
@@ -54,6 +54,7 @@ _registry.register("numpy", _numpy)
 _registry.register_lazy("pandas", "nocopy._codec._pandas", prefix="pd.")
 _registry.register_lazy("arrow", "nocopy._codec._arrow", prefix="pa.")
 _registry.register_lazy("polars", "nocopy._codec._polars", prefix="pl.")
+_registry.register_lazy("torch", "nocopy._codec._torch", prefix="torch.")
 
 
 def read_header(
@@ -89,6 +90,7 @@ def decode(
     allow_pickle: bool,
     reopen: Callable[[], AbstractContextManager[str]] | None = None,
     remap: Callable[[], np.ndarray] | None = None,
+    private_map: Callable[[], np.ndarray] | None = None,
 ) -> Any:
     """Rebuild the object *header* describes as views of *base* (the whole mapping, uint8).
 
@@ -98,10 +100,12 @@ def decode(
     read-only descriptor): Arrow data is then read from a mapping Arrow owns
     (see `Decoder.arrow_buffer`). *remap*, given when the segment's bytes may
     change after they are checked, maps it copy-on-write (uint8, writable; see
-    `Decoder.frozen_buffer`).
+    `Decoder.frozen_buffer`). *private_map* maps it copy-on-write anew, for data that
+    cannot be read-only (see `Decoder.private_buffer`).
     """
     dec = Decoder(
-        base, header, name=name, trusted=trusted, allow_pickle=allow_pickle, reopen=reopen, remap=remap
+        base, header, name=name, trusted=trusted, allow_pickle=allow_pickle, reopen=reopen, remap=remap,
+        private_map=private_map,
     )
     try:
         return dec.decode(header.tree)

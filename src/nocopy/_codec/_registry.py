@@ -274,6 +274,7 @@ class Decoder:
         parts: Sequence[np.ndarray] | None = None,
         reopen: Callable[[], AbstractContextManager[str]] | None = None,
         remap: Callable[[], np.ndarray] | None = None,
+        private_map: Callable[[], np.ndarray] | None = None,
     ) -> None:
         self.base = base
         self._reopen = reopen
@@ -281,6 +282,9 @@ class Decoder:
         # file): maps it copy-on-write, see `frozen_buffer`.
         self._remap = remap
         self._cow: np.ndarray | None = None
+        # Maps the segment copy-on-write anew, for this decode alone: see `private_buffer`.
+        self._private_map = private_map
+        self._private: np.ndarray | None = None
         self._arrow_file: Any = None
         # Set while a Polars object is decoded: see arrow_buffer.
         self.arrow_owned = False
@@ -344,6 +348,29 @@ class Decoder:
         start = self.header.data_offset + off
         view: np.ndarray = self._cow[start : start + n]
         return view
+
+    def private_buffer(self, index: int, view: np.ndarray) -> np.ndarray:
+        """Buffer *index* (whose bytes *view* is, from `buffer`) writable and private to this decode.
+
+        For data that cannot be read-only: PyTorch has no read-only tensors, and a
+        tensor over read-only pages kills the process (SIGSEGV) on its first write.
+        *view* itself when it is writable (a copy-on-write mapping, private
+        memory); else the same bytes in a copy-on-write mapping of the segment
+        made for this decode (reads still share the pages; a write copies only
+        its page, for this process); else (a layout held in read-only memory
+        that cannot be mapped again) a private copy, charged to the budget.
+        """
+        if view.flags.writeable:
+            return view
+        if self._private_map is not None and self.parts is None:
+            if self._private is None:
+                self._private = self._private_map()
+            off, n = self.header.buffers[index]
+            start = self.header.data_offset + off
+            private: np.ndarray = self._private[start : start + n]
+            return private
+        self.spend(view.nbytes, "a copy of read-only bytes that must be writable")
+        return view.copy()
 
     def arrow_buffer(self, index: Any, view: np.ndarray) -> Any:
         """Buffer *index* (whose bytes *view* is, from `buffer`) as a pyarrow Buffer, without copying.

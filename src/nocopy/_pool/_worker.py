@@ -32,6 +32,16 @@ from ._threads import limit_loaded_libraries, spawn_environment
 __all__ = ["caller", "keep_warm", "quick_exit_process", "run_then_exit", "task_table", "worker_init"]
 
 _table: np.ndarray | None = None
+# Whether this process is a fork (of the caller, or of the forkserver).
+_forked = False
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
 _table_handle: Shared[np.ndarray] | None = None
 # Explicit Shared arguments keep their read-only mapping warm across tasks
 # (no remap, no re-faulting pages); dropped once their owner closes them.
@@ -107,6 +117,11 @@ def worker_init(
     global _table, _table_handle, _reaper
     if threads:
         _take_thread_share(threads)
+    elif _forked and "torch" in sys.modules:
+        # Forked from the caller: torch's intra-op threads (OpenMP) did not come along,
+        # and the first parallel op would wait for them for ever. One thread, as
+        # DataLoader's forked workers do.
+        sys.modules["torch"].set_num_threads(1)
     # Ctrl-C goes to the whole foreground process group: the caller handles it
     # (cancels, stops the workers); workers must not die mid-queue-operation.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
