@@ -71,9 +71,17 @@ def uses_ray(code: str) -> bool:
 START_METHODS = ("fork", "spawn", "forkserver")
 
 
+def uses_torch(code: str) -> bool:
+    return re.search(r"^\s*(import|from)\s.*\btorch\b", code, re.M) is not None
+
+
 def param(block: Block, start_method: str | None = None) -> object:
-    """A pytest param for *block* (under *start_method*): slow (and skipped without Ray) when it uses Ray."""
+    """A pytest param for *block* (under *start_method*): slow (and skipped without Ray) when it uses
+    Ray; skipped without torch when it imports torch (the extra nocopy[torch] is not installed on
+    every Python)."""
     marks: list[pytest.MarkDecorator] = []
+    if uses_torch(block.code) and importlib.util.find_spec("torch") is None:
+        marks.append(pytest.mark.skip(reason="torch is not installed"))
     if uses_ray(block.code):
         marks.append(pytest.mark.slow)
         if importlib.util.find_spec("ray") is None:

@@ -599,9 +599,30 @@ def test_joblib_small(tmp_path: Path) -> None:
     assert "classic: loky / nocopy time" in proc.stdout and "strings: loky / nocopy time" in proc.stdout
 
 
+@pytest.mark.slow  # ~15 s: three datasets, DataLoader workers started per epoch
+def test_dataloader_quick(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "dataloader.json"
+    proc = run_in_session(
+        [sys.executable, "-m", "nocopy._bench", "dataloader", "--quick", "--rows", "3000", "--json-out", str(out)],
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "dataloader" and result["failed"] == {}
+    assert result["config"]["workers"] == [1, 2] and result["data_bytes"] == 3000 * (16 * 4 + 8)
+    assert list(result["datasets"]) == ["objects", "share_memory", "nocopy"]
+    for d in result["datasets"].values():
+        assert set(d["points"]) == {"1", "2"}
+        assert all(p["ok"] and p["time_s"] > 0 and p["peak_bytes"] > 0 for p in d["points"].values())
+        assert d["per_worker_growth"] is not None
+    assert "nocopy: memory per added worker" in proc.stdout
+
+
 @pytest.mark.parametrize(
     ("command", "module", "extra"),
-    [("pandas", "pyarrow", "pandas"), ("polars", "polars", "polars"), ("ray", "ray", "ray"), ("joblib", "joblib", "joblib")],
+    [("pandas", "pyarrow", "pandas"), ("polars", "polars", "polars"), ("ray", "ray", "ray"), ("joblib", "joblib", "joblib"),
+     ("dataloader", "torch", "torch")],
 )
 def test_a_missing_package_is_named_with_its_extra(
     command: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

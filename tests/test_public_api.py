@@ -67,6 +67,12 @@ def _public_objects() -> list[tuple[str, object]]:
             (f"joblib.NocopyBackend.{n}", getattr(joblib_api.NocopyBackend, n))
             for n in ("configure", "effective_n_jobs", "submit", "terminate", "abort_everything")
         ]
+    try:
+        torch_api = importlib.import_module("nocopy.torch")
+    except ImportError:  # the torch extra is not installed on every Python
+        pass
+    else:
+        objs += [("torch", torch_api)] + [(f"torch.{n}", getattr(torch_api, n)) for n in torch_api.__all__]
     return objs
 
 

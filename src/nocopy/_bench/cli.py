@@ -9,6 +9,7 @@ nocopy bench pandas --rows 200000 --json > pandas.json
 nocopy bench polars --rows 200000 --workers 2 --json-out polars.json
 nocopy bench ray --gb 0.02 --rows 100000 --repeat 1
 nocopy bench joblib --rows 200000 --frame-rows 20000 --repeat 1
+nocopy bench dataloader --quick
 ```
 """
 
@@ -90,9 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="nocopy bench",
         description="Benchmarks: the classic experiment against every peer (seed), nocopy's scaling, "
         "DataFrames against Arrow IPC and pickle (pandas), a Polars frame to N workers against pickle (polars), "
-        "nocopy.ray against plain Ray (ray), joblib's default backend against backend='nocopy' (joblib).",
+        "nocopy.ray against plain Ray (ray), joblib's default backend against backend='nocopy' (joblib), "
+        "a PyTorch DataLoader over three datasets (dataloader).",
     )
-    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,polars,ray,joblib}")
+    sub = parser.add_subparsers(dest="command", metavar="{seed,scaling,pandas,polars,ray,joblib,dataloader}")
     sub.required = True
     names = [m.name for m in METHODS]
     seed = sub.add_parser(
@@ -210,6 +212,23 @@ def _parser() -> argparse.ArgumentParser:
     jl.add_argument("--repeat", type=_positive, default=3, help="timed calls per backend (default 3): medians")
     jl.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
     _output_options(jl)
+
+    dl = sub.add_parser(
+        "dataloader",
+        help="a PyTorch DataLoader over Python objects, share_memory_() tensors and nocopy.torch.SharedDataset",
+        description="The same samples (float32 features and an int64 label) as a list of Python objects, as "
+        "tensors moved with share_memory_(), and as nocopy.torch.SharedDataset, read by DataLoader epochs "
+        "with each --workers count: time per epoch and the peak of Σ PSS + shared memory.",
+    )
+    dl.add_argument("--rows", type=_positive, default=None, help="samples (default 2,000,000; --quick: 20,000)")
+    dl.add_argument("--features", type=_positive, default=16, help="float32 features per sample (default 16)")
+    dl.add_argument("--workers", default=None, help="DataLoader worker counts (default 1,2,4; --quick: 1,2)")
+    dl.add_argument("--start-method", default="fork", choices=["spawn", "forkserver", "fork"],
+                    help="start method of the DataLoader's workers (default fork, DataLoader's on Linux)")
+    dl.add_argument("--repeat", type=_positive, default=None, help="timed epochs per point (default 3; --quick: 1)")
+    dl.add_argument("--quick", action="store_true", help="a smoke run: 20,000 samples, 1 and 2 workers, 1 epoch")
+    dl.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
+    _output_options(dl)
     return parser
 
 
@@ -317,6 +336,27 @@ def _joblib(args: argparse.Namespace) -> int:
     return _run_and_report("joblib", args, lambda: run_joblib(cfg, _log(args.quiet)), joblib_table)
 
 
+def _dataloader(args: argparse.Namespace) -> int:
+    if _missing("dataloader", ("torch",), "torch"):
+        return 2
+    from ._dataloader import DataLoaderConfig, dataloader_table, run_dataloader
+
+    spec = args.workers or ("1,2" if args.quick else "1,2,4")
+    try:
+        workers = [int(w) for w in spec.split(",") if w.strip()]
+        if not workers or min(workers) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"nocopy bench dataloader: --workers takes positive integers like 1,2,4, not {spec!r}", file=sys.stderr)
+        return 2
+    cfg = DataLoaderConfig(
+        rows=args.rows or (20_000 if args.quick else 2_000_000), features=args.features, workers=workers,
+        start_method=args.start_method, repeat=args.repeat or (1 if args.quick else 3),
+        interval=args.interval / 1e3,
+    )
+    return _run_and_report("dataloader", args, lambda: run_dataloader(cfg, _log(args.quiet)), dataloader_table)
+
+
 def _compile_nocopy() -> None:
     """Write the bytecode of nocopy's own modules, as installing a wheel does.
 
@@ -373,5 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
         "seed": _seed, "scaling": _scaling, "pandas": _pandas, "polars": _polars, "ray": _ray, "joblib": _joblib,
+        "dataloader": _dataloader,
     }
     return commands[args.command](args)
