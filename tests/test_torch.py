@@ -18,10 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nocopy
+from conftest import segment_of
 from nocopy._codec import decode_buffer, plan
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
-
-from conftest import segment_of
 
 torch = pytest.importorskip("torch")
 from nocopy._codec import _torch  # noqa: E402 - needs torch

@@ -168,7 +168,7 @@ def _growth(points: dict[str, Any], workers: list[int], nbytes: int) -> float | 
     if lo == hi:
         return None
     added = points[str(hi)]["peak_bytes"] - points[str(lo)]["peak_bytes"]
-    return added / (hi - lo) / nbytes
+    return float(added) / (hi - lo) / nbytes
 
 
 def dataloader_table(result: dict[str, Any]) -> str:

@@ -349,7 +349,7 @@ class Decoder:
         view: np.ndarray = self._cow[start : start + n]
         return view
 
-    def private_buffer(self, index: int, view: np.ndarray) -> np.ndarray:
+    def private_buffer(self, index: Any, view: np.ndarray) -> np.ndarray:
         """Buffer *index* (whose bytes *view* is, from `buffer`) writable and private to this decode.
 
         For data that cannot be read-only: PyTorch has no read-only tensors, and a
