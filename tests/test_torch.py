@@ -180,9 +180,10 @@ def test_conjugate_and_negative_views_are_stored_resolved() -> None:
 
 
 # -- copy-on-write --------------------------------------------------------------------------------
-def test_get_is_copy_on_write_by_default_and_no_warning() -> None:
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_get_is_copy_on_write_by_default_and_no_warning(backend: str, shm: Any) -> None:
     t = torch.arange(6, dtype=torch.float32)
-    with nocopy.share(t) as ref, warnings.catch_warnings():
+    with nocopy.share(t, backend=backend) as ref, warnings.catch_warnings():
         warnings.simplefilter("error")  # torch's "not writable" warning would fail here
         a, b = ref.get(), ref.get(private=False)
         a[0] = 100.0
@@ -291,6 +292,20 @@ def test_executor_shares_big_tensor_arguments_once(method: str) -> None:
     assert [s for _, s in out] == [-float(t.numel())] * 3
     assert small == (None, -4.0)  # pickled, as below the threshold
     assert float(t[-1]) == t.numel() - 1  # the caller's tensor is untouched
+
+
+def _make_tensor(n: int) -> Any:
+    return {"big": torch.arange(n, dtype=torch.float64), "pid": os.getpid()}
+
+
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_big_tensor_results_come_back_through_shared_memory(method: str) -> None:
+    with nocopy.ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as ex:
+        out = ex.submit(_make_tensor, 300_000).result()
+    assert torch.equal(out["big"], torch.arange(300_000, dtype=torch.float64))
+    assert (segment_of_tensor(out["big"]) or "").startswith(f"{out['pid']}-")  # the worker's segment
+    out["big"][0] = 5.0  # the caller's to modify, as a pickled one would be
+    assert float(out["big"][0]) == 5.0
 
 
 def _uss_growth(ref: nocopy.Shared[Any]) -> dict[str, int]:

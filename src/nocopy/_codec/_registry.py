@@ -344,9 +344,13 @@ class Decoder:
             return None
         if self._cow is None:
             self._cow = self._remap()
+        return self._slot(self._cow, index)
+
+    def _slot(self, mapping: np.ndarray, index: int) -> np.ndarray:
+        """Buffer *index* in another mapping of the whole segment (same offsets as `base`)."""
         off, n = self.header.buffers[index]
         start = self.header.data_offset + off
-        view: np.ndarray = self._cow[start : start + n]
+        view: np.ndarray = mapping[start : start + n]
         return view
 
     def private_buffer(self, index: Any, view: np.ndarray) -> np.ndarray:
@@ -365,10 +369,7 @@ class Decoder:
         if self._private_map is not None and self.parts is None:
             if self._private is None:
                 self._private = self._private_map()
-            off, n = self.header.buffers[index]
-            start = self.header.data_offset + off
-            private: np.ndarray = self._private[start : start + n]
-            return private
+            return self._slot(self._private, index)
         self.spend(view.nbytes, "a copy of read-only bytes that must be writable")
         return view.copy()
 
