@@ -399,3 +399,17 @@ def test_shared_dataset_refuses_what_it_cannot_index() -> None:
         nocopy.torch.SharedDataset((torch.zeros(3), torch.zeros(2)))
     with pytest.raises(TypeError, match=r"\['n'\] \(int\) has no samples"):
         nocopy.torch.SharedDataset({"x": torch.zeros(3), "n": 3})
+
+
+def _sum(t: Any) -> float:
+    return float(t.sum())
+
+
+def test_forked_pool_workers_after_parallel_torch_work_do_not_hang() -> None:
+    # The caller's OpenMP threads (started by this big op) do not survive fork: a forked
+    # worker's first parallel op used to wait for them for ever.
+    t = torch.ones(1 << 21)
+    assert float(t.sum()) == 1 << 21
+    with nocopy.Pool(1, context=mp.get_context("fork")) as pool:
+        assert pool.map(_sum, [t, t]) == [float(1 << 21)] * 2
+        assert pool.apply(torch.get_num_threads) == 1
