@@ -413,3 +413,28 @@ def test_forked_pool_workers_after_parallel_torch_work_do_not_hang() -> None:
     with nocopy.Pool(1, context=mp.get_context("fork")) as pool:
         assert pool.map(_sum, [t, t]) == [float(1 << 21)] * 2
         assert pool.apply(torch.get_num_threads) == 1
+
+
+def _describe_all(ref: nocopy.Shared[Any]) -> dict[str, Any]:
+    return {
+        k: (str(t.dtype), tuple(t.shape), t.stride(), bits(t).flatten().tolist(), segment_of_tensor(t) is not None)
+        for k, t in ref.get().items()
+    }
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_dtype_and_view_round_trips_in_workers(method: str) -> None:
+    data = {
+        f"{dtype}/{how}": _view(random_tensor(dtype, (4, 3), seed=i), how)
+        for i, dtype in enumerate(DTYPES) for how in VIEWS
+    }
+    with nocopy.share(data) as ref, nocopy.ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as ex:
+        got = ex.submit(_describe_all, ref).result()
+    assert set(got) == set(data)
+    for k, t in data.items():
+        dtype, shape, stride, values, in_segment = got[k]
+        assert (dtype, shape) == (str(t.dtype), tuple(t.shape)), k
+        assert values == bits(t).flatten().tolist(), k
+        assert in_segment, k
+        if "step slice" not in k:
+            assert stride == t.stride(), k
