@@ -13,8 +13,10 @@ import nocopy
 import nocopy.errors
 
 EXPECTED = {
+    "Explanation",
     "Pool",
     "ProcessPoolExecutor",
+    "Segment",
     "Shared",
     "__version__",
     "attach",

@@ -36,6 +36,8 @@ __all__ = [
     "Family",
     "converted_columns",
     "data_nbytes",
+    "describe",
+    "describe_array",
     "family_of",
     "kind_name",
     "restore_columns",
@@ -294,3 +296,58 @@ def restore_columns(obj: Any, columns: Converted) -> Any:
 def kind_name(obj: Any) -> str:
     """The type name a handle reports as its ``kind`` (``"ndarray"``, ``"DataFrame"``...)."""
     return type(obj).__name__
+
+
+# A handle's repr stays one short line whatever it holds.
+_DESCRIBE_MAX = 48
+# Types whose shape is (rows, columns): said as rows x columns.
+_FRAMES = ("DataFrame", "Table", "RecordBatch")
+
+
+def describe(obj: Any) -> str:
+    """What *obj* holds in a few words, for a handle's repr; ``""`` when there is nothing to say.
+
+    Arrays (and anything with a ``shape`` and ``dtype``: Series, tensors, sparse
+    matrices) by dtype and shape, frames and tables by rows x columns, Arrow
+    arrays by type and length, dicts by keys, other sequences by length.
+
+    Examples
+    --------
+    >>> describe(np.zeros((1000, 1000))), describe([1, 2, 3]), describe({"a": 1})
+    ('float64 (1000, 1000)', 'len 3', '1 key')
+    """
+    try:
+        text = _describe(obj)
+    except Exception:  # a repr must never fail because of what the object does on access
+        return ""
+    return text if len(text) <= _DESCRIBE_MAX else text[: _DESCRIBE_MAX - 1] + "…"
+
+
+def describe_array(dtype: Any, shape: tuple[int, ...]) -> str:
+    """An array's dtype and shape as `describe` says them: ``float64 (3, 4)``.
+
+    Examples
+    --------
+    >>> describe_array(np.dtype([("a", "i8"), ("b", "f8")]), (10,))
+    'record[2 fields] (10,)'
+    """
+    names = getattr(dtype, "names", None)
+    text = f"record[{len(names)} field{'' if len(names) == 1 else 's'}]" if names else str(dtype)
+    return f"{text} {tuple(int(n) for n in shape)}"
+
+
+def _describe(obj: Any) -> str:
+    shape = getattr(obj, "shape", None)
+    if type(obj).__name__ in _FRAMES and isinstance(shape, tuple) and len(shape) == 2:
+        return f"{shape[0]}x{shape[1]}"
+    if isinstance(obj, dict):
+        return f"{len(obj)} key{'' if len(obj) == 1 else 's'}"
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None and isinstance(shape, tuple):  # torch.Size is a tuple too
+        return describe_array(dtype, shape)
+    arrow_type = getattr(obj, "type", None)
+    if family_of(obj) is ArrowFamily and arrow_type is not None:
+        return f"{arrow_type} len {len(obj)}"
+    if hasattr(obj, "__len__"):
+        return f"len {len(obj)}"
+    return ""

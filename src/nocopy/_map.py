@@ -58,7 +58,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from multiprocessing.context import BaseContext
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -120,6 +120,9 @@ class MapBackend:
     def abort(self) -> None:
         """Stop running chunks (the caller was interrupted); never raises."""
 
+
+#: ``parallel_map(backend=...)``'s names (a class is taken too); a test keeps it equal to the registry.
+MapBackendName = Literal["processes", "threads", "ray"]
 
 _BACKENDS: dict[str, type[MapBackend]] = {}
 _LAZY_BACKENDS: dict[str, tuple[str, str]] = {"ray": ("nocopy.ray", "RayMapBackend")}
@@ -335,7 +338,7 @@ def parallel_map(
     *,
     chunks: int | None = None,
     workers: int | None = None,
-    backend: str | type[MapBackend] = "processes",
+    backend: MapBackendName | type[MapBackend] = "processes",
     progress: bool = False,
     executor: Executor | None = None,
     mp_context: BaseContext | str | None = None,

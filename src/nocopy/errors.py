@@ -13,7 +13,7 @@ Examples
 ...     nocopy.attach("nocopy://posix/nocopy-1-1-00?token=00&size=1")
 ... except nocopy.errors.NocopyError as exc:
 ...     print(type(exc).__name__)
-SegmentCorruptError
+InvalidURIError
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 
 __all__ = [
     "InsufficientMemoryError",
+    "InvalidURIError",
     "NocopyError",
     "SegmentAccessError",
     "SegmentClosedError",
@@ -128,12 +129,33 @@ class SegmentClosedError(SegmentNotFoundError, ValueError):
 
 
 class SegmentCorruptError(NocopyError, ValueError):
-    """The segment's header or a handle/URI is malformed, truncated or hostile.
+    """The segment's header or a handle is malformed, truncated or hostile.
 
     Examples
     --------
-    >>> nocopy.attach("nocopy://../../etc/passwd")  # doctest: +SKIP
-    SegmentCorruptError: malformed nocopy URI ...
+    After another process overwrote the start of a posix segment:
+
+    >>> ref.get()  # doctest: +SKIP
+    SegmentCorruptError: segment nocopy-... has a corrupt header: bad magic ...
+    """
+
+
+class InvalidURIError(NocopyError, ValueError):
+    """A string given as a ``nocopy://`` URI is not one: mistyped, cut short or forged.
+
+    Raised by `nocopy.attach` before anything is opened. The message names
+    what is wrong (the scheme, the store, a missing or misspelt field, a
+    field's value) and quotes the start of the string.
+
+    Examples
+    --------
+    >>> try:
+    ...     nocopy.attach("nocopy://shm/nocopy-1-1-00?pid=1")
+    ... except ValueError as exc:
+    ...     print(type(exc).__name__)
+    ...     print(str(exc).split("': ")[1].split(". Fix")[0])
+    InvalidURIError
+    the store 'shm' is neither memfd nor posix
     """
 
 

@@ -40,7 +40,7 @@ import pickle
 import re
 import threading
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
@@ -58,9 +58,10 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from ._codec import MAGIC, decode_buffer, decode_parts, plan
-from ._kinds import kind_name, take_rows
+from ._kinds import describe, kind_name, take_rows
 from ._map import MapBackend
 from ._shared import Shared
+from ._text import format_handle
 from .errors import SegmentCorruptError, WorkerCrashedError
 
 __all__ = ["RayMapBackend", "Ref", "connect_or_start", "get", "put"]
@@ -82,11 +83,18 @@ class Ref(Generic[T]):
     Attributes: ``object_ref`` (the ``ray.ObjectRef`` of the uint8 buffer),
     ``kind`` (type name of the object), ``nbytes`` (data bytes), ``size``
     (bytes in the store, header included), ``pickled`` (whether parts were
-    stored pickled because of ``allow_pickle=True``).
+    stored pickled because of ``allow_pickle=True``), ``about`` (its dtype
+    and shape, rows x columns or length, as the repr shows them).
+
+    Refs compare equal (and hash alike) when they hold the same object
+    (``object_ref``) with the same ``pickled`` permission, as
+    `nocopy.Shared` handles do for a segment.
 
     Examples
     --------
     >>> ref = nocopy.ray.put(np.zeros(1000))   # doctest: +SKIP
+    >>> ref                                    # doctest: +SKIP
+    <nocopy.ray.Ref ndarray float64 (1000,) 7.8 KiB at ray:00ffff...>
     >>> ref.kind, ref.nbytes                   # doctest: +SKIP
     ('ndarray', 8000)
     >>> float(ref.get().sum())                 # doctest: +SKIP
@@ -94,10 +102,12 @@ class Ref(Generic[T]):
     """
 
     object_ref: ray.ObjectRef[Any]
-    kind: str
-    nbytes: int
-    size: int
+    # What the object is follows from object_ref: only it (and the permission) decides equality.
+    kind: str = field(compare=False)
+    nbytes: int = field(compare=False)
+    size: int = field(compare=False)
     pickled: bool = False
+    about: str = field(default="", compare=False)
 
     def get(self, *, timeout: float | None = None) -> T:
         """Same as ``nocopy.ray.get(self)``.
@@ -110,10 +120,7 @@ class Ref(Generic[T]):
         return get(self, timeout=timeout)
 
     def __repr__(self) -> str:
-        return (
-            f"<nocopy.ray.Ref {self.kind} {self.nbytes} bytes "
-            f"object {self.object_ref.hex()}>"
-        )
+        return format_handle("nocopy.ray.Ref", self.kind, self.about, self.nbytes, f"ray:{self.object_ref.hex()}")
 
 
 def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
@@ -189,7 +196,7 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
     # buffer straight from its source (the caller's columns) into the store.
     object_ref = ray.put(_Layout(head, parts))
     del parts
-    return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled)
+    return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled, describe(obj))
 
 
 # Ray aligns an out-of-band buffer of more than 2 KiB to 64 bytes in its

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._shared import Shared, share
+from .._text import with_article
 from ..errors import UnsupportedTypeError
 
 __all__ = ["ShareCache"]
@@ -86,7 +87,7 @@ class ShareCache:
             if not self._warned:
                 self._warned = True
                 warnings.warn(
-                    f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
+                    f"nocopy.ProcessPoolExecutor: no room to share {with_article(type(value).__name__)} "
                     f"argument, it is pickled instead ({exc})",
                     RuntimeWarning,
                     stacklevel=_callers_level(),
