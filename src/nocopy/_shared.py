@@ -578,7 +578,10 @@ def owner_fd(handle: Shared[Any]) -> int:
     """The descriptor of a segment this process owns (to pass to another process by SCM_RIGHTS)."""
     owner = handle._owner  # noqa: SLF001 - same module
     if owner is None or not owner.held():
-        raise SegmentNotFoundError(f"{handle!r} is not an open segment owned by this process")
+        raise SegmentNotFoundError(
+            f"{handle!r} is not an open segment owned by this process. "
+            "Fix: keep the Shared open until the result is handed over."
+        )
     return owner.fd
 
 

@@ -120,7 +120,10 @@ def decode_buffer(mem: np.ndarray, *, trusted: bool, allow_pickle: bool = False,
     if mem.dtype != np.uint8 or mem.ndim != 1:
         raise ValueError("decode_buffer needs a 1-d uint8 array")
     if mem.nbytes < PREFIX.size:
-        raise SegmentCorruptError(f"{name}: {mem.nbytes} bytes is too small for a nocopy layout")
+        raise SegmentCorruptError(
+            f"{name}: {mem.nbytes} bytes is too small for a nocopy layout. "
+            "Fix: pass the whole buffer the layout was written into."
+        )
     # The buffer carries its own token: here it checks consistency, not access.
     token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
     header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
@@ -137,7 +140,9 @@ def decode_parts(
     pickle out-of-band buffers). Every returned array is a view of a part.
     """
     if len(head) < PREFIX.size:
-        raise SegmentCorruptError(f"{name}: {len(head)} bytes is too small for a nocopy header")
+        raise SegmentCorruptError(
+            f"{name}: {len(head)} bytes is too small for a nocopy header. Fix: put the data again."
+        )
     token, size = PREFIX.unpack_from(head, 0)[4:6]
     header = parse_header(memoryview(head), name=name, token=token, size=size, detached=True)
     if len(parts) != len(header.buffers):

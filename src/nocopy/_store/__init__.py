@@ -144,5 +144,8 @@ def is_alive(loc: Locator) -> bool:
 def _locate(loc: Locator) -> Store:
     store = _STORES.get(loc.store)
     if store is None:
-        raise SegmentNotFoundError(f"unknown store {loc.store!r} for segment {loc.name}")
+        raise SegmentNotFoundError(
+            f"unknown store {loc.store!r} for segment {loc.name}. "
+            "Fix: use the same nocopy version in every process."
+        )
     return store
