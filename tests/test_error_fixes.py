@@ -246,3 +246,13 @@ def test_parallel_map_names_the_fix_that_works_with_parallel_map() -> None:
 
 def test_explain_counts_one_part_in_the_singular() -> None:
     assert str(nocopy.explain(np.arange(3))).splitlines()[-1] == "(1 part; zero-copy: 1)"
+
+
+def test_a_type_name_takes_the_article_it_is_said_with() -> None:
+    from nocopy._text import with_article
+
+    with pytest.raises(MemoryError) as info:
+        nocopy.empty((1 << 50,), "u1")  # more than any machine has: refused before allocating
+    assert "for an ndarray of 1024 TiB" in str(info.value)
+    said = [with_article(w) for w in ("ndarray", "DataFrame", "Index", "int", "uint8", "object")]
+    assert said == ["an ndarray", "a DataFrame", "an Index", "an int", "a uint8", "an object"]
