@@ -135,12 +135,22 @@ def test_the_permission_to_unpickle_is_part_of_a_handles_identity() -> None:
 # --- backend= is typed ---------------------------------------------------------------------------
 
 
-def test_the_backend_literals_are_the_backends() -> None:
-    from nocopy._map import _BACKENDS, _LAZY_BACKENDS, MapBackendName
-    from nocopy._store import BACKENDS, Backend
+def _literal_values(annotation: Any) -> set[Any]:
+    """The values of every Literal in *annotation* (``Literal["a", "b"] | None`` -> {"a", "b"})."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return set(typing.get_args(annotation))
+    return set().union(*(_literal_values(a) for a in typing.get_args(annotation)))
 
-    assert set(typing.get_args(Backend)) == set(BACKENDS)
-    assert set(typing.get_args(MapBackendName)) == {*_BACKENDS, *_LAZY_BACKENDS}
+
+def test_the_backend_literals_are_the_backends() -> None:
+    """Written out in each signature (the API reference shows them), and kept equal to the registries."""
+    from nocopy._map import _BACKENDS, _LAZY_BACKENDS
+    from nocopy._store import BACKENDS
+
+    for fn in (nocopy.share, nocopy.empty, nocopy.zeros):
+        assert _literal_values(typing.get_type_hints(fn)["backend"]) == set(BACKENDS), fn
+    assert _literal_values(typing.get_type_hints(nocopy.Shared.backend.fget)["return"]) == set(BACKENDS)
+    assert _literal_values(typing.get_type_hints(nocopy.parallel_map)["backend"]) == {*_BACKENDS, *_LAZY_BACKENDS}
 
 
 @pytest.mark.slow

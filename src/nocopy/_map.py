@@ -121,9 +121,6 @@ class MapBackend:
         """Stop running chunks (the caller was interrupted); never raises."""
 
 
-#: ``parallel_map(backend=...)``'s names (a class is taken too); a test keeps it equal to the registry.
-MapBackendName = Literal["processes", "threads", "ray"]
-
 _BACKENDS: dict[str, type[MapBackend]] = {}
 _LAZY_BACKENDS: dict[str, tuple[str, str]] = {"ray": ("nocopy.ray", "RayMapBackend")}
 
@@ -338,7 +335,7 @@ def parallel_map(
     *,
     chunks: int | None = None,
     workers: int | None = None,
-    backend: MapBackendName | type[MapBackend] = "processes",
+    backend: Literal["processes", "threads", "ray"] | type[MapBackend] = "processes",
     progress: bool = False,
     executor: Executor | None = None,
     mp_context: BaseContext | str | None = None,

@@ -9,14 +9,13 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
 from ._codec import Header, Plan, decode, fill_threads, plan, plan_output, read_header
 from ._kinds import describe, describe_array, kind_name
 from ._store import (
-    Backend,
     Described,
     Locator,
     Mapping,
@@ -175,7 +174,7 @@ class Shared(Generic[T]):
         return self._kind
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> Literal["memfd", "posix"]:
         """The store: ``"memfd"`` or ``"posix"``."""
         return self._locator.store  # type: ignore[return-value]  # a Locator's store is one of them
 
@@ -466,7 +465,7 @@ def _new_segment(plan: Plan, *, kind: str, about: str, backend: str | None, writ
     )
 
 
-def share(obj: T, *, backend: Backend | None = None, allow_pickle: bool = False) -> Shared[T]:
+def share(obj: T, *, backend: Literal["memfd", "posix"] | None = None, allow_pickle: bool = False) -> Shared[T]:
     """Copy *obj* into shared memory once and return a handle to it.
 
     *obj* may be a NumPy array (any fixed-width dtype, record arrays
@@ -494,7 +493,7 @@ def share(obj: T, *, backend: Backend | None = None, allow_pickle: bool = False)
 
 
 def empty(
-    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Backend | None = None
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Literal["memfd", "posix"] | None = None
 ) -> Shared[np.ndarray]:
     """A writable shared array for outputs: workers fill disjoint slices, the owner sees them.
 
@@ -511,7 +510,7 @@ def empty(
 
 
 def zeros(
-    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Backend | None = None
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Literal["memfd", "posix"] | None = None
 ) -> Shared[np.ndarray]:
     """Like `empty`, guaranteed zero-filled (fresh shared pages are zero).
 

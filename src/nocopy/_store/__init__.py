@@ -12,7 +12,6 @@ unlinks segments that other processes still use.
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 from ..errors import SegmentNotFoundError
 from ._hugepages import collapse as huge_mapping
@@ -27,7 +26,6 @@ from ._uri import Described, format_uri, parse_uri
 __all__ = [
     "BACKENDS",
     "Advice",
-    "Backend",
     "Checkup",
     "Described",
     "Found",
@@ -56,8 +54,7 @@ __all__ = [
 
 _STORES: dict[str, Store] = {s.name: s for s in (MemfdStore(), PosixStore())}
 BACKENDS = tuple(_STORES)
-#: The stores' names as a type: ``share(backend=...)`` takes one (a test keeps it equal to BACKENDS).
-Backend = Literal["memfd", "posix"]
+
 
 
 def default_backend() -> str:
