@@ -26,6 +26,8 @@ __all__ = [
     "InsufficientMemoryError",
     "InvalidURIError",
     "NocopyError",
+    "NocopyWarning",
+    "NotSharedWarning",
     "SegmentAccessError",
     "SegmentClosedError",
     "SegmentCorruptError",
@@ -245,3 +247,33 @@ class TaskUnpicklingError(NocopyError, UnpicklingError):
         super().__init__(message)
         self.task = task
         self.raised = raised
+
+
+class NocopyWarning(UserWarning):
+    """Root of every warning nocopy issues (filter them all with this class).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> warnings.filterwarnings("ignore", category=nocopy.errors.NocopyWarning)  # doctest: +SKIP
+    """
+
+
+class NotSharedWarning(NocopyWarning, RuntimeWarning):
+    """A big argument of a pool task (or a part of it) is pickled for every task instead of shared.
+
+    Issued once per pool and per cause: a DataFrame column nocopy cannot
+    share (the message names it; the frame's other columns are still shared),
+    data share() refuses, or no room left in shared memory. The message names
+    the fix: ``nocopy.explain(obj)`` shows what cannot be shared and why;
+    ``nocopy.share(obj, allow_pickle=True)`` passed as the argument pickles
+    that part once (the task calls ``.get()``); or drop or convert the column.
+    Under ``-W error`` the ``submit()`` or ``map()`` that met it raises it.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"x": np.ones(10**6), "meta": [{}] * 10**6})  # doctest: +SKIP
+    >>> with nocopy.ProcessPoolExecutor(2) as ex:  # doctest: +SKIP
+    ...     ex.submit(len, df).result()
+    NotSharedWarning: nocopy.ProcessPoolExecutor: column 'meta' of a DataFrame argument cannot be shared ...
+    """

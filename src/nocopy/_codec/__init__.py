@@ -46,6 +46,7 @@ __all__ = [
     "plan",
     "plan_output",
     "read_header",
+    "unsupported_columns",
     "write_at",
 ]
 
@@ -166,3 +167,16 @@ def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:
     enc = Encoder(explain=True, allow_pickle=allow_pickle)
     enc.encode(obj)
     return enc.notes
+
+
+def unsupported_columns(frame: Any) -> dict[int, str]:
+    """Position -> why, for the columns of a DataFrame that share() refuses (nothing is copied or pickled).
+
+    Each column is explained alone, as a Series: an unsupported index makes every column count.
+    """
+    out: dict[int, str] = {}
+    for i in range(frame.shape[1]):
+        refused = [note.detail for note in explain_notes(frame.iloc[:, i]) if note.status == "unsupported"]
+        if refused:
+            out[i] = refused[0]
+    return out
