@@ -27,6 +27,7 @@ EXPECTED = {
     "parallel_map",
     "segments",
     "share",
+    "shutdown_parallel_map_workers",
     "zeros",
 }
 

@@ -58,8 +58,8 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from ._codec import MAGIC, decode_buffer, decode_parts, plan
-from ._kinds import describe, kind_name, take_rows
-from ._map import MapBackend
+from ._kinds import describe, is_items, kind_name, take_rows
+from ._map import MapBackend, chunk_label
 from ._shared import Shared
 from ._text import format_handle
 from .errors import SegmentCorruptError, WorkerCrashedError
@@ -330,8 +330,9 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
 
 # -- parallel_map(..., backend="ray") -----------------------------------------
 @ray.remote(max_retries=0)
-def _run_chunk(fn: Any, source: Ref[Any], start: int, stop: int) -> Any:
-    return fn(take_rows(get(source), start, stop))
+def _run_chunk(fn: Any, source: Any, start: int, stop: int) -> Any:
+    # Plain items (a list, tuple or range) come as the chunk itself, not through the store.
+    return fn(take_rows(source if is_items(source) else get(source), start, stop))
 
 
 class RayMapBackend(MapBackend):
@@ -380,7 +381,7 @@ class RayMapBackend(MapBackend):
         with self._lock:
             self._pending.append(object_ref)
         out: Future[Any] = Future()
-        task = f"chunk {index} (rows {start}:{stop})"
+        task = chunk_label(index, source, start, stop)
 
         def settle(done: Future[Any]) -> None:
             if out.cancelled():
