@@ -72,8 +72,20 @@ logger = logging.getLogger("nocopy.ray")
 _init_lock = threading.Lock()
 
 
+# What to do with a Ref that reached ray.get: Ray's own errors quote the Ref's type (one Ref)
+# or the Ref itself (a list), so both carry it. Ray cannot decode a nocopy layout itself.
+_RAY_GET_FIX = "a nocopy.ray.Ref: read it with nocopy.ray.get(ref), which also takes a list; ray.get cannot decode it"
+
+
+class _RefType(type):
+    """Ref's class: its repr names the fix, which ``ray.get(ref)``'s ValueError quotes."""
+
+    def __repr__(cls) -> str:
+        return f"<class '{cls.__module__}.{cls.__qualname__}'> ({_RAY_GET_FIX})"
+
+
 @dataclass(frozen=True)
-class Ref(Generic[T]):
+class Ref(Generic[T], metaclass=_RefType):
     """A nocopy layout in Ray's object store: pass it to tasks, read it with `get`.
 
     Small to pickle (it carries the ``ObjectRef``, never the data). The data
@@ -121,6 +133,10 @@ class Ref(Generic[T]):
 
     def __repr__(self) -> str:
         return format_handle("nocopy.ray.Ref", self.kind, self.about, self.nbytes, f"ray:{self.object_ref.hex()}")
+
+    def __str__(self) -> str:
+        # ray.get([ref]) raises a TypeError quoting str(ref): it then says what to do.
+        return f"{self!r} ({_RAY_GET_FIX})"
 
 
 def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
@@ -273,15 +289,20 @@ def _aligned_read_only(part: np.ndarray) -> np.ndarray:
 @overload
 def get(ref: Ref[T], *, timeout: float | None = None) -> T: ...
 @overload
-def get(ref: ray.ObjectRef[Any] | np.ndarray, *, timeout: float | None = None) -> Any: ...
+def get(ref: list[Ref[T]], *, timeout: float | None = None) -> list[T]: ...
+@overload
+def get(ref: ray.ObjectRef[Any] | np.ndarray | list[Any], *, timeout: float | None = None) -> Any: ...
 def get(ref: Any, *, timeout: float | None = None) -> Any:
     """Rebuild the object put by `put`, every array a read-only view into the object store.
 
     *ref* is a `Ref`, its ``object_ref``, or what a task receives
     when an ``ObjectRef`` is passed as a top-level argument and Ray resolves
-    it (the object's buffers, not yet decoded). Writes to the result raise numpy's
+    it (the object's buffers, not yet decoded) -- or a list of them, as
+    ``ray.get`` takes: the objects are fetched together (*timeout* is for
+    all of them) and a list comes back. Writes to the result raise numpy's
     "assignment destination is read-only". The views keep the object
-    pinned in this node's store until they are dropped.
+    pinned in this node's store until they are dropped. (Plain ``ray.get``
+    cannot decode a `Ref`; its error says to call this.)
 
     Examples
     --------
@@ -291,20 +312,38 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
     ...     return nocopy.ray.get(ref)["t"][0]
     >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
     np.datetime64('1970-01-01T00:00:00')
+    >>> a, b = nocopy.ray.get([nocopy.ray.put(recs), nocopy.ray.put(recs)])  # doctest: +SKIP
     """
+    if isinstance(ref, list):
+        refs = [r.object_ref if isinstance(r, Ref) else r for r in ref]
+        for r in refs:
+            _check_gettable(r)
+        # One ray.get for every ObjectRef: Ray fetches them together, within one timeout.
+        fetch = [r for r in refs if isinstance(r, ray.ObjectRef)]
+        fetched = iter(ray.get(fetch, timeout=timeout) if fetch else [])
+        return [
+            _decode(next(fetched), f"ray object {r.hex()}") if isinstance(r, ray.ObjectRef)
+            else _decode(r, "ray object buffer")
+            for r in refs
+        ]
     if isinstance(ref, Ref):
         ref = ref.object_ref
+    _check_gettable(ref)
     if isinstance(ref, ray.ObjectRef):
-        name = f"ray object {ref.hex()}"
-        mem = ray.get(ref, timeout=timeout)
-    elif isinstance(ref, _Layout | np.ndarray):
-        name = "ray object buffer"
-        mem = ref
-    else:
+        return _decode(ray.get(ref, timeout=timeout), f"ray object {ref.hex()}")
+    return _decode(ref, "ray object buffer")
+
+
+def _check_gettable(ref: Any) -> None:
+    if not isinstance(ref, ray.ObjectRef | _Layout | np.ndarray):
         raise TypeError(
-            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into, "
-            f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
+            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into "
+            f"(or a list of them), not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
         )
+
+
+def _decode(mem: Any, name: str) -> Any:
+    """The object a nocopy layout (fetched from the store, or resolved by Ray) holds."""
     # trusted, pickles allowed: whatever is in Ray's (immutable) store is already
     # unpickled by ray.get itself, so refusing nocopy's own pickled nodes here
     # would protect nothing. (The header's flag must still say so.)
