@@ -348,7 +348,7 @@ def split_columns(obj: Any, positions: tuple[int, ...]) -> tuple[Any, tuple[Any,
     --------
     >>> import pandas as pd
     >>> rest, taken = split_columns(pd.DataFrame({"a": [1], "b": [2]}), (0,))
-    >>> list(rest.columns), [list(v) for v in taken]
+    >>> list(rest.columns), [v.to_numpy().tolist() for v in taken]
     ([0], [[1]])
     """
     if not is_dataframe(obj):

@@ -255,7 +255,8 @@ class NocopyWarning(UserWarning):
     Examples
     --------
     >>> import warnings
-    >>> warnings.filterwarnings("ignore", category=nocopy.errors.NocopyWarning)  # doctest: +SKIP
+    >>> ignored = nocopy.errors.NocopyWarning
+    >>> warnings.filterwarnings("ignore", category=ignored)  # doctest: +SKIP
     """
 
 
@@ -272,8 +273,10 @@ class NotSharedWarning(NocopyWarning, RuntimeWarning):
 
     Examples
     --------
-    >>> df = pd.DataFrame({"x": np.ones(10**6), "meta": [{}] * 10**6})  # doctest: +SKIP
+    >>> n = 10**6
+    >>> df = pd.DataFrame({"x": np.ones(n), "meta": [{}] * n})  # doctest: +SKIP
     >>> with nocopy.ProcessPoolExecutor(2) as ex:  # doctest: +SKIP
     ...     ex.submit(len, df).result()
-    NotSharedWarning: nocopy.ProcessPoolExecutor: column 'meta' of a DataFrame argument cannot be shared ...
+    NotSharedWarning: nocopy.ProcessPoolExecutor: a DataFrame argument has
+    1 column(s) nocopy cannot share (column 'meta' of dtype object ...
     """

@@ -312,7 +312,8 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
     ...     return nocopy.ray.get(ref)["t"][0]
     >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
     np.datetime64('1970-01-01T00:00:00')
-    >>> a, b = nocopy.ray.get([nocopy.ray.put(recs), nocopy.ray.put(recs)])  # doctest: +SKIP
+    >>> refs = [nocopy.ray.put(recs), nocopy.ray.put(recs)]   # doctest: +SKIP
+    >>> a, b = nocopy.ray.get(refs)                           # doctest: +SKIP
     """
     if isinstance(ref, list):
         refs = [r.object_ref if isinstance(r, Ref) else r for r in ref]

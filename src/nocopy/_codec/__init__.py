@@ -172,11 +172,13 @@ def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:
 def unsupported_columns(frame: Any) -> dict[int, str]:
     """Position -> why, for the columns of a DataFrame that share() refuses (nothing is copied or pickled).
 
-    Each column is explained alone, as a Series: an unsupported index makes every column count.
+    Each column is explained alone, as a one-column frame (a view): an unsupported index or column
+    name makes every column count.
     """
     out: dict[int, str] = {}
     for i in range(frame.shape[1]):
-        refused = [note.detail for note in explain_notes(frame.iloc[:, i]) if note.status == "unsupported"]
+        notes = explain_notes(frame.iloc[:, i : i + 1])
+        refused = [note.detail for note in notes if note.status == "unsupported"]
         if refused:
             out[i] = refused[0]
     return out
