@@ -596,9 +596,12 @@ def _rows_of(data: Any) -> int:
 
 
 def _run(runner: MapBackend, fn: Callable[[Any], R], data: Any, spans: list[tuple[int, int]], bar: Any) -> list[R]:
-    """Prepare, submit every chunk, collect in order; cancel (and abort on Ctrl-C) on failure."""
-    if is_items(data):
-        return _run_items(runner, fn, data, spans, bar)
+    """Prepare, submit every chunk, collect in order; cancel (and abort on Ctrl-C) on failure.
+
+    Plain items (a list, tuple or range) are not prepared: nothing to share,
+    each chunk's items travel to its task alone, as Pool.map sends them.
+    """
+    items = is_items(data)
     futures: list[Future[Any]] = []
     source: Any = None
     prepared = False
@@ -607,12 +610,16 @@ def _run(runner: MapBackend, fn: Callable[[Any], R], data: Any, spans: list[tupl
                          "parallel_map the handle (the pickled part is copied on every get)")
     try:
         try:
-            source = runner.prepare(data)
+            source = None if items else runner.prepare(data)
         finally:
             PICKLE_FIX.reset(fix)
         prepared = True
         for i, (start, stop) in enumerate(spans):
-            futures.append(runner.submit(fn, source, i, start, stop))
+            if items:
+                # Backends read rows start:stop of their source: here rows 0:n of the chunk itself.
+                futures.append(runner.submit(fn, data[start:stop], i, 0, stop - start))
+            else:
+                futures.append(runner.submit(fn, source, i, start, stop))
         return _collect(futures, bar)
     except BaseException as exc:
         for fut in futures:
@@ -623,24 +630,6 @@ def _run(runner: MapBackend, fn: Callable[[Any], R], data: Any, spans: list[tupl
     finally:
         if prepared:
             runner.release(source)
-
-
-def _run_items(runner: MapBackend, fn: Callable[[Any], R], items: Any, spans: list[tuple[int, int]], bar: Any) -> list[R]:
-    """Plain items: nothing to share; each chunk's items travel to its task alone (as Pool.map's)."""
-    futures: list[Future[Any]] = []
-    try:
-        for i, (start, stop) in enumerate(spans):
-            # Backends read rows start:stop of their source: here rows 0:n of the chunk itself.
-            futures.append(runner.submit(fn, items[start:stop], i, 0, stop - start))
-        return _collect(futures, bar)
-    except BaseException as exc:
-        for fut in futures:
-            fut.cancel()
-        if isinstance(exc, KeyboardInterrupt):
-            runner.abort()
-        raise
-    finally:
-        runner.release(None)
 
 
 def _collect(futures: Sequence[Future[Any]], bar: Any) -> list[Any]:
