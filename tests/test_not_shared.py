@@ -104,3 +104,23 @@ def test_a_frame_whose_every_column_is_refused_warns_and_travels_pickled() -> No
 
 def inspect_frame_plain(df: pd.DataFrame) -> pd.DataFrame:
     return df
+
+
+def test_when_the_rest_cannot_be_shared_either_the_whole_frame_travels_pickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nocopy._pool import _cache
+
+    real_share = _cache.share
+    calls: list[int] = []
+
+    def share_then_no_room(value: Any) -> Any:
+        calls.append(value.shape[1])
+        if len(calls) > 1:  # the frame without its refused column
+            raise MemoryError("no room left")
+        return real_share(value)
+
+    monkeypatch.setattr(_cache, "share", share_then_no_room)
+    df = frame()
+    with nocopy.ProcessPoolExecutor(1, share_threshold=1000) as ex, pytest.warns(NotSharedWarning, match="'meta'"):
+        x_segment, _, got = ex.submit(inspect_frame, df).result()
+    assert calls == [4, 3] and x_segment is None  # pickled whole, as the stdlib would
+    pd.testing.assert_frame_equal(got, df)
