@@ -13,8 +13,10 @@ import nocopy
 import nocopy.errors
 
 EXPECTED = {
+    "Explanation",
     "Pool",
     "ProcessPoolExecutor",
+    "Segment",
     "Shared",
     "__version__",
     "attach",
@@ -25,6 +27,7 @@ EXPECTED = {
     "parallel_map",
     "segments",
     "share",
+    "shutdown_parallel_map_workers",
     "zeros",
 }
 
