@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ._shared import Shared, share
 
@@ -118,7 +118,11 @@ class SharedDataset(Dataset[Any]):
     """
 
     def __init__(
-        self, data: Any, *, transform: Callable[[Any], Any] | None = None, backend: str | None = None
+        self,
+        data: Any,
+        *,
+        transform: Callable[[Any], Any] | None = None,
+        backend: Literal["memfd", "posix"] | None = None,
     ) -> None:
         self._owned = not isinstance(data, Shared)
         self._ref: Shared[Any] = share(data, backend=backend)
