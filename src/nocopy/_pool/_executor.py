@@ -29,9 +29,11 @@ from concurrent.futures.process import (
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+from ..errors import ThreadStartError
 from ._future import TaskFuture
 from ._resources import PoolResources
 from ._start import pool_context
+from ._results import restart_after_fork
 from ._task import prepare
 from ._threads import check_inner_threads, worker_thread_env
 from ._worker import caller, quick_exit_process, worker_init
@@ -176,6 +178,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
         self._task_ids = itertools.count(1)
+        self._start_error: ThreadStartError | None = None
         if mp_context is None and max_tasks_per_child is not None:
             # The stdlib's rule, kept on every version (3.14's too): such a pool spawns.
             mp_context = multiprocessing.get_context("spawn")
@@ -226,7 +229,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         name: str | None = None,
     ) -> Future[Any]:
         if self._broken:
-            raise self._resources.tasks.crash_error(None, None)
+            raise self._broken_error()
         resources = self._resources
         call = prepare(
             fn, args, kwargs, cache=resources.cache, threshold=self._share_threshold,
@@ -245,7 +248,11 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
                 self._enqueue_locked(item)
                 return
         # Outside the lock: naming the crash may wait a moment for a dying worker.
-        raise self._resources.tasks.crash_error(None, None)
+        raise self._broken_error()
+
+    def _broken_error(self) -> Exception:
+        start_error = self._start_error
+        return start_error if start_error is not None else self._resources.tasks.crash_error(None, None)
 
     def _enqueue_locked(self, item: Any) -> None:
         if self._shutdown_thread:
@@ -382,14 +389,47 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         # resources (see PoolResources). typeshed types the attribute as a
         # _ThreadWakeup; it holds the thread.
         if cast(object, self._executor_manager_thread) is None:
-            # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
-            if not getattr(self, "_safe_to_dynamically_spawn_children", True):
-                self._launch_processes()  # type: ignore[attr-defined]
-            thread = _ManagerThread(self, self._resources)
-            self._resources.managed = True
-            self._executor_manager_thread = thread  # type: ignore[assignment]
-            thread.start()
-            _threads_wakeups[thread] = self._executor_manager_thread_wakeup
+            # nocopy's servers start again after the forks and the manager thread (as the stdlib's
+            # pool, this one needs that thread first; Python 3.13 counts threads after a fork).
+            with restart_after_fork():
+                # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
+                if not getattr(self, "_safe_to_dynamically_spawn_children", True):
+                    self._launch_processes()  # type: ignore[attr-defined]
+                thread = _ManagerThread(self, self._resources)
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    raise self._break_unmanaged(exc) from exc
+                self._resources.managed = True
+                self._executor_manager_thread = thread  # type: ignore[assignment]
+                _threads_wakeups[thread] = self._executor_manager_thread_wakeup
+
+    def _break_unmanaged(self, exc: RuntimeError) -> ThreadStartError:
+        # The manager thread could not start (the interpreter is finalizing, or out of threads):
+        # nobody will feed, watch or reap the workers. Break the pool now, as that thread would
+        # (the stdlib raises the bare RuntimeError and leaves its workers running). Holds
+        # _shutdown_lock (submit's caller).
+        error = ThreadStartError(
+            f"ProcessPoolExecutor cannot run: its manager thread could not start ({exc}). Python "
+            "starts no thread while the interpreter is finalizing, and this process may be out of "
+            "threads. The pool is broken and its workers are stopped. Fix: start pools before the "
+            "interpreter exits (not from atexit or a finalizer), or give the process room for more threads."
+        )
+        self._start_error = error
+        self._broken = str(error)
+        procs = list((self._processes or {}).values())
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.terminate()
+        for p in procs:
+            with contextlib.suppress(Exception):
+                p.join(5)
+        items = list(self._pending_work_items.values())
+        self._pending_work_items.clear()
+        for item in items:
+            with contextlib.suppress(Exception):
+                item.future.set_exception(error)
+        return error
 
     # -- shutting down --------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
