@@ -24,6 +24,14 @@ T = TypeVar("T", bound=_ClosableInChild)
 # Forks made inside `restart_after_fork()` on this thread: their servers restart when it ends.
 _deferring = threading.local()
 _instances: list[PerProcess[_ClosableInChild]] = []
+# A server's thread could not start: every get() of any of them tries them all again.
+_failed = threading.Event()
+
+
+def _resume_all() -> None:
+    _failed.clear()
+    for per_process in list(_instances):
+        per_process.try_resume()
 
 
 @contextlib.contextmanager
@@ -45,8 +53,7 @@ def restart_after_fork() -> Iterator[None]:
     finally:
         _deferring.depth = depth
         if depth == 0:
-            for per_process in list(_instances):
-                per_process.try_resume()
+            _resume_all()
 
 
 class PerProcess(Generic[T]):
@@ -61,7 +68,7 @@ class PerProcess(Generic[T]):
     `restart_after_fork` for a pool's forks, else in the after-fork hook (a
     fork nocopy did not make). A start that fails (``RuntimeError``: the
     interpreter is finalizing, or out of threads) leaves it stopped, never
-    raises there, and is tried again by the next `get`.
+    raises there, and is tried again by the next `get` of any of them.
     """
 
     def __init__(self, factory: Callable[[], T]) -> None:
@@ -77,6 +84,8 @@ class PerProcess(Generic[T]):
 
     def get(self) -> T:
         """The object, made (and its thread started) on first use; a stopped thread is started again."""
+        if _failed.is_set():
+            _resume_all()
         obj = self._obj
         if obj is not None and not self._stopped:  # every task asks: no lock on that path
             return obj
@@ -109,6 +118,7 @@ class PerProcess(Generic[T]):
         except RuntimeError:
             # "can't start new thread" / "can't create new thread at interpreter shutdown":
             # clients wait in the socket's backlog; the next get() tries again.
+            _failed.set()
             return False
         self._stopped = False
         return True
