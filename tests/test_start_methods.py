@@ -312,6 +312,53 @@ def test_a_thread_that_cannot_start_never_raises_from_a_pool(tmp_path: Path) -> 
     assert "RuntimeError" not in out.stderr, out.stderr
 
 
+@needs_fork
+@needs_forkserver
+def test_after_thread_starts_fail_in_a_fork_pool_it_breaks_and_the_forkserver_stops(tmp_path: Path) -> None:
+    # CPython 3.13's test_python_finalization_error, on every Python: after the first, every thread
+    # start fails (forked workers inherit that). The pool must break (BrokenProcessPool) and leave no
+    # worker behind: each fork child holds the forkserver's "alive" pipe, and a lingering one kept
+    # the forkserver of an earlier pool from stopping at exit (multiprocessing waits for it).
+    out = _run(tmp_path, """
+        import threading, time
+        import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
+        from multiprocessing import forkserver
+        import nocopy
+
+        def mul(x, y):
+            return x * y
+
+        if __name__ == "__main__":
+            with nocopy.ProcessPoolExecutor(1) as ex:            # the default: forkserver runs
+                assert ex.submit(mul, 2, 3).result() == 6
+            start, started = threading.Thread.start, []
+
+            def mock_start(self):
+                if started:
+                    raise RuntimeError("can't create new thread at interpreter shutdown")
+                started.append(self.name)
+                start(self)
+
+            threading.Thread.start = mock_start
+            ex = nocopy.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+            with ex:
+                try:
+                    list(ex.map(mul, [2] * 10, [3] * 10))
+                except BrokenProcessPool as exc:
+                    print("broken", type(exc).__name__)
+            ex.shutdown()
+            threading.Thread.start = start
+            t0 = time.monotonic()
+            forkserver._forkserver._stop()                         # what multiprocessing's test cleanup does
+            print("stopped", round(time.monotonic() - t0))
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    assert lines[0].startswith("broken "), out.stdout
+    assert lines[1] == "stopped 0", out.stdout
+
+
 def test_a_paused_server_serves_again(tmp_path: Path) -> None:
     from nocopy._ipc import _fdserver
 

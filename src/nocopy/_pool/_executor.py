@@ -15,6 +15,7 @@ import functools
 import itertools
 import multiprocessing
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Future
@@ -47,6 +48,8 @@ DEFAULT_SHARE_THRESHOLD = 1 << 20
 # Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
 _STDLIB_HAS_BUFFERSIZE = "buffersize" in _StdProcessPoolExecutor.map.__code__.co_varnames
 _STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
+# Python 3.12+ (gh-109047) break the pool when the manager thread cannot put a task (no feeder thread).
+_STDLIB_BREAKS_ON_FEEDER_ERROR = "format_exception" in _ExecutorManagerThread.run.__code__.co_names
 # Python 3.14's submit() also counts idle workers down (_adjust_process_count counts them up).
 _STDLIB_COUNTS_IDLE_WORKERS = "_idle_worker_number" in _StdProcessPoolExecutor.submit.__code__.co_names
 
@@ -76,7 +79,15 @@ class _ManagerThread(_ExecutorManagerThread):
 
     def run(self) -> None:
         try:
-            super().run()
+            try:
+                super().run()
+            except BaseException as exc:
+                if _STDLIB_BREAKS_ON_FEEDER_ERROR or self.broke:
+                    raise
+                # Python 3.11 lacks gh-109047 (3.12+): a queue feeder thread that cannot start
+                # (the interpreter finalizing) ended this thread and every future waited for ever.
+                # Break the pool as 3.12+ do.
+                self.terminate_broken(traceback.format_exception(exc))
         finally:
             # Every future is settled by now (results are claimed in its done
             # callbacks, which run in this thread) and every worker is joined.
