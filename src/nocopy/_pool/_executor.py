@@ -33,8 +33,8 @@ from typing import Any, Literal, ParamSpec, TypeVar, cast
 from ..errors import ThreadStartError
 from ._future import TaskFuture
 from ._resources import PoolResources
-from ._start import pool_context
 from ._results import restart_after_fork
+from ._start import pool_context
 from ._task import prepare
 from ._threads import check_inner_threads, worker_thread_env
 from ._worker import caller, quick_exit_process, worker_init
@@ -427,7 +427,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             "interpreter exits (not from atexit or a finalizer), or give the process room for more threads."
         )
         self._start_error = error
-        self._broken = str(error)
+        self._broken = str(error)  # type: ignore[assignment] # the stdlib stores its reason there too
         procs = list((self._processes or {}).values())
         for p in procs:
             with contextlib.suppress(Exception):
