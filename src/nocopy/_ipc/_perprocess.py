@@ -25,11 +25,13 @@ T = TypeVar("T", bound=_ClosableInChild)
 _deferring = threading.local()
 _instances: list[PerProcess[_ClosableInChild]] = []
 # A server's thread could not start: every get() of any of them tries them all again.
-_failed = threading.Event()
+# (A plain flag: a forked child may inherit it set, never a lock of it held.)
+_retry = False
 
 
 def _resume_all() -> None:
-    _failed.clear()
+    global _retry
+    _retry = False
     for per_process in list(_instances):
         per_process.try_resume()
 
@@ -84,7 +86,7 @@ class PerProcess(Generic[T]):
 
     def get(self) -> T:
         """The object, made (and its thread started) on first use; a stopped thread is started again."""
-        if _failed.is_set():
+        if _retry:
             _resume_all()
         obj = self._obj
         if obj is not None and not self._stopped:  # every task asks: no lock on that path
@@ -118,7 +120,8 @@ class PerProcess(Generic[T]):
         except RuntimeError:
             # "can't start new thread" / "can't create new thread at interpreter shutdown":
             # clients wait in the socket's backlog; the next get() tries again.
-            _failed.set()
+            global _retry
+            _retry = True
             return False
         self._stopped = False
         return True
@@ -139,8 +142,10 @@ class PerProcess(Generic[T]):
             self._lock.release()
 
     def _after_fork_in_child(self) -> None:
-        # The parent held the lock while forking.
+        # The parent held the lock while forking, maybe inside restart_after_fork(): this
+        # child's forks restart their servers as any other process's do.
         self._lock = threading.Lock()
+        _deferring.depth = 0
         self._stopped = False
         obj, self._obj = self._obj, None
         if obj is not None:
