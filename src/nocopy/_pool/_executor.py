@@ -428,13 +428,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         )
         self._start_error = error
         self._broken = str(error)  # type: ignore[assignment] # the stdlib stores its reason there too
-        procs = list((self._processes or {}).values())
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(5)
+        _stop_processes(list((self._processes or {}).values()))
         items = list(self._pending_work_items.values())
         self._pending_work_items.clear()
         for item in items:
@@ -472,15 +466,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         manager: Any = getattr(self, "_executor_manager_thread", None)
         with contextlib.suppress(Exception):
             super().shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(5)
-                if p.is_alive():
-                    p.kill()
-                    p.join(5)
+        _stop_processes(procs)
         if manager is not None:
             manager.join(10)
         self._resources.release(reclaim=True)
@@ -495,6 +481,19 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             self._abort()
             raise
         return False
+
+
+def _stop_processes(procs: list[Any]) -> None:
+    """SIGTERM every worker of *procs*, then reap each (SIGKILL one that is still alive after 5 s)."""
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
 
 
 # -- the pool's layer API: what parallel_map needs beyond the stdlib's methods ----------------
