@@ -198,3 +198,24 @@ def test_shutdown_after_shutdown_without_wait_does_not_free_what_starting_worker
     assert [f.result() for f in futures] == [0, 1, 4, 9]
     join_new_manager_threads(threads)
     assert made_here(shm_dir) - segments == set()
+
+
+# -- a manager thread that cannot start ------------------------------------------
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="no fork here")
+def test_a_manager_thread_that_cannot_start_breaks_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    # While the interpreter finalizes no thread starts: the stdlib raises the bare RuntimeError from
+    # submit and leaves its workers running; nocopy's pool breaks, its workers stopped.
+    from nocopy._pool import _executor
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(_executor._ManagerThread, "start", refuse)
+    with nocopy.ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+        with pytest.raises(nocopy.errors.ThreadStartError, match="manager thread could not start") as info:
+            ex.submit(square, 3)
+        assert isinstance(info.value, concurrent.futures.process.BrokenProcessPool)
+        procs = list(ex._processes.values())
+        assert len(procs) == 2 and not any(p.is_alive() for p in procs)
+        with pytest.raises(nocopy.errors.ThreadStartError):
+            ex.submit(square, 4)

@@ -93,17 +93,6 @@ MEASURED = {
 }
 
 
-# nocopy defects found on 2026-12-07 by CPython 3.13.0's own tests, not fixed yet (known, not
-# hidden: each is matched narrowly and counted apart). test_python_finalization_error makes
-# every thread start after the first fail (gh-109047's mock, inherited by forked workers);
-# under fork nocopy starts threads of its own there (its servers again after each fork, a
-# worker's caller watch), and the task fails with that RuntimeError instead of the pool
-# breaking (BrokenProcessPool). To do: start them lazily, and turn a failed start into a
-# broken pool. See also `_check_run`.
-KNOWN_DEFECTS = {"Fork:ProcessPoolExecutorTest.test_python_finalization_error": "error: RuntimeError"}
-HAS_KNOWN_DEFECTS = sys.version_info[:2] == (3, 13)
-
-
 def method_and_key(test_id: str) -> tuple[str, str]:
     """(start method, "Family.test_name") of an executor test id."""
     cls, name = test_id.split(".")[-2:]
@@ -122,8 +111,6 @@ def expected_outcome(test_id: str) -> set[str]:
         return {"skip: Incompatible with the fork start method."}
     if HAS_GH125451 and key in GH125451_TESTS:
         return {"ok", GH125451}
-    if HAS_KNOWN_DEFECTS and f"{method}:{key}" in KNOWN_DEFECTS:
-        return {"ok", KNOWN_DEFECTS[f"{method}:{key}"]}
     return {"ok"}
 
 
@@ -135,20 +122,11 @@ def _ships(name: str) -> bool:
 def _check_run(result: dict[str, Any], text: str) -> None:
     """A hang between tests or at exit, or a child that died: the run itself failed.
 
-    One known nocopy defect is reported as xfail instead, after every test's outcome was
-    checked: on 3.13.0 (found 2026-12-07, not fixed yet) the runner's final
-    ``multiprocessing.util._cleanup_tests()`` can wait for ever for the forkserver to exit
-    (``forkserver._stop_unlocked``), after CPython's test that makes every thread start fail
-    (``mock_start_new_thread``) also kept nocopy from restarting its servers after a fork.
+    (On 3.13.0 the runner's final ``multiprocessing.util._cleanup_tests()`` once waited for
+    ever for the forkserver, kept alive by fork workers that CPython's
+    test_python_finalization_error left running: fixed, see tests/cpython/README.md.)
     """
     run_failures = {t: v for t, v in result["outcome"].items() if t.startswith("(run)")}
-    known = (
-        sys.version_info[:2] == (3, 13) and len(run_failures) == 1
-        and next(iter(run_failures)).startswith("(run) hang after")
-        and "_stop_unlocked" in text and "_cleanup_tests" in text
-    )
-    if known:
-        pytest.xfail("3.13: the forkserver does not stop at the run's exit (known nocopy defect)")
     assert run_failures == {}, text[-20000:]
 
 
@@ -187,11 +165,6 @@ def _check_counts(family: str, outcome: dict[str, str], tolerated: int, deviatio
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~3-6 min on this machine (README); a hang costs the runner's 120 s
-@pytest.mark.xfail(
-    HAS_KNOWN_DEFECTS, run=False,
-    reason="known nocopy defect on 3.13 (tests/cpython/README.md): after CPython's "
-    "test_python_finalization_error under fork, the forkserver does not stop and the rest of the run is lost",
-)
 def test_cpythons_process_pool_tests_pass_on_nocopy_except_documented_deviations(tmp_path: Path) -> None:
     own = _ships("test_concurrent_futures") or _ships("test_concurrent_futures.py")
     if not own and sys.version_info >= (3, 13):
@@ -212,11 +185,8 @@ def test_cpythons_process_pool_tests_pass_on_nocopy_except_documented_deviations
     assert {"ProcessPoolExecutorTest", "ProcessPoolShutdownTest", "ExecutorDeadlockTest", "WaitTest",
             "AsCompletedTest", "InitializerTest", "FailingInitializerTest"} <= families, families
     # Each deviation is really met, and every other test the stdlib passes passes.
-    known = sum(
-        HAS_KNOWN_DEFECTS and v == KNOWN_DEFECTS.get(":".join(method_and_key(t))) for t, v in outcome.items()
-    )
-    tolerated = sum(v == GH125451 for v in outcome.values()) + known
-    errors = sum(v.startswith(("error", "fail")) for v in outcome.values()) - known
+    tolerated = sum(v == GH125451 for v in outcome.values())
+    errors = sum(v.startswith(("error", "fail")) for v in outcome.values())
     assert errors == len(DEVIATIONS) * len(METHODS)
     _check_counts("executor", outcome, tolerated, len(DEVIATIONS) * len(METHODS))
     _check_run(result, text)

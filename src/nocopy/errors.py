@@ -34,6 +34,7 @@ __all__ = [
     "SegmentNotFoundError",
     "StartMethodError",
     "TaskUnpicklingError",
+    "ThreadStartError",
     "UnsupportedTypeError",
     "WorkerCrashedError",
 ]
@@ -192,6 +193,22 @@ class WorkerCrashedError(NocopyError, BrokenProcessPool):
         super().__init__(message)
         self.exitcode = exitcode
         self.task = task
+
+
+class ThreadStartError(NocopyError, BrokenProcessPool):
+    """A pool could not start a thread it needs to run: the pool is broken, its workers stopped.
+
+    Python refuses new threads while the interpreter is finalizing (and a
+    process can run out of threads). The standard library's executor then
+    raises a bare ``RuntimeError`` from ``submit``; nocopy's breaks the pool
+    instead, and every task of it, pending or submitted later, raises this.
+
+    Examples
+    --------
+    >>> from concurrent.futures.process import BrokenProcessPool
+    >>> issubclass(nocopy.errors.ThreadStartError, BrokenProcessPool)
+    True
+    """
 
 
 class StartMethodError(NocopyError, RuntimeError):

@@ -132,8 +132,9 @@ class UnixServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._pausing = False
         self._name = prefix
-        self._thread = threading.Thread(target=self._serve, name=prefix, daemon=True)
-        self._thread.start()
+        # Started by resume() (``_perprocess``), not here: a thread that cannot start must
+        # not leave a half-made server behind a RuntimeError.
+        self._thread: threading.Thread | None = None
 
     def answer(self, line: bytes, fds: list[int]) -> tuple[bytes, int | None]:
         """Reply (one byte) and a descriptor to send with it, for one request *line*.
@@ -157,7 +158,7 @@ class UnixServer:
         multi-threaded process. Clients meanwhile wait in the listen backlog.
         """
         thread = self._thread
-        if thread is threading.current_thread() or not thread.is_alive():
+        if thread is None or thread is threading.current_thread() or not thread.is_alive():
             return
         self._pausing = True
         with contextlib.suppress(OSError):
@@ -170,14 +171,18 @@ class UnixServer:
             time.sleep(0.0001)
 
     def resume(self) -> None:
-        """Serve again after `pause` (in the parent, after the fork)."""
-        if not self._pausing:
-            return
+        """Start serving: the first time, or again after `pause`.
+
+        RuntimeError if no thread can start now (the interpreter is finalizing,
+        or the process is out of threads): the caller tries again later.
+        """
         self._pausing = False
-        if self._thread.is_alive():
+        thread = self._thread
+        if thread is not None and thread.is_alive():
             return  # it did not stop within pause()'s wait: it serves on
-        self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+        thread.start()
+        self._thread = thread
 
     # -- the loop ---------------------------------------------------------
     def _serve(self) -> None:

@@ -15,6 +15,7 @@ import functools
 import itertools
 import multiprocessing
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
 from concurrent.futures import Future
@@ -29,8 +30,10 @@ from concurrent.futures.process import (
 from multiprocessing.context import BaseContext
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 
+from ..errors import ThreadStartError
 from ._future import TaskFuture
 from ._resources import PoolResources
+from ._results import restart_after_fork
 from ._start import pool_context
 from ._task import prepare
 from ._threads import check_inner_threads, worker_thread_env
@@ -45,6 +48,8 @@ DEFAULT_SHARE_THRESHOLD = 1 << 20
 # Python 3.14 added map(buffersize=) and terminate_workers()/kill_workers(): used where they exist.
 _STDLIB_HAS_BUFFERSIZE = "buffersize" in _StdProcessPoolExecutor.map.__code__.co_varnames
 _STDLIB_HAS_TERMINATE_WORKERS = hasattr(_StdProcessPoolExecutor, "terminate_workers")
+# Python 3.12+ (gh-109047) break the pool when the manager thread cannot put a task (no feeder thread).
+_STDLIB_BREAKS_ON_FEEDER_ERROR = "format_exception" in _ExecutorManagerThread.run.__code__.co_names
 # Python 3.14's submit() also counts idle workers down (_adjust_process_count counts them up).
 _STDLIB_COUNTS_IDLE_WORKERS = "_idle_worker_number" in _StdProcessPoolExecutor.submit.__code__.co_names
 
@@ -74,7 +79,15 @@ class _ManagerThread(_ExecutorManagerThread):
 
     def run(self) -> None:
         try:
-            super().run()
+            try:
+                super().run()
+            except BaseException as exc:
+                if _STDLIB_BREAKS_ON_FEEDER_ERROR or self.broke:
+                    raise
+                # Python 3.11 lacks gh-109047 (3.12+): a queue feeder thread that cannot start
+                # (the interpreter finalizing) ended this thread and every future waited for ever.
+                # Break the pool as 3.12+ do.
+                self.terminate_broken(traceback.format_exception(exc))
         finally:
             # Every future is settled by now (results are claimed in its done
             # callbacks, which run in this thread) and every worker is joined.
@@ -176,6 +189,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             raise TypeError("initializer must be a callable")
         self._share_threshold = share_threshold
         self._task_ids = itertools.count(1)
+        self._start_error: ThreadStartError | None = None
         if mp_context is None and max_tasks_per_child is not None:
             # The stdlib's rule, kept on every version (3.14's too): such a pool spawns.
             mp_context = multiprocessing.get_context("spawn")
@@ -226,7 +240,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         name: str | None = None,
     ) -> Future[Any]:
         if self._broken:
-            raise self._resources.tasks.crash_error(None, None)
+            raise self._broken_error()
         resources = self._resources
         call = prepare(
             fn, args, kwargs, cache=resources.cache, threshold=self._share_threshold,
@@ -245,7 +259,11 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
                 self._enqueue_locked(item)
                 return
         # Outside the lock: naming the crash may wait a moment for a dying worker.
-        raise self._resources.tasks.crash_error(None, None)
+        raise self._broken_error()
+
+    def _broken_error(self) -> Exception:
+        start_error = self._start_error
+        return start_error if start_error is not None else self._resources.tasks.crash_error(None, None)
 
     def _enqueue_locked(self, item: Any) -> None:
         if self._shutdown_thread:
@@ -382,14 +400,41 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         # resources (see PoolResources). typeshed types the attribute as a
         # _ThreadWakeup; it holds the thread.
         if cast(object, self._executor_manager_thread) is None:
-            # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
-            if not getattr(self, "_safe_to_dynamically_spawn_children", True):
-                self._launch_processes()  # type: ignore[attr-defined]
-            thread = _ManagerThread(self, self._resources)
-            self._resources.managed = True
-            self._executor_manager_thread = thread  # type: ignore[assignment]
-            thread.start()
-            _threads_wakeups[thread] = self._executor_manager_thread_wakeup
+            # nocopy's servers start again after the forks and the manager thread (as the stdlib's
+            # pool, this one needs that thread first; Python 3.13 counts threads after a fork).
+            with restart_after_fork():
+                # fork: all workers before any thread (3.11.2+; before, workers came with each submit)
+                if not getattr(self, "_safe_to_dynamically_spawn_children", True):
+                    self._launch_processes()  # type: ignore[attr-defined]
+                thread = _ManagerThread(self, self._resources)
+                try:
+                    thread.start()
+                except RuntimeError as exc:
+                    raise self._break_unmanaged(exc) from exc
+                self._resources.managed = True
+                self._executor_manager_thread = thread  # type: ignore[assignment]
+                _threads_wakeups[thread] = self._executor_manager_thread_wakeup
+
+    def _break_unmanaged(self, exc: RuntimeError) -> ThreadStartError:
+        # The manager thread could not start (the interpreter is finalizing, or out of threads):
+        # nobody will feed, watch or reap the workers. Break the pool now, as that thread would
+        # (the stdlib raises the bare RuntimeError and leaves its workers running). Holds
+        # _shutdown_lock (submit's caller).
+        error = ThreadStartError(
+            f"ProcessPoolExecutor cannot run: its manager thread could not start ({exc}). Python "
+            "starts no thread while the interpreter is finalizing, and this process may be out of "
+            "threads. The pool is broken and its workers are stopped. Fix: start pools before the "
+            "interpreter exits (not from atexit or a finalizer), or give the process room for more threads."
+        )
+        self._start_error = error
+        self._broken = str(error)  # type: ignore[assignment] # the stdlib stores its reason there too
+        _stop_processes(list((self._processes or {}).values()))
+        items = list(self._pending_work_items.values())
+        self._pending_work_items.clear()
+        for item in items:
+            with contextlib.suppress(Exception):
+                item.future.set_exception(error)
+        return error
 
     # -- shutting down --------------------------------------------------
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -421,15 +466,7 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         manager: Any = getattr(self, "_executor_manager_thread", None)
         with contextlib.suppress(Exception):
             super().shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.join(5)
-                if p.is_alive():
-                    p.kill()
-                    p.join(5)
+        _stop_processes(procs)
         if manager is not None:
             manager.join(10)
         self._resources.release(reclaim=True)
@@ -444,6 +481,19 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
             self._abort()
             raise
         return False
+
+
+def _stop_processes(procs: list[Any]) -> None:
+    """SIGTERM every worker of *procs*, then reap each (SIGKILL one that is still alive after 5 s)."""
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.terminate()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join(5)
 
 
 # -- the pool's layer API: what parallel_map needs beyond the stdlib's methods ----------------

@@ -18,7 +18,7 @@ result into its reply instead, so a result with many big leaves never
 exhausts the caller's descriptors nor waits for them.
 
 This is the pool's one door to the socket servers (``UnixServer``,
-``request``, ``PerProcess``).
+``request``, ``PerProcess``, ``restart_after_fork``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from typing import Any
 
 from .. import _kinds
 from .._ipc import _unixserver
-from .._ipc._perprocess import PerProcess
+from .._ipc._perprocess import PerProcess, restart_after_fork
 from .._shared import Shared, adopt, owner_fd
 from ..errors import SegmentNotFoundError
 
-__all__ = ["Inbox", "Reply", "ResultRef", "Sender", "drop_tag", "get_inbox", "hand_over", "release"]
+__all__ = [
+    "Inbox", "Reply", "ResultRef", "Sender", "drop_tag", "get_inbox", "hand_over", "inbox_address", "release",
+    "restart_after_fork",
+]
 
 # "<executor tag> <result key>" with one descriptor: fixed format, checked before use.
 _HANDOVER = re.compile(rb"^([0-9a-f]{16}) ([0-9a-f]{32})$")
@@ -139,6 +142,17 @@ _inbox: PerProcess[Inbox] = PerProcess(Inbox)
 def get_inbox() -> Inbox:
     """This process's inbox, started on first use."""
     return _inbox.get()
+
+
+def inbox_address(tag: str) -> str:
+    """Where executor *tag*'s workers hand big results over: the inbox's address, "" if it cannot serve.
+
+    "" when its thread cannot start now (the interpreter is finalizing, or
+    this process is out of threads; tried again at the next task): that
+    task's results then come back pickled, as the standard library's do.
+    """
+    inbox = _inbox.get()
+    return inbox.open_tag(tag) if _inbox.serving() else ""
 
 
 def drop_tag(tag: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import sys
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -99,8 +100,10 @@ class WorkerCall:
                 # fail to unpickle: the stdlib's result queue pickles it once, as it is.
                 return result
             sender = _results.Sender(self.address, self.tag)
+            # No inbox address: the caller's inbox could not serve; every result goes pickled.
+            threshold = self.threshold if self.address else sys.maxsize
             try:
-                result = _walk.walk(result, _walk.ResultSharer(self.threshold, sender))
+                result = _walk.walk(result, _walk.ResultSharer(threshold, sender))
                 data = self._dump(result)
             except BaseException:
                 sender.withdraw()  # no reply will claim what was handed over: the caller closes it now
@@ -207,6 +210,6 @@ def prepare(
     # Data bound into a partial (ex.map(partial(f, big), items)) is shared too.
     fn = _walk.walk(fn, sharer) if type(fn) is functools.partial else fn
     return Call(
-        fn, args, kwargs, task_id, threshold, _results.get_inbox().open_tag(tag), tag, sharer.found, name,
+        fn, args, kwargs, task_id, threshold, _results.inbox_address(tag), tag, sharer.found, name,
         results_by_value=results_by_value,
     )

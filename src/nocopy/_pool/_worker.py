@@ -26,6 +26,7 @@ import numpy as np
 from .._process import process_start_time
 from .._shared import Shared, is_alive, map_now
 from ..errors import NocopyError
+from ._results import restart_after_fork
 from ._start import worker_starting
 from ._threads import limit_loaded_libraries, spawn_environment
 
@@ -126,7 +127,13 @@ def worker_init(
     # (cancels, stops the workers); workers must not die mid-queue-operation.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if caller is not None:
-        threading.Thread(target=_watch_caller, args=caller, name="nocopy-caller-watch", daemon=True).start()
+        watch = threading.Thread(target=_watch_caller, args=caller, name="nocopy-caller-watch", daemon=True)
+        try:
+            watch.start()
+        except RuntimeError:
+            # No thread can start here (a fork child of a finalizing interpreter): work as the
+            # standard library's workers do, which end when the caller's queues break.
+            pass
     _table_handle = table
     _table = table.get()
     with _warm_lock:
@@ -177,8 +184,12 @@ def keep_warm(handle: Shared[Any]) -> None:
         while len(_warm) > _WARM_MAX:
             _warm.popitem(last=False)
         if _reaper is None:
-            _reaper = threading.Thread(target=_reap_forever, name="nocopy-warm-reaper", daemon=True)
-            _reaper.start()
+            reaper = threading.Thread(target=_reap_forever, name="nocopy-warm-reaper", daemon=True)
+            try:
+                reaper.start()
+            except RuntimeError:
+                return  # no thread can start now: handles are evicted by count only; tried again next time
+            _reaper = reaper
 
 
 # -- the exit ----------------------------------------------------------------------
@@ -221,6 +232,22 @@ class _SpawnProcess(SpawnProcess):
             super().start()
 
 
+def _restarting_servers_after_start(process: Any) -> Any:
+    """*process*, whose ``start()`` (a fork) restarts nocopy's servers once ``os.fork()`` has returned.
+
+    Not in the after-fork hook: Python 3.13 counts threads after it, and would
+    warn about every worker (``_results.restart_after_fork``).
+    """
+    start = process.start
+
+    def start_then_serve() -> None:
+        with restart_after_fork():
+            start()
+
+    process.start = start_then_serve
+    return process
+
+
 def quick_exit_process(
     ctx: Any, *args: Any, child_env: dict[str, str] | None = None, what: str = "Pool", **kwds: Any
 ) -> Any:
@@ -235,7 +262,10 @@ def quick_exit_process(
     (``_start``; *what* names the pool in errors).
     """
     worker_starting(ctx, what)
-    if ctx.get_start_method(allow_none=False) != "spawn":
+    method = ctx.get_start_method(allow_none=False)
+    if method == "fork":
+        return _restarting_servers_after_start(ctx.Process(*args, **kwds))
+    if method != "spawn":
         return ctx.Process(*args, **kwds)
     if "target" in kwds:
         kwds["args"] = (kwds["target"], *kwds.get("args", ()))
