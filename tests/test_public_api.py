@@ -16,6 +16,7 @@ EXPECTED = {
     "Pool",
     "ProcessPoolExecutor",
     "Shared",
+    "SharedSequence",
     "__version__",
     "attach",
     "cleanup",

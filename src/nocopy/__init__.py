@@ -10,6 +10,7 @@ Examples
 """
 
 from . import errors
+from ._codec import SharedSequence
 from ._explain import explain
 from ._inventory import cleanup, segments
 from ._map import parallel_map
@@ -21,6 +22,7 @@ __all__ = [
     "Pool",
     "ProcessPoolExecutor",
     "Shared",
+    "SharedSequence",
     "__version__",
     "attach",
     "cleanup",

@@ -78,13 +78,19 @@ class SharedSequence(Sequence[Any]):
     Examples
     --------
     >>> import nocopy
-    >>> with nocopy.share(["alpha", None, "γ"]) as ref:
+    >>> with nocopy.share(["alpha", None, "é"]) as ref:
     ...     seq = ref.get()
-    ...     seq[0], seq[-1], len(seq), seq == ["alpha", None, "γ"], list(seq[::2])
-    ('alpha', 'γ', 3, True, ['alpha', 'γ'])
+    ...     seq[0], seq[-1], len(seq), seq == ["alpha", None, "é"], list(seq[::2])
+    ('alpha', 'é', 3, True, ['alpha', 'é'])
     """
 
     __slots__ = ("_data", "_items", "_kind", "_name", "_offsets", "_valid")
+    _kind: type
+    _offsets: np.ndarray
+    _data: np.ndarray
+    _valid: np.ndarray | None
+    _items: range
+    _name: str
 
     def __init__(self) -> None:
         raise TypeError(
