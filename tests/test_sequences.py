@@ -35,7 +35,7 @@ def _check_sequence(got: Any, items: list[Any]) -> None:
     """*got* behaves as the sequence *items* in every way SharedSequence documents."""
     assert type(got) is nocopy.SharedSequence
     assert len(got) == len(items)
-    assert got == items and items == got and got == tuple(items) and not got != items
+    assert got == items and items == got and got == tuple(items) and (got != items) is False
     assert list(got) == items
     assert [got[i] for i in range(len(items))] == items
     assert [got[-i] for i in range(1, len(items) + 1)] == [items[-i] for i in range(1, len(items) + 1)]
@@ -231,7 +231,7 @@ def describe_sequence(seq: Any, ref: nocopy.Shared[Any]) -> dict[str, Any]:
     explicit = ref.get()
     return {
         "auto": type(seq).__name__, "explicit": type(explicit).__name__,
-        "auto_items": list(seq[:3]) + [seq[-1]], "explicit_equal": explicit == seq, "len": len(seq),
+        "auto_items": [*seq[:3], seq[-1]], "explicit_equal": explicit == seq, "len": len(seq),
     }
 
 

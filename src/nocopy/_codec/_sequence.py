@@ -176,10 +176,6 @@ class SharedSequence(Sequence[Any]):
             return NotImplemented
         return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
 
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
-
     # Equal to lists, which are unhashable: so is this.
     __hash__ = None  # type: ignore[assignment]
 
