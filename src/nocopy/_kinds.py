@@ -258,8 +258,8 @@ class ScipyFamily(Family):
 
 
 class SequenceFamily(Family):
-    """Plain Python objects: encoded by the python codec; lists and tuples of str or bytes
-    (with None) are data the pools share (get() gives a nocopy.SharedSequence)."""
+    """Lists and tuples, encoded by the python codec: those of str or bytes (with None) are
+    data the pools share (get() gives a nocopy.SharedSequence)."""
 
     name = "sequence"
     codec = "python"
@@ -281,14 +281,16 @@ class SequenceFamily(Family):
 
 #: Every family nocopy knows, by the top-level module of their types.
 FAMILIES: dict[str, type[Family]] = {
-    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily, ScipyFamily, SequenceFamily)
+    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily, ScipyFamily)
 }
 
 
 def family_of(obj: Any) -> type[Family] | None:
-    """The family of *obj*'s type (`SequenceFamily` for builtins), or None for anything else."""
+    """The family of *obj*'s type, or None for anything else (plain Python objects...)."""
     if isinstance(obj, np.ndarray):
         return NumpyFamily
+    if type(obj) is list or type(obj) is tuple:
+        return SequenceFamily
     top = (type(obj).__module__ or "").partition(".")[0]
     return FAMILIES.get(top)
 
