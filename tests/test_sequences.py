@@ -305,3 +305,24 @@ def test_the_parent_mapping_survives_close_while_a_sequence_is_alive() -> None:
     got = ref.get()
     ref.close()
     assert list(got) == ["alpha", "beta"]
+
+
+def sequence_tail(seq: Any) -> tuple[str, int, Any]:
+    return type(seq).__name__, len(seq), seq[-1]
+
+
+def test_a_list_changed_between_submits_is_shared_again() -> None:
+    # Arguments are cached by identity; a list of str is checked for changes (appends,
+    # items replaced), as its items cannot change: the task sees the list as submitted.
+    items = ["x" * 100] * 20_000
+    with nocopy.ProcessPoolExecutor(1) as ex:
+        first = ex.submit(sequence_tail, items).result()
+        again = ex.submit(sequence_tail, items).result()
+        items.append("new")
+        grown = ex.submit(sequence_tail, items).result()
+        items[-1] = "other"
+        replaced = ex.submit(sequence_tail, items).result()
+        frozen = tuple(items)
+        assert ex.submit(sequence_tail, frozen).result() == ("SharedSequence", 20_001, "other")
+    assert first == again == ("SharedSequence", 20_000, "x" * 100)
+    assert grown == ("SharedSequence", 20_001, "new") and replaced == ("SharedSequence", 20_001, "other")
