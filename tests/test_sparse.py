@@ -220,6 +220,7 @@ def test_forged_coo_coordinates_and_shapes_are_refused() -> None:
         (dict(tree, sh=[3, 4, 1]), "bad sparse shape"), (dict(tree, sh=[3, -1]), "bad sparse shape"),
         (dict(tree, c=tree["c"][:1]), "do not match its shape"), (dict(tree, cls="dia_matrix"), "class"),
         (dict(tree, d=dict(tree["d"], dt="|O")), "not one scipy uses"),
+        (dict(tree, d=dict(tree["d"], dt=["<f8"])), "not one scipy uses"),  # unhashable (found by fuzzing)
         (dict(tree, d=dict(tree["d"], sh=[3])), "does not fit"),
         (dict(tree, c=[tree["c"][0], dict(tree["c"][1], dt="<i2")]), "not one scipy uses"),
     ]:

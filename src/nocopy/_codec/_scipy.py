@@ -108,7 +108,7 @@ def _array(dec: Decoder, spec: Any, dtypes: frozenset[str], *, index: bool) -> n
     if not isinstance(spec, dict):
         raise dec.corrupt("sparse array without its description")
     dt, shape = spec.get("dt"), spec.get("sh")
-    if dt not in dtypes:
+    if not isinstance(dt, str) or dt not in dtypes:
         raise dec.corrupt(f"sparse array of dtype {dt!r:.20} (not one scipy uses)")
     if not isinstance(shape, list) or not 1 <= len(shape) <= 3 or not all(type(s) is int and s >= 0 for s in shape):
         raise dec.corrupt(f"bad sparse array shape {shape!r:.60}")
