@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 import numpy as np
 
 from ..errors import SegmentCorruptError
-from ._arrow._base import freeze
+from ._arrow._base import checked_offsets
 
 if TYPE_CHECKING:
     from ._registry import Decoder, Encoder
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["SharedSequence", "decode_sequence", "encode_sequence", "sequence_kind"]
 
 _BLOCK = 1 << 12  # items iterated per block of offsets copied out
-_CHECK_BLOCK = 1 << 20  # offsets checked per block (the temporary stays small)
 _REPR_ITEMS = 6
 
 
@@ -50,17 +49,6 @@ def sequence_kind(obj: Any) -> type | None:
         return None
     kind = kinds.pop()
     return kind if kind is str or kind is bytes else None
-
-
-def _check_offsets(offsets: np.ndarray, size: int) -> bool:
-    if int(offsets[0]) != 0 or int(offsets[-1]) != size:
-        return False
-    # Block by block: the temporary stays at 1 MiB however long the sequence.
-    for start in range(0, len(offsets) - 1, _CHECK_BLOCK):
-        block = offsets[start : start + _CHECK_BLOCK + 1]
-        if bool(np.any(block[1:] < block[:-1])):
-            return False
-    return True
 
 
 class SharedSequence(Sequence[Any]):
@@ -237,22 +225,11 @@ def decode_sequence(dec: Decoder, node: dict[str, Any]) -> SharedSequence:
         raise dec.corrupt("sequence of an unknown kind")
     if type(n) is not int or not 0 < n < 1 << 62:
         raise dec.corrupt(f"sequence length {n!r:.40} is not valid")
-    offsets_raw = dec.buffer(node.get("o"))
     data = dec.buffer(node.get("d"))
-    if offsets_raw.nbytes != 8 * (n + 1):
-        raise dec.corrupt(f"{n} items need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
-    # As for Arrow strings (_arrow._raw): where the segment's bytes can change after they are
-    # checked (posix), the offsets read are this process's own copy-on-write pages, frozen
-    # before the check. The data stays shared: a rewrite there changes values, never where
-    # they are read (and bad UTF-8 is refused when an item is built).
-    frozen = dec.frozen_buffer(node.get("o"))
-    if frozen is not None:
-        freeze(frozen, 0, frozen.nbytes)
-        offsets_raw = frozen
-    offsets = offsets_raw.view(np.int64)
-    offsets.flags.writeable = False
-    if not _check_offsets(offsets, data.nbytes):
-        raise dec.corrupt("sequence offsets are not monotonic within their data")
+    # Frozen where the segment can still change (posix), as for Arrow strings: a rewrite of
+    # the data afterwards changes values, never where they are read (and bad UTF-8 is
+    # refused when an item is built).
+    offsets = checked_offsets(dec, node.get("o"), n, data.nbytes, "sequence")
     valid = None
     if node.get("v") is not None:
         valid = dec.buffer(node.get("v"))
