@@ -326,3 +326,15 @@ def test_a_list_changed_between_submits_is_shared_again() -> None:
         assert ex.submit(sequence_tail, frozen).result() == ("SharedSequence", 20_001, "other")
     assert first == again == ("SharedSequence", 20_000, "x" * 100)
     assert grown == ("SharedSequence", 20_001, "new") and replaced == ("SharedSequence", 20_001, "other")
+
+
+def test_a_bitmap_of_the_wrong_size_is_refused_and_copy_is_itself() -> None:
+    from nocopy._codec._registry import Decoder
+
+    mem, header = planted({"s": ["a"] * 9 + [None], "x": np.zeros(5, np.uint8)})
+    seq, arr = header.tree["vals"]
+    forged = dict(seq, v=arr["b"])  # 5 bytes where 10 items need 2
+    with pytest.raises(SegmentCorruptError, match="does not fit 10 items"):
+        Decoder(mem, header, name="t", trusted=False, allow_pickle=False).decode(forged)
+    got = decode_buffer(mem, trusted=False)["s"]
+    assert copy.copy(got) is got and got[-1] is None

@@ -228,6 +228,18 @@ def test_forged_coo_coordinates_and_shapes_are_refused() -> None:
             Decoder(mem, header, name="t", trusted=True, allow_pickle=False).decode(forged)
 
 
+def test_coordinates_of_another_length_and_arrays_of_a_bad_shape_are_refused() -> None:
+    coo = sp.coo_matrix((np.ones(2), (np.array([0, 2]), np.array([1, 3]))), shape=(3, 4))
+    mem, header = planted({"m": coo, "x": np.zeros(3, coo.coords[1].dtype)})
+    tree, other = header.tree["vals"]
+    for forged, why in [
+        (dict(tree, c=[tree["c"][0], dict(tree["c"][1], b=other["b"], sh=[3])]), "one length"),
+        (dict(tree, d=dict(tree["d"], sh=[])), "bad sparse array shape"),
+    ]:
+        with pytest.raises(SegmentCorruptError, match=why):
+            Decoder(mem, header, name="t", trusted=True, allow_pickle=False).decode(forged)
+
+
 def test_forged_compressed_and_bsr_layouts_are_refused() -> None:
     m = sp.bsr_matrix(np.eye(4), blocksize=(2, 2))
     mem, header, tree = _planted(m)
