@@ -3,7 +3,8 @@
 * A parameter whose default is a module constant (``share_threshold=DEFAULT_SHARE_THRESHOLD``)
   shows the constant's value (``1048576``): the name is private, the number is what a reader needs.
 * ``nocopy.Shared`` is made by ``share()``/``attach()``, never by its constructor, whose parameters
-  (a locator, a token, the owner's segment) are internals: its heading shows no signature.
+  (a locator, a token, the owner's segment) are internals: its heading shows no signature. So is
+  ``Explanation`` (made by ``explain()``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import griffe
 
 # Classes users get from a function and never construct.
-NOT_CONSTRUCTED = {"nocopy._shared.Shared"}
+NOT_CONSTRUCTED = {"nocopy._shared.Shared", "nocopy._explain.Explanation"}
 
 _OPS = {ast.LShift: operator.lshift, ast.Mult: operator.mul, ast.Add: operator.add,
         ast.Sub: operator.sub, ast.Pow: operator.pow}

@@ -300,10 +300,14 @@ def test_bench_seed_quick_leaves_ray_out_unless_asked() -> None:
     quick = config("--quick")
     assert quick.methods is not None and "ray" not in quick.methods and "nocopy-executor" in quick.methods
     assert (quick.rows, quick.repeat, quick.cold_repeat) == (1_000_000, 1, 1)
+    # The start-up table (one fresh interpreter per start method) only when asked.
+    assert quick.startup_repeat == 0
+    assert config("--quick", "--startup-repeat", "1").startup_repeat == 1
     assert "ray" in config("--quick", "--methods", "nocopy-map,ray").methods
     assert config("--quick", "--repeat", "3").repeat == 3
     full = config()
     assert full.methods is None and (full.rows, full.repeat, full.cold_repeat) == (10_000_000, 3, 2)
+    assert full.startup_repeat == 2
 
 
 @pytest.mark.parametrize("writes, collapse, expect", [

@@ -5,6 +5,9 @@
   keyword (``pass allow_pickle=True``, ``get(private=True)``), command (``nocopy gc``),
   extra (``pip install 'nocopy[ray]'``) and environment variable (``NOCOPY_SHM_DIR``) it
   names must exist.
+* Every nocopy error that src/ makes gives a fix: each construction of a class of
+  ``nocopy.errors`` has a "Fix:" in its message (literally, or in the local variable the
+  message is built in), so the walk above covers every error class.
 * The unsupported-data error suggests ``allow_pickle=True`` only where pickling would work,
   and, raised by ``parallel_map`` (which takes no ``allow_pickle``), the fix that works there.
 """
@@ -138,6 +141,55 @@ def test_every_fix_names_something_that_exists() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def _literal_text(node: ast.AST) -> str:
+    return "".join(n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+
+
+def _assigned(scope: ast.AST) -> dict[str, str]:
+    """The literal text each local name of *scope* is given (a message built in steps: msg = ...; msg += ...)."""
+    out: dict[str, str] = {}
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign) and node.value is not None:
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    out[target.id] = out.get(target.id, "") + _literal_text(node.value)
+    return out
+
+
+def _error_classes() -> set[str]:
+    """The error classes of nocopy.errors: not the root (never raised itself), not the warnings."""
+    return {n for n in nocopy.errors.__all__
+            if n != "NocopyError" and not issubclass(getattr(nocopy.errors, n), Warning)}
+
+
+def error_constructions() -> list[tuple[str, str, bool]]:
+    """(where, class, whether its message gives a fix) of every nocopy error src/ constructs."""
+    classes = _error_classes()
+    out = []
+    for path in sorted(SRC.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        scope_of: dict[ast.AST, ast.AST] = {}  # each node -> its innermost function (or the module)
+        for scope in [tree, *(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))]:
+            for node in ast.walk(scope):
+                scope_of[node] = scope  # inner functions come later in the walk and win
+        for node in ast.walk(tree):
+            func = node.func if isinstance(node, ast.Call) else None
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if not isinstance(node, ast.Call) or name not in classes:
+                continue
+            local = _assigned(scope_of[node])
+            text = "".join(_literal_text(a) for a in node.args)
+            text += "".join(local.get(n.id, "") for a in node.args for n in ast.walk(a) if isinstance(n, ast.Name))
+            out.append((f"{path.relative_to(SRC)}:{node.lineno}", name, "Fix:" in text))
+    return out
+
+
+def test_every_error_nocopy_makes_gives_a_fix() -> None:
+    made = error_constructions()
+    assert {cls for _, cls, _ in made} == _error_classes(), "a class never made?"
+    assert [f"{where}: {cls}" for where, cls, fix in made if not fix] == []
+
+
 def test_the_check_catches_a_fix_that_names_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The walk above really looks: a made-up name in a fix fails it."""
     monkeypatch.setattr(sys.modules[__name__], "fix_texts",
@@ -200,3 +252,13 @@ def test_parallel_map_names_the_fix_that_works_with_parallel_map() -> None:
 
 def test_explain_counts_one_part_in_the_singular() -> None:
     assert str(nocopy.explain(np.arange(3))).splitlines()[-1] == "(1 part; zero-copy: 1)"
+
+
+def test_a_type_name_takes_the_article_it_is_said_with() -> None:
+    from nocopy._text import with_article
+
+    with pytest.raises(MemoryError) as info:
+        nocopy.empty((1 << 50,), "u1")  # more than any machine has: refused before allocating
+    assert "for an ndarray of 1024 TiB" in str(info.value)
+    said = [with_article(w) for w in ("ndarray", "DataFrame", "Index", "int", "uint8", "object")]
+    assert said == ["an ndarray", "a DataFrame", "an Index", "an int", "a uint8", "an object"]

@@ -19,6 +19,7 @@ import pytest
 
 import nocopy
 from conftest import own_posix_segments, segment_of, workers_at_each_share
+from nocopy import _map
 from nocopy._map import MapBackend, register_backend, take_rows
 from nocopy.errors import UnsupportedTypeError, WorkerCrashedError
 
@@ -205,6 +206,52 @@ def test_repeated_calls_reuse_the_warm_pool() -> None:
     assert second <= workers  # the same worker processes, not new ones
 
 
+def warm_pids() -> set[int]:
+    return {p.pid for pool in _map._process_pools.values() for p in pool._procs.values()}
+
+
+def test_shutdown_stops_the_warm_workers_and_the_next_call_starts_new_ones() -> None:
+    nocopy.parallel_map(pid_of, np.arange(4), chunks=2, workers=1)
+    nocopy.parallel_map(pid_of, np.arange(4), chunks=2, workers=1, backend="threads")
+    pids = warm_pids()
+    assert pids and _map._thread_pools
+    nocopy.shutdown_parallel_map_workers()
+    assert not _map._process_pools and not _map._thread_pools
+    assert not any(alive(pid) for pid in pids)
+    again = set(nocopy.parallel_map(pid_of, np.arange(4), chunks=2, workers=1))
+    assert again and not again & pids
+    nocopy.shutdown_parallel_map_workers()
+
+
+def test_an_idle_pool_stops_after_the_timeout_but_never_while_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_map, "IDLE_TIMEOUT", 1.0)
+    nocopy.parallel_map(pid_of, np.arange(2), chunks=1, workers=1)
+    (pool,) = _map._process_pools.values()
+    # Longer than the timeout: the pool is in use all along, and is not stopped under it.
+    assert nocopy.parallel_map(slow_len, np.arange(2), chunks=2, workers=1) == [1, 1]
+    assert list(_map._process_pools.values()) == [pool]
+    pids = warm_pids()
+    deadline = time.monotonic() + 30
+    while _map._process_pools and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _map._process_pools  # stopped once idle for the timeout
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def slow_len(rows: Any) -> int:
+    time.sleep(0.8)
+    return len(rows)
+
+
 def test_a_user_executor_is_used() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -253,8 +300,12 @@ def test_progress_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
 
 # -- bad input --------------------------------------------------------------------------
 def test_bad_arguments_get_clear_errors() -> None:
-    with pytest.raises(UnsupportedTypeError, match="cannot split data of type list"):
-        nocopy.parallel_map(rows_len, [1, 2, 3])
+    with pytest.raises(UnsupportedTypeError, match="cannot split data of type set"):
+        nocopy.parallel_map(rows_len, {1, 2, 3})
+    with pytest.raises(ValueError, match=r"chunks= .* or chunksize= .*, not both"):
+        nocopy.parallel_map(rows_len, np.arange(3), chunks=2, chunksize=2)
+    with pytest.raises(ValueError, match="chunksize must be a positive integer"):
+        nocopy.parallel_map(rows_len, np.arange(3), chunksize=0)
     with pytest.raises(UnsupportedTypeError, match="0-d array"):
         nocopy.parallel_map(rows_len, np.array(1.0))
     with pytest.raises(ValueError, match="unknown parallel_map backend 'gpu'"):
@@ -269,6 +320,64 @@ def test_bad_arguments_get_clear_errors() -> None:
     ref.close()
     with pytest.raises(ValueError, match="closed"):
         nocopy.parallel_map(rows_len, ref)
+
+
+# -- items, chunksize, typing (what pool users are used to) -------------------------------
+def chunk_kind(chunk: Any) -> tuple[str, list[Any]]:
+    return type(chunk).__name__, list(chunk)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lists_tuples_ranges_and_generators_are_split_into_chunks_of_items(backend: str) -> None:
+    items = list(range(10))
+    expect = [items[0:4], items[4:8], items[8:10]]
+    for data, kind in ((items, "list"), (tuple(items), "tuple"), (range(10), "range"), (iter(items), "list"),
+                       ((i for i in items), "list")):
+        got = nocopy.parallel_map(chunk_kind, data, chunksize=4, workers=2, backend=backend)
+        assert got == [(kind, part) for part in expect]
+    assert nocopy.parallel_map(sum, items, chunks=2, workers=2, backend=backend) == [10, 35]
+    assert nocopy.parallel_map(len, [], backend=backend) == [0]  # as an empty array: one empty chunk
+
+
+def test_big_items_are_shared_as_pool_map_shares_them() -> None:
+    big = np.ones(300_000)  # 2.4 MB: over the executor's share threshold
+    got = nocopy.parallel_map(where_and_writable_items, [big, big, big], chunksize=1, workers=1)
+    assert [where is not None for where, _ in got] == [True] * 3
+
+
+def where_and_writable_items(chunk: list[np.ndarray]) -> tuple[str | None, bool]:
+    return where_and_writable(chunk[0])
+
+
+def test_chunksize_is_rows_per_chunk_for_data_too() -> None:
+    assert nocopy.parallel_map(rows_len, np.arange(10), chunksize=3, backend="threads") == [3, 3, 3, 1]
+    assert nocopy.parallel_map(rows_len, np.arange(10), chunksize=20, backend="threads") == [10]
+
+
+def test_the_result_is_typed_by_fn() -> None:
+    import typing
+
+    hints = typing.get_type_hints(nocopy.parallel_map)
+    result_type = typing.get_args(hints["fn"])[1]
+    assert isinstance(result_type, typing.TypeVar)
+    assert hints["return"] == list[result_type]  # type: ignore[valid-type]
+
+
+@pytest.mark.slow
+def test_mypy_sees_the_typed_result(tmp_path: Path) -> None:
+    pytest.importorskip("mypy")
+    (tmp_path / "use.py").write_text(
+        "import numpy as np\nimport nocopy\n\n"
+        "def f(rows: np.ndarray) -> float:\n    return float(rows.sum())\n\n"
+        "reveal_type(nocopy.parallel_map(f, np.arange(3)))\n"
+    )
+    env = {**os.environ, "MYPYPATH": str(Path(nocopy.__file__).parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-incremental", "--strict", "--cache-dir", str(tmp_path / "cache"),
+         str(tmp_path / "use.py")],
+        capture_output=True, text=True, timeout=240, env=env, check=False,
+    )
+    assert 'Revealed type is "builtins.list[builtins.float]"' in out.stdout or 'Revealed type is "list[float]"' in out.stdout, out.stdout
 
 
 # -- failures -------------------------------------------------------------------------

@@ -13,8 +13,10 @@ import nocopy
 import nocopy.errors
 
 EXPECTED = {
+    "Explanation",
     "Pool",
     "ProcessPoolExecutor",
+    "Segment",
     "Shared",
     "SharedSequence",
     "__version__",
@@ -26,6 +28,7 @@ EXPECTED = {
     "parallel_map",
     "segments",
     "share",
+    "shutdown_parallel_map_workers",
     "zeros",
 }
 

@@ -166,6 +166,41 @@ def test_get_accepts_ref_object_ref_and_resolved_buffer() -> None:
 
 
 @ray.remote
+def sums_of_list(refs: list[Any]) -> list[int]:
+    return [int(x.sum()) for x in nray.get(refs)]
+
+
+def test_get_takes_a_list_as_ray_get_does() -> None:
+    a, b = np.arange(200_000), np.arange(100_000, dtype="f8")
+    ra, rb = nray.put(a), nray.put(b)
+    got = nray.get([ra, rb.object_ref, ra], timeout=120)
+    assert isinstance(got, list) and len(got) == 3
+    for x, want in zip(got, (a, b, a), strict=True):
+        np.testing.assert_array_equal(x, want)
+        assert in_object_store(x)
+    assert nray.get([]) == []
+    assert ray.get(sums_of_list.remote([ra, rb])) == [int(a.sum()), int(b.sum())]  # in a task too
+    with pytest.raises(TypeError, match=r"or a list of them\), not int"):
+        nray.get([ra, 42])
+
+
+def test_ray_backend_splits_plain_items_too() -> None:
+    import nocopy
+
+    assert nocopy.parallel_map(sum, list(range(10)), chunksize=4, backend="ray") == [6, 22, 17]
+    assert nocopy.parallel_map(len, (i for i in range(7)), chunks=2, backend="ray") == [3, 4]
+
+
+def test_plain_ray_get_of_a_ref_says_to_use_nocopy_ray_get() -> None:
+    ref = nray.put(np.arange(10))
+    with pytest.raises(ValueError, match=r"nocopy\.ray\.Ref: read it with nocopy\.ray\.get\(ref\)"):
+        ray.get(ref)
+    with pytest.raises(TypeError, match=r"nocopy\.ray\.Ref: read it with nocopy\.ray\.get\(ref\)"):
+        ray.get([ref, ref])
+    assert repr(ref) == f"<nocopy.ray.Ref ndarray int64 (10,) 80 B at ray:{ref.object_ref.hex()}>"  # stays short
+
+
+@ray.remote
 def put_in_task(n: int) -> Any:
     return nray.put({"t": np.arange(n).astype("M8[s]")})
 
@@ -253,9 +288,9 @@ def test_put_of_a_shared_puts_what_it_holds() -> None:
     assert report == [(True, True)]
 
 
-def test_ref_repr_names_kind_and_size() -> None:
+def test_ref_repr_names_kind_shape_and_size() -> None:
     ref = nray.put(np.zeros(1000))
-    assert "ndarray" in repr(ref) and "8000 bytes" in repr(ref)
+    assert repr(ref) == f"<nocopy.ray.Ref ndarray float64 (1000,) 7.8 KiB at ray:{ref.object_ref.hex()}>"
 
 
 # -- imports ------------------------------------------------------------------

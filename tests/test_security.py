@@ -22,7 +22,7 @@ from conftest import needs_root
 from nocopy._codec import decode_buffer, plan
 from nocopy._codec._layout import PREFIX
 from nocopy._ipc import _fdserver
-from nocopy.errors import NocopyError, SegmentAccessError, SegmentCorruptError
+from nocopy.errors import InvalidURIError, NocopyError, SegmentAccessError, SegmentCorruptError
 
 
 def _memfd_fd(ref: nocopy.Shared) -> int:  # type: ignore[type-arg]
@@ -251,13 +251,13 @@ BAD_URIS = [
 @pytest.mark.parametrize("mutate", range(len(BAD_URIS)))
 def test_malformed_uris_are_refused_before_touching_anything(mutate: int) -> None:
     bad = BAD_URIS[mutate](_good_uri())
-    with pytest.raises(SegmentCorruptError, match="malformed nocopy URI"):
+    with pytest.raises(InvalidURIError, match="malformed nocopy URI"):
         nocopy.attach(bad)
 
 
 @pytest.mark.parametrize("bad", [None, b"nocopy://memfd/x", 42, ["nocopy://"]])
 def test_non_string_uris_are_refused(bad: object) -> None:
-    with pytest.raises(SegmentCorruptError):
+    with pytest.raises(TypeError, match="a nocopy URI is a str"):
         nocopy.attach(bad)  # type: ignore[arg-type]
 
 

@@ -102,3 +102,26 @@ def test_a_forked_child_keeps_its_views_but_not_the_handles_cached_mapping(
     views.clear()
     kept.close()
     assert segment_holders({kept.name}) == [_holders_in(pid, kept.name)[0]]  # only the child's view
+
+
+@pytest.mark.parametrize("backend", ["memfd", "posix"])
+def test_equal_handles_each_drop_their_cached_mapping_in_a_forked_child(
+    backend: str, shm: Path, children: list[int]
+) -> None:
+    """Handles to one segment compare equal: the fork hook must still find every one of them."""
+    import pickle
+
+    ref = nocopy.share(np.full(1 << 16, 5), backend=backend)
+    copy = pickle.loads(pickle.dumps(ref))  # another handle to the same segment, same mapping
+    assert copy == ref and copy is not ref
+    ref.get()
+    copy.get()  # both handles keep the mapping; no view is left
+
+    pid, r = _fork(lambda: None)
+    children.append(pid)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    assert _holders_in(pid, ref.name) == [], "the child kept an equal handle's cached mapping"
+    copy.close()
+    ref.close()
+    assert segment_holders({ref.name}) == []

@@ -11,16 +11,18 @@ Examples
 
 from . import errors
 from ._codec import SharedSequence
-from ._explain import explain
-from ._inventory import cleanup, segments
-from ._map import parallel_map
+from ._explain import Explanation, explain
+from ._inventory import Segment, cleanup, segments
+from ._map import parallel_map, shutdown_parallel_map_workers
 from ._pool import Pool, ProcessPoolExecutor
 from ._shared import Shared, attach, empty, share, zeros
 from ._version import __version__
 
 __all__ = [
+    "Explanation",
     "Pool",
     "ProcessPoolExecutor",
+    "Segment",
     "Shared",
     "SharedSequence",
     "__version__",
@@ -32,5 +34,6 @@ __all__ = [
     "parallel_map",
     "segments",
     "share",
+    "shutdown_parallel_map_workers",
     "zeros",
 ]

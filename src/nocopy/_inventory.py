@@ -28,9 +28,13 @@ class Segment:
 
     Examples
     --------
-    >>> seg = nocopy.segments()[0]          # doctest: +SKIP
-    >>> seg.backend, seg.size, seg.owner_pid, seg.owner_alive
-    ('memfd', 8000064, 4242, True)
+    >>> ref = nocopy.share(np.zeros(1000))
+    >>> seg = next(s for s in nocopy.segments() if s.name == ref.name)
+    >>> seg.size >= ref.nbytes, seg.owner_alive, seg.orphaned
+    (True, True, False)
+    >>> seg.backend, seg.owner_pid                       # doctest: +SKIP
+    ('memfd', 4242)
+    >>> ref.close()
     """
 
     name: str

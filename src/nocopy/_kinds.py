@@ -34,12 +34,19 @@ __all__ = [
     "FAMILIES",
     "Converted",
     "Family",
+    "column_arrays",
     "converted_columns",
     "data_nbytes",
+    "describe",
+    "describe_array",
     "family_of",
+    "is_dataframe",
+    "is_items",
+    "join_columns",
     "kind_name",
     "restore_columns",
     "row_count",
+    "split_columns",
     "take_rows",
 ]
 
@@ -222,6 +229,24 @@ class PolarsFamily(Family):
         return obj.slice(start, stop - start)
 
 
+class _ItemsFamily(Family):
+    """Plain sequences (list, tuple, range): their items are the rows (``parallel_map`` only).
+
+    Not in `FAMILIES`: they are no data to share, only something to split.
+    """
+
+    name = "items"
+    _TYPES: ClassVar[tuple[type, ...]] = (list, tuple, range)
+
+    @classmethod
+    def rows(cls, obj: Any) -> int | None:
+        return len(obj) if type(obj) in cls._TYPES else None
+
+    @classmethod
+    def take_rows(cls, obj: Any, start: int, stop: int) -> Any:
+        return obj[start:stop]
+
+
 class ScipyFamily(Family):
     name = codec = "scipy"
     module = "scipy"
@@ -257,9 +282,10 @@ class ScipyFamily(Family):
         return out
 
 
-class SequenceFamily(Family):
+class SequenceFamily(_ItemsFamily):
     """Lists and tuples, encoded by the python codec: those of str or bytes (with None) are
-    data the pools share (get() gives a nocopy.SharedSequence)."""
+    data the pools share (get() gives a nocopy.SharedSequence); their items are rows, as
+    for every plain sequence."""
 
     name = "sequence"
     codec = "python"
@@ -314,12 +340,13 @@ def row_count(obj: Any) -> int:
 
 def _splittable(obj: Any) -> tuple[type[Family], int]:
     """The family and rows of a splittable data object; UnsupportedTypeError for anything else."""
-    family = family_of(obj)
-    rows = None if family is None else family.rows(obj)
-    if family is None or rows is None:
+    family = family_of(obj) or _ItemsFamily
+    rows = family.rows(obj)
+    if rows is None:
         raise UnsupportedTypeError(
             f"parallel_map cannot split data of type {type(obj).__qualname__} into row chunks. Fix: pass a "
-            "NumPy array, a pandas or Polars DataFrame or Series, an Arrow table, or a nocopy.Shared of one."
+            "NumPy array, a pandas or Polars DataFrame or Series, an Arrow table, a nocopy.Shared of one, "
+            "or the items as a list, tuple, range or generator."
         )
     return family, rows
 
@@ -350,6 +377,151 @@ def restore_columns(obj: Any, columns: Converted) -> Any:
     return obj if family is None else family.restore(obj, columns)
 
 
+def is_items(obj: Any) -> bool:
+    """Whether *obj* is a plain list, tuple or range, whose items `take_rows` splits.
+
+    Examples
+    --------
+    >>> is_items([1, 2]), is_items(np.arange(2))
+    (True, False)
+    """
+    return type(obj) in _ItemsFamily._TYPES  # noqa: SLF001 - same module
+
+
+def is_dataframe(obj: Any) -> bool:
+    """Whether *obj* is a pandas DataFrame (whose columns `split_columns` splits).
+
+    Examples
+    --------
+    >>> is_dataframe(np.arange(2))
+    False
+    """
+    return family_of(obj) is PandasFamily and type(obj).__name__ == "DataFrame"
+
+
+def split_columns(obj: Any, positions: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]] | None:
+    """A pandas DataFrame without the columns at *positions* (no copy), and those columns' arrays.
+
+    None for anything else. `join_columns` puts them back.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rest, taken = split_columns(pd.DataFrame({"a": [1], "b": [2]}), (0,))
+    >>> list(rest.columns), [v.to_numpy().tolist() for v in taken]
+    ([0], [[1]])
+    """
+    if not is_dataframe(obj):
+        return None
+    drop = set(positions)
+    rest = _concat_columns([obj.iloc[:, i] for i in range(obj.shape[1]) if i not in drop], obj)
+    return rest, column_arrays(obj, positions)
+
+
+def column_arrays(frame: Any, positions: tuple[int, ...]) -> tuple[Any, ...]:
+    """The arrays of a pandas DataFrame's columns at *positions* (views, not copies)."""
+    return tuple(frame.iloc[:, i].array for i in positions)
+
+
+def join_columns(rest: Any, taken: tuple[tuple[int, Any], ...], columns: Any) -> Any:
+    """The frame `split_columns` split: *rest*'s columns (kept as views) and *taken* at their positions.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"a": [1], "b": [2]})
+    >>> rest, taken = split_columns(df, (0,))
+    >>> join_columns(rest, ((0, taken[0]),), df.columns).equals(df)
+    True
+    """
+    series = _pandas().Series
+    extra = dict(taken)
+    kept = iter(range(rest.shape[1]))
+    parts = []
+    for i in range(rest.shape[1] + len(extra)):
+        if i in extra:
+            values = extra[i]
+            # The dtype given: pandas would otherwise infer str for an object column of strings.
+            dtype = getattr(values.dtype, "numpy_dtype", values.dtype)
+            parts.append(series(values, index=rest.index, dtype=dtype, copy=False))
+        else:
+            parts.append(rest.iloc[:, next(kept)])
+    frame = _concat_columns(parts, rest)
+    frame.columns = columns
+    return frame
+
+
+def _pandas() -> Any:
+    import pandas  # only ever called with a pandas object at hand: already imported
+
+    return pandas
+
+
+def _concat_columns(parts: list[Any], like: Any) -> Any:
+    """One frame of *parts* (Series), each column kept as it is (dtype and memory), *like*'s attrs and flags."""
+    pd = _pandas()
+    frame = pd.concat(parts, axis=1, ignore_index=True) if parts else pd.DataFrame(index=like.index)
+    frame.attrs = dict(like.attrs)
+    if not like.flags.allows_duplicate_labels:
+        frame = frame.set_flags(allows_duplicate_labels=False)
+    return frame
+
+
 def kind_name(obj: Any) -> str:
     """The type name a handle reports as its ``kind`` (``"ndarray"``, ``"DataFrame"``...)."""
     return type(obj).__name__
+
+
+# A handle's repr stays one short line whatever it holds.
+_DESCRIBE_MAX = 48
+# Types whose shape is (rows, columns): said as rows x columns.
+_FRAMES = ("DataFrame", "Table", "RecordBatch")
+
+
+def describe(obj: Any) -> str:
+    """What *obj* holds in a few words, for a handle's repr; ``""`` when there is nothing to say.
+
+    Arrays (and anything with a ``shape`` and ``dtype``: Series, tensors, sparse
+    matrices) by dtype and shape, frames and tables by rows x columns, Arrow
+    arrays by type and length, dicts by keys, other sequences by length.
+
+    Examples
+    --------
+    >>> describe(np.zeros((1000, 1000))), describe([1, 2, 3]), describe({"a": 1})
+    ('float64 (1000, 1000)', 'len 3', '1 key')
+    """
+    try:
+        text = _describe(obj)
+    except Exception:  # a repr must never fail because of what the object does on access
+        return ""
+    return text if len(text) <= _DESCRIBE_MAX else text[: _DESCRIBE_MAX - 1] + "…"
+
+
+def describe_array(dtype: Any, shape: tuple[int, ...]) -> str:
+    """An array's dtype and shape as `describe` says them: ``float64 (3, 4)``.
+
+    Examples
+    --------
+    >>> describe_array(np.dtype([("a", "i8"), ("b", "f8")]), (10,))
+    'record[2 fields] (10,)'
+    """
+    names = getattr(dtype, "names", None)
+    text = f"record[{len(names)} field{'' if len(names) == 1 else 's'}]" if names else str(dtype)
+    return f"{text} {tuple(int(n) for n in shape)}"
+
+
+def _describe(obj: Any) -> str:
+    shape = getattr(obj, "shape", None)
+    if type(obj).__name__ in _FRAMES and isinstance(shape, tuple) and len(shape) == 2:
+        return f"{shape[0]}x{shape[1]}"
+    if isinstance(obj, dict):
+        return f"{len(obj)} key{'' if len(obj) == 1 else 's'}"
+    dtype = getattr(obj, "dtype", None)
+    if dtype is not None and isinstance(shape, tuple):  # torch.Size is a tuple too
+        return describe_array(dtype, shape)
+    arrow_type = getattr(obj, "type", None)
+    if family_of(obj) is ArrowFamily and arrow_type is not None:
+        return f"{arrow_type} len {len(obj)}"
+    if hasattr(obj, "__len__"):
+        return f"len {len(obj)}"
+    return ""

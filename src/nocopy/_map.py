@@ -55,15 +55,16 @@ import importlib
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from multiprocessing.context import BaseContext
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
 from ._codec import PICKLE_FIX
-from ._kinds import row_count, take_rows
+from ._kinds import is_items, row_count, take_rows
 from ._pool import (
     ProcessPoolExecutor,
     default_context,
@@ -77,7 +78,12 @@ from ._process import usable_cpus
 from ._shared import Shared, share
 from .errors import SegmentClosedError
 
-__all__ = ["MapBackend", "parallel_map", "register_backend", "take_rows"]
+__all__ = [
+    "IDLE_TIMEOUT", "MapBackend", "chunk_label", "parallel_map", "register_backend", "shutdown_parallel_map_workers",
+    "take_rows",
+]
+
+R = TypeVar("R")
 
 
 class MapBackend:
@@ -119,6 +125,9 @@ class MapBackend:
 
     def abort(self) -> None:
         """Stop running chunks (the caller was interrupted); never raises."""
+
+    def done(self) -> None:
+        """The call is over (after `release`, also when it failed); never raises."""
 
 
 _BACKENDS: dict[str, type[MapBackend]] = {}
@@ -169,18 +178,99 @@ def _spans(n: int, chunks: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
+def _sized_spans(n: int, chunksize: int) -> list[tuple[int, int]]:
+    """Chunks of *chunksize* rows (the last one shorter), as Pool.map's chunksize makes them."""
+    return [(start, min(start + chunksize, n)) for start in range(0, n, chunksize)] or [(0, 0)]
+
+
 def _run_chunk(fn: Callable[[Any], Any], source: Any, start: int, stop: int) -> Any:
     """Worker side of the processes and threads backends: zero-copy rows, then fn."""
     data = source.get() if isinstance(source, Shared) else source
     return fn(take_rows(data, start, stop))
 
 
+def chunk_label(index: int, source: Any, start: int, stop: int) -> str:
+    """How a chunk is named in errors: its rows, or (a chunk of items, sent alone) its size."""
+    if is_items(source):
+        return f"chunk {index} ({stop - start} items)"
+    return f"chunk {index} (rows {start}:{stop})"
+
+
 # ---------------------------------------------------------------------------
 # warm pools: repeated calls reuse workers instead of starting new ones
 # ---------------------------------------------------------------------------
+#: Seconds a cached pool of parallel_map may stay unused before its workers are stopped.
+IDLE_TIMEOUT = 300.0
+
 _pools_lock = threading.Lock()
 _process_pools: dict[tuple[int, str], ProcessPoolExecutor] = {}
 _thread_pools: dict[int, ThreadPoolExecutor] = {}
+# id(pool) -> calls using it now / when the last one ended (time.monotonic()).
+_users: dict[int, int] = {}
+_idle_since: dict[int, float] = {}
+_reaper: threading.Timer | None = None
+
+
+def _lease(pool: Executor) -> None:
+    """A call starts using *pool* (held with _pools_lock): it is not idle until `_unlease`."""
+    _users[id(pool)] = _users.get(id(pool), 0) + 1
+    _idle_since.pop(id(pool), None)
+
+
+def _unlease(pool: Executor) -> None:
+    """A call is done with *pool*: once no call uses it, it stops after IDLE_TIMEOUT seconds unused."""
+    with _pools_lock:
+        left = _users.get(id(pool), 1) - 1
+        if left > 0:
+            _users[id(pool)] = left
+            return
+        _users.pop(id(pool), None)
+        if not any(p is pool for p in (*_process_pools.values(), *_thread_pools.values())):
+            return  # forgotten meanwhile (aborted, shut down)
+        _idle_since[id(pool)] = time.monotonic()
+        _arm_reaper(IDLE_TIMEOUT)
+
+
+def _arm_reaper(delay: float) -> None:
+    """(Re)start the one timer that stops idle pools (held with _pools_lock)."""
+    global _reaper
+    if _reaper is not None:
+        _reaper.cancel()
+    # A daemon: an idle pool must never keep the program from exiting (atexit shuts it down).
+    _reaper = threading.Timer(max(delay, 0.0), _reap_idle_pools)
+    _reaper.daemon = True
+    _reaper.name = "nocopy-map-idle"
+    _reaper.start()
+
+
+def _reap_idle_pools() -> None:
+    """Shut down every cached pool unused for IDLE_TIMEOUT seconds; come back for the others."""
+    global _reaper
+    now = time.monotonic()
+    stale: list[Executor] = []
+    with _pools_lock:
+        if _reaper is not threading.current_thread():
+            return  # re-armed meanwhile: the newer timer decides
+        _reaper = None
+        cached: tuple[dict[Any, Any], ...] = (_process_pools, _thread_pools)
+        for pools in cached:
+            for key, pool in list(pools.items()):
+                since = _idle_since.get(id(pool))
+                if since is not None and now - since >= IDLE_TIMEOUT:
+                    del pools[key]
+                    del _idle_since[id(pool)]
+                    stale.append(pool)
+        if _idle_since:
+            _arm_reaper(min(_idle_since.values()) + IDLE_TIMEOUT - now)
+    for pool in stale:
+        _stop(pool)
+
+
+def _stop(pool: Executor) -> None:
+    try:
+        pool.shutdown(wait=True, cancel_futures=True)
+    except Exception:  # an idle pool's shutdown has nobody to report to
+        pass
 
 
 def _warm_process_pool(workers: int, mp_context: BaseContext | None) -> ProcessPoolExecutor:
@@ -191,9 +281,11 @@ def _warm_process_pool(workers: int, mp_context: BaseContext | None) -> ProcessP
         if pool is None or not usable(pool):
             if pool is not None:
                 # Its workers are dead or stopping: waiting is short, and frees its segments now.
+                _idle_since.pop(id(pool), None)
                 pool.shutdown(wait=True)
             pool = ProcessPoolExecutor(workers, mp_context=ctx)
             _process_pools[key] = pool
+        _lease(pool)
         return pool
 
 
@@ -202,6 +294,7 @@ def _forget_process_pool(pool: ProcessPoolExecutor) -> None:
         for key, value in list(_process_pools.items()):
             if value is pool:
                 del _process_pools[key]
+        _idle_since.pop(id(pool), None)
 
 
 def _warm_thread_pool(workers: int) -> ThreadPoolExecutor:
@@ -210,27 +303,53 @@ def _warm_thread_pool(workers: int) -> ThreadPoolExecutor:
         if pool is None:
             pool = ThreadPoolExecutor(workers, thread_name_prefix="nocopy-map")
             _thread_pools[workers] = pool
+        _lease(pool)
         return pool
 
 
 def _shutdown_pools() -> None:
+    global _reaper
     with _pools_lock:
         pools: list[Executor] = [*_process_pools.values(), *_thread_pools.values()]
         _process_pools.clear()
         _thread_pools.clear()
+        _idle_since.clear()
+        if _reaper is not None:
+            _reaper.cancel()
+            _reaper = None
     for pool in pools:
-        try:
-            pool.shutdown(wait=True, cancel_futures=True)
-        except Exception:  # exiting: nothing to report to
-            pass
+        _stop(pool)
+
+
+def shutdown_parallel_map_workers() -> None:
+    """Stop the worker processes (and threads) `parallel_map` keeps warm between calls, now.
+
+    `parallel_map` keeps one pool per (workers, start method) so that repeated
+    calls do not start new workers; a pool unused for ``IDLE_TIMEOUT`` seconds
+    (300) stops by itself, and all stop when the program exits. Call this to
+    free their memory sooner. Chunks of a call still running are cancelled; the
+    next call starts new workers. Pools you passed as ``executor=`` are yours
+    and are left alone.
+
+    Examples
+    --------
+    >>> import numpy as np, nocopy
+    >>> nocopy.parallel_map(np.sum, np.arange(10), chunks=2, backend="threads")
+    [np.int64(10), np.int64(35)]
+    >>> nocopy.shutdown_parallel_map_workers()
+    """
+    _shutdown_pools()
 
 
 def _pools_after_fork() -> None:
-    # A forked child must not use (or shut down) its parent's workers.
-    global _pools_lock
+    # A forked child must not use (or shut down) its parent's workers; the timer did not come along.
+    global _pools_lock, _reaper
     _pools_lock = threading.Lock()
     _process_pools.clear()
     _thread_pools.clear()
+    _users.clear()
+    _idle_since.clear()
+    _reaper = None
 
 
 atexit.register(_shutdown_pools)
@@ -254,6 +373,10 @@ class ProcessBackend(MapBackend):
         self._pool: Executor = executor if executor is not None else _warm_process_pool(workers, mp_context)
         self._owned: Shared[Any] | None = None
 
+    def done(self) -> None:
+        if self._own_pool:
+            _unlease(self._pool)
+
     def prepare(self, data: Any) -> Shared[Any]:
         if isinstance(data, Shared):
             return data
@@ -266,7 +389,7 @@ class ProcessBackend(MapBackend):
         pool = self._pool
         if isinstance(pool, ProcessPoolExecutor):
             return submit_labelled(
-                pool, f"chunk {index} (rows {start}:{stop})", f"parallel_map({fn_name(fn)})",
+                pool, chunk_label(index, source, start, stop), f"parallel_map({fn_name(fn)})",
                 _run_chunk, fn, source, start, stop,
             )
         return pool.submit(_run_chunk, fn, source, start, stop)
@@ -296,7 +419,12 @@ class ThreadBackend(MapBackend):
 
     def __init__(self, *, workers: int, executor: Executor | None = None) -> None:
         super().__init__(workers=workers, executor=executor)
+        self._own_pool = executor is None
         self._pool: Executor = executor if executor is not None else _warm_thread_pool(workers)
+
+    def done(self) -> None:
+        if self._own_pool:
+            _unlease(self._pool)
 
     def prepare(self, data: Any) -> Any:
         if isinstance(data, Shared):
@@ -330,16 +458,17 @@ def _progress_bar(total: int) -> Any:
 
 
 def parallel_map(
-    fn: Callable[[Any], Any],
+    fn: Callable[[Any], R],
     data: Any,
     *,
     chunks: int | None = None,
+    chunksize: int | None = None,
     workers: int | None = None,
-    backend: str | type[MapBackend] = "processes",
+    backend: Literal["processes", "threads", "ray"] | type[MapBackend] = "processes",
     progress: bool = False,
     executor: Executor | None = None,
     mp_context: BaseContext | str | None = None,
-) -> list[Any]:
+) -> list[R]:
     """Run ``fn`` on row chunks of *data* in parallel; return the results in chunk order.
 
     *data* is a NumPy array (chunks along the first axis), a pandas or Polars
@@ -350,9 +479,18 @@ def parallel_map(
     the caller's object directly; ``"ray"`` puts it once in Ray's object store
     (needs ``pip install 'nocopy[ray]'``).
 
-    ``chunks`` defaults to 4 x ``workers`` (at most one per row); ``workers``
-    defaults to the CPUs this process may use. Calls reuse a warm pool per
-    (workers, start method) instead of starting new workers; pass
+    *data* may also be plain items, as a pool's ``map`` takes them: a
+    ``list``, ``tuple``, ``range`` or a generator (read to its end first).
+    ``fn`` then gets a chunk of items (a slice of the same type; a list for a
+    generator), sent to its worker pickled as ``Pool.map`` sends them (big
+    NumPy, pandas, Arrow or Polars items shared, as every nocopy pool does).
+
+    ``chunks`` (how many chunks) defaults to 4 x ``workers`` (at most one per
+    row); or give ``chunksize`` (rows or items per chunk, as ``Pool.map``'s;
+    the last chunk may be shorter), not both. ``workers`` defaults to the CPUs
+    this process may use. Calls reuse a warm pool per (workers, start method)
+    instead of starting new workers; a pool unused for 300 s stops by itself
+    and `nocopy.shutdown_parallel_map_workers` stops them all now. Pass
     ``executor=`` to use your own (a ``nocopy.ProcessPoolExecutor`` or a
     ``ThreadPoolExecutor``). Workers start from a forkserver with nocopy,
     numpy and the heavy libraries already imported preloaded, as every nocopy
@@ -376,6 +514,8 @@ def parallel_map(
     >>> import numpy as np, nocopy
     >>> nocopy.parallel_map(np.sum, np.arange(10), chunks=2, backend="threads")
     [np.int64(10), np.int64(35)]
+    >>> nocopy.parallel_map(sum, range(10), chunksize=4, backend="threads")
+    [6, 22, 17]
     """
     if not callable(fn):
         raise TypeError(f"parallel_map needs a callable fn, not {type(fn).__name__}")
@@ -384,18 +524,32 @@ def parallel_map(
         # The stdlib's executors keep their size only there (no public accessor).
         workers = getattr(executor, "_max_workers", None) or _default_workers()
     _check_positive("workers", workers)
-    if chunks is None:
-        chunks = 4 * workers
-    _check_positive("chunks", chunks)
-    spans = _spans(_rows_of(data), chunks)
+    if chunks is not None and chunksize is not None:
+        raise ValueError(
+            f"parallel_map takes chunks= (how many chunks) or chunksize= (rows per chunk), not both: "
+            f"got chunks={chunks!r} and chunksize={chunksize!r}"
+        )
+    if isinstance(data, Iterator):
+        data = list(data)  # a generator's items, as Pool.map reads them
+    if chunksize is not None:
+        _check_positive("chunksize", chunksize)
+        spans = _sized_spans(_rows_of(data), chunksize)
+    else:
+        if chunks is None:
+            chunks = 4 * workers
+        _check_positive("chunks", chunks)
+        spans = _spans(_rows_of(data), chunks)
     ctx = _context(mp_context, cls, executor)
     runner = cls(workers=workers, executor=executor) if ctx is None else ProcessBackend(workers=workers, mp_context=ctx)
-    bar = _progress_bar(len(spans)) if progress else None
     try:
-        return _run(runner, fn, data, spans, bar)
+        bar = _progress_bar(len(spans)) if progress else None
+        try:
+            return _run(runner, fn, data, spans, bar)
+        finally:
+            if bar is not None:
+                bar.close()
     finally:
-        if bar is not None:
-            bar.close()
+        runner.done()
 
 
 def _chosen_backend(backend: str | type[MapBackend], executor: Executor | None) -> type[MapBackend]:
@@ -441,8 +595,13 @@ def _rows_of(data: Any) -> int:
     return row_count(data)
 
 
-def _run(runner: MapBackend, fn: Callable[[Any], Any], data: Any, spans: list[tuple[int, int]], bar: Any) -> list[Any]:
-    """Prepare, submit every chunk, collect in order; cancel (and abort on Ctrl-C) on failure."""
+def _run(runner: MapBackend, fn: Callable[[Any], R], data: Any, spans: list[tuple[int, int]], bar: Any) -> list[R]:
+    """Prepare, submit every chunk, collect in order; cancel (and abort on Ctrl-C) on failure.
+
+    Plain items (a list, tuple or range) are not prepared: nothing to share,
+    each chunk's items travel to its task alone, as Pool.map sends them.
+    """
+    items = is_items(data)
     futures: list[Future[Any]] = []
     source: Any = None
     prepared = False
@@ -451,12 +610,16 @@ def _run(runner: MapBackend, fn: Callable[[Any], Any], data: Any, spans: list[tu
                          "parallel_map the handle (the pickled part is copied on every get)")
     try:
         try:
-            source = runner.prepare(data)
+            source = None if items else runner.prepare(data)
         finally:
             PICKLE_FIX.reset(fix)
         prepared = True
         for i, (start, stop) in enumerate(spans):
-            futures.append(runner.submit(fn, source, i, start, stop))
+            if items:
+                # Backends read rows start:stop of their source: here rows 0:n of the chunk itself.
+                futures.append(runner.submit(fn, data[start:stop], i, 0, stop - start))
+            else:
+                futures.append(runner.submit(fn, source, i, start, stop))
         return _collect(futures, bar)
     except BaseException as exc:
         for fut in futures:

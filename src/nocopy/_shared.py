@@ -9,11 +9,12 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 
 from ._codec import Header, Plan, decode, fill_threads, plan, plan_output, read_header
+from ._kinds import describe, describe_array, kind_name
 from ._store import (
     Described,
     Locator,
@@ -29,7 +30,7 @@ from ._store import (
     parse_uri,
 )
 from ._store import is_alive as _segment_exists
-from ._text import format_bytes
+from ._text import format_bytes, format_handle, with_article
 from .errors import SegmentClosedError, SegmentCorruptError, SegmentNotFoundError
 
 __all__ = ["Shared", "attach", "empty", "share", "zeros"]
@@ -62,8 +63,9 @@ class _Attached:
 # (copy-on-write) mappings are never cached: each get(private=True) is its own copy.
 _mappings: weakref.WeakValueDictionary[tuple[str, bytes, bool], _Attached] = weakref.WeakValueDictionary()
 _mappings_lock = threading.Lock()
-# Handles that keep a mapping (for the fork hook below).
-_mapped_handles: weakref.WeakSet[Shared[Any]] = weakref.WeakSet()
+# Handles that keep a mapping (for the fork hook below), by identity: handles
+# to one segment compare equal, and a WeakSet would keep only one of them.
+_mapped_handles: weakref.WeakValueDictionary[int, Shared[Any]] = weakref.WeakValueDictionary()
 
 
 def _after_fork_in_child() -> None:
@@ -76,7 +78,7 @@ def _after_fork_in_child() -> None:
     global _mappings_lock
     _mappings_lock = threading.Lock()
     _mappings.clear()
-    for handle in list(_mapped_handles):
+    for handle in list(_mapped_handles.values()):
         handle._lock = threading.Lock()  # noqa: SLF001 - same module
         handle._attached = None  # noqa: SLF001 - same module
     _mapped_handles.clear()
@@ -92,6 +94,13 @@ class Shared(Generic[T]):
     `attach` from a URI. Only the owner's `close` frees the
     segment; views already taken stay valid until they are dropped.
 
+    Its repr says what it holds (kind, dtype and shape, or rows x columns of a
+    frame, or the length of a sequence), the data's size and the segment. A
+    handle made by `attach` learns the shape at its first `get`. Handles
+    compare equal (and hash alike) when they name the same segment with the
+    same permissions: the owner's handle, its unpickled copies in other
+    processes and `attach(ref.uri)` are all equal.
+
     Examples
     --------
     >>> import numpy as np, nocopy
@@ -99,6 +108,11 @@ class Shared(Generic[T]):
     ...     view = ref.get()          # zero-copy, read-only
     ...     int(view.sum())
     10
+    >>> ref = nocopy.share(np.zeros((1000, 1000)))
+    >>> ref                                               # doctest: +ELLIPSIS
+    <nocopy.Shared ndarray float64 (1000, 1000) 7.6 MiB at ...>
+    >>> nocopy.attach(ref.uri) == ref
+    True
     """
 
     def __init__(
@@ -114,6 +128,7 @@ class Shared(Generic[T]):
         trusted: bool = True,
         owner: OwnedSegment | None = None,
         head: bytes | None = None,
+        about: str = "",
     ) -> None:
         self._locator = locator
         self._token = token
@@ -130,6 +145,9 @@ class Shared(Generic[T]):
         # privately (the owner's own handle; any handle of a writable output,
         # whose pickle carries them): then the segment's header bytes are never read.
         self._head = head
+        # What the repr says of the data's shape (kinds.describe): from the
+        # object at share(), from the pickle, or from the first get().
+        self._about = about
         # The decode plan, decided once per handle (from _head or the first mapping).
         self._header: Header | None = None
         # The mapping this handle keeps (None until the first get()); dropped by close().
@@ -156,9 +174,9 @@ class Shared(Generic[T]):
         return self._kind
 
     @property
-    def backend(self) -> str:
+    def backend(self) -> Literal["memfd", "posix"]:
         """The store: ``"memfd"`` or ``"posix"``."""
-        return self._locator.store
+        return self._locator.store  # type: ignore[return-value]  # a Locator's store is one of them
 
     @property
     def name(self) -> str:
@@ -196,11 +214,23 @@ class Shared(Generic[T]):
         )
 
     def __repr__(self) -> str:
-        state = " closed" if self.closed else ""
-        return (
-            f"<nocopy.Shared {self._kind} {format_bytes(self._nbytes)} {self._locator.store} "
-            f"{self._locator.name}{state}>"
-        )
+        states = ["writable"] if self._writable else []
+        states += ["closed"] if self._closed else []
+        where = f"{self._locator.store}:{self._locator.name}"
+        return format_handle("nocopy.Shared", self._kind, self._about, self._nbytes, where, *states)
+
+    def _identity(self) -> tuple[str, str, bytes, bool, bool]:
+        """The segment (store, name, token) and what the handle may do with it."""
+        loc = self._locator
+        return (loc.store, loc.name, self._token, self._writable, self._pickled)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Shared):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
 
     # -- use ---------------------------------------------------------
     def get(self, *, private: bool = False, populate: bool = False) -> T:
@@ -239,6 +269,8 @@ class Shared(Generic[T]):
         if populate:
             _populate(base)
         result: T = self._decode(base, header, private=private)
+        if not self._about:
+            self._about = describe(result)
         return result
 
     def close(self) -> None:
@@ -286,7 +318,7 @@ class Shared(Generic[T]):
         return (
             _rebuild,
             (loc.store, loc.name, loc.pid, loc.fd, loc.sock, self._token, self._size,
-             self._nbytes, self._kind, self._writable, self._pickled, self._trusted, head),
+             self._nbytes, self._kind, self._writable, self._pickled, self._trusted, head, self._about),
         )
 
     # -- internals ---------------------------------------------------
@@ -318,7 +350,7 @@ class Shared(Generic[T]):
                 elif self._header is None and self._head is None:
                     self._header = attached.header  # decided once, by whoever mapped it first here
                 self._attached = attached
-                _mapped_handles.add(self)
+                _mapped_handles[id(self)] = self
             return attached.base, self._plan(attached.base)
 
     def _plan(self, base: np.ndarray) -> Header:
@@ -406,22 +438,18 @@ def _populate(base: np.ndarray) -> None:
 def _rebuild(
     store: str, name: str, pid: int, fd: int, sock: str, token: bytes, size: int,
     nbytes: int, kind: str, writable: bool, pickled: bool, trusted: bool = True,
-    head: bytes | None = None,
+    head: bytes | None = None, about: str = "",
 ) -> Shared[Any]:
     return Shared(
         Locator(store, name, pid, fd, sock), token=token, size=size, nbytes=nbytes,
-        kind=kind, writable=writable, pickled=pickled, trusted=trusted, head=head,
+        kind=kind, writable=writable, pickled=pickled, trusted=trusted, head=head, about=str(about)[:64],
     )
 
 
-def _kind_of(obj: Any) -> str:
-    return type(obj).__name__
-
-
-def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) -> Shared[Any]:
+def _new_segment(plan: Plan, *, kind: str, about: str, backend: str | None, writable: bool) -> Shared[Any]:
     store = get_store(backend or default_backend())
     fill_threads(plan.nbytes)  # a bad $NOCOPY_FILL_THREADS is an error for every share, before any allocation
-    seg = store.create(plan.size, what=f"a {kind} of {format_bytes(plan.nbytes)}")
+    seg = store.create(plan.size, what=f"{with_article(kind)} of {format_bytes(plan.nbytes)}")
     try:
         if seg.mapping is not None:
             plan.write_into(np.asarray(seg.mapping))
@@ -433,11 +461,11 @@ def _new_segment(plan: Plan, *, kind: str, backend: str | None, writable: bool) 
         raise
     return Shared(
         seg.locator, token=plan.token, size=plan.size, nbytes=plan.nbytes, kind=kind,
-        writable=writable, pickled=plan.pickled, trusted=True, owner=seg, head=plan.head,
+        writable=writable, pickled=plan.pickled, trusted=True, owner=seg, head=plan.head, about=about,
     )
 
 
-def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> Shared[T]:
+def share(obj: T, *, backend: Literal["memfd", "posix"] | None = None, allow_pickle: bool = False) -> Shared[T]:
     """Copy *obj* into shared memory once and return a handle to it.
 
     *obj* may be a NumPy array (any fixed-width dtype, record arrays
@@ -459,11 +487,13 @@ def share(obj: T, *, backend: str | None = None, allow_pickle: bool = False) -> 
     """
     if isinstance(obj, Shared):
         return obj
-    return _new_segment(plan(obj, allow_pickle=allow_pickle), kind=_kind_of(obj), backend=backend, writable=False)
+    return _new_segment(
+        plan(obj, allow_pickle=allow_pickle), kind=kind_name(obj), about=describe(obj), backend=backend, writable=False
+    )
 
 
 def empty(
-    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: str | None = None
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Literal["memfd", "posix"] | None = None
 ) -> Shared[np.ndarray]:
     """A writable shared array for outputs: workers fill disjoint slices, the owner sees them.
 
@@ -480,7 +510,7 @@ def empty(
 
 
 def zeros(
-    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: str | None = None
+    shape: int | tuple[int, ...], dtype: Any = float, *, order: str = "C", backend: Literal["memfd", "posix"] | None = None
 ) -> Shared[np.ndarray]:
     """Like `empty`, guaranteed zero-filled (fresh shared pages are zero).
 
@@ -502,7 +532,9 @@ def _writable_array(shape: Any, dtype: Any, *, order: str, backend: str | None) 
     if any(s < 0 for s in shape_t):
         raise ValueError(f"negative dimensions are not allowed: {shape_t}")
     # The codec checks the dtype and order and plans the node (nobody else builds nodes).
-    return _new_segment(plan_output(shape_t, dtype, order=order), kind="ndarray", backend=backend, writable=True)
+    planned = plan_output(shape_t, dtype, order=order)
+    about = describe_array(np.dtype(dtype), shape_t)
+    return _new_segment(planned, kind="ndarray", about=about, backend=backend, writable=True)
 
 
 def _from_uri(uri: str, *, trusted: bool) -> Shared[Any]:
@@ -517,7 +549,9 @@ def attach(uri: str, *, trusted: bool = False) -> Shared[Any]:
     """Open a segment by its URI, from any process of the same user.
 
     The segment is opened and its header checked at once, so a closed or
-    foreign segment fails here (SegmentNotFoundError, SegmentAccessError).
+    foreign segment fails here (SegmentNotFoundError, SegmentAccessError);
+    a string that is not a URI (mistyped, cut short) is InvalidURIError,
+    a ``ValueError`` naming what is wrong with it.
     Data stored pickled is only unpickled when both the URI says it was made
     by ``share(..., allow_pickle=True)`` and the caller passes
     ``trusted=True`` (unpickling runs code: trust whoever gave you the URI).
@@ -543,7 +577,10 @@ def owner_fd(handle: Shared[Any]) -> int:
     """The descriptor of a segment this process owns (to pass to another process by SCM_RIGHTS)."""
     owner = handle._owner  # noqa: SLF001 - same module
     if owner is None or not owner.held():
-        raise SegmentNotFoundError(f"{handle!r} is not an open segment owned by this process")
+        raise SegmentNotFoundError(
+            f"{handle!r} is not an open segment owned by this process. "
+            "Fix: keep the Shared open until the result is handed over."
+        )
     return owner.fd
 
 

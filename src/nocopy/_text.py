@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-__all__ = ["format_age", "format_bytes", "render_table"]
+__all__ = ["format_age", "format_bytes", "format_handle", "render_table", "with_article"]
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -35,6 +35,41 @@ def format_bytes(n: float | None) -> str:
             break
         x /= 1024
     return f"{x:.0f} {unit}" if x == int(x) else f"{x:.1f} {unit}"
+
+
+def format_handle(cls: str, kind: str, about: str, nbytes: int, where: str, *states: str) -> str:
+    """The repr of every nocopy handle (`nocopy.Shared`, ``nocopy.ray.Ref``): one short line.
+
+    *kind* is the type name, *about* its shape and dtype (``_kinds.describe``,
+    empty when not known yet), *where* the segment or object it names,
+    *states* words such as ``closed``.
+
+    Examples
+    --------
+    >>> format_handle("nocopy.Shared", "ndarray", "float64 (1000, 1000)", 8_000_000, "memfd:nocopy-1")
+    '<nocopy.Shared ndarray float64 (1000, 1000) 7.6 MiB at memfd:nocopy-1>'
+    """
+    words = [cls, kind, about, format_bytes(nbytes), f"at {where}", *states]
+    return "<" + " ".join(w for w in words if w) + ">"
+
+
+# Words spelt with a vowel but said with a consonant ("a uint8"), and the
+# reverse ("an ndarray": en-dee-array).
+_SAID_WITH_CONSONANT = ("uint", "uni", "use", "one")
+_SAID_WITH_VOWEL = ("nd",)
+
+
+def with_article(word: str) -> str:
+    """*word* after "a" or "an" as it is said: ``an ndarray``, ``a DataFrame``, ``an Index``.
+
+    Examples
+    --------
+    >>> with_article("ndarray"), with_article("DataFrame"), with_article("int"), with_article("uint8")
+    ('an ndarray', 'a DataFrame', 'an int', 'a uint8')
+    """
+    low = word.lower()
+    vowel = low[:1] in tuple("aeiou") and not low.startswith(_SAID_WITH_CONSONANT)
+    return f"{'an' if vowel or low.startswith(_SAID_WITH_VOWEL) else 'a'} {word}"
 
 
 def format_age(seconds: float) -> str:

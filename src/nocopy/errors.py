@@ -13,7 +13,7 @@ Examples
 ...     nocopy.attach("nocopy://posix/nocopy-1-1-00?token=00&size=1")
 ... except nocopy.errors.NocopyError as exc:
 ...     print(type(exc).__name__)
-SegmentCorruptError
+InvalidURIError
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from typing import Any
 
 __all__ = [
     "InsufficientMemoryError",
+    "InvalidURIError",
     "NocopyError",
+    "NocopyWarning",
+    "NotSharedWarning",
     "SegmentAccessError",
     "SegmentClosedError",
     "SegmentCorruptError",
@@ -128,12 +131,33 @@ class SegmentClosedError(SegmentNotFoundError, ValueError):
 
 
 class SegmentCorruptError(NocopyError, ValueError):
-    """The segment's header or a handle/URI is malformed, truncated or hostile.
+    """The segment's header or a handle is malformed, truncated or hostile.
 
     Examples
     --------
-    >>> nocopy.attach("nocopy://../../etc/passwd")  # doctest: +SKIP
-    SegmentCorruptError: malformed nocopy URI ...
+    After another process overwrote the start of a posix segment:
+
+    >>> ref.get()  # doctest: +SKIP
+    SegmentCorruptError: segment nocopy-... has a corrupt header: bad magic ...
+    """
+
+
+class InvalidURIError(NocopyError, ValueError):
+    """A string given as a ``nocopy://`` URI is not one: mistyped, cut short or forged.
+
+    Raised by `nocopy.attach` before anything is opened. The message names
+    what is wrong (the scheme, the store, a missing or misspelt field, a
+    field's value) and quotes the start of the string.
+
+    Examples
+    --------
+    >>> try:
+    ...     nocopy.attach("nocopy://shm/nocopy-1-1-00?pid=1")
+    ... except ValueError as exc:
+    ...     print(type(exc).__name__)
+    ...     print(str(exc).split("': ")[1].split(". Fix")[0])
+    InvalidURIError
+    the store 'shm' is neither memfd nor posix
     """
 
 
@@ -223,3 +247,36 @@ class TaskUnpicklingError(NocopyError, UnpicklingError):
         super().__init__(message)
         self.task = task
         self.raised = raised
+
+
+class NocopyWarning(UserWarning):
+    """Root of every warning nocopy issues (filter them all with this class).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> ignored = nocopy.errors.NocopyWarning
+    >>> warnings.filterwarnings("ignore", category=ignored)  # doctest: +SKIP
+    """
+
+
+class NotSharedWarning(NocopyWarning, RuntimeWarning):
+    """A big argument of a pool task (or a part of it) is pickled for every task instead of shared.
+
+    Issued once per pool and per cause: a DataFrame column nocopy cannot
+    share (the message names it; the frame's other columns are still shared),
+    data share() refuses, or no room left in shared memory. The message names
+    the fix: ``nocopy.explain(obj)`` shows what cannot be shared and why;
+    ``nocopy.share(obj, allow_pickle=True)`` passed as the argument pickles
+    that part once (the task calls ``.get()``); or drop or convert the column.
+    Under ``-W error`` the ``submit()`` or ``map()`` that met it raises it.
+
+    Examples
+    --------
+    >>> n = 10**6
+    >>> df = pd.DataFrame({"x": np.ones(n), "meta": [{}] * n})  # doctest: +SKIP
+    >>> with nocopy.ProcessPoolExecutor(2) as ex:  # doctest: +SKIP
+    ...     ex.submit(len, df).result()
+    NotSharedWarning: nocopy.ProcessPoolExecutor: a DataFrame argument has
+    1 column(s) nocopy cannot share (column 'meta' of dtype object ...
+    """

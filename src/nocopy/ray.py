@@ -40,7 +40,7 @@ import pickle
 import re
 import threading
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
@@ -58,9 +58,10 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from ._codec import MAGIC, decode_buffer, decode_parts, plan
-from ._kinds import kind_name, take_rows
-from ._map import MapBackend
+from ._kinds import describe, is_items, kind_name, take_rows
+from ._map import MapBackend, chunk_label
 from ._shared import Shared
+from ._text import format_handle
 from .errors import SegmentCorruptError, WorkerCrashedError
 
 __all__ = ["RayMapBackend", "Ref", "connect_or_start", "get", "put"]
@@ -71,8 +72,20 @@ logger = logging.getLogger("nocopy.ray")
 _init_lock = threading.Lock()
 
 
+# What to do with a Ref that reached ray.get: Ray's own errors quote the Ref's type (one Ref)
+# or the Ref itself (a list), so both carry it. Ray cannot decode a nocopy layout itself.
+_RAY_GET_FIX = "a nocopy.ray.Ref: read it with nocopy.ray.get(ref), which also takes a list; ray.get cannot decode it"
+
+
+class _RefType(type):
+    """Ref's class: its repr names the fix, which ``ray.get(ref)``'s ValueError quotes."""
+
+    def __repr__(cls) -> str:
+        return f"<class '{cls.__module__}.{cls.__qualname__}'> ({_RAY_GET_FIX})"
+
+
 @dataclass(frozen=True)
-class Ref(Generic[T]):
+class Ref(Generic[T], metaclass=_RefType):
     """A nocopy layout in Ray's object store: pass it to tasks, read it with `get`.
 
     Small to pickle (it carries the ``ObjectRef``, never the data). The data
@@ -82,11 +95,18 @@ class Ref(Generic[T]):
     Attributes: ``object_ref`` (the ``ray.ObjectRef`` of the uint8 buffer),
     ``kind`` (type name of the object), ``nbytes`` (data bytes), ``size``
     (bytes in the store, header included), ``pickled`` (whether parts were
-    stored pickled because of ``allow_pickle=True``).
+    stored pickled because of ``allow_pickle=True``), ``about`` (its dtype
+    and shape, rows x columns or length, as the repr shows them).
+
+    Refs compare equal (and hash alike) when they hold the same object
+    (``object_ref``) with the same ``pickled`` permission, as
+    `nocopy.Shared` handles do for a segment.
 
     Examples
     --------
     >>> ref = nocopy.ray.put(np.zeros(1000))   # doctest: +SKIP
+    >>> ref                                    # doctest: +SKIP
+    <nocopy.ray.Ref ndarray float64 (1000,) 7.8 KiB at ray:00ffff...>
     >>> ref.kind, ref.nbytes                   # doctest: +SKIP
     ('ndarray', 8000)
     >>> float(ref.get().sum())                 # doctest: +SKIP
@@ -94,10 +114,12 @@ class Ref(Generic[T]):
     """
 
     object_ref: ray.ObjectRef[Any]
-    kind: str
-    nbytes: int
-    size: int
+    # What the object is follows from object_ref: only it (and the permission) decides equality.
+    kind: str = field(compare=False)
+    nbytes: int = field(compare=False)
+    size: int = field(compare=False)
     pickled: bool = False
+    about: str = field(default="", compare=False)
 
     def get(self, *, timeout: float | None = None) -> T:
         """Same as ``nocopy.ray.get(self)``.
@@ -110,10 +132,11 @@ class Ref(Generic[T]):
         return get(self, timeout=timeout)
 
     def __repr__(self) -> str:
-        return (
-            f"<nocopy.ray.Ref {self.kind} {self.nbytes} bytes "
-            f"object {self.object_ref.hex()}>"
-        )
+        return format_handle("nocopy.ray.Ref", self.kind, self.about, self.nbytes, f"ray:{self.object_ref.hex()}")
+
+    def __str__(self) -> str:
+        # ray.get([ref]) raises a TypeError quoting str(ref): it then says what to do.
+        return f"{self!r} ({_RAY_GET_FIX})"
 
 
 def connect_or_start(num_cpus: int | None = None, **init_kwargs: Any) -> str:
@@ -189,7 +212,7 @@ def put(obj: T, *, allow_pickle: bool = False) -> Ref[T]:
     # buffer straight from its source (the caller's columns) into the store.
     object_ref = ray.put(_Layout(head, parts))
     del parts
-    return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled)
+    return Ref(object_ref, kind_name(obj), p.nbytes, p.size, p.pickled, describe(obj))
 
 
 # Ray aligns an out-of-band buffer of more than 2 KiB to 64 bytes in its
@@ -266,15 +289,20 @@ def _aligned_read_only(part: np.ndarray) -> np.ndarray:
 @overload
 def get(ref: Ref[T], *, timeout: float | None = None) -> T: ...
 @overload
-def get(ref: ray.ObjectRef[Any] | np.ndarray, *, timeout: float | None = None) -> Any: ...
+def get(ref: list[Ref[T]], *, timeout: float | None = None) -> list[T]: ...
+@overload
+def get(ref: ray.ObjectRef[Any] | np.ndarray | list[Any], *, timeout: float | None = None) -> Any: ...
 def get(ref: Any, *, timeout: float | None = None) -> Any:
     """Rebuild the object put by `put`, every array a read-only view into the object store.
 
     *ref* is a `Ref`, its ``object_ref``, or what a task receives
     when an ``ObjectRef`` is passed as a top-level argument and Ray resolves
-    it (the object's buffers, not yet decoded). Writes to the result raise numpy's
+    it (the object's buffers, not yet decoded) -- or a list of them, as
+    ``ray.get`` takes: the objects are fetched together (*timeout* is for
+    all of them) and a list comes back. Writes to the result raise numpy's
     "assignment destination is read-only". The views keep the object
-    pinned in this node's store until they are dropped.
+    pinned in this node's store until they are dropped. (Plain ``ray.get``
+    cannot decode a `Ref`; its error says to call this.)
 
     Examples
     --------
@@ -284,20 +312,39 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
     ...     return nocopy.ray.get(ref)["t"][0]
     >>> ray.get(first.remote(nocopy.ray.put(recs)))   # doctest: +SKIP
     np.datetime64('1970-01-01T00:00:00')
+    >>> refs = [nocopy.ray.put(recs), nocopy.ray.put(recs)]   # doctest: +SKIP
+    >>> a, b = nocopy.ray.get(refs)                           # doctest: +SKIP
     """
+    if isinstance(ref, list):
+        refs = [r.object_ref if isinstance(r, Ref) else r for r in ref]
+        for r in refs:
+            _check_gettable(r)
+        # One ray.get for every ObjectRef: Ray fetches them together, within one timeout.
+        fetch = [r for r in refs if isinstance(r, ray.ObjectRef)]
+        fetched = iter(ray.get(fetch, timeout=timeout) if fetch else [])
+        return [
+            _decode(next(fetched), f"ray object {r.hex()}") if isinstance(r, ray.ObjectRef)
+            else _decode(r, "ray object buffer")
+            for r in refs
+        ]
     if isinstance(ref, Ref):
         ref = ref.object_ref
+    _check_gettable(ref)
     if isinstance(ref, ray.ObjectRef):
-        name = f"ray object {ref.hex()}"
-        mem = ray.get(ref, timeout=timeout)
-    elif isinstance(ref, _Layout | np.ndarray):
-        name = "ray object buffer"
-        mem = ref
-    else:
+        return _decode(ray.get(ref, timeout=timeout), f"ray object {ref.hex()}")
+    return _decode(ref, "ray object buffer")
+
+
+def _check_gettable(ref: Any) -> None:
+    if not isinstance(ref, ray.ObjectRef | _Layout | np.ndarray):
         raise TypeError(
-            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into, "
-            f"not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
+            f"nocopy.ray.get() takes a nocopy.ray.Ref, a ray.ObjectRef or what Ray resolved it into "
+            f"(or a list of them), not {type(ref).__qualname__}. Fix: pass what nocopy.ray.put() returned."
         )
+
+
+def _decode(mem: Any, name: str) -> Any:
+    """The object a nocopy layout (fetched from the store, or resolved by Ray) holds."""
     # trusted, pickles allowed: whatever is in Ray's (immutable) store is already
     # unpickled by ray.get itself, so refusing nocopy's own pickled nodes here
     # would protect nothing. (The header's flag must still say so.)
@@ -323,8 +370,9 @@ def get(ref: Any, *, timeout: float | None = None) -> Any:
 
 # -- parallel_map(..., backend="ray") -----------------------------------------
 @ray.remote(max_retries=0)
-def _run_chunk(fn: Any, source: Ref[Any], start: int, stop: int) -> Any:
-    return fn(take_rows(get(source), start, stop))
+def _run_chunk(fn: Any, source: Any, start: int, stop: int) -> Any:
+    # Plain items (a list, tuple or range) come as the chunk itself, not through the store.
+    return fn(take_rows(source if is_items(source) else get(source), start, stop))
 
 
 class RayMapBackend(MapBackend):
@@ -373,7 +421,7 @@ class RayMapBackend(MapBackend):
         with self._lock:
             self._pending.append(object_ref)
         out: Future[Any] = Future()
-        task = f"chunk {index} (rows {start}:{stop})"
+        task = chunk_label(index, source, start, stop)
 
         def settle(done: Future[Any]) -> None:
             if out.cancelled():

@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     seed.add_argument(
         "--startup-repeat", type=_non_negative, default=None,
-        help="rounds of the pool start-up table (default 2; --quick: 1): the standard library's and "
+        help="rounds of the pool start-up table (default 2; --quick: 0, to stay under a minute): the standard library's and "
         "nocopy's executors under each start method, N workers and one numpy task each, each run in a "
         "fresh interpreter; 0: not measured",
     )
@@ -242,7 +242,7 @@ def seed_config(args: argparse.Namespace) -> Any:
         rows=rows, workers=args.workers, start_method=args.start_method, methods=methods,
         repeat=repeat, memory_repeat=args.memory_repeat, interval=args.interval / 1e3,
         cold_repeat=cold, warm_up=args.warm_up,
-        startup_repeat=args.startup_repeat if args.startup_repeat is not None else (1 if quick else 2),
+        startup_repeat=args.startup_repeat if args.startup_repeat is not None else (0 if quick else 2),
     )
 
 

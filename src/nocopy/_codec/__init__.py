@@ -48,6 +48,7 @@ __all__ = [
     "plan",
     "plan_output",
     "read_header",
+    "unsupported_columns",
     "write_at",
 ]
 
@@ -123,7 +124,10 @@ def decode_buffer(mem: np.ndarray, *, trusted: bool, allow_pickle: bool = False,
     if mem.dtype != np.uint8 or mem.ndim != 1:
         raise ValueError("decode_buffer needs a 1-d uint8 array")
     if mem.nbytes < PREFIX.size:
-        raise SegmentCorruptError(f"{name}: {mem.nbytes} bytes is too small for a nocopy layout")
+        raise SegmentCorruptError(
+            f"{name}: {mem.nbytes} bytes is too small for a nocopy layout. "
+            "Fix: pass the whole buffer the layout was written into."
+        )
     # The buffer carries its own token: here it checks consistency, not access.
     token, size = PREFIX.unpack_from(mem.data, 0)[4:6]
     header = parse_header(mem.data, name=name, token=token, size=min(size, mem.nbytes))
@@ -140,7 +144,9 @@ def decode_parts(
     pickle out-of-band buffers). Every returned array is a view of a part.
     """
     if len(head) < PREFIX.size:
-        raise SegmentCorruptError(f"{name}: {len(head)} bytes is too small for a nocopy header")
+        raise SegmentCorruptError(
+            f"{name}: {len(head)} bytes is too small for a nocopy header. Fix: put the data again."
+        )
     token, size = PREFIX.unpack_from(head, 0)[4:6]
     header = parse_header(memoryview(head), name=name, token=token, size=size, detached=True)
     if len(parts) != len(header.buffers):
@@ -164,3 +170,18 @@ def explain_notes(obj: Any, *, allow_pickle: bool = False) -> list[Note]:
     enc = Encoder(explain=True, allow_pickle=allow_pickle)
     enc.encode(obj)
     return enc.notes
+
+
+def unsupported_columns(frame: Any) -> dict[int, str]:
+    """Position -> why, for the columns of a DataFrame that share() refuses (nothing is copied or pickled).
+
+    Each column is explained alone, as a one-column frame (a view): an unsupported index or column
+    name makes every column count.
+    """
+    out: dict[int, str] = {}
+    for i in range(frame.shape[1]):
+        notes = explain_notes(frame.iloc[:, i : i + 1])
+        refused = [note.detail for note in notes if note.status == "unsupported"]
+        if refused:
+            out[i] = refused[0]
+    return out

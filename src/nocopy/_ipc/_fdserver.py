@@ -68,7 +68,10 @@ def request_fd(address: str, name: str, token: str) -> int:
     """Ask the owner's fd server for the memfd *name*; returns a new fd."""
     line = f"{name} {token}".encode("ascii", "replace")
     if _REQUEST.match(line) is None:
-        raise SegmentNotFoundError(f"segment {name!r}: not a segment name and token nocopy makes")
+        raise SegmentNotFoundError(
+            f"segment {name!r}: not a segment name and token nocopy makes. "
+            "Fix: use the uri of a live Shared, as it was given."
+        )
     try:
         msg, fds = _unixserver.request(address, line, None, _TIMEOUT)
     except _unixserver.ForeignListenerError as exc:
@@ -84,7 +87,11 @@ def request_fd(address: str, name: str, token: str) -> int:
             "owner's Shared open while other processes attach."
         ) from None
     except TimeoutError:
-        raise SegmentNotFoundError(f"segment {name}: its owner did not answer within {_TIMEOUT:g} s") from None
+        raise SegmentNotFoundError(
+            f"segment {name}: its owner did not answer within {_TIMEOUT:g} s (it is stopped, "
+            "or too busy to serve). Fix: keep the owner running and its Shared open while "
+            "other processes attach."
+        ) from None
     except OSError as exc:
         raise SegmentNotFoundError(
             f"segment {name}: its owner cannot be reached ({exc.strerror or exc}); the owner "
@@ -107,4 +114,7 @@ def request_fd(address: str, name: str, token: str) -> int:
             f"segment {name} is closed or its token does not match. Fix: keep the owner's "
             "Shared open while other processes attach, and use its current uri."
         )
-    raise SegmentNotFoundError(f"segment {name}: owner's fd server gave no descriptor ({msg!r})")
+    raise SegmentNotFoundError(
+        f"segment {name}: owner's fd server gave no descriptor ({msg!r:.40}). "
+        "Fix: use the same nocopy version in the owner and here."
+    )

@@ -12,10 +12,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .. import _kinds
+from .._codec import unsupported_columns
 from .._shared import Shared, share
-from ..errors import UnsupportedTypeError
+from .._text import with_article
+from ..errors import NotSharedWarning, UnsupportedTypeError
 
-__all__ = ["ShareCache"]
+__all__ = ["PartShared", "ShareCache"]
 
 
 # Frames a warning about an argument skips: nocopy's own and the stdlib executor's
@@ -36,6 +39,23 @@ def _callers_level() -> int:
     return level
 
 
+class PartShared:
+    """A DataFrame shared but for some columns: those travel pickled with each task (``_walk``)."""
+
+    __slots__ = ("converted", "positions", "shared")
+
+    def __init__(self, shared: Shared[Any], positions: tuple[int, ...], converted: _kinds.Converted) -> None:
+        self.shared = shared
+        self.positions = positions
+        self.converted = converted
+
+    def close(self) -> None:
+        self.shared.close()
+
+
+Entry = Shared[Any] | PartShared | None
+
+
 def _fingerprint(value: Any) -> int | None:
     """What tells a list changed in place since it was shared (None for anything else).
 
@@ -50,17 +70,20 @@ def _fingerprint(value: Any) -> int | None:
 class ShareCache:
     """Per-executor: data object (by identity, while it lives) -> its Shared, or None if unshareable."""
 
-    def __init__(self) -> None:
-        self._entries: dict[int, tuple[Any, Shared[Any] | None, int | None]] = {}
+    def __init__(self, owner: str = "nocopy.ProcessPoolExecutor") -> None:
+        self._entries: dict[int, tuple[Any, Entry, int | None]] = {}
         # Reentrant: a garbage collection during share() may run _forget here.
         self._lock = threading.RLock()
         self._warned = False
+        # Who warns (the executor or nocopy.Pool), and about what already: once per cause.
+        self.owner = owner
+        self._warned_about: set[tuple[str, ...]] = set()
         # Called (without the lock) before every big argument is looked up, so
         # before any is copied: the executor starts its workers then, so that
         # they boot while the copy runs. It must be cheap once they all run.
         self.before_share: Callable[[], object] | None = None
 
-    def cached(self, value: Any) -> tuple[bool, Shared[Any] | None]:
+    def cached(self, value: Any) -> tuple[bool, Entry]:
         """(known?, its Shared or None): a repeat argument skips even measuring its size."""
         with self._lock:
             entry = self._entries.get(id(value))
@@ -71,7 +94,7 @@ class ShareCache:
                 return True, shared
         return False, None
 
-    def lookup(self, value: Any) -> Shared[Any] | None:
+    def lookup(self, value: Any) -> Entry:
         """The Shared of *value*, sharing it on first sight (None: it travels pickled)."""
         key = id(value)
         if self.before_share is not None:
@@ -88,21 +111,64 @@ class ShareCache:
             self._entries[key] = (ref, shared, _fingerprint(value))
             return shared
 
-    def _share(self, value: Any) -> Shared[Any] | None:
+    def _share(self, value: Any) -> Entry:
         try:
             return share(value)
-        except (UnsupportedTypeError, ImportError):
+        except ImportError:
             return None  # not zero-copy shareable: it travels pickled, as with the stdlib
+        except UnsupportedTypeError as exc:
+            return self._share_part(value, exc)
         except MemoryError as exc:
             if not self._warned:
                 self._warned = True
                 warnings.warn(
-                    f"nocopy.ProcessPoolExecutor: no room to share a {type(value).__name__} "
+                    f"{self.owner}: no room to share {with_article(type(value).__name__)} "
                     f"argument, it is pickled instead ({exc})",
-                    RuntimeWarning,
+                    NotSharedWarning,
                     stacklevel=_callers_level(),
                 )
             return None
+
+    def _share_part(self, value: Any, exc: UnsupportedTypeError) -> Entry:
+        """A big argument share() refuses: say so once, and share what can be (a DataFrame's other columns).
+
+        Silently pickling it for every task would make the pool as slow as the
+        stdlib's without a word. The warning comes before anything is shared:
+        under ``-W error`` the submit raises it and nothing is left behind.
+        """
+        kind = type(value).__name__
+        refused = unsupported_columns(value) if _kinds.is_dataframe(value) else {}
+        positions = tuple(refused)
+        if positions and len(positions) < value.shape[1]:
+            key = (kind, *(repr(value.columns[i]) for i in positions))
+            message = (
+                f"{self.owner}: {with_article(kind)} argument has {len(positions)} column(s) nocopy cannot share "
+                f"({'; '.join(refused.values())}): {'they are' if len(positions) > 1 else 'it is'} pickled "
+                f"for every task, the other {value.shape[1] - len(positions)} columns are shared. Fix: "
+            )
+        else:
+            why = str(exc).partition(" Fix:")[0]
+            key = (kind, why)
+            message = f"{self.owner}: {with_article(kind)} argument cannot be shared ({why}); it is pickled for every task. Fix: "
+        if key not in self._warned_about:
+            warnings.warn(
+                message + "nocopy.explain(obj) shows what cannot be shared and why; drop or convert "
+                "what it names, or share it yourself with nocopy.share(obj, allow_pickle=True) and "
+                "pass the handle (the task calls .get(), which unpickles that part).",
+                NotSharedWarning,
+                stacklevel=_callers_level(),
+            )
+            self._warned_about.add(key)  # only once it was issued (not raised: -W error)
+        if not positions or len(positions) == value.shape[1]:
+            return None
+        split = _kinds.split_columns(value, positions)
+        assert split is not None  # a pandas DataFrame, checked above
+        rest = split[0]
+        try:
+            shared = share(rest)
+        except (UnsupportedTypeError, ImportError, MemoryError):
+            return None  # e.g. an index share() refuses: the whole frame travels pickled
+        return PartShared(shared, positions, _kinds.converted_columns(rest))
 
     def _forget(self, key: int, ref: Any) -> None:
         # The object died: drop the cache's hold. Tasks still in flight keep

@@ -30,6 +30,8 @@ import types
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+from .._text import with_article
+
 __all__ = ["TaskPickler", "dumps", "interactive_main"]
 
 
@@ -107,7 +109,7 @@ def _cannot_send(obj: Any, exc: BaseException) -> str:
         try:
             cloudpickle.dumps(value)
         except Exception:
-            culprit = f" It captures {label}, a {type(value).__qualname__}, which cannot be pickled."
+            culprit = f" It captures {label}, {with_article(type(value).__qualname__)}, which cannot be pickled."
             break
     return (
         f"cannot send the function {what} to a worker process: pickling it by value failed "

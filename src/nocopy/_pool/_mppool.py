@@ -282,6 +282,7 @@ class Pool(_StdPool):
             raise TypeError("initializer must be a callable")
         # Before the stdlib's __init__: its _setup_queues (ours) wraps the queues with it.
         self._nocopy = _PoolState(share_threshold)
+        self._nocopy.resources.cache.owner = "nocopy.Pool"  # names it in its warnings
         # The stdlib makes every worker (and every replacement) with self.Process.
         env = worker_thread_env(processes or os.cpu_count() or 1, inner_max_num_threads)  # the stdlib's default count
         self.Process = functools.partial(self._nocopy.new_worker, env=env)  # type: ignore[method-assign]

@@ -172,7 +172,8 @@ def hand_over(address: str, tag: str, key: str, fd: int) -> bool:
     except _unixserver.ForeignListenerError as exc:
         raise SegmentNotFoundError(
             f"refused to hand a result back: the parent's socket is held by {exc.holder}, not by "
-            "the parent. The parent has exited; nothing was sent."
+            "the parent. The parent has exited; nothing was sent. Fix: keep the executor open "
+            "until its futures are done."
         ) from None
     except TimeoutError:
         raise SegmentNotFoundError(
@@ -191,7 +192,10 @@ def hand_over(address: str, tag: str, key: str, fd: int) -> bool:
     if ack == BY_VALUE:
         return False
     if ack != b"K":
-        raise SegmentNotFoundError(f"the parent refused a result segment ({ack!r})")
+        raise SegmentNotFoundError(
+            f"the parent refused a result segment ({ack!r:.40}). "
+            "Fix: use the same nocopy version in the workers and the parent."
+        )
     return True
 
 
@@ -207,7 +211,8 @@ def claim_result(
     if fd is None:
         raise SegmentNotFoundError(
             f"the {kind} result segment {name} was not handed over to this process "
-            "(was the executor shut down while the task ran?)"
+            "(was the executor shut down while the task ran?). Fix: keep the executor open "
+            "until its futures are done."
         )
     handle: Shared[Any] = adopt(fd, uri)
     try:

@@ -15,6 +15,7 @@ import pickle
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
+from .._text import with_article
 from ..errors import TaskUnpicklingError
 from . import _crash, _functions, _results, _walk, _worker
 from ._cache import ShareCache
@@ -121,7 +122,7 @@ class WorkerCall:
         except BaseException as exc:
             exc.add_note(
                 f"nocopy: while pickling the result of task #{self.task_id} ({self.name}), "
-                f"a {type(result).__qualname__}, to send it back to the caller"
+                f"{with_article(type(result).__qualname__)}, to send it back to the caller"
             )
             raise
 

@@ -26,9 +26,11 @@ from typing import Any
 from .. import _kinds
 from .._shared import Shared, share
 from ..errors import UnsupportedTypeError
-from ._cache import ShareCache
+from ._cache import PartShared, ShareCache
 
-__all__ = ["ATOMIC", "MAX_DEPTH", "POPULATE_MAX", "ArgumentSharer", "AutoArg", "ResultSharer", "unwrap", "walk"]
+__all__ = [
+    "ATOMIC", "MAX_DEPTH", "POPULATE_MAX", "ArgumentSharer", "AutoArg", "PartArg", "ResultSharer", "unwrap", "walk",
+]
 
 ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 # Callables, never data: the function of every task skips the cache and the size check.
@@ -124,6 +126,28 @@ class AutoArg:
         return (AutoArg, (self.shared, self.columns))
 
 
+class PartArg:
+    """Marks a DataFrame shared but for some columns: the worker joins the view and *taken* (pickled)."""
+
+    __slots__ = ("columns", "converted", "shared", "taken")
+
+    def __init__(
+        self, shared: Shared[Any], converted: _kinds.Converted, taken: tuple[tuple[int, Any], ...], columns: Any,
+    ) -> None:
+        self.shared = shared
+        self.converted = converted
+        self.taken = taken
+        self.columns = columns
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PartArg, (self.shared, self.converted, self.taken, self.columns))
+
+    def view(self, populate: bool) -> Any:
+        """The frame as the caller gave it: a private view of the shared columns, the others unpickled."""
+        rest = _kinds.restore_columns(self.shared.get(private=True, populate=populate), self.converted)
+        return _kinds.join_columns(rest, self.taken, self.columns)
+
+
 class ArgumentSharer:
     """Caller side: big data leaves -> `AutoArg` (through the executor's cache).
 
@@ -156,6 +180,10 @@ class ArgumentSharer:
         if shared is None:
             return value
         self.found = True
+        if type(shared) is PartShared:
+            taken = zip(shared.positions, _kinds.column_arrays(value, shared.positions), strict=True)
+            return PartArg(shared.shared, shared.converted, tuple(taken), value.columns)
+        assert type(shared) is Shared
         return AutoArg(shared, _kinds.converted_columns(value))
 
 
@@ -167,6 +195,8 @@ def unwrap(value: Any, keep_warm: Callable[[Shared[Any]], None]) -> Any:
         if t is AutoArg:
             populate = x.shared.nbytes <= POPULATE_MAX
             return _kinds.restore_columns(x.shared.get(private=True, populate=populate), x.columns)
+        if t is PartArg:
+            return x.view(x.shared.nbytes <= POPULATE_MAX)
         if t is Shared:
             keep_warm(x)
         return x

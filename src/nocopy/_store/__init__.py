@@ -56,6 +56,7 @@ _STORES: dict[str, Store] = {s.name: s for s in (MemfdStore(), PosixStore())}
 BACKENDS = tuple(_STORES)
 
 
+
 def default_backend() -> str:
     """The store used when share() is not told: $NOCOPY_BACKEND, else memfd where it works."""
     env = os.environ.get("NOCOPY_BACKEND", "").strip().lower()
@@ -140,5 +141,8 @@ def is_alive(loc: Locator) -> bool:
 def _locate(loc: Locator) -> Store:
     store = _STORES.get(loc.store)
     if store is None:
-        raise SegmentNotFoundError(f"unknown store {loc.store!r} for segment {loc.name}")
+        raise SegmentNotFoundError(
+            f"unknown store {loc.store!r} for segment {loc.name}. "
+            "Fix: use the same nocopy version in every process."
+        )
     return store

@@ -349,7 +349,8 @@ def _open(loc: Locator, flags: int, token: str) -> int:
     except PermissionError:
         if not loc.sock:
             raise SegmentAccessError(
-                f"cannot open {proc} (permission denied) and segment {loc.name} has no fd server"
+                f"cannot open {proc} (permission denied) and segment {loc.name} has no fd server. "
+                "Fix: attach from a process running as the owner's user, with the current uri."
             ) from None
         # SCM_RIGHTS passes the owner's read-write fd; _write_granted still decides writes.
         fd = _fdserver.request_fd(loc.sock, loc.name, token)

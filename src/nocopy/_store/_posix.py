@@ -359,7 +359,10 @@ def _reopen_locked(seg: OwnedSegment, path: str) -> None:
     a, b = os.fstat(old), os.fstat(new)
     if (a.st_ino, a.st_dev) != (b.st_ino, b.st_dev):  # pragma: no cover - replaced by this user
         seg.close_fd(new, same_file=False)
-        raise SegmentNotFoundError(f"segment {path} was replaced while it was being created")
+        raise SegmentNotFoundError(
+            f"segment {path} was replaced while it was being created (by another process of "
+            "this user). Fix: share the data again, and find what writes into the shm directory."
+        )
     _orphans.lock_owned(new)
     seg.close_fd(old)
 

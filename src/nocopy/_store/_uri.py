@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from ..errors import SegmentCorruptError
+from ..errors import InvalidURIError
 from ._names import NAME_RE
 from ._segment import Locator
 
@@ -46,50 +46,83 @@ def format_uri(d: Described) -> str:
 
 
 _URI_RE = re.compile(r"^nocopy://(memfd|posix)/([A-Za-z0-9-]{1,100})\?([A-Za-z0-9=&_.-]{0,600})$")
+# Each field's closed pattern, and what it must be (said to whoever mistyped it).
 _QUERY_RE = {
-    "pid": re.compile(r"^[0-9]{1,10}$"),
-    "fd": re.compile(r"^(-1|[0-9]{1,10})$"),
-    "sock": re.compile(r"^(nocopy-fds-[0-9]{1,10}-[0-9a-f]{32})?$"),
-    "token": re.compile(r"^[0-9a-f]{32}$"),
-    "size": re.compile(r"^[0-9]{1,19}$"),
-    "nbytes": re.compile(r"^[0-9]{1,19}$"),
-    "kind": re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"),
-    "w": re.compile(r"^[01]$"),
-    "p": re.compile(r"^[01]$"),
+    "pid": (re.compile(r"^[0-9]{1,10}$"), "the owner's process id (digits)"),
+    "fd": (re.compile(r"^(-1|[0-9]{1,10})$"), "a descriptor number (digits, or -1)"),
+    "sock": (re.compile(r"^(nocopy-fds-[0-9]{1,10}-[0-9a-f]{32})?$"), "empty or nocopy-fds-<pid>-<32 hex digits>"),
+    "token": (re.compile(r"^[0-9a-f]{32}$"), "32 lowercase hex digits"),
+    "size": (re.compile(r"^[0-9]{1,19}$"), "a byte count (digits)"),
+    "nbytes": (re.compile(r"^[0-9]{1,19}$"), "a byte count (digits)"),
+    "kind": (re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"), "a type name (a Python identifier, up to 64 characters)"),
+    "w": (re.compile(r"^[01]$"), "0 or 1"),
+    "p": (re.compile(r"^[01]$"), "0 or 1"),
 }
+_STORES = ("memfd", "posix")
+_SCHEME = "nocopy://"
 
 
-def _bad_uri(uri: object, why: str) -> SegmentCorruptError:
-    return SegmentCorruptError(
+def _bad_uri(uri: object, why: str) -> InvalidURIError:
+    return InvalidURIError(
         f"malformed nocopy URI {str(uri)[:120]!r}: {why}. Fix: pass the exact Shared.uri string "
         "of a live segment (nocopy://<memfd|posix>/<name>?pid=...&token=...)."
     )
 
 
+def _why_malformed(uri: str) -> str:
+    """What makes *uri* miss the URI's form, said as precisely as can be."""
+    if uri != uri.strip():
+        return "it has spaces or a line break around it"
+    if not uri.startswith(_SCHEME):
+        return f"it does not start with {_SCHEME}"
+    store, _, rest = uri[len(_SCHEME):].partition("/")
+    if store not in _STORES:
+        return f"the store {store[:20]!r} is neither {' nor '.join(_STORES)}"
+    name, question, _ = rest.partition("?")
+    if not NAME_RE.fullmatch(name):
+        return f"{name[:60]!r} is not a nocopy segment name (nocopy-<pid>-<start>-<32 hex digits>)"
+    if not question:
+        return "it has no query (?pid=...&token=...): it was cut short"
+    return "its query holds a character a nocopy URI never has, or is too long"
+
+
 def _query(uri: str, query: str) -> dict[str, str]:
+    fields = ", ".join(_QUERY_RE)
+    if query.count("&") >= len(_QUERY_RE):
+        raise _bad_uri(uri, f"it has {query.count('&') + 1} fields where a nocopy URI has exactly {fields}")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=len(_QUERY_RE))
     except ValueError as exc:
         raise _bad_uri(uri, f"bad query ({exc})") from None
     params = dict(pairs)
-    if len(params) != len(pairs) or set(params) != set(_QUERY_RE):
-        raise _bad_uri(uri, f"expected exactly the fields {', '.join(_QUERY_RE)}")
-    for key, rx in _QUERY_RE.items():
+    if len(params) != len(pairs):
+        twice = sorted({k for k, _ in pairs if [p for p, _ in pairs].count(k) > 1})
+        raise _bad_uri(uri, f"the field {', '.join(twice)} is given twice")
+    missing, unknown = [k for k in _QUERY_RE if k not in params], sorted(set(params) - set(_QUERY_RE))
+    if missing or unknown:
+        said = [f"missing {', '.join(missing)}"] if missing else []
+        said += [f"unknown {', '.join(repr(k[:20]) for k in unknown)}"] if unknown else []
+        raise _bad_uri(uri, f"{'; '.join(said)} (a nocopy URI has exactly the fields {fields})")
+    for key, (rx, what) in _QUERY_RE.items():
         if not rx.fullmatch(params[key]):
-            raise _bad_uri(uri, f"bad value for {key}")
+            raise _bad_uri(uri, f"{key}={params[key][:40]!r} is not {what}")
     return params
 
 
 def parse_uri(uri: str) -> Described:
-    """What *uri* describes; SegmentCorruptError naming the problem if it is malformed."""
+    """What *uri* describes; InvalidURIError naming the problem if it is malformed
+    (TypeError if it is not a string)."""
     if not isinstance(uri, str):
-        raise _bad_uri(uri, f"expected str, got {type(uri).__name__}")
+        raise TypeError(
+            f"a nocopy URI is a str, not {type(uri).__qualname__}. Fix: pass the Shared.uri string "
+            "(or pass the Shared itself, which pickles)."
+        )
     m = _URI_RE.fullmatch(uri)  # fullmatch: "$" alone accepts a trailing newline
     if m is None:
-        raise _bad_uri(uri, "it does not have the form nocopy://<store>/<name>?<query>")
+        raise _bad_uri(uri, _why_malformed(uri))
     store, name, query = m.groups()
     if not NAME_RE.fullmatch(name):
-        raise _bad_uri(uri, f"{name!r} is not a nocopy segment name")
+        raise _bad_uri(uri, f"{name!r} is not a nocopy segment name (nocopy-<pid>-<start>-<32 hex digits>)")
     params = _query(uri, query)
     if store == "memfd" and int(params["fd"]) < 0:
         raise _bad_uri(uri, "a memfd segment needs its owner's fd")
