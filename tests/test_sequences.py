@@ -338,3 +338,9 @@ def test_a_bitmap_of_the_wrong_size_is_refused_and_copy_is_itself() -> None:
         Decoder(mem, header, name="t", trusted=False, allow_pickle=False).decode(forged)
     got = decode_buffer(mem, trusted=False)["s"]
     assert copy.copy(got) is got and got[-1] is None
+
+
+def test_parallel_map_still_splits_a_list_of_str_into_items() -> None:
+    # A list of str is a sequence family now (shareable data), and still plain items to split.
+    assert _kinds.row_count(["a", "b", "c"]) == 3 and _kinds.take_rows(("a", "b", "c"), 1, 3) == ("b", "c")
+    assert nocopy.parallel_map(len, ["a"] * 10, chunks=2, workers=1, backend="threads") == [5, 5]
