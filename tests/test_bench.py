@@ -584,19 +584,20 @@ def test_joblib_small(tmp_path: Path) -> None:
     proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "joblib", "--rows", "100000", "--frame-rows", "20000",
-            "--workers", "2", "--repeat", "1", "--start-method", "fork", "--json-out", str(out),
+            "--sparse-rows", "20000", "--workers", "2", "--repeat", "1", "--start-method", "fork", "--json-out", str(out),
         ],
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["benchmark"] == "joblib" and result["failed"] == {}
-    assert list(result["datasets"]) == ["classic", "strings"]
+    assert list(result["datasets"]) == ["classic", "strings", "sparse"] and result["skipped"] == {}
     for d in result["datasets"].values():
         assert set(d["time_s"]) == set(d["added_bytes"]) == {"loky", "nocopy"}
         assert all(t > 0 for t in d["time_s"].values())
         assert d["time_ratio"] > 0 and d["memory_ratio"] > 0
     assert "classic: loky / nocopy time" in proc.stdout and "strings: loky / nocopy time" in proc.stdout
+    assert "sparse: loky / nocopy time" in proc.stdout
 
 
 @pytest.mark.slow  # ~15 s: three datasets, DataLoader workers started per epoch

@@ -43,7 +43,15 @@ objects = [
     np.arange(10).astype("m8[s]"),
     np.array([True, False]),
     {"a": np.arange(5), "b": [np.zeros(3, "c16"), (1, "x", None, 2.5, b"by")]},
+    ["ab", None, "\u00e9\U0001F600", ""],  # a SharedSequence of str
+    (b"x", None, b""),  # of bytes
 ]
+try:  # scipy.sparse, when scipy is here: its compiled routines trust the index arrays
+    import scipy.sparse as sp
+    m = sp.random(6, 5, density=0.4, format="csr", random_state=0)
+    objects += [m, sp.csc_array(m), sp.coo_matrix(m), sp.bsr_array(m.toarray()[:6, :4], blocksize=(2, 2))]
+except ImportError:
+    pass
 try:  # pandas and Arrow data, when their codecs and packages are here
     import pandas as pd, pyarrow as pa
     df = pd.DataFrame({
@@ -154,6 +162,10 @@ mutators = [json_mutation] * 5 + [prefix_mutation, byte_flips, byte_flips, trunc
 def touch(obj):
     # Reading every byte of every view: an out-of-bounds view would fault here.
     pickle.dumps(obj, protocol=5)
+    if hasattr(obj, "toarray"):  # a sparse matrix: scipy's compiled code reads through its indices
+        obj.toarray()
+        obj @ np.ones(obj.shape[-1])
+        obj.tocsr().T.tocsr().sum()
 
 raised = succeeded = attempts = 0
 failures = []

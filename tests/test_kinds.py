@@ -27,6 +27,9 @@ from nocopy.errors import UnsupportedTypeError
         (pa.chunked_array([[1], [2]]), "arrow"),
         ("text", None),
         ({"a": 1}, None),
+        (["a", None], "sequence"),
+        ((1, 2), "sequence"),  # a list or tuple of anything: its size says whether it is data
+        (pytest.importorskip("scipy.sparse").csr_matrix((2, 2)), "scipy"),
     ],
 )
 def test_family_of_names_the_family(obj: object, family: str | None) -> None:

@@ -333,3 +333,17 @@ def test_parts_rebuild_without_a_contiguous_layout_and_refuse_a_wrong_part() -> 
         decode_parts(head, [np.zeros(8, np.uint8), *arrays[1:]], trusted=False, name="parts")
     with pytest.raises(SegmentCorruptError, match="holds 1 buffers"):
         decode_parts(head, arrays[:1], trusted=False, name="parts")
+
+
+@pytest.mark.parametrize("spec", ["(,1)i4", "i4,(,1)f8"])
+def test_a_dtype_string_numpy_parses_as_python_is_a_corrupt_segment(spec: str) -> None:
+    # Found by the header fuzzer: NumPy hands the repeat of a comma string to
+    # ast.literal_eval, whose SyntaxError must not escape as if nocopy had a bug.
+    from nocopy._codec._registry import Decoder
+    from nocopy.errors import SegmentCorruptError
+    from strategies import planted
+
+    mem, header = planted(np.zeros(2, "i4"))
+    forged = dict(header.tree, dt=spec)
+    with pytest.raises(SegmentCorruptError, match="NumPy makes no dtype"):
+        Decoder(mem, header, name="t", trusted=False, allow_pickle=False).decode(forged)

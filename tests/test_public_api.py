@@ -18,6 +18,7 @@ EXPECTED = {
     "ProcessPoolExecutor",
     "Segment",
     "Shared",
+    "SharedSequence",
     "__version__",
     "attach",
     "cleanup",

@@ -10,6 +10,7 @@ Examples
 """
 
 from . import errors
+from ._codec import SharedSequence
 from ._explain import Explanation, explain
 from ._inventory import Segment, cleanup, segments
 from ._map import parallel_map, shutdown_parallel_map_workers
@@ -23,6 +24,7 @@ __all__ = [
     "ProcessPoolExecutor",
     "Segment",
     "Shared",
+    "SharedSequence",
     "__version__",
     "attach",
     "cleanup",

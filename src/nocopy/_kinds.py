@@ -282,9 +282,67 @@ class _ItemsFamily(Family):
         return obj[start:stop]
 
 
+class ScipyFamily(Family):
+    name = codec = "scipy"
+    module = "scipy"
+    # The sparse formats the codec shares (exact classes), by class name.
+    _SPARSE = frozenset(f"{fmt}_{kind}" for fmt in ("csr", "csc", "coo", "bsr") for kind in ("matrix", "array"))
+
+    @classmethod
+    def _is_sparse(cls, obj: Any) -> bool:
+        t = type(obj)
+        return t.__name__ in cls._SPARSE and t.__module__.startswith("scipy.sparse")
+
+    @classmethod
+    def nbytes(cls, obj: Any) -> int | None:
+        if not cls._is_sparse(obj):
+            return None
+        arrays = [obj.data, *obj.coords] if hasattr(obj, "coords") else [obj.data, obj.indices, obj.indptr]
+        return sum(int(a.nbytes) for a in arrays)
+
+    @classmethod
+    def rows(cls, obj: Any) -> int | None:
+        # Rows split without a copy only where they are the compressed axis: CSR.
+        return int(obj.shape[0]) if cls._is_sparse(obj) and obj.format == "csr" else None
+
+    @classmethod
+    def take_rows(cls, obj: Any, start: int, stop: int) -> Any:
+        indptr = obj.indptr
+        first, last = int(indptr[start]), int(indptr[stop])
+        # Views of the values and indices; only the rows' indptr is new (stop - start + 1 values).
+        # Assigned to an empty matrix: the constructor may copy index arrays to a narrower dtype.
+        out = type(obj)((stop - start, obj.shape[1]), dtype=obj.dtype)
+        out.data, out.indices = obj.data[first:last], obj.indices[first:last]
+        out.indptr = indptr[start : stop + 1] - indptr.dtype.type(first)
+        return out
+
+
+class SequenceFamily(_ItemsFamily):
+    """Lists and tuples, encoded by the python codec: those of str or bytes (with None) are
+    data the pools share (get() gives a nocopy.SharedSequence); their items are rows, as
+    for every plain sequence."""
+
+    name = "sequence"
+    codec = "python"
+    module = "builtins"
+
+    @classmethod
+    def nbytes(cls, obj: Any) -> int | None:
+        t = type(obj)
+        if (t is not list and t is not tuple) or not obj:
+            return None
+        kinds = set(map(type, obj))  # in C: a few ns per item
+        kinds.discard(type(None))
+        if len(kinds) != 1 or not kinds <= {str, bytes}:
+            return None
+        # Characters, not UTF-8 bytes (measuring those would encode every string): close
+        # enough to decide whether it is worth sharing.
+        return 8 * (len(obj) + 1) + sum(map(len, filter(None, obj)))
+
+
 #: Every family nocopy knows, by the top-level module of their types.
 FAMILIES: dict[str, type[Family]] = {
-    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily, TorchFamily)
+    f.module: f for f in (NumpyFamily, PandasFamily, ArrowFamily, PolarsFamily, TorchFamily, ScipyFamily)
 }
 
 
@@ -292,6 +350,8 @@ def family_of(obj: Any) -> type[Family] | None:
     """The family of *obj*'s type, or None for anything else (plain Python objects...)."""
     if isinstance(obj, np.ndarray):
         return NumpyFamily
+    if type(obj) is list or type(obj) is tuple:
+        return SequenceFamily
     top = (type(obj).__module__ or "").partition(".")[0]
     return FAMILIES.get(top)
 

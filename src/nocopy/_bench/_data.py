@@ -92,6 +92,25 @@ def expected_sum(arr: np.ndarray) -> float:
 MIXED_NUMERIC = 10  # numeric columns of mixed_frame()
 
 
+SPARSE_COLUMNS = 1000  # columns of sparse_features()
+SPARSE_DENSITY = 0.01
+
+
+def sparse_features(rows: int) -> Any:
+    """A CSR matrix of *rows* x 1,000 float64 features, 1 % stored (text features, one-hot
+    encodings); ~120 MB at 1M rows. Needs scipy.
+
+    Examples
+    --------
+    >>> x = sparse_features(100)
+    >>> x.format, x.shape, x.nnz
+    ('csr', (100, 1000), 1000)
+    """
+    import scipy.sparse as sp
+
+    return sp.random(rows, SPARSE_COLUMNS, density=SPARSE_DENSITY, format="csr", random_state=0, dtype=np.float64)
+
+
 def mixed_frame(rows: int) -> Any:
     """10 numeric columns (float64 with NaN, int64) and 2 string columns (``str``, object); ~1 GB at 8.5M rows.
 

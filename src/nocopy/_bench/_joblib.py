@@ -10,6 +10,9 @@ Two data sets, each handed to ``--workers`` tasks of one ``Parallel`` call
 2. **strings**: a frame with string columns (`._data.mixed_frame`, 10
    numeric columns, a pandas ``str`` and an object string column); each task
    ``np.nansum``s a numeric column and counts the rows.
+3. **sparse** (where scipy and scikit-learn are installed): a CSR matrix of
+   ``--sparse-rows`` x 1,000 features, 1 % stored (`._data.sparse_features`);
+   each task runs scikit-learn's column means (``mean_variance_axis``).
 
 Each run is one whole ``Parallel`` call from fresh workers (loky's reusable
 workers are stopped between runs, nocopy's live for one call): start-up,
@@ -35,7 +38,7 @@ import numpy as np
 
 from .._text import format_bytes, render_table
 from . import _tasks
-from ._data import expected_sum, make_records, mixed_frame
+from ._data import expected_sum, make_records, mixed_frame, sparse_features
 from ._methods import joblib_memmap_globs
 from ._monitor import MemoryMonitor
 from ._stats import ratio
@@ -44,13 +47,14 @@ __all__ = ["BACKENDS", "JoblibConfig", "joblib_table", "run_joblib"]
 
 Log = Callable[[str], None]
 BACKENDS = ("loky", "nocopy")
-DATASETS = ("classic", "strings")
+DATASETS = ("classic", "strings", "sparse")
 
 
 @dataclass
 class JoblibConfig:
     rows: int = 10_000_000  # the classic record array
     frame_rows: int = 2_000_000  # the string frame (~250 MB)
+    sparse_rows: int = 1_000_000  # the sparse matrix (~120 MB)
     workers: int = 2
     start_method: str = "spawn"  # nocopy's workers (loky starts its own its way)
     repeat: int = 3
@@ -120,21 +124,38 @@ def _measure(
 
 def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Both data sets through both backends; return the JSON-able result."""
-    if cfg.rows < 2 or cfg.frame_rows < 1 or cfg.workers < 1 or cfg.repeat < 1:
-        raise ValueError(f"need --rows >= 2, --frame-rows >= 1, --workers >= 1, --repeat >= 1; got {cfg}")
+    if cfg.rows < 2 or cfg.frame_rows < 1 or cfg.sparse_rows < 1 or cfg.workers < 1 or cfg.repeat < 1:
+        raise ValueError(
+            f"need --rows >= 2, --frame-rows >= 1, --sparse-rows >= 1, --workers >= 1, --repeat >= 1; got {cfg}"
+        )
     log(f"building the record array ({cfg.rows:,} rows) and the string frame ({cfg.frame_rows:,} rows) ...")
     records = make_records(cfg.rows)
     want = expected_sum(records)
     frame = mixed_frame(cfg.frame_rows)
     frame_want = (float(np.nansum(frame["n0"].to_numpy())), cfg.frame_rows)
+    cases: list[tuple[str, Callable[[Any], Any], Any, Callable[[Any], bool], int]] = [
+        ("classic", _tasks.nansum_records, records, lambda s: bool(np.isclose(s, want)), int(records.nbytes)),
+        ("strings", _tasks.frame_checksum, frame, lambda r: r == frame_want,
+         int(frame.memory_usage(index=False, deep=True).sum())),
+    ]
+    skipped: dict[str, str] = {}
+    try:
+        import scipy.sparse  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError as exc:
+        skipped["sparse"] = f"needs scipy and scikit-learn ({exc})"
+    else:
+        sparse = sparse_features(cfg.sparse_rows)
+        sparse_want = _tasks.sparse_column_means(sparse)
+        cases.append((
+            "sparse", _tasks.sparse_column_means, sparse,
+            lambda r: bool(np.isclose(r[0], sparse_want[0])) and r[1] == sparse_want[1],
+            int(sparse.data.nbytes + sparse.indices.nbytes + sparse.indptr.nbytes),
+        ))
     datasets: dict[str, Any] = {}
     failed: dict[str, str] = {}
     with MemoryMonitor(cfg.interval) as monitor:
-        for name, task, data, check, nbytes in (
-            ("classic", _tasks.nansum_records, records, lambda s: bool(np.isclose(s, want)), int(records.nbytes)),
-            ("strings", _tasks.frame_checksum, frame, lambda r: r == frame_want,
-             int(frame.memory_usage(index=False, deep=True).sum())),
-        ):
+        for name, task, data, check, nbytes in cases:
             result, bad = _measure(name, task, data, check, cfg, monitor, log)
             result["bytes"] = nbytes
             datasets[name] = result
@@ -143,11 +164,12 @@ def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr,
         "benchmark": "joblib",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {
-            "rows": cfg.rows, "frame_rows": cfg.frame_rows, "workers": cfg.workers,
+            "rows": cfg.rows, "frame_rows": cfg.frame_rows, "sparse_rows": cfg.sparse_rows, "workers": cfg.workers,
             "start_method": cfg.start_method, "repeat": cfg.repeat,
         },
         "datasets": datasets,
         "failed": failed,
+        "skipped": skipped,
     }
 
 
@@ -163,7 +185,8 @@ def joblib_table(result: dict[str, Any]) -> str:
             ])
     lines = [
         f"joblib.Parallel, {cfg['workers']} tasks on {cfg['workers']} workers, each gets the whole data "
-        f"(classic: {cfg['rows']:,} rows; strings: {cfg['frame_rows']:,} rows); nocopy workers: {cfg['start_method']}",
+        f"(classic: {cfg['rows']:,} rows; strings: {cfg['frame_rows']:,} rows; sparse: "
+        f"{cfg.get('sparse_rows', 0):,} rows x 1,000); nocopy workers: {cfg['start_method']}",
         render_table(["data", "backend", "time s", "memory +"], rows, right={2, 3}),
     ]
     for name, d in result["datasets"].items():
@@ -174,4 +197,5 @@ def joblib_table(result: dict[str, Any]) -> str:
     lines.append(f"(time: median of {cfg['repeat']} whole Parallel calls from fresh workers; "
                  "memory: peak Σ PSS + shared memory above the baseline, one run)")
     lines += [f"FAILED {name}: {why}" for name, why in result["failed"].items()]
+    lines += [f"skipped {name}: {why}" for name, why in result.get("skipped", {}).items()]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ __all__ = [
     "nansum_stdlib",
     "polars_sum",
     "ray_frame_get",
+    "sparse_column_means",
     "time_gets",
 ]
 
@@ -130,6 +131,15 @@ def identity(x: int) -> int:
 def frame_checksum(df: Any) -> tuple[float, int]:
     """``nocopy bench joblib``'s task on the string frame: nansum of a numeric column, and the rows."""
     return float(np.nansum(df["n0"].to_numpy())), len(df)
+
+
+def sparse_column_means(x: Any) -> tuple[float, int]:
+    """``nocopy bench joblib``'s task on the sparse matrix: scikit-learn's column means of a
+    CSR matrix (``mean_variance_axis``, what its scalers run), summed, and the rows."""
+    from sklearn.utils.sparsefuncs import mean_variance_axis
+
+    means, _ = mean_variance_axis(x, axis=0)
+    return float(means.sum()), int(x.shape[0])
 
 
 def frame_get(method: str, payload: Any) -> dict[str, float]:

@@ -200,13 +200,17 @@ def _parser() -> argparse.ArgumentParser:
     jl = sub.add_parser(
         "joblib",
         help="joblib.Parallel with its default backend (loky) against backend='nocopy': "
-        "the classic record array and a frame with string columns",
+        "the classic record array, a frame with string columns and a scikit-learn task on a sparse matrix",
         description="Each data set is handed to --workers tasks of one joblib.Parallel call, with loky and with "
         "the nocopy backend: whole calls from fresh workers (median of --repeat) and the peak memory of one "
         "more call each; ratios loky / nocopy from the same run.",
     )
     jl.add_argument("--rows", type=_positive, default=10_000_000, help="record array rows (default 10,000,000)")
     jl.add_argument("--frame-rows", type=_positive, default=2_000_000, help="string frame rows (default 2,000,000)")
+    jl.add_argument(
+        "--sparse-rows", type=_positive, default=1_000_000,
+        help="sparse matrix rows, 1,000 columns, 1%% stored (default 1,000,000; needs scipy and scikit-learn)",
+    )
     jl.add_argument("--workers", type=_positive, default=os.cpu_count() or 2, help="n_jobs and tasks (default: cpu_count)")
     _start_method_option(jl, "nocopy's workers")
     jl.add_argument("--repeat", type=_positive, default=3, help="timed calls per backend (default 3): medians")
@@ -330,7 +334,8 @@ def _joblib(args: argparse.Namespace) -> int:
     from ._joblib import JoblibConfig, joblib_table, run_joblib
 
     cfg = JoblibConfig(
-        rows=args.rows, frame_rows=args.frame_rows, workers=args.workers, start_method=args.start_method,
+        rows=args.rows, frame_rows=args.frame_rows, sparse_rows=args.sparse_rows, workers=args.workers,
+        start_method=args.start_method,
         repeat=args.repeat, interval=args.interval / 1e3,
     )
     return _run_and_report("joblib", args, lambda: run_joblib(cfg, _log(args.quiet)), joblib_table)

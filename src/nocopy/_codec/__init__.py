@@ -30,6 +30,7 @@ from ._layout import MAGIC, PREFIX, Header, parse_header
 from ._numpy import is_output_node
 from ._plan import Plan, copy_bytes, fill_threads, plan, plan_output, write_at
 from ._registry import PICKLE_FIX, Decoder, Encoder, Note
+from ._sequence import SharedSequence
 
 __all__ = [
     "MAGIC",
@@ -37,6 +38,7 @@ __all__ = [
     "Header",
     "Note",
     "Plan",
+    "SharedSequence",
     "copy_bytes",
     "decode",
     "decode_buffer",
@@ -56,6 +58,7 @@ _registry.register_lazy("pandas", "nocopy._codec._pandas", prefix="pd.")
 _registry.register_lazy("arrow", "nocopy._codec._arrow", prefix="pa.")
 _registry.register_lazy("polars", "nocopy._codec._polars", prefix="pl.")
 _registry.register_lazy("torch", "nocopy._codec._torch", prefix="torch.")
+_registry.register_lazy("scipy", "nocopy._codec._scipy", prefix="sp.")
 
 
 def read_header(

@@ -82,10 +82,11 @@ def _fields_from_json(spec: dict[str, Any]) -> Any:
 
 def _dtype(spec: Any, *, align: bool = False) -> np.dtype[Any]:
     # NumPy refuses a string or a fields dict it cannot read with a TypeError
-    # (raised in C, so as if by this line): a bad value, not a bug.
+    # (raised in C, so as if by this line): a bad value, not a bug. A comma string
+    # with a malformed repeat ("(,1)i4") reaches ast.literal_eval: a SyntaxError.
     try:
         dt: np.dtype[Any] = np.dtype(spec, align=align)
-    except TypeError as exc:
+    except (TypeError, SyntaxError) as exc:
         raise ValueError(f"NumPy makes no dtype of it ({exc})"[:200]) from None
     return dt
 

@@ -56,11 +56,22 @@ class PartShared:
 Entry = Shared[Any] | PartShared | None
 
 
+def _fingerprint(value: Any) -> int | None:
+    """What tells a list changed in place since it was shared (None for anything else).
+
+    Arguments are taken as they are at their first submit (documented). A list of str,
+    though, is often appended to between submits, and its items are immutable: hashing them
+    (str hashes are cached: milliseconds per million items) notices a change, and the list
+    is shared again.
+    """
+    return hash(tuple(value)) if type(value) is list else None
+
+
 class ShareCache:
     """Per-executor: data object (by identity, while it lives) -> its Shared, or None if unshareable."""
 
     def __init__(self, owner: str = "nocopy.ProcessPoolExecutor") -> None:
-        self._entries: dict[int, tuple[Any, Entry]] = {}
+        self._entries: dict[int, tuple[Any, Entry, int | None]] = {}
         # Reentrant: a garbage collection during share() may run _forget here.
         self._lock = threading.RLock()
         self._warned = False
@@ -77,9 +88,9 @@ class ShareCache:
         with self._lock:
             entry = self._entries.get(id(value))
         if entry is not None:
-            ref, shared = entry
+            ref, shared, fingerprint = entry
             held = ref() if isinstance(ref, weakref.ref) else ref
-            if held is value:
+            if held is value and fingerprint == _fingerprint(value):
                 return True, shared
         return False, None
 
@@ -97,7 +108,7 @@ class ShareCache:
                 ref = weakref.ref(value, functools.partial(self._forget, key))
             except TypeError:
                 ref = value  # not weak-referenceable: keep it (and its id) until shutdown
-            self._entries[key] = (ref, shared)
+            self._entries[key] = (ref, shared, _fingerprint(value))
             return shared
 
     def _share(self, value: Any) -> Entry:
@@ -173,6 +184,6 @@ class ShareCache:
             entries = list(self._entries.values())
             self._entries.clear()
         if close:
-            for _, shared in entries:
+            for _, shared, _ in entries:
                 if shared is not None:
                     shared.close()

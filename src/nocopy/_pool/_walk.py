@@ -71,11 +71,25 @@ def walk(value: Any, leaf: Callable[[Any], Any], depth: int = 0) -> Any:
     return leaf(value)
 
 
+def _child(v: Any, leaf: Callable[[Any], Any], depth: int) -> Any:
+    """An item of a list, tuple or dict walked; a list or tuple of str or bytes goes to a
+    leaf that takes them whole (`ArgumentSharer`: shared as data, a SharedSequence in the worker).
+
+    Only items: the arguments' own tuple, or a ``functools.partial``'s, is never one leaf.
+    """
+    t = type(v)
+    if t in _SKIP:
+        return v
+    if (t is list or t is tuple) and getattr(leaf, "takes_sequences", False) and _kinds.data_nbytes(v) is not None:
+        return leaf(v)
+    return walk(v, leaf, depth + 1)
+
+
 def _walk_sequence(value: list[Any] | tuple[Any, ...], leaf: Callable[[Any], Any], depth: int) -> Any:
     # Most arguments change nowhere: copy only from the first item that did.
     items: list[Any] | None = None
     for i, v in enumerate(value):
-        w = v if type(v) in _SKIP else walk(v, leaf, depth + 1)
+        w = _child(v, leaf, depth)
         if items is None:
             if w is v:
                 continue
@@ -89,7 +103,7 @@ def _walk_sequence(value: list[Any] | tuple[Any, ...], leaf: Callable[[Any], Any
 def _walk_dict(value: dict[Any, Any], leaf: Callable[[Any], Any], depth: int) -> Any:
     changed: dict[Any, Any] | None = None
     for k, v in value.items():
-        w = v if type(v) in _SKIP else walk(v, leaf, depth + 1)
+        w = _child(v, leaf, depth)
         if w is not v:
             if changed is None:
                 changed = {}
@@ -140,6 +154,10 @@ class ArgumentSharer:
     ``found`` tells whether the arguments hold any handle at all (a marker or
     a ``Shared`` passed by the caller): the worker walks them only then.
     """
+
+    # Big lists and tuples of str or bytes are data too: the worker gets a read-only
+    # nocopy.SharedSequence over shared memory instead of its own copy (see _child).
+    takes_sequences = True
 
     def __init__(self, cache: ShareCache, threshold: int) -> None:
         self.cache = cache

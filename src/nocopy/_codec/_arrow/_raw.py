@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._base import freeze, pyarrow
+from ._base import checked_offsets, pyarrow
 
 if TYPE_CHECKING:
     from .._registry import DecodeFn, Decoder, Encoder
@@ -87,40 +87,13 @@ def _int(dec: Decoder, node: dict[str, Any], key: str, limit: int = 1 << 62) -> 
     return v
 
 
-_CHECK_BLOCK = 1 << 20
-
-
-def _monotonic(offsets: np.ndarray) -> bool:
-    # Block by block: the temporary stays at 1 MiB however long the column.
-    for start in range(0, len(offsets) - 1, _CHECK_BLOCK):
-        block = offsets[start : start + _CHECK_BLOCK + 1]
-        if bool(np.any(block[1:] < block[:-1])):
-            return False
-    return True
-
-
 def _decode_chunk(dec: Decoder, pa: Any, typ: Any, node: Any) -> Any:
     if not isinstance(node, dict):
         raise dec.corrupt("string or binary chunk is not an object")
     n = _int(dec, node, "n")
-    offsets_raw = dec.buffer(node.get("o"))
     data_raw = dec.buffer(node.get("d"))
-    if offsets_raw.nbytes != 8 * (n + 1):
-        raise dec.corrupt(f"{n} values need {8 * (n + 1)} offset bytes, found {offsets_raw.nbytes}")
-    # Where the segment's bytes can change after this check (posix: any process of the
-    # user can rewrite the file), the offsets Arrow reads through are this process's own
-    # copy-on-write pages, frozen before they are checked: rewritten offsets would point
-    # Arrow outside the data (SIGSEGV). Only the offsets' pages are copied; the data
-    # stays shared (a rewrite there changes values, never where Arrow reads).
-    frozen = dec.frozen_buffer(node.get("o"))
-    if frozen is not None:
-        freeze(frozen, 0, frozen.nbytes)
-        offsets_raw = frozen
-    offsets = offsets_raw.view(np.int64)
-    # The offsets are data, not header: check them before Arrow reads through them.
-    if offsets[0] != 0 or offsets[-1] != data_raw.nbytes or not _monotonic(offsets):
-        raise dec.corrupt(f"{typ} offsets are not monotonic within their data buffer")
-    bufs = [None, pa.py_buffer(offsets_raw), pa.py_buffer(data_raw)]
+    offsets = checked_offsets(dec, node.get("o"), n, data_raw.nbytes, str(typ))
+    bufs = [None, pa.py_buffer(offsets), pa.py_buffer(data_raw)]
     if node.get("v") is not None:
         validity = dec.buffer(node.get("v"))
         if validity.nbytes < (n + 7) // 8:

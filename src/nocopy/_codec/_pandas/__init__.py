@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._arrow import guard
+from .._python import labels
 from . import _columns, _compat, _frame, _index, _time
 
 if TYPE_CHECKING:
@@ -23,6 +24,13 @@ __all__ = ["DECODERS", "encode"]
 
 def encode(enc: Encoder, obj: Any, path: str) -> Any:
     """Plan a pandas object (what the codec registry calls for the pandas family)."""
+    # Lists and tuples met inside a pandas object are its labels, names and attrs: they come
+    # back as they were (a tuple name stays a hashable tuple), never as a SharedSequence.
+    with labels():
+        return _encode(enc, obj, path)
+
+
+def _encode(enc: Encoder, obj: Any, path: str) -> Any:
     pd = _compat.pandas()
     if isinstance(obj, pd.DataFrame):
         return _frame.encode_frame(enc, obj, path)
