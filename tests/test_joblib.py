@@ -20,6 +20,14 @@ from conftest import segment_of  # noqa: E402
 MiB = 1 << 20
 
 
+@pytest.fixture(autouse=True)
+def _stop_kept_workers() -> Any:
+    """Each test starts and ends without the workers the backend keeps between calls."""
+    nocopy.joblib.shutdown()
+    yield
+    nocopy.joblib.shutdown()
+
+
 # -- what the workers run (module level: importable under spawn) ----------------------------
 def buffer_segment(buf: Any) -> str | None:
     """The nocopy segment holding an Arrow buffer's memory in this process, or None."""
@@ -168,6 +176,7 @@ def test_a_parallel_context_keeps_its_workers_and_shares_once_across_calls() -> 
         pids2 = set(par(joblib.delayed(worker_pid)(i) for i in range(4)))
         assert len(pids1 | pids2) <= 2  # the same two workers all along (tiny tasks may all land on one)
     assert {r[1] for r in first} == {r[1] for r in second} != {None}  # the same segment: shared once
+    nocopy.joblib.shutdown()  # the workers kept for the next call (see the reuse tests)
     assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids1 | pids2)
 
 
@@ -243,6 +252,7 @@ def test_nothing_is_left_behind_after_success_and_after_a_failure() -> None:
         pids = joblib.Parallel()(joblib.delayed(worker_pid)(x) for x in [arr, df] * 3)
         with pytest.raises(ValueError):
             joblib.Parallel()(joblib.delayed(fail_on)(i, np.ones(300_000)) for i in range(8))
+    nocopy.joblib.shutdown()  # the workers kept for the next call (see the reuse tests)
     assert os.getpid() not in pids
     assert {s.name for s in own_segments()} - before_segments == set()
     # No new child left (loky's idle workers from other tests may exit meanwhile: not ours).
@@ -303,14 +313,17 @@ def test_importing_registers_the_backend_and_import_nocopy_does_not_import_jobli
     assert out.stdout.strip() == "NocopyBackend"
 
 
-def test_configuring_again_without_terminate_stops_the_first_workers() -> None:
+def test_configuring_again_without_terminate_leaves_no_second_pool() -> None:
     backend = nocopy.joblib.NocopyBackend(mp_context="fork")
     assert backend.configure(n_jobs=2) == 2
     first = backend.submit(lambda: os.getpid()).result()
+    children = {p.pid for p in psutil.Process().children()}
     backend.configure(n_jobs=2)
     try:
-        # Stopped and reaped by now, not whenever the old pool happens to be collected.
-        assert not psutil.pid_exists(first)
-        assert backend.submit(lambda: os.getpid()).result() != first
+        # The same settings: the same workers again (kept, see the reuse tests), no second pool.
+        assert backend.submit(lambda: os.getpid()).result() == first
+        assert {p.pid for p in psutil.Process().children()} == children
     finally:
         backend.terminate()
+    nocopy.joblib.shutdown()
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
