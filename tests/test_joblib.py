@@ -521,3 +521,31 @@ def test_register_is_explicit_and_idempotent() -> None:
         assert backends["nocopy"] is nocopy.joblib.NocopyBackend
     finally:
         backends["nocopy"] = saved
+
+
+class Uncomparable:
+    """An initializer argument whose == raises (a proxy to a dead manager, say)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("cannot compare")
+
+    __hash__ = object.__hash__
+
+
+def test_settings_that_cannot_be_compared_get_new_workers_and_shutdown_waits_for_a_running_call() -> None:
+    pids = []
+    for _ in range(2):
+        with joblib.parallel_config(backend="nocopy", n_jobs=2, mp_context="fork",
+                                    initializer=remember_init, initargs=(Uncomparable(),)):
+            pids.append(set(joblib.Parallel()(joblib.delayed(worker_pid)(i) for i in range(4))))
+    assert not pids[0] & pids[1]  # not known to be the same settings: not the same workers
+    gen = joblib.Parallel(n_jobs=2, backend="nocopy", return_as="generator")(
+        joblib.delayed(worker_pid)(i) for i in range(4)
+    )
+    first = next(gen)
+    nocopy.joblib.shutdown()  # the pool is in use: it stops when the call ends, not under it
+    rest = list(gen)
+    assert len(rest) == 3
+    assert not any(
+        psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in {first, *rest}
+    )
