@@ -28,6 +28,10 @@ UNFAIR = {
     # third-party backend); this harness registers nocopy in the test process only.
     "test_nested_loop[loky-nocopy]": "backend name unknown in loky's workers",
     "test_nested_loop[back_compat_backend-nocopy]": "backend name unknown in loky's workers",
+    # test_config.py: asserts that prefer="processes" picks LokyBackend, and that loky's
+    # memmapping wrote into the temp_folder (or refused a non-memmap argument).
+    "test_parallel_config_no_backend": "asserts LokyBackend and loky's memmapping folder",
+    "test_parallel_config_params_explicit_set": "asserts LokyBackend and loky's memmapping",
 }
 
 
