@@ -53,6 +53,8 @@ def test_joblibs_own_tests_pass_on_nocopy(tmp_path: Path, run: str) -> None:
     }
     cmd = [
         sys.executable, "-m", "pytest", "--pyargs", *modules, "-p", "nocopy_default_backend",
+        # This empty ini, whatever the paths: not this project's pyproject.toml (filterwarnings=error).
+        "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
         "-p", "no:cacheprovider", "-q", "-rfE", "--timeout", "120",
     ]
     out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

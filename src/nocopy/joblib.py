@@ -330,8 +330,8 @@ def register() -> None:
     --------
     >>> import nocopy.joblib
     >>> nocopy.joblib.register()
-    >>> with joblib.parallel_config(backend="nocopy", n_jobs=2):   # doctest: +SKIP
-    ...     joblib.Parallel()(joblib.delayed(len)(big) for _ in range(4))
+    >>> with joblib.parallel_config(backend="nocopy"):   # doctest: +SKIP
+    ...     joblib.Parallel(2)(joblib.delayed(len)(big) for _ in range(4))
     """
     joblib.register_parallel_backend(BACKEND_NAME, NocopyBackend)
 
