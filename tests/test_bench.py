@@ -584,13 +584,19 @@ def test_joblib_small(tmp_path: Path) -> None:
     proc = run_in_session(
         [
             sys.executable, "-m", "nocopy._bench", "joblib", "--rows", "100000", "--frame-rows", "20000",
-            "--sparse-rows", "20000", "--workers", "2", "--repeat", "1", "--start-method", "fork", "--json-out", str(out),
+            "--sparse-rows", "20000", "--workers", "2", "--repeat", "1", "--start-method", "fork",
+            "--calls", "3", "--json-out", str(out),
         ],
         timeout=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["benchmark"] == "joblib" and result["failed"] == {}
+    rep = result["repeated"]
+    assert rep["calls"] == 3 and rep["tasks"] == 4
+    for kind in ("cold", "warm"):
+        assert set(rep[f"{kind}_s"]) == {"loky", "nocopy"} and rep[f"{kind}_ratio"] > 0
+    assert "3 calls of 4 tiny tasks, warm" in proc.stdout
     assert list(result["datasets"]) == ["classic", "strings", "sparse"] and result["skipped"] == {}
     for d in result["datasets"].values():
         assert set(d["time_s"]) == set(d["added_bytes"]) == {"loky", "nocopy"}

@@ -1,10 +1,13 @@
 """joblib integration: a parallel backend named ``"nocopy"``, so ``Parallel`` and scikit-learn share big data.
 
-Importing this module registers the backend.
+Call `register` once (importing this module also registers the backend, but a
+linter's autofix deletes an import that looks unused, and ``backend="nocopy"``
+would then silently stop existing: the explicit call is the preferred form).
 
 Examples
 --------
 >>> import joblib, nocopy.joblib                       # doctest: +SKIP
+>>> nocopy.joblib.register()                            # doctest: +SKIP
 >>> with joblib.parallel_config(backend="nocopy", n_jobs=4):   # doctest: +SKIP
 ...     sums = joblib.Parallel()(joblib.delayed(np.sum)(big) for _ in range(8))
 
@@ -29,6 +32,10 @@ Parameters (``parallel_config(backend="nocopy", n_jobs=..., **params)``):
   imported), or joblib's ``JOBLIB_START_METHOD`` when it is set.
 * ``share_threshold``: bytes (default 1 MiB), as for the executor.
 * ``max_tasks_per_child``: as for the executor.
+* ``initializer``, ``initargs``: run in each worker as it starts, as with
+  joblib's loky backend (a change of either starts new workers).
+* ``idle_worker_timeout``: seconds (default 300, as loky's) an idle pool of
+  workers is kept for the next ``Parallel`` call; 0 stops it after each call.
 * ``inner_max_num_threads``: threads each worker's numerical libraries may
   use (BLAS, OpenMP...); default, as with joblib's loky backend: the CPUs
   divided by the workers, unless ``OMP_NUM_THREADS`` and friends are set.
@@ -36,8 +43,13 @@ Parameters (``parallel_config(backend="nocopy", n_jobs=..., **params)``):
   for libraries already loaded), so that N workers do not each start a
   thread per CPU.
 
-Workers live for one ``Parallel`` call (or one ``with Parallel(...) as p``
-block), and every segment is freed when it ends. A ``Parallel`` call inside a
+Workers are reused across ``Parallel`` calls, as loky's are: the pool (and
+its shared arguments, cached by identity while the object lives) is kept for
+``idle_worker_timeout`` seconds after a call, for the next call with the same
+settings; a call with other settings (``n_jobs``, start method, initializer...)
+replaces it. `shutdown` stops it at once and frees its segments. A forked
+child never uses nor stops its parent's pool. A ``Parallel`` call made while
+the kept pool is busy (from another thread) gets a pool of its own for the call. A ``Parallel`` call inside a
 task runs with threads (then sequentially one level deeper), as with joblib's
 default backend. ``require="sharedmem"`` calls (some scikit-learn ``predict``
 methods) run with threads, as joblib decides for every process backend.
@@ -47,6 +59,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -61,13 +74,24 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
         "nocopy.joblib needs joblib, which is not installed. Fix: pip install 'nocopy[joblib]'"
     ) from _exc
 
-from ._pool import DEFAULT_SHARE_THRESHOLD, ProcessPoolExecutor, abort, fn_name, submit_labelled
+from ._pool import (
+    DEFAULT_SHARE_THRESHOLD,
+    ProcessPoolExecutor,
+    abort,
+    fn_name,
+    submit_labelled,
+    usable,
+)
 
-__all__ = ["NocopyBackend", "register"]
+__all__ = ["NocopyBackend", "register", "shutdown"]
 
 BACKEND_NAME = "nocopy"
 # What Parallel passes every backend for its own options (memory-mapping of arrays, verbosity).
 _JOBLIB_MEMMAPPING = ("max_nbytes", "mmap_mode", "temp_folder", "verbose", "prefer", "require")
+_OPTIONS = (
+    "mp_context", "share_threshold", "max_tasks_per_child", "initializer", "initargs", "idle_worker_timeout",
+)
+IDLE_WORKER_TIMEOUT = 300.0  # seconds, loky's default
 
 
 def _run_batch(nested_backend: Any, n_jobs: int | None, *flat: Any) -> list[Any]:
@@ -121,11 +145,15 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         mp_context: str | BaseContext | None = None,
         share_threshold: int = DEFAULT_SHARE_THRESHOLD,
         max_tasks_per_child: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        idle_worker_timeout: float = IDLE_WORKER_TIMEOUT,
     ) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self._options: dict[str, Any] = {
             "mp_context": _context(mp_context), "share_threshold": share_threshold,
-            "max_tasks_per_child": max_tasks_per_child,
+            "max_tasks_per_child": max_tasks_per_child, "initializer": initializer, "initargs": initargs,
+            "idle_worker_timeout": idle_worker_timeout,
         }
         self._executor: ProcessPoolExecutor | None = None
         self._n_jobs = 1
@@ -181,12 +209,15 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         options.pop("context", None)
         for name in _JOBLIB_MEMMAPPING:
             options.pop(name, None)  # joblib's memmapping knobs: share_threshold plays that part
-        unknown = sorted(set(options) - {"mp_context", "share_threshold", "max_tasks_per_child"})
+        unknown = sorted(set(options) - set(_OPTIONS))
         if unknown:
             raise TypeError(
                 f"the nocopy joblib backend got unknown parameters {unknown}: it takes "
-                "mp_context, share_threshold and max_tasks_per_child"
+                f"{', '.join(_OPTIONS)}"
             )
+        initializer = options.get("initializer")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {type(initializer).__qualname__}")
         n = self.effective_n_jobs(n_jobs)
         if n == 1:
             from joblib._parallel_backends import FallbackToBackend, SequentialBackend
@@ -202,16 +233,7 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
             self.terminate()
         self._n_jobs, self._started_with = n_jobs, options
         env = self._prepare_worker_env(n_jobs)
-        inner = env.get("OMP_NUM_THREADS", "")
-        self._executor = ProcessPoolExecutor(
-            n_jobs, mp_context=options["mp_context"],
-            share_threshold=options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
-            max_tasks_per_child=options.get("max_tasks_per_child"),
-            # Spawned workers start with joblib's choice in their environment (before
-            # their numpy loads); the initializer applies it to what is loaded already.
-            inner_max_num_threads=int(inner) if inner.isdigit() and int(inner) > 0 else None,
-            initializer=_limit_threads, initargs=(env,),
-        )
+        self._executor = _KEPT.take(n_jobs, options, env)
 
     # -- running -------------------------------------------------------------------
     def submit(self, func: Callable[[], Any], callback: Callable[[Any], Any] | None = None) -> Future[Any]:
@@ -275,7 +297,8 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         """
         executor, self._executor = self._executor, None
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            # Kept for the next call (see the module docstring), or stopped.
+            _KEPT.give_back(executor, float(self._started_with.get("idle_worker_timeout", IDLE_WORKER_TIMEOUT)))
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -290,22 +313,172 @@ class NocopyBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mis
         """
         executor, self._executor = self._executor, None
         if executor is not None:
+            _KEPT.forget(executor)
             abort(executor)
         if ensure_ready:
             self._start(self._n_jobs, self._started_with)
 
 
 def register() -> None:
-    """Register the backend with joblib under the name ``"nocopy"`` (``import nocopy.joblib`` does it).
+    """Register the backend with joblib under the name ``"nocopy"``: the preferred way to enable it.
+
+    ``import nocopy.joblib`` registers it too, but such an import looks unused
+    (ruff's F401 autofix deletes it, and ``backend="nocopy"`` then no longer
+    exists); a call cannot be mistaken for dead code. Calling it again is harmless.
 
     Examples
     --------
-    >>> nocopy.joblib.register()   # doctest: +SKIP
+    >>> import nocopy.joblib
+    >>> nocopy.joblib.register()
+    >>> with joblib.parallel_config(backend="nocopy"):   # doctest: +SKIP
+    ...     joblib.Parallel(2)(joblib.delayed(len)(big) for _ in range(4))
     """
     joblib.register_parallel_backend(BACKEND_NAME, NocopyBackend)
 
 
+def shutdown() -> None:
+    """Stop the workers the backend keeps between ``Parallel`` calls now, and free their segments.
+
+    They stop by themselves after ``idle_worker_timeout`` seconds (default
+    300) without a call; a pool in use by a running call is stopped when that
+    call ends.
+
+    Examples
+    --------
+    >>> nocopy.joblib.shutdown()
+    """
+    _KEPT.stop()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two settings are the same (identity, else ``==``; an ``==`` that fails means no)."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # an object whose == raises is not known to be the same
+        return False
+
+
+class _KeptPool:
+    """The pool kept warm between ``Parallel`` calls (loky's reusable executor, for nocopy).
+
+    One per process: taken by a call whose settings match, given back at its
+    end, stopped after the idle timeout or when settings change. A forked
+    child starts with none: its parent's executor belongs to the parent (its
+    manager thread and workers are not the child's), so the child must
+    neither use nor shut it down; it only keeps a reference to it, so that
+    collecting it does not touch the parent's pipes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+        self._key: tuple[Any, ...] = ()
+        self._busy = False
+        self._timer: threading.Timer | None = None
+        self._stop_after_use = False
+        self._parents: list[ProcessPoolExecutor] = []  # a forked child's: never touched
+
+    def after_fork_in_child(self) -> None:
+        parents = self._parents + ([self._executor] if self._executor is not None else [])
+        self.__init__()  # type: ignore[misc]  # a fresh lock: the parent's may be held by a thread
+        self._parents = parents
+
+    def take(self, n_jobs: int, options: dict[str, Any], env: dict[str, str]) -> ProcessPoolExecutor:
+        key = (n_jobs, options.get("mp_context"), options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
+               options.get("max_tasks_per_child"), options.get("initializer"), tuple(options.get("initargs") or ()),
+               sorted(env.items()))
+        stale: ProcessPoolExecutor | None = None
+        with self._lock:
+            if self._executor is not None and not self._busy:
+                self._cancel_timer()
+                if len(key) == len(self._key) and all(map(_same, key, self._key)) and usable(self._executor):
+                    self._busy, self._stop_after_use = True, False
+                    return self._executor
+                stale, self._executor = self._executor, None  # other settings: replaced
+            keep = self._executor is None
+        if stale is not None:
+            stale.shutdown(wait=True, cancel_futures=True)
+        executor = _new_executor(n_jobs, options, env)
+        if keep:
+            with self._lock:
+                if self._executor is None:
+                    self._executor, self._key, self._busy, self._stop_after_use = executor, key, True, False
+        return executor
+
+    def give_back(self, executor: ProcessPoolExecutor, idle_timeout: float) -> None:
+        with self._lock:
+            kept = executor is self._executor
+            if kept and idle_timeout > 0 and not self._stop_after_use and usable(executor):
+                self._busy = False
+                self._timer = threading.Timer(idle_timeout, self._expire, args=(executor,))
+                self._timer.daemon = True
+                self._timer.name = "nocopy-joblib-idle"
+                self._timer.start()
+                return
+            if kept:
+                self._executor, self._busy = None, False
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    def forget(self, executor: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if executor is self._executor:
+                self._cancel_timer()
+                self._executor, self._busy = None, False
+
+    def stop(self) -> None:
+        with self._lock:
+            executor = self._executor
+            if executor is None:
+                return
+            if self._busy:
+                self._stop_after_use = True
+                return
+            self._cancel_timer()
+            self._executor = None
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    def _expire(self, executor: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if executor is not self._executor or self._busy:
+                return  # taken again (or replaced) meanwhile
+            self._executor, self._timer = None, None
+        executor.shutdown(wait=True, cancel_futures=True)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _new_executor(n_jobs: int, options: dict[str, Any], env: dict[str, str]) -> ProcessPoolExecutor:
+    inner = env.get("OMP_NUM_THREADS", "")
+    return ProcessPoolExecutor(
+        n_jobs, mp_context=options["mp_context"],
+        share_threshold=options.get("share_threshold", DEFAULT_SHARE_THRESHOLD),
+        max_tasks_per_child=options.get("max_tasks_per_child"),
+        # Spawned workers start with joblib's choice in their environment (before
+        # their numpy loads); the initializer applies it to what is loaded already.
+        inner_max_num_threads=int(inner) if inner.isdigit() and int(inner) > 0 else None,
+        initializer=_init_worker, initargs=(env, options.get("initializer"), tuple(options.get("initargs") or ())),
+    )
+
+
+_KEPT = _KeptPool()
+os.register_at_fork(after_in_child=_KEPT.after_fork_in_child)
+
+
 register()
+
+
+def _init_worker(
+    env: dict[str, str], initializer: Callable[..., object] | None, initargs: tuple[Any, ...],
+) -> None:
+    """Worker start: the thread limits (`_limit_threads`), then the user's ``initializer``."""
+    _limit_threads(env)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def _limit_threads(env: dict[str, str]) -> None:

@@ -14,8 +14,13 @@ Two data sets, each handed to ``--workers`` tasks of one ``Parallel`` call
    ``--sparse-rows`` x 1,000 features, 1 % stored (`._data.sparse_features`);
    each task runs scikit-learn's column means (``mean_variance_axis``).
 
-Each run is one whole ``Parallel`` call from fresh workers (loky's reusable
-workers are stopped between runs, nocopy's live for one call): start-up,
+3. **repeated**: ``--calls`` (20) ``Parallel`` calls in a row, each of 4 tiny
+   tasks, as scikit-learn makes them inside ``fit``: *cold* from no workers
+   (both backends then keep theirs for the next calls), *warm* with the
+   workers already running from an earlier call.
+
+Each run of 1. and 2. is one whole ``Parallel`` call from fresh workers (both
+backends' kept workers are stopped between runs): start-up,
 getting the data to the workers, the tasks, and shutting down. Time: median
 of ``--repeat`` runs. Memory: one more run per backend, the peak of Σ PSS of
 this process and all its workers plus shared memory, each page once
@@ -59,6 +64,8 @@ class JoblibConfig:
     start_method: str = "spawn"  # nocopy's workers (loky starts its own its way)
     repeat: int = 3
     interval: float = 0.01  # memory sampling period, seconds
+    calls: int = 20  # the repeated case: Parallel calls in a row
+    tiny_tasks: int = 4  # ... of this many tiny tasks each
 
 
 def _stop_loky() -> None:
@@ -71,11 +78,60 @@ def _stop_loky() -> None:
         executor.shutdown(wait=True)
 
 
+def _stop_kept(backend: str) -> None:
+    if backend == "loky":
+        _stop_loky()
+    else:
+        import nocopy.joblib
+
+        nocopy.joblib.shutdown()
+
+
+def _repeated_calls(backend: str, cfg: JoblibConfig, *, warm: bool) -> float:
+    """Seconds for ``cfg.calls`` Parallel calls of ``cfg.tiny_tasks`` tiny tasks (after one untimed call if *warm*)."""
+    import joblib
+
+    import nocopy.joblib
+
+    nocopy.joblib.register()
+    params = {"mp_context": cfg.start_method} if backend == "nocopy" else {}
+    _stop_kept(backend)
+    try:
+        with joblib.parallel_config(backend=backend, n_jobs=cfg.workers, **params):
+            if warm:
+                joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(cfg.tiny_tasks))
+            gc.collect()
+            t0 = time.perf_counter()
+            for _ in range(cfg.calls):
+                out = joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(cfg.tiny_tasks))
+                if out != list(range(cfg.tiny_tasks)):
+                    raise AssertionError(f"{backend}: wrong results {out}")
+            return time.perf_counter() - t0
+    finally:
+        _stop_kept(backend)
+
+
+def _measure_repeated(cfg: JoblibConfig, log: Log) -> dict[str, Any]:
+    runs: dict[str, dict[str, list[float]]] = {kind: {b: [] for b in BACKENDS} for kind in ("cold", "warm")}
+    for i in range(cfg.repeat):
+        for kind in ("cold", "warm"):
+            for backend in BACKENDS:
+                log(f"repeated ({kind}): {backend}, run {i + 1} of {cfg.repeat} ...")
+                runs[kind][backend].append(_repeated_calls(backend, cfg, warm=kind == "warm"))
+    out: dict[str, Any] = {"calls": cfg.calls, "tasks": cfg.tiny_tasks, "runs_s": runs}
+    for kind, times in runs.items():
+        med = {b: statistics.median(v) for b, v in times.items()}
+        out[f"{kind}_s"] = med
+        out[f"{kind}_ratio"] = ratio(med["loky"], med["nocopy"])
+    return out
+
+
 def _call(backend: str, task: Callable[[Any], Any], data: Any, cfg: JoblibConfig) -> tuple[list[Any], float]:
     import joblib
 
-    import nocopy.joblib  # noqa: F401 - registers the backend
+    import nocopy.joblib
 
+    nocopy.joblib.register()
     params = {"mp_context": cfg.start_method} if backend == "nocopy" else {}
     gc.collect()
     t0 = time.perf_counter()
@@ -83,8 +139,7 @@ def _call(backend: str, task: Callable[[Any], Any], data: Any, cfg: JoblibConfig
         with joblib.parallel_config(backend=backend, n_jobs=cfg.workers, **params):
             out = joblib.Parallel()(joblib.delayed(task)(data) for _ in range(cfg.workers))
     finally:
-        if backend == "loky":
-            _stop_loky()
+        _stop_kept(backend)
     return list(out), time.perf_counter() - t0
 
 
@@ -124,9 +179,11 @@ def _measure(
 
 def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr, flush=True)) -> dict[str, Any]:
     """Both data sets through both backends; return the JSON-able result."""
-    if cfg.rows < 2 or cfg.frame_rows < 1 or cfg.sparse_rows < 1 or cfg.workers < 1 or cfg.repeat < 1:
+    if (cfg.rows < 2 or cfg.frame_rows < 1 or cfg.sparse_rows < 1 or cfg.workers < 1 or cfg.repeat < 1
+            or cfg.calls < 1):
         raise ValueError(
-            f"need --rows >= 2, --frame-rows >= 1, --sparse-rows >= 1, --workers >= 1, --repeat >= 1; got {cfg}"
+            "need --rows >= 2, --frame-rows >= 1, --sparse-rows >= 1, --workers >= 1, --repeat >= 1, "
+            f"--calls >= 1; got {cfg}"
         )
     log(f"building the record array ({cfg.rows:,} rows) and the string frame ({cfg.frame_rows:,} rows) ...")
     records = make_records(cfg.rows)
@@ -160,14 +217,19 @@ def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr,
             result["bytes"] = nbytes
             datasets[name] = result
             failed.update(bad)
+    try:
+        repeated = _measure_repeated(cfg, log)
+    except AssertionError as exc:
+        repeated, failed["repeated"] = {}, str(exc)
     return {
         "benchmark": "joblib",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": {
             "rows": cfg.rows, "frame_rows": cfg.frame_rows, "sparse_rows": cfg.sparse_rows, "workers": cfg.workers,
-            "start_method": cfg.start_method, "repeat": cfg.repeat,
+            "start_method": cfg.start_method, "repeat": cfg.repeat, "calls": cfg.calls,
         },
         "datasets": datasets,
+        "repeated": repeated,
         "failed": failed,
         "skipped": skipped,
     }
@@ -196,6 +258,16 @@ def joblib_table(result: dict[str, Any]) -> str:
         )
     lines.append(f"(time: median of {cfg['repeat']} whole Parallel calls from fresh workers; "
                  "memory: peak Σ PSS + shared memory above the baseline, one run)")
+    rep = result.get("repeated") or {}
+    if rep:
+        lines.append(render_table(
+            ["repeated calls", "loky s", "nocopy s", "loky / nocopy"],
+            [[f"{rep['calls']} calls of {rep['tasks']} tiny tasks, {kind}", f"{rep[f'{kind}_s']['loky']:.2f}",
+              f"{rep[f'{kind}_s']['nocopy']:.2f}", f"{rep[f'{kind}_ratio']:.2f}x" if rep[f"{kind}_ratio"] else "-"]
+             for kind in ("cold", "warm")],
+            right={1, 2, 3},
+        ))
+        lines.append("(cold: from no workers; warm: workers running from an earlier call; medians)")
     lines += [f"FAILED {name}: {why}" for name, why in result["failed"].items()]
     lines += [f"skipped {name}: {why}" for name, why in result.get("skipped", {}).items()]
     return "\n".join(lines)

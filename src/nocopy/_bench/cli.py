@@ -203,7 +203,8 @@ def _parser() -> argparse.ArgumentParser:
         "the classic record array, a frame with string columns and a scikit-learn task on a sparse matrix",
         description="Each data set is handed to --workers tasks of one joblib.Parallel call, with loky and with "
         "the nocopy backend: whole calls from fresh workers (median of --repeat) and the peak memory of one "
-        "more call each; ratios loky / nocopy from the same run.",
+        "more call each; then --calls Parallel calls of 4 tiny tasks in a row, cold and warm (workers kept "
+        "between calls); ratios loky / nocopy from the same run.",
     )
     jl.add_argument("--rows", type=_positive, default=10_000_000, help="record array rows (default 10,000,000)")
     jl.add_argument("--frame-rows", type=_positive, default=2_000_000, help="string frame rows (default 2,000,000)")
@@ -215,6 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     _start_method_option(jl, "nocopy's workers")
     jl.add_argument("--repeat", type=_positive, default=3, help="timed calls per backend (default 3): medians")
     jl.add_argument("--interval", type=float, default=10.0, help="memory sampling period in ms (default 10)")
+    jl.add_argument(
+        "--calls", type=_positive, default=20,
+        help="the repeated case: Parallel calls of 4 tiny tasks in a row, cold and warm (default 20)",
+    )
     _output_options(jl)
 
     dl = sub.add_parser(
@@ -336,7 +341,7 @@ def _joblib(args: argparse.Namespace) -> int:
     cfg = JoblibConfig(
         rows=args.rows, frame_rows=args.frame_rows, sparse_rows=args.sparse_rows, workers=args.workers,
         start_method=args.start_method,
-        repeat=args.repeat, interval=args.interval / 1e3,
+        repeat=args.repeat, interval=args.interval / 1e3, calls=args.calls,
     )
     return _run_and_report("joblib", args, lambda: run_joblib(cfg, _log(args.quiet)), joblib_table)
 

@@ -464,9 +464,18 @@ class ProcessPoolExecutor(_StdProcessPoolExecutor):
         self._resources.aborting = True
         procs = list(self._procs.values())
         manager: Any = getattr(self, "_executor_manager_thread", None)
+        result_queue: Any = getattr(self, "_result_queue", None)  # shutdown() drops it
         with contextlib.suppress(Exception):
             super().shutdown(wait=False, cancel_futures=True)
         _stop_processes(procs)
+        # A worker stopped while writing a result leaves half a message in the result
+        # pipe: the manager thread then waits in recv() for bytes that never come (the
+        # pipe's write end is also held here). Closing that end gives it EOF: it sees a
+        # broken pool and exits, instead of living on (and keeping the program alive).
+        writer = getattr(result_queue, "_writer", None)
+        if writer is not None and all(not p.is_alive() for p in procs):
+            with contextlib.suppress(OSError):
+                writer.close()
         if manager is not None:
             manager.join(10)
         self._resources.release(reclaim=True)

@@ -51,11 +51,13 @@ def _needs_value(obj: Any) -> bool:
     module = getattr(obj, "__module__", None)
     if "<locals>" in qualname or "<lambda>" in qualname:
         return True
-    if module == "__main__":
-        return interactive_main()
-    if not isinstance(obj, types.FunctionType) or module is None:
+    if module == "__main__" and interactive_main():
+        return True
+    if module is None or not (isinstance(obj, types.FunctionType) or module == "__main__"):
         return False
-    # A function whose name no longer leads to it (redefined, deleted, made by exec()).
+    # A function whose name no longer leads to it (redefined, deleted, made by exec());
+    # in __main__ also a class, or a function that never was one of its names (a notebook
+    # cell run by a kernel, exec() with its own globals): the worker could not find it.
     found: Any = sys.modules.get(module)
     for part in qualname.split("."):
         found = getattr(found, part, None)

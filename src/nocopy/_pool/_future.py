@@ -13,6 +13,9 @@ from ._task import Call, unpickling_stopped
 
 __all__ = ["TaskFuture"]
 
+# Future states once settled (concurrent.futures._base names them so).
+_SETTLED = ("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED")
+
 
 class TaskFuture(Future[Any]):
     """The future the stdlib's work item carries and the caller gets: one per task.
@@ -68,7 +71,13 @@ class TaskFuture(Future[Any]):
         if exception is not None:
             exception = self._translate(exception)
         self._call = None
-        super().set_exception(exception)
+        with self._condition:  # an RLock: super() takes it again
+            if self._state in _SETTLED:
+                # Two threads may settle it: the queue's feeder thread (the task failed to
+                # pickle) and the manager thread (the pool broke or was stopped meanwhile).
+                # The first one wins; the stdlib would print InvalidStateError from a thread.
+                return
+            super().set_exception(exception)
 
     def _translate(self, exc: BaseException) -> BaseException:
         if not isinstance(exc, BrokenProcessPool) or isinstance(exc, WorkerCrashedError):

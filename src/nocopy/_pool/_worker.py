@@ -18,6 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from multiprocessing import util as mp_util
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -139,8 +140,33 @@ def worker_init(
     with _warm_lock:
         _warm.clear()
     _reaper = None
+    # Before multiprocessing's exit joins this worker's own children: see _stop_nested_pools.
+    mp_util.Finalize(None, _stop_nested_pools, exitpriority=_BEFORE_EVERY_FINALIZER)
     if initializer is not None:
         initializer(*initargs)
+
+
+# Run first among multiprocessing's exit finalizers (they run highest priority first).
+_BEFORE_EVERY_FINALIZER = 1 << 30
+
+
+def _stop_nested_pools() -> None:
+    """Worker exit: stop the pools a task left running here (joblib's loky executor...), first.
+
+    A forked worker's exit (multiprocessing's ``_bootstrap``) joins every child
+    process before the threading exit hooks run, and those hooks are what
+    stops an executor left open (the stdlib's, and loky's reusable one, whose
+    idle workers wait 300 s for work): the worker would wait for its pool's
+    workers while they wait for work, forever. Run those hooks now, once.
+    """
+    hooks: list[Callable[[], object]] = getattr(threading, "_threading_atexits", [])
+    pending = list(hooks)
+    hooks.clear()
+    for hook in reversed(pending):
+        try:
+            hook()
+        except Exception as exc:  # one pool's failure must not keep the others running
+            print(f"nocopy worker {os.getpid()}: stopping a pool at exit failed: {exc!r}", file=sys.stderr)
 
 
 def _take_thread_share(threads: dict[str, str]) -> None:
@@ -205,6 +231,7 @@ def run_then_exit(target: Callable[..., object], *args: Any) -> None:
     would wait for, per worker. A loop that raises exits as usual.
     """
     target(*args)
+    _stop_nested_pools()  # before joining threads: a pool's manager thread may wait for its workers
     me = threading.current_thread()
     for t in threading.enumerate():
         if t is not me and not t.daemon:
