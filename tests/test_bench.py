@@ -585,7 +585,7 @@ def test_joblib_small(tmp_path: Path) -> None:
         [
             sys.executable, "-m", "nocopy._bench", "joblib", "--rows", "100000", "--frame-rows", "20000",
             "--sparse-rows", "20000", "--workers", "2", "--repeat", "1", "--start-method", "fork",
-            "--calls", "3", "--json-out", str(out),
+            "--calls", "3", "--sklearn-rows", "4000", "--json-out", str(out),
         ],
         timeout=240,
     )
@@ -604,6 +604,12 @@ def test_joblib_small(tmp_path: Path) -> None:
         assert d["time_ratio"] > 0 and d["memory_ratio"] > 0
     assert "classic: loky / nocopy time" in proc.stdout and "strings: loky / nocopy time" in proc.stdout
     assert "sparse: loky / nocopy time" in proc.stdout
+    # scikit-learn's own n_jobs calls, each with the same answer on both backends (else "failed").
+    assert len(result["sklearn"]) == 5
+    for d in result["sklearn"].values():
+        for kind in ("cold", "warm"):
+            assert set(d[f"{kind}_s"]) == {"loky", "nocopy"} and d[f"{kind}_ratio"] > 0
+    assert "random forest fit" in proc.stdout and "cross-validation, " in proc.stdout
 
 
 @pytest.mark.slow  # ~15 s: three datasets, DataLoader workers started per epoch

@@ -468,7 +468,9 @@ def test_workers_and_shared_arguments_are_kept_across_parallel_calls() -> None:
 
 
 def test_kept_workers_stop_after_the_idle_timeout() -> None:
-    with joblib.parallel_config(backend="nocopy", n_jobs=2, idle_worker_timeout=0.5, mp_context="fork"):
+    # Long enough that the workers are surely still there right after the call, even on a
+    # loaded machine; the wait below allows for it.
+    with joblib.parallel_config(backend="nocopy", n_jobs=2, idle_worker_timeout=3, mp_context="fork"):
         pids = set(joblib.Parallel()(joblib.delayed(worker_pid)(i) for i in range(4)))
     assert all(psutil.pid_exists(p) for p in pids)
     deadline = time.monotonic() + 20

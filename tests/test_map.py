@@ -225,6 +225,7 @@ def test_shutdown_stops_the_warm_workers_and_the_next_call_starts_new_ones() -> 
 
 def test_an_idle_pool_stops_after_the_timeout_but_never_while_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_map, "IDLE_TIMEOUT", 1.0)
+    nocopy.shutdown_parallel_map_workers()  # whatever an earlier test left warm
     nocopy.parallel_map(pid_of, np.arange(2), chunks=1, workers=1)
     (pool,) = _map._process_pools.values()
     # Longer than the timeout: the pool is in use all along, and is not stopped under it.
@@ -508,3 +509,28 @@ def test_spawned_workers_start_before_the_data_is_copied(monkeypatch: pytest.Mon
     with nocopy.ProcessPoolExecutor(3, mp_context=mp.get_context("spawn")) as ex:
         assert sum(nocopy.parallel_map(rows_len, np.arange(3000), chunks=3, executor=ex)) == 3000
     assert seen == [3]
+
+
+def test_a_forked_child_keeps_its_parents_warm_pools_without_touching_them() -> None:
+    # Dropping the child's copy of a parent's pool would run the stdlib's weakref callback,
+    # which takes a lock the parent's manager thread may have held at the fork.
+    import warnings
+
+    nocopy.shutdown_parallel_map_workers()  # whatever an earlier test left warm
+    nocopy.parallel_map(pid_of, np.arange(2), chunks=1, workers=1)
+    (pool,) = _map._process_pools.values()
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: this process runs threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        ok = not _map._process_pools and any(p is pool for p in _map._parents_pools)
+        os.write(w, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+        nocopy.shutdown_parallel_map_workers()

@@ -344,3 +344,39 @@ def test_parallel_map_still_splits_a_list_of_str_into_items() -> None:
     # A list of str is a sequence family now (shareable data), and still plain items to split.
     assert _kinds.row_count(["a", "b", "c"]) == 3 and _kinds.take_rows(("a", "b", "c"), 1, 3) == ("b", "c")
     assert nocopy.parallel_map(len, ["a"] * 10, chunks=2, workers=1, backend="threads") == [5, 5]
+
+
+def chunk_kind(chunk: Any) -> tuple[str, int, Any]:
+    return type(chunk).__name__, len(chunk), chunk[-1]
+
+
+def test_parallel_map_gives_processes_plain_chunks_of_a_big_list_of_str() -> None:
+    # Each chunk is over the share threshold: the pool shares it on the way (as any big
+    # list of str argument), and fn still gets the plain slice parallel_map promises.
+    items = [f"{i:020d}" for i in range(120_000)]  # 2 chunks of ~1.7 MB
+    try:
+        out = nocopy.parallel_map(chunk_kind, items, chunks=2, workers=1)
+    finally:
+        nocopy.shutdown_parallel_map_workers()
+    assert out == [("list", 60_000, items[59_999]), ("list", 60_000, items[-1])]
+
+
+def test_the_share_cache_keeps_only_the_most_recent_unreferenceable_arguments() -> None:
+    # Lists cannot be weak-referenced: the cache holds them itself, so it must let old ones
+    # go (with their segments) or a loop submitting new big lists grows without bound.
+    from nocopy._pool import _cache
+
+    cache = _cache.ShareCache()
+    lists = [["y" * 64] * 20_000 for _ in range(_cache.STRONG_MAX + 5)]
+    segments = [cache.lookup(x) for x in lists]
+    try:
+        assert all(isinstance(s, nocopy.Shared) for s in segments)
+        held = [x for x in lists if cache.cached(x)[0]]
+        assert held == lists[-_cache.STRONG_MAX:]
+        # An unhashable item appended to a cached list: changed, shared again (no TypeError).
+        lists[-1].append({"not": "hashable"})
+        assert cache.cached(lists[-1]) == (False, None)
+    finally:
+        cache.clear(close=True)
+        for s in segments:
+            s.close()

@@ -495,7 +495,10 @@ def _pandas() -> Any:
 def _concat_columns(parts: list[Any], like: Any) -> Any:
     """One frame of *parts* (Series), each column kept as it is (dtype and memory), *like*'s attrs and flags."""
     pd = _pandas()
-    frame = pd.concat(parts, axis=1, ignore_index=True) if parts else pd.DataFrame(index=like.index)
+    # pandas 2 copies here unless told not to (copy-on-write, default from 3.0, made it a
+    # view and deprecated the keyword).
+    kwargs: dict[str, Any] = {"copy": False} if int(pd.__version__.partition(".")[0]) < 3 else {}
+    frame = pd.concat(parts, axis=1, ignore_index=True, **kwargs) if parts else pd.DataFrame(index=like.index)
     frame.attrs = dict(like.attrs)
     if not like.flags.allows_duplicate_labels:
         frame = frame.set_flags(allows_duplicate_labels=False)

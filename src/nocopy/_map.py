@@ -63,7 +63,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 
-from ._codec import PICKLE_FIX
+from ._codec import PICKLE_FIX, SharedSequence
 from ._kinds import is_items, row_count, take_rows
 from ._pool import (
     ProcessPoolExecutor,
@@ -186,6 +186,10 @@ def _sized_spans(n: int, chunksize: int) -> list[tuple[int, int]]:
 def _run_chunk(fn: Callable[[Any], Any], source: Any, start: int, stop: int) -> Any:
     """Worker side of the processes and threads backends: zero-copy rows, then fn."""
     data = source.get() if isinstance(source, Shared) else source
+    if isinstance(data, SharedSequence):
+        # A chunk of str/bytes items big enough that the pool shared it on the way (as it
+        # shares such arguments): fn was promised a plain slice, built here once.
+        data = list(data)
     return fn(take_rows(data, start, stop))
 
 
@@ -279,14 +283,19 @@ def _warm_process_pool(workers: int, mp_context: BaseContext | None) -> ProcessP
     with _pools_lock:
         pool = _process_pools.get(key)
         if pool is None or not usable(pool):
-            if pool is not None:
-                # Its workers are dead or stopping: waiting is short, and frees its segments now.
-                _idle_since.pop(id(pool), None)
-                pool.shutdown(wait=True)
+            broken = pool
+            if broken is not None:
+                _idle_since.pop(id(broken), None)
             pool = ProcessPoolExecutor(workers, mp_context=ctx)
             _process_pools[key] = pool
+        else:
+            broken = None
         _lease(pool)
-        return pool
+    if broken is not None:
+        # Its workers are dead or stopping: waiting is short, and frees its segments now;
+        # outside the lock, which every other call (and exit) needs meanwhile.
+        broken.shutdown(wait=True)
+    return pool
 
 
 def _forget_process_pool(pool: ProcessPoolExecutor) -> None:
@@ -314,9 +323,12 @@ def _shutdown_pools() -> None:
         _process_pools.clear()
         _thread_pools.clear()
         _idle_since.clear()
-        if _reaper is not None:
-            _reaper.cancel()
-            _reaper = None
+        reaper, _reaper = _reaper, None
+        if reaper is not None:
+            reaper.cancel()
+    if reaper is not None and reaper is not threading.current_thread():
+        # Gone before we return: a fork right after (3.12+) must not count it as a thread.
+        reaper.join()
     for pool in pools:
         _stop(pool)
 
@@ -341,10 +353,17 @@ def shutdown_parallel_map_workers() -> None:
     _shutdown_pools()
 
 
+# A forked child's copies of its parent's pools: never used, never shut down, and never
+# collected either (dropping the last reference runs the stdlib's weakref callback, which
+# takes a lock the parent's manager thread may have held at the fork: a deadlock).
+_parents_pools: list[Executor] = []
+
+
 def _pools_after_fork() -> None:
     # A forked child must not use (or shut down) its parent's workers; the timer did not come along.
     global _pools_lock, _reaper
     _pools_lock = threading.Lock()
+    _parents_pools.extend([*_process_pools.values(), *_thread_pools.values()])
     _process_pools.clear()
     _thread_pools.clear()
     _users.clear()

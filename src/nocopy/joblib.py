@@ -392,12 +392,18 @@ class _KeptPool:
         stale: ProcessPoolExecutor | None = None
         with self._lock:
             if self._executor is not None and not self._busy:
-                self._cancel_timer()
+                timer = self._cancel_timer()
                 if len(key) == len(self._key) and all(map(_same, key, self._key)) and usable(self._executor):
                     self._busy, self._stop_after_use = True, False
-                    return self._executor
-                stale, self._executor = self._executor, None  # other settings: replaced
-            keep = self._executor is None
+                    kept = self._executor
+                else:
+                    kept, stale, self._executor = None, self._executor, None  # other settings: replaced
+                keep = self._executor is None
+            else:
+                timer, kept, keep = None, None, self._executor is None
+        _join(timer)
+        if kept is not None:
+            return kept
         if stale is not None:
             stale.shutdown(wait=True, cancel_futures=True)
         executor = _new_executor(n_jobs, options, env)
@@ -435,8 +441,9 @@ class _KeptPool:
             if self._busy:
                 self._stop_after_use = True
                 return
-            self._cancel_timer()
+            timer = self._cancel_timer()
             self._executor = None
+        _join(timer)
         executor.shutdown(wait=True, cancel_futures=True)
 
     def _expire(self, executor: ProcessPoolExecutor) -> None:
@@ -446,10 +453,20 @@ class _KeptPool:
             self._executor, self._timer = None, None
         executor.shutdown(wait=True, cancel_futures=True)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _cancel_timer(self) -> threading.Timer | None:
+        """Cancel the idle timer (held with the lock); return it, to `_join` once the lock is released."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        return timer
+
+
+def _join(timer: threading.Timer | None) -> None:
+    # A cancelled timer's thread may still be running for a moment: gone before the pool
+    # is used or stopped, so a fork right after (3.12+) does not count it as a thread.
+    # Without the lock: an expiring timer may be waiting for it.
+    if timer is not None and timer is not threading.current_thread():
+        timer.join()
 
 
 def _new_executor(n_jobs: int, options: dict[str, Any], env: dict[str, str]) -> ProcessPoolExecutor:

@@ -14,7 +14,12 @@ Two data sets, each handed to ``--workers`` tasks of one ``Parallel`` call
    ``--sparse-rows`` x 1,000 features, 1 % stored (`._data.sparse_features`);
    each task runs scikit-learn's column means (``mean_variance_axis``).
 
-3. **repeated**: ``--calls`` (20) ``Parallel`` calls in a row, each of 4 tiny
+4. **scikit-learn** (where it is installed): estimators' own ``n_jobs`` calls
+   under ``parallel_config(backend=...)``, the same seeds on both backends
+   (the results must be equal): a random forest, k-neighbours, cross-validation
+   and permutation importance on a small data set, and cross-validation on a
+   ``--sklearn-rows`` x 64 float64 matrix; cold (no workers kept) and warm.
+5. **repeated**: ``--calls`` (20) ``Parallel`` calls in a row, each of 4 tiny
    tasks, as scikit-learn makes them inside ``fit``: *cold* from no workers
    (both backends then keep theirs for the next calls), *warm* with the
    workers already running from an earlier call.
@@ -65,6 +70,7 @@ class JoblibConfig:
     repeat: int = 3
     interval: float = 0.01  # memory sampling period, seconds
     calls: int = 20  # the repeated case: Parallel calls in a row
+    sklearn_rows: int = 500_000  # the large scikit-learn workload's rows (x 64 float64: ~256 MB)
     tiny_tasks: int = 4  # ... of this many tiny tasks each
 
 
@@ -124,6 +130,81 @@ def _measure_repeated(cfg: JoblibConfig, log: Log) -> dict[str, Any]:
         out[f"{kind}_s"] = med
         out[f"{kind}_ratio"] = ratio(med["loky"], med["nocopy"])
     return out
+
+
+SKLEARN_FEATURES = 64
+
+
+def _sklearn_workloads(cfg: JoblibConfig) -> list[tuple[str, Callable[[], Any]]]:
+    """(name, run) for each scikit-learn workload: *run* makes the estimator's own
+    ``n_jobs=cfg.workers`` calls in whatever backend ``parallel_config`` set."""
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.inspection import permutation_importance
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    n = cfg.workers
+    x, y = make_classification(n_samples=2_000, n_features=20, random_state=0)
+    rng = np.random.default_rng(0)
+    big_x = rng.standard_normal((cfg.sklearn_rows, SKLEARN_FEATURES))
+    big_y = big_x @ rng.standard_normal(SKLEARN_FEATURES)
+    fitted = LogisticRegression(max_iter=500).fit(x, y)
+    return [
+        ("random forest fit", lambda: RandomForestClassifier(
+            n_estimators=40, n_jobs=n, random_state=0).fit(x, y).predict_proba(x)),
+        ("k-neighbours predict", lambda: KNeighborsClassifier(n_jobs=n).fit(x, y).predict(x)),
+        ("cross-validation", lambda: cross_val_score(LogisticRegression(max_iter=500), x, y, cv=4, n_jobs=n)),
+        ("permutation importance", lambda: permutation_importance(
+            fitted, x, y, n_repeats=4, n_jobs=n, random_state=0).importances_mean),
+        (f"cross-validation, {format_bytes(int(big_x.nbytes))} X", lambda: cross_val_score(
+            Ridge(), big_x, big_y, cv=4, n_jobs=n)),
+    ]
+
+
+def _sklearn_run(backend: str, run: Callable[[], Any], cfg: JoblibConfig, *, warm: bool) -> tuple[Any, float]:
+    import joblib
+
+    import nocopy.joblib
+
+    nocopy.joblib.register()
+    params = {"mp_context": cfg.start_method} if backend == "nocopy" else {}
+    _stop_kept(backend)
+    try:
+        with joblib.parallel_config(backend=backend, **params):
+            if warm:
+                run()
+            gc.collect()
+            t0 = time.perf_counter()
+            out = run()
+            return out, time.perf_counter() - t0
+    finally:
+        _stop_kept(backend)
+
+
+def _measure_sklearn(cfg: JoblibConfig, log: Log) -> tuple[dict[str, Any], dict[str, str]]:
+    results: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for name, run in _sklearn_workloads(cfg):
+        runs: dict[str, dict[str, list[float]]] = {kind: {b: [] for b in BACKENDS} for kind in ("cold", "warm")}
+        outs: dict[str, Any] = {}
+        for i in range(cfg.repeat):
+            for kind in ("cold", "warm"):
+                for backend in BACKENDS:
+                    log(f"scikit-learn {name} ({kind}): {backend}, run {i + 1} of {cfg.repeat} ...")
+                    outs[backend], seconds = _sklearn_run(backend, run, cfg, warm=kind == "warm")
+                    runs[kind][backend].append(seconds)
+        # Same seeds, same estimator: the backend must not change the answer.
+        if not np.array_equal(np.asarray(outs["loky"]), np.asarray(outs["nocopy"])):
+            failed[f"scikit-learn {name}"] = "the backends' results differ"
+        rec: dict[str, Any] = {"runs_s": runs}
+        for kind, times in runs.items():
+            med = {b: statistics.median(v) for b, v in times.items()}
+            rec[f"{kind}_s"] = med
+            rec[f"{kind}_ratio"] = ratio(med["loky"], med["nocopy"])
+        results[name] = rec
+    return results, failed
 
 
 def _call(backend: str, task: Callable[[Any], Any], data: Any, cfg: JoblibConfig) -> tuple[list[Any], float]:
@@ -211,12 +292,18 @@ def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr,
         ))
     datasets: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    sklearn_results: dict[str, Any] = {}
     with MemoryMonitor(cfg.interval) as monitor:
         for name, task, data, check, nbytes in cases:
             result, bad = _measure(name, task, data, check, cfg, monitor, log)
             result["bytes"] = nbytes
             datasets[name] = result
             failed.update(bad)
+    if "sparse" not in skipped:  # scikit-learn is installed
+        sklearn_results, bad = _measure_sklearn(cfg, log)
+        failed.update(bad)
+    else:
+        skipped["scikit-learn"] = skipped["sparse"]
     try:
         repeated = _measure_repeated(cfg, log)
     except AssertionError as exc:
@@ -227,8 +314,10 @@ def run_joblib(cfg: JoblibConfig, log: Log = lambda s: print(s, file=sys.stderr,
         "config": {
             "rows": cfg.rows, "frame_rows": cfg.frame_rows, "sparse_rows": cfg.sparse_rows, "workers": cfg.workers,
             "start_method": cfg.start_method, "repeat": cfg.repeat, "calls": cfg.calls,
+            "sklearn_rows": cfg.sklearn_rows,
         },
         "datasets": datasets,
+        "sklearn": sklearn_results,
         "repeated": repeated,
         "failed": failed,
         "skipped": skipped,
@@ -258,6 +347,16 @@ def joblib_table(result: dict[str, Any]) -> str:
         )
     lines.append(f"(time: median of {cfg['repeat']} whole Parallel calls from fresh workers; "
                  "memory: peak Σ PSS + shared memory above the baseline, one run)")
+    sk = result.get("sklearn") or {}
+    if sk:
+        lines.append(render_table(
+            ["scikit-learn (n_jobs)", "kind", "loky s", "nocopy s", "loky / nocopy"],
+            [[name, kind, f"{d[f'{kind}_s']['loky']:.2f}", f"{d[f'{kind}_s']['nocopy']:.2f}",
+              f"{d[f'{kind}_ratio']:.2f}x" if d[f"{kind}_ratio"] else "-"]
+             for name, d in sk.items() for kind in ("cold", "warm")],
+            right={2, 3, 4},
+        ))
+        lines.append("(scikit-learn: medians; cold: no workers kept before the call; warm: after one call)")
     rep = result.get("repeated") or {}
     if rep:
         lines.append(render_table(

@@ -200,10 +200,10 @@ def _parser() -> argparse.ArgumentParser:
     jl = sub.add_parser(
         "joblib",
         help="joblib.Parallel with its default backend (loky) against backend='nocopy': "
-        "the classic record array, a frame with string columns and a scikit-learn task on a sparse matrix",
+        "the classic record array, a frame with string columns, a sparse matrix and scikit-learn's own n_jobs calls",
         description="Each data set is handed to --workers tasks of one joblib.Parallel call, with loky and with "
         "the nocopy backend: whole calls from fresh workers (median of --repeat) and the peak memory of one "
-        "more call each; then --calls Parallel calls of 4 tiny tasks in a row, cold and warm (workers kept "
+        "more call each; scikit-learn estimators' n_jobs calls, cold and warm; then --calls Parallel calls of 4 tiny tasks in a row, cold and warm (workers kept "
         "between calls); ratios loky / nocopy from the same run.",
     )
     jl.add_argument("--rows", type=_positive, default=10_000_000, help="record array rows (default 10,000,000)")
@@ -219,6 +219,11 @@ def _parser() -> argparse.ArgumentParser:
     jl.add_argument(
         "--calls", type=_positive, default=20,
         help="the repeated case: Parallel calls of 4 tiny tasks in a row, cold and warm (default 20)",
+    )
+    jl.add_argument(
+        "--sklearn-rows", type=_positive, default=500_000,
+        help="rows of the large scikit-learn workload's matrix, 64 float64 features "
+        "(default 500,000: ~256 MB)",
     )
     _output_options(jl)
 
@@ -342,6 +347,7 @@ def _joblib(args: argparse.Namespace) -> int:
         rows=args.rows, frame_rows=args.frame_rows, sparse_rows=args.sparse_rows, workers=args.workers,
         start_method=args.start_method,
         repeat=args.repeat, interval=args.interval / 1e3, calls=args.calls,
+        sklearn_rows=args.sklearn_rows,
     )
     return _run_and_report("joblib", args, lambda: run_joblib(cfg, _log(args.quiet)), joblib_table)
 

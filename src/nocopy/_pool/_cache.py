@@ -56,7 +56,7 @@ class PartShared:
 Entry = Shared[Any] | PartShared | None
 
 
-def _fingerprint(value: Any) -> int | None:
+def _fingerprint(value: Any) -> object:
     """What tells a list changed in place since it was shared (None for anything else).
 
     Arguments are taken as they are at their first submit (documented). A list of str,
@@ -64,14 +64,27 @@ def _fingerprint(value: Any) -> int | None:
     (str hashes are cached: milliseconds per million items) notices a change, and the list
     is shared again.
     """
-    return hash(tuple(value)) if type(value) is list else None
+    if type(value) is not list:
+        return None
+    try:
+        return hash(tuple(value))
+    except TypeError:  # an unhashable item appended since: it changed (and is no list of str now)
+        return object()  # equal to no other fingerprint
+
+
+#: Arguments that cannot be weak-referenced (lists, tuples) are held by the cache itself:
+#: only the most recent few, so a loop submitting new big lists does not keep them all
+#: (and their segments) alive. Dropping an entry frees nothing in-flight tasks hold.
+STRONG_MAX = 8
 
 
 class ShareCache:
     """Per-executor: data object (by identity, while it lives) -> its Shared, or None if unshareable."""
 
     def __init__(self, owner: str = "nocopy.ProcessPoolExecutor") -> None:
-        self._entries: dict[int, tuple[Any, Entry, int | None]] = {}
+        self._entries: dict[int, tuple[Any, Entry, object]] = {}
+        # Keys of the entries held strongly, oldest first (at most STRONG_MAX).
+        self._strong: dict[int, None] = {}
         # Reentrant: a garbage collection during share() may run _forget here.
         self._lock = threading.RLock()
         self._warned = False
@@ -107,7 +120,13 @@ class ShareCache:
             try:
                 ref = weakref.ref(value, functools.partial(self._forget, key))
             except TypeError:
-                ref = value  # not weak-referenceable: keep it (and its id) until shutdown
+                ref = value  # not weak-referenceable: kept (and its id reserved) while recent
+                self._strong.pop(key, None)
+                self._strong[key] = None
+                while len(self._strong) > STRONG_MAX:
+                    oldest = next(iter(self._strong))
+                    del self._strong[oldest]
+                    self._entries.pop(oldest, None)
             self._entries[key] = (ref, shared, _fingerprint(value))
             return shared
 
@@ -183,6 +202,7 @@ class ShareCache:
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
+            self._strong.clear()
         if close:
             for _, shared, _ in entries:
                 if shared is not None:
