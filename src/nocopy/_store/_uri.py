@@ -109,11 +109,16 @@ def _query(uri: str, query: str) -> dict[str, str]:
     return params
 
 
+class _NotAStringURI(InvalidURIError, TypeError):
+    """A URI that is not a str: a TypeError as Python raises for a wrong type, and still
+    an InvalidURIError (a NocopyError), as every hostile URI gets."""
+
+
 def parse_uri(uri: str) -> Described:
     """What *uri* describes; InvalidURIError naming the problem if it is malformed
-    (TypeError if it is not a string)."""
+    (also a TypeError if it is not a string)."""
     if not isinstance(uri, str):
-        raise TypeError(
+        raise _NotAStringURI(
             f"a nocopy URI is a str, not {type(uri).__qualname__}. Fix: pass the Shared.uri string "
             "(or pass the Shared itself, which pickles)."
         )
