@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import types
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +23,14 @@ from hypothesis import strategies as st
 import nocopy
 from conftest import segment_of
 from nocopy._codec import decode_buffer, plan
+from nocopy._pool._threads import THREAD_VARS
 from nocopy.errors import SegmentCorruptError, UnsupportedTypeError
 
 torch = pytest.importorskip("torch")
 from nocopy._codec import _torch  # noqa: E402 - needs torch
 
 METHODS = ["spawn", "forkserver", "fork"]
+SRC = Path(__file__).resolve().parent.parent / "src"
 MiB = 1 << 20
 DTYPES = sorted(_torch._DTYPES.values(), key=str)
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -413,6 +418,36 @@ def test_forked_pool_workers_after_parallel_torch_work_do_not_hang() -> None:
     with nocopy.Pool(1, context=mp.get_context("fork")) as pool:
         assert pool.map(_sum, [t, t]) == [float(1 << 21)] * 2
         assert pool.apply(torch.get_num_threads) == 1
+
+
+_FORKSERVER_THREADS = """
+import multiprocessing as mp, torch, nocopy
+def threads_after_a_parallel_op():
+    assert float(torch.ones(1 << 21).sum()) == 1 << 21  # and it does not hang
+    return torch.get_num_threads()
+if __name__ == "__main__":
+    with nocopy.Pool(1, context=mp.get_context("forkserver")) as pool:
+        a = pool.apply(threads_after_a_parallel_op)
+    with nocopy.ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as ex:
+        b = ex.submit(threads_after_a_parallel_op).result()
+    print(a, b)
+"""
+
+
+def test_forkserver_workers_keep_the_threads_the_caller_set(tmp_path: Path) -> None:
+    # Only a fork of the caller needs torch at 1 thread: a forkserver worker is a fork of a
+    # server that ran no parallel op, and keeps the threads the caller's environment asks for
+    # (every thread variable set: nocopy then passes the workers none of its own). A fresh
+    # interpreter, so that its forkserver starts with that environment.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: torch takes 1 thread however many the environment asks for")
+    script = tmp_path / "threads.py"
+    script.write_text(_FORKSERVER_THREADS)
+    env = {**os.environ, **dict.fromkeys(THREAD_VARS, "2")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "2"]  # 2 CPUs here: torch takes at most that
 
 
 def _describe_all(ref: nocopy.Shared[Any]) -> dict[str, Any]:

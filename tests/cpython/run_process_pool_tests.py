@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import gc
 import json
 import os
 import re
@@ -81,12 +82,38 @@ def prelude(which: str, setup: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _live_executors() -> list[Any]:
+    """Every process-pool executor (the stdlib's or nocopy's) still alive in this process and not shut down."""
+    from concurrent.futures.process import ProcessPoolExecutor as Std
+
+    return [o for o in gc.get_objects() if isinstance(o, Std) and not getattr(o, "_shutdown_thread", True)]
+
+
+def _finish(executor: Any) -> None:
+    """``executor.shutdown(wait=True)``, but a pool that does not stop within 60 s has its workers terminated."""
+    manager = getattr(executor, "_executor_manager_thread", None)
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        manager.join(60)
+    if manager is None or manager.is_alive():
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.join(10)
+    print(f"(runner: shut down {type(executor).__name__} {id(executor):#x}, left running by the failed test;"
+          f" {'stopped' if manager is None or not manager.is_alive() else 'workers terminated'})",
+          file=sys.__stderr__, flush=True)
+
+
 class _Recorder(unittest.TextTestResult):
     """Writes one JSON line per test start and per outcome to ``progress`` (flushed at once:
     the watching process reads it to tell a hang)."""
 
     progress: Any
     started: float = 0.0
+    failed: bool = False
+    before: set[int] = set()  # noqa: RUF012 - replaced per test, never mutated
 
     def _line(self, **kw: Any) -> None:
         self.progress.write(json.dumps(kw) + "\n")
@@ -97,8 +124,23 @@ class _Recorder(unittest.TextTestResult):
 
     def startTest(self, test: Any) -> None:
         self.started = time.monotonic()
+        self.failed = False
+        self.before = {id(e) for e in _live_executors()}
         self._line(start=test.id())
         super().startTest(test)
+
+    def stopTest(self, test: Any) -> None:
+        super().stopTest(test)
+        if self.failed:
+            # A failed assertion skips the rest of the test, and with it the test's own
+            # ``executor.shutdown(wait=True)`` (ExecutorDeadlockTest._check_crash ends so): the
+            # executor and its workers would live on, holding the resource tracker's and the
+            # forkserver's pipes, and the module's ``_cleanup_tests`` (or the exit) would wait
+            # for them for ever. Finish what the test skipped, for the executors it made.
+            for executor in _live_executors():
+                if id(executor) not in self.before:
+                    _finish(executor)
+        self.before = set()
 
     def addSuccess(self, test: Any) -> None:
         super().addSuccess(test)
@@ -106,10 +148,12 @@ class _Recorder(unittest.TextTestResult):
 
     def addFailure(self, test: Any, err: Any) -> None:
         super().addFailure(test, err)
+        self.failed = True
         self._set(test, f"fail: {err[0].__name__}")
 
     def addError(self, test: Any, err: Any) -> None:
         super().addError(test, err)
+        self.failed = True
         # setUpModule/setUpClass errors come as a pseudo-test: recorded under its description.
         self._set(test, f"error: {err[0].__name__}")
 
@@ -199,6 +243,29 @@ def run_child(args: argparse.Namespace, modules: list[ModuleType], suite: unitte
     return 0
 
 
+def _session(sid: int) -> str:
+    """One line per process of session *sid* (pid, parent, state, what it waits in, command line):
+    which of a hung child's workers, forkserver or resource tracker is still there, and why."""
+    lines = []
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) != sid:  # field 6, the session id
+                continue
+            with open(f"/proc/{entry}/wchan", encoding="utf-8", errors="replace") as f:
+                wchan = f.read() or "-"
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        lines.append(f"  pid {entry} parent {fields[1]} state {fields[0]} in {wchan}: {cmd[:160]}")
+    return "\n".join(lines) or "  (none)"
+
+
 def diagnose(stacks: str, timeout: float) -> str:
     """What a hung child's thread stacks (faulthandler's dump) show: ``"hang (gh-125451)"`` for
     CPython's own shutdown deadlock, else ``"hang: ..."``.
@@ -267,13 +334,14 @@ def supervise(script: str, args: argparse.Namespace) -> int:
                         # Every thread's stack (faulthandler, registered in the child), then the kill.
                         os.kill(child.pid, signal.SIGUSR1)
                         time.sleep(1)
+                        processes = _session(child.pid)
                         os.killpg(child.pid, signal.SIGKILL)
                         stacks = ""
                         if os.path.exists(stacks_path):
                             with open(stacks_path, encoding="utf-8", errors="replace") as f:
                                 stacks = f.read()
-                        print(f"\n*** no progress in {args.timeout:.0f} s; the child's threads:\n{stacks}",
-                              file=sys.stderr, flush=True)
+                        print(f"\n*** no progress in {args.timeout:.0f} s; the child's threads:\n{stacks}"
+                              f"\n*** the processes of its session:\n{processes}", file=sys.stderr, flush=True)
                         child.wait()
                         break
                     time.sleep(0.2)

@@ -119,10 +119,11 @@ def worker_init(
     global _table, _table_handle, _reaper
     if threads:
         _take_thread_share(threads)
-    elif _forked and "torch" in sys.modules:
-        # Forked from the caller: torch's intra-op threads (OpenMP) did not come along,
+    if _forked and caller is not None and os.getppid() == caller[0] and "torch" in sys.modules:
+        # Forked from the caller itself: torch's intra-op threads (OpenMP) did not come along,
         # and the first parallel op would wait for them for ever. One thread, as
-        # DataLoader's forked workers do.
+        # DataLoader's forked workers do. (A forkserver worker is a fork of the server, which
+        # ran no parallel op: it keeps its share of threads.)
         sys.modules["torch"].set_num_threads(1)
     # Ctrl-C goes to the whole foreground process group: the caller handles it
     # (cancels, stops the workers); workers must not die mid-queue-operation.
