@@ -66,12 +66,25 @@ def _rows(data: Any) -> Any:
     return data
 
 
-def _item(rows: Any, index: int) -> Any:
+def _sampler(rows: Any) -> Callable[[int], Any]:
+    """A function of *i* giving sample *i* of *rows* (what `_rows` made), built once per process.
+
+    DataLoader calls it for every sample: the structure is walked here, once,
+    not per sample (each leaf's own ``__getitem__``, bound; a pair as a pair).
+    """
     if isinstance(rows, tuple | list):
-        return type(rows)(_item(v, index) for v in rows)
+        parts = [_sampler(v) for v in rows]
+        if isinstance(rows, tuple) and len(parts) == 2:
+            first, second = parts
+            return lambda i: (first(i), second(i))
+        if isinstance(rows, tuple):  # share() gives plain tuples and lists (it refuses namedtuples)
+            return lambda i: tuple([part(i) for part in parts])
+        return lambda i: [part(i) for part in parts]
     if isinstance(rows, dict):
-        return {k: _item(v, index) for k, v in rows.items()}
-    return rows[index]
+        items = [(k, _sampler(v)) for k, v in rows.items()]
+        return lambda i: {k: part(i) for k, part in items}
+    getter: Callable[[int], Any] = rows.__getitem__
+    return getter
 
 
 def _lengths(rows: Any, path: str = "") -> dict[str, int]:
@@ -139,6 +152,7 @@ class SharedDataset(Dataset[Any]):
         self._len = next(iter(lengths.values()))
         self._pid = os.getpid()
         self._rows: Any = rows
+        self._sample: Callable[[int], Any] | None = _sampler(rows)
 
     @property
     def shared(self) -> Shared[Any]:
@@ -149,12 +163,18 @@ class SharedDataset(Dataset[Any]):
         return self._len
 
     def __getitem__(self, index: int) -> Any:
-        if self._rows is None or self._pid != os.getpid():
-            # A new process (a DataLoader worker): its own copy-on-write view, once.
-            self._rows = _rows(self._ref.get(private=True))
-            self._pid = os.getpid()
-        item = _item(self._rows, index)
+        sample = self._sample
+        if sample is None or self._pid != os.getpid():
+            sample = self._open()
+        item = sample(index)
         return item if self.transform is None else self.transform(item)
+
+    def _open(self) -> Callable[[int], Any]:
+        # A new process (a DataLoader worker): its own copy-on-write view, once.
+        self._rows = _rows(self._ref.get(private=True))
+        self._sample = _sampler(self._rows)
+        self._pid = os.getpid()
+        return self._sample
 
     def __getstate__(self) -> Mapping[str, Any]:
         # The handle travels (a few hundred bytes), never the data or the views.
@@ -166,6 +186,7 @@ class SharedDataset(Dataset[Any]):
         self._len = state["len"]
         self._owned = False
         self._rows = None
+        self._sample = None
         self._pid = -1
 
     def _close_own(self) -> None:
@@ -176,6 +197,7 @@ class SharedDataset(Dataset[Any]):
         """Free the shared data if this Dataset shared it (views taken stay valid). Idempotent."""
         self._close_own()
         self._rows = None
+        self._sample = None
 
     def __enter__(self) -> SharedDataset:
         return self
