@@ -34,15 +34,18 @@ __all__ = ["SharedDataset"]
 
 
 class _FrameRows:
-    """Row *i* of a pandas DataFrame as ``{column: value}``, each column read once per process."""
+    """Row *i* of a pandas or Polars DataFrame as ``{column: value}``, each column read once per process."""
 
     def __init__(self, frame: Any) -> None:
-        # NumPy-backed columns as their arrays (views), others as pandas' arrays:
-        # both index by position without building a row Series.
-        self.columns = {
-            name: col.to_numpy() if type(col.dtype).__module__ == "numpy" else col.array
-            for name, col in frame.items()
-        }
+        # Columns that index by position without building a row: pandas' NumPy-backed columns
+        # as their arrays (views), its others as pandas' arrays; Polars' as `_polars_column`s.
+        if type(frame).__module__.partition(".")[0] == "polars":
+            self.columns = {col.name: _polars_column(col) for col in frame.get_columns()}
+        else:
+            self.columns = {
+                name: col.to_numpy() if type(col.dtype).__module__ == "numpy" else col.array
+                for name, col in frame.items()
+            }
         self.length = len(frame)
 
     def __len__(self) -> int:
@@ -52,6 +55,17 @@ class _FrameRows:
         return {name: values[index] for name, values in self.columns.items()}
 
 
+def _polars_column(series: Any) -> Any:
+    """A Polars Series, indexable by position: a NumPy view when it is numbers without nulls
+    (zero-copy, and ``[i]`` is fast), else the Series (``[i]`` is its Python value, None for null)."""
+    if series.dtype.is_numeric() and series.null_count() == 0:
+        try:
+            return series.to_numpy(allow_copy=False)
+        except Exception:  # chunked, or otherwise not viewable as one array: index the Series
+            return series
+    return series
+
+
 def _rows(data: Any) -> Any:
     """*data* (what get() gave) made indexable by sample: each leaf's ``[i]`` is sample i's part."""
     if isinstance(data, tuple | list):
@@ -59,10 +73,12 @@ def _rows(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _rows(v) for k, v in data.items()}
     kind = (type(data).__module__.partition(".")[0], type(data).__name__)
-    if kind == ("pandas", "DataFrame"):
+    if kind in {("pandas", "DataFrame"), ("polars", "DataFrame")}:
         return _FrameRows(data)
     if kind == ("pandas", "Series"):
         return data.to_numpy() if type(data.dtype).__module__ == "numpy" else data.array
+    if kind == ("polars", "Series"):
+        return _polars_column(data)
     return data
 
 
@@ -106,11 +122,11 @@ def _lengths(rows: Any, path: str = "") -> dict[str, int]:
 class SharedDataset(Dataset[Any]):
     """A map-style torch Dataset whose data lives in shared memory, read zero-copy by every worker.
 
-    *data* is a tensor, a NumPy array, a pandas DataFrame or Series, a sequence
+    *data* is a tensor, a NumPy array, a pandas or Polars DataFrame or Series, a sequence
     of samples that `nocopy.share` stores (a list of ``str``...), or a tuple,
     list or dict of those, all of one length; or a `nocopy.Shared` of one.
     ``dataset[i]`` is sample *i* in the same structure: ``x[i]`` of a tensor or
-    array, ``{column: value}`` of a DataFrame's row *i*, ``(x[i], y[i])`` of a
+    array, ``{column: value}`` of a DataFrame's row *i* (a null is None or pandas' NA), ``(x[i], y[i])`` of a
     tuple ``(x, y)``, passed to *transform* when given (which runs in the
     worker, on a copy-on-write view: it may modify it).
 
