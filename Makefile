@@ -8,11 +8,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=20
 DIST := dist
 WHEEL_VENV := .venv-wheel
 
-.PHONY: demo test lint typecheck docs dist smoke pytest coverage venv clean other-pythons pytest-on
+.PHONY: demo test lint typecheck docs dist smoke pytest coverage venv clean other-pythons venv-on pytest-on
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,29 +95,29 @@ coverage: pytest
 # same install as .venv (less the docs tools), pytest without coverage (coverage is measured
 # and enforced once, above): every test not marked slow, then CPython's own pool tests of
 # that version (tests/test_stdlib_conformance.py). The other slow tests (benchmarks, soak,
-# Ray clusters, the slowest fault and fuzz tests) run on the default Python only, so
-# that `make test` stays within ~45-55 minutes on 2 cores. scripts/find-python.sh looks in
-# pyenv's versions and on PATH; a version the machine lacks is skipped with a note.
+# Ray clusters, the slowest fault and fuzz tests) run on the default Python only.
+# scripts/other-pythons.sh installs the venvs one by one, then runs the versions' suites
+# side by side (a log each, in ci-logs/, printed at the end), so that `make test` stays
+# within ~45 minutes on 2 cores. scripts/find-python.sh looks in pyenv's versions and on
+# PATH; a version the machine lacks is skipped with a note.
 OTHER_PYTHONS ?= 3.12 3.13 3.14
 
 other-pythons:
-	@for v in $(OTHER_PYTHONS); do \
-	  py=$$(scripts/find-python.sh $$v); \
-	  if [ -z "$$py" ]; then echo "note: no Python $$v on this machine: the suite does not run on it"; continue; fi; \
-	  $(MAKE) --no-print-directory pytest-on PY_VERSION=$$v PY_EXE=$$py || exit 1; \
-	done
+	MAKE="$(MAKE)" scripts/other-pythons.sh $(OTHER_PYTHONS)
 
-pytest-on:
-	@echo "== the suite on Python $(PY_VERSION) ($(PY_EXE))"
+venv-on:
 	test -x .venv-$(PY_VERSION)/bin/python || $(PY_EXE) -m venv .venv-$(PY_VERSION)
 	test -f .venv-$(PY_VERSION)/.installed -a .venv-$(PY_VERSION)/.installed -nt pyproject.toml || { \
 	  .venv-$(PY_VERSION)/bin/python -m pip install -q --upgrade pip && \
 	  .venv-$(PY_VERSION)/bin/python -m pip install -q -e '.[all,dev]' && \
 	  touch .venv-$(PY_VERSION)/.installed; }
-	.venv-$(PY_VERSION)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
-	.venv-$(PY_VERSION)/bin/python -m pytest tests/test_stdlib_conformance.py $(PYTEST_ARGS)
+
+pytest-on:
+	@echo "== the suite on Python $(PY_VERSION)"
+	.venv-$(PY_VERSION)/bin/python -m pytest -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	.venv-$(PY_VERSION)/bin/python -m pytest -p no:cacheprovider tests/test_stdlib_conformance.py $(PYTEST_ARGS)
 
 test: lint typecheck docs smoke coverage other-pythons
 
 clean:
-	rm -rf $(VENV) .venv-3.* $(WHEEL_VENV) $(DIST) .mypy_cache .ruff_cache .pytest_cache bench-out .coverage .coverage.*
+	rm -rf $(VENV) .venv-3.* $(WHEEL_VENV) $(DIST) .mypy_cache .ruff_cache .pytest_cache bench-out ci-logs .coverage .coverage.*
