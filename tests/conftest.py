@@ -207,3 +207,23 @@ _STARTS_POLARS_POOL = frozenset(
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name in _STARTS_POLARS_POOL)  # stable: order kept within each group
+
+
+@pytest.fixture(autouse=True)
+def _polars_pool_only_where_expected(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The order above holds only if no other module starts Polars' pool: checked after each of their tests.
+
+    (A test in test_torch.py once did, and every fork test after it failed with StartMethodError.)
+    """
+    yield
+    if request.node.path.name in _STARTS_POLARS_POOL:
+        return
+    from nocopy._pool._start import polars_pool_running
+
+    if polars_pool_running():
+        pytest.fail(
+            f"{request.node.nodeid} started Polars' thread pool in the pytest process: every later test that "
+            "forks a pool here would get StartMethodError. Fix: run its Polars work in a subprocess or a "
+            "spawned worker, or move the test to a module listed in conftest._STARTS_POLARS_POOL.",
+            pytrace=False,
+        )

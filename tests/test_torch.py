@@ -397,35 +397,6 @@ def test_shared_dataset_of_frames_dicts_and_a_shared_handle() -> None:
     ref.close()
 
 
-def _polars_rows_in_worker(args: tuple[Any, int]) -> tuple[Any, bool]:
-    ds, i = args
-    row = ds[i]
-    column = ds._rows.columns["a"]  # where this worker reads the column from
-    return row, isinstance(column, np.ndarray) and segment_of(column) is not None
-
-
-@pytest.mark.parametrize("method", ["forkserver", "spawn"])  # nocopy refuses to fork beside Polars' threads
-def test_shared_dataset_of_a_polars_frame(method: str) -> None:
-    # Row i as {column: value}, as for pandas (a Polars frame's [i] is a one-row frame, which
-    # DataLoader cannot collate); numeric columns without nulls read zero-copy from the segment.
-    import nocopy.torch
-
-    pl = pytest.importorskip("polars")
-    df = pl.DataFrame({"a": np.arange(6.0), "s": list("uvwxyz"), "n": [1, None, 3, 4, 5, 6]})
-    with nocopy.torch.SharedDataset({"row": df, "label": df["a"], "name": df["s"]}) as ds:
-        assert ds[1] == {"row": {"a": 1.0, "s": "v", "n": None}, "label": 1.0, "name": "v"}
-    # (DataLoader's default collate refuses the null: a batch without that column)
-    with nocopy.torch.SharedDataset({"row": df.drop("n"), "label": df["a"]}) as ds:
-        batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=6)))
-        assert batch["row"]["s"] == list("uvwxyz")
-        assert batch["label"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
-    with nocopy.torch.SharedDataset(df) as ds, nocopy.Pool(1, context=mp.get_context(method)) as pool:
-        rows = pool.map(_polars_rows_in_worker, [(ds, i) for i in range(6)])
-        assert [r["s"] for r, _ in rows] == list("uvwxyz")
-        assert [r["n"] for r, _ in rows] == [1, None, 3, 4, 5, 6]
-        assert all(zero_copy for _, zero_copy in rows)
-
-
 def test_shared_dataset_refuses_what_it_cannot_index() -> None:
     import nocopy.torch
 
